@@ -1,0 +1,203 @@
+"""Flax Linen layers: the group ops as modules, and the seed's building blocks.
+
+The symmetry layers take their group as a field (``"c4"``, ``"d4"`` or a
+:class:`~deepsea.groups.Group`), so a backbone that receives them as factories
+builds the cyclic and dihedral variants from one definition.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from deepsea import ops
+from deepsea.groups import Group
+
+__all__ = [
+    "ConvRoll",
+    "LeakyReLU",
+    "MaxPool",
+    "Maxout",
+    "Pool",
+    "Roll",
+    "Slice",
+    "UntiedConv",
+    "gain",
+    "leaky_relu",
+    "orthogonal",
+]
+
+Initializer = Callable[..., jax.Array]
+
+DEFAULT_NEGATIVE_SLOPE = 1.0 / 3.0
+
+
+class Slice(nn.Module):
+    """``(B,H,W,C) -> (V*B,H,W,C)``: the group's transformed copies, view-major."""
+
+    group: str | Group = "c4"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.group_slice(x, self.group)
+
+
+class Roll(nn.Module):
+    """Dense roll ``(V*B,F) -> (V*B,V*F)``; see :func:`deepsea.ops.group_roll`."""
+
+    group: str | Group = "c4"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.group_roll(x, self.group)
+
+
+class ConvRoll(nn.Module):
+    """Feature-map roll ``(V*B,H,W,C) -> (V*B,H,W,V*C)``; see :func:`deepsea.ops.group_conv_roll`."""
+
+    group: str | Group = "c4"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.group_conv_roll(x, self.group)
+
+
+class Pool(nn.Module):
+    """Pools the views ``(V*B, ...) -> (B, ...)`` with ``mode`` ``mean``, ``max`` or ``rms``."""
+
+    group: str | Group = "c4"
+    mode: ops.PoolMode = "rms"
+    eps: float = ops.DEFAULT_RMS_EPS
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.group_pool(x, self.group, self.mode, self.eps)
+
+
+def leaky_relu(x: jax.Array, negative_slope: float = DEFAULT_NEGATIVE_SLOPE) -> jax.Array:
+    """``max(x, a x)`` for ``0 <= a <= 1``; the seed used ``a = 1/3``."""
+    return jnp.where(x >= 0, x, jnp.asarray(negative_slope, x.dtype) * x)
+
+
+class LeakyReLU(nn.Module):
+    """Leaky ReLU as a module, so it can be passed as an activation factory."""
+
+    negative_slope: float = DEFAULT_NEGATIVE_SLOPE
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return leaky_relu(x, self.negative_slope)
+
+
+def gain(nonlinearity: str = "leaky_relu", negative_slope: float = DEFAULT_NEGATIVE_SLOPE) -> float:
+    """The initialisation gain that keeps activations' variance: ``sqrt(2 / (1 + a**2))`` for leaky ReLU.
+
+    ``nonlinearity`` is ``linear`` (1), ``relu`` (sqrt 2), ``leaky_relu`` or ``tanh`` (5/3).
+    """
+    gains = {
+        "linear": 1.0,
+        "identity": 1.0,
+        "relu": math.sqrt(2.0),
+        "leaky_relu": math.sqrt(2.0 / (1.0 + negative_slope**2)),
+        "tanh": 5.0 / 3.0,
+    }
+    try:
+        return gains[nonlinearity]
+    except KeyError:
+        raise ValueError(f"unknown nonlinearity {nonlinearity!r}; expected one of {sorted(gains)}") from None
+
+
+def orthogonal(
+    nonlinearity: str = "leaky_relu", negative_slope: float = DEFAULT_NEGATIVE_SLOPE
+) -> Initializer:
+    """Orthogonal initialisation scaled by :func:`gain` (the kernel is flattened to ``(fan_in, out)``)."""
+    return nn.initializers.orthogonal(scale=gain(nonlinearity, negative_slope))
+
+
+class Maxout(nn.Module):
+    """Dense layer with ``features * pieces`` outputs, max-pooled over adjacent groups of ``pieces``."""
+
+    features: int
+    pieces: int = 2
+    kernel_init: Initializer = orthogonal("linear")
+    bias_init: Initializer = nn.initializers.zeros
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = nn.Dense(
+            self.features * self.pieces,
+            kernel_init=self.kernel_init,
+            bias_init=self.bias_init,
+            dtype=self.dtype,
+            name="dense",
+        )(x)
+        y = y.reshape((*y.shape[:-1], self.features, self.pieces))
+        return jnp.max(y, axis=-1)
+
+
+class UntiedConv(nn.Module):
+    """Convolution with untied biases: one bias per output position and channel, ``(H_out, W_out, F)``."""
+
+    features: int
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] = (1, 1)
+    padding: str = "SAME"
+    kernel_init: Initializer = orthogonal()
+    bias_init: Initializer = nn.initializers.zeros
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = nn.Conv(
+            self.features,
+            tuple(self.kernel_size),
+            strides=tuple(self.strides),
+            padding=self.padding,
+            use_bias=False,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            name="conv",
+        )(x)
+        bias = self.param("bias", self.bias_init, y.shape[1:], jnp.float32)
+        return y + bias.astype(y.dtype)
+
+
+class MaxPool(nn.Module):
+    """Max pooling (the seed: 3x3 windows, stride 2, no padding) that refuses asymmetric grids.
+
+    With ``check_symmetry`` (the default) a map size whose pooling windows are
+    not mirror-symmetric raises ``ValueError``: rotated views would be
+    misaligned by a pixel and the next conv roll would stack maps that do not
+    correspond.  Set it to False for networks without rolls.
+    """
+
+    window: int = 3
+    stride: int = 2
+    padding: str = "VALID"
+    check_symmetry: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.check_symmetry:
+            for axis, size in (("height", x.shape[1]), ("width", x.shape[2])):
+                if not ops.pooling_is_symmetric(size, self.window, self.stride, self.padding):
+                    raise ValueError(
+                        f"{self.window}x{self.window} stride-{self.stride} {self.padding} max pooling "
+                        f"on a map of {x.shape[1]}x{x.shape[2]} is not symmetric along its {axis}: "
+                        "rotated views would be misaligned by a pixel. Choose an input size "
+                        f"for which (size - {self.window}) is divisible by {self.stride} at every "
+                        "pooling layer (odd sizes such as 47 or 95 for 3x3 stride 2), or pass "
+                        "check_symmetry=False for a network without rolls."
+                    )
+        return nn.max_pool(
+            x,
+            (self.window, self.window),
+            strides=(self.stride, self.stride),
+            padding=self.padding,
+        )

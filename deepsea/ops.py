@@ -1,0 +1,247 @@
+"""Exact group-equivariant operations on NHWC arrays: slice, roll and pool.
+
+Views are stacked view-major on the batch axis: an array of ``V * B`` rows holds
+view ``v`` of image ``b`` at row ``v * B + b``, where the views are numbered as
+the elements of the group (:mod:`deepsea.groups`).
+
+All operations are reshapes, flips, transposes and concatenations, so they are
+exact (bit for bit) for every dtype, differentiable, and ``jit``/``vmap``-able.
+Pooling sums the views in sorted order, which makes the mean and RMS bitwise
+invariant to any permutation of the views, not merely invariant up to rounding.
+
+The key identity: for view ``g`` and block ``h``, :func:`group_conv_roll`
+takes the maps of view ``h . g`` and transforms them by ``h**-1``.  Applied to
+the output of :func:`group_slice`, every block of view ``g`` is then exactly
+``g`` applied to the input, and transforming the input by any ``a`` permutes
+the rolled views as ``g -> g . a``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from deepsea.groups import C4, D4, Group, get_group
+
+__all__ = [
+    "PoolMode",
+    "cyclic_conv_roll",
+    "cyclic_pool",
+    "cyclic_roll",
+    "cyclic_slice",
+    "dihedral_conv_roll",
+    "dihedral_pool",
+    "dihedral_roll",
+    "dihedral_slice",
+    "group_conv_roll",
+    "group_pool",
+    "group_roll",
+    "group_slice",
+    "permute_views",
+    "pooling_is_symmetric",
+]
+
+PoolMode = Literal["mean", "max", "rms"]
+
+DEFAULT_RMS_EPS = 1e-12
+
+
+def _split_views(x: jax.Array, group: Group, what: str) -> jax.Array:
+    """(V*B, ...) -> (V, B, ...) with a clear error when V does not divide the batch."""
+    v = group.order
+    if x.ndim < 2:
+        raise ValueError(f"{what} expects at least 2 dimensions (V*B, ...); got shape {x.shape}")
+    if x.shape[0] % v:
+        raise ValueError(
+            f"{what}: the batch axis ({x.shape[0]}) is not a multiple of the {v} views "
+            f"of {group.name.upper()}; expected views stacked view-major as (V*B, ...)"
+        )
+    return x.reshape((v, x.shape[0] // v, *x.shape[1:]))
+
+
+def _check_nhwc(x: jax.Array, what: str, square: bool = True) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"{what} expects an NHWC array; got shape {x.shape}")
+    if square and x.shape[1] != x.shape[2]:
+        raise ValueError(
+            f"{what} needs square maps so that 90-degree rotations keep the grid; "
+            f"got {x.shape[1]}x{x.shape[2]} (shape {x.shape})"
+        )
+
+
+def group_slice(x: jax.Array, group: str | Group) -> jax.Array:
+    """Stacks the ``V`` transformed copies of ``x``: ``(B,H,W,C) -> (V*B,H,W,C)``.
+
+    View ``v`` (rows ``v*B`` to ``v*B + B - 1``) is ``group.act(v, x)``.
+    """
+    g = get_group(group)
+    _check_nhwc(x, f"{g.name}_slice")
+    return jnp.concatenate([g.act(v, x, axes=(1, 2)) for v in range(g.order)], axis=0)
+
+
+def permute_views(x: jax.Array, group: str | Group, a: int) -> jax.Array:
+    """The action of element ``a`` on stacked views: view ``g`` of the result is view ``g . a`` of ``x``.
+
+    This is how every op here transforms when its input image is transformed
+    by ``a``.  It is a permutation of rows, so it is exact.
+    """
+    g = get_group(group)
+    y = _split_views(x, g, "permute_views")
+    y = jnp.stack([y[g.compose(v, a)] for v in range(g.order)])
+    return y.reshape(x.shape)
+
+
+def _roll(x: jax.Array, g: Group, transform: bool, what: str) -> jax.Array:
+    y = _split_views(x, g, what)
+    blocks = []
+    for h in range(g.order):
+        block = jnp.stack([y[g.compose(h, v)] for v in range(g.order)])
+        if transform:
+            # y has axes (V, B, H, W, C): the spatial axes are 2 and 3.
+            block = g.act(int(g.inverse[h]), block, axes=(2, 3))
+        blocks.append(block)
+    out = jnp.concatenate(blocks, axis=-1)
+    return out.reshape((*x.shape[:-1], g.order * x.shape[-1]))
+
+
+def group_roll(x: jax.Array, group: str | Group) -> jax.Array:
+    """Dense roll: ``(V*B, ..., F) -> (V*B, ..., V*F)``.
+
+    For view ``g``, channel block ``h`` holds the features of view ``h . g``
+    (for C4: view ``i``, block ``k`` holds view ``(i + k) mod 4``).  Nothing is
+    transformed spatially; use :func:`group_conv_roll` for feature maps.
+    """
+    g = get_group(group)
+    return _roll(x, g, transform=False, what=f"{g.name}_roll")
+
+
+def group_conv_roll(x: jax.Array, group: str | Group) -> jax.Array:
+    """Convolutional roll: ``(V*B,H,W,C) -> (V*B,H,W,V*C)``, maps aligned to each view's frame.
+
+    For view ``g``, channel block ``h`` holds the maps of view ``h . g``
+    transformed by ``h**-1``; for C4, view ``i``'s block ``k`` is view
+    ``(i + k) mod 4`` rotated by ``-k * 90`` degrees.  Maps must be square.
+    """
+    g = get_group(group)
+    _check_nhwc(x, f"{g.name}_conv_roll")
+    return _roll(x, g, transform=True, what=f"{g.name}_conv_roll")
+
+
+def _view_max(y: jax.Array) -> jax.Array:
+    return jnp.max(y, axis=0)
+
+
+def _view_sum(y: jax.Array) -> jax.Array:
+    """Sums ``y`` of shape (V, ...) over views, bit-identically for every order of the views.
+
+    Floating-point addition is not associative, and XLA contracts a producer's
+    multiply into the first add (a fused multiply-add rounds its operands
+    differently when they are swapped), so a plain sum of permuted views can
+    differ in the last bit.  Sorting first makes the sum a function of the set
+    of values alone: any permutation of the views, by any group element, gives
+    the same bits.  Sorting V values per feature costs little next to the
+    layers around the pool.
+    """
+    return jnp.sum(jnp.sort(y, axis=0), axis=0)
+
+
+def group_pool(
+    x: jax.Array,
+    group: str | Group,
+    mode: PoolMode = "mean",
+    eps: float = DEFAULT_RMS_EPS,
+) -> jax.Array:
+    """Pools over views: ``(V*B, ...) -> (B, ...)``.
+
+    ``mode`` is ``"mean"``, ``"max"`` or ``"rms"`` (``sqrt(mean(x**2) + eps)``).
+    The result is bitwise invariant to permuting the views by any group element.
+    RMS is accumulated in at least float32 and returned in the input dtype.
+    """
+    g = get_group(group)
+    y = _split_views(x, g, f"{g.name}_pool")
+    if mode == "max":
+        return _view_max(y)
+    if mode == "mean":
+        return _view_sum(y) / jnp.asarray(g.order, x.dtype)
+    if mode == "rms":
+        acc = jnp.promote_types(x.dtype, jnp.float32)
+        y = y.astype(acc)
+        ms = _view_sum(y * y) / jnp.asarray(g.order, acc)
+        return jnp.sqrt(ms + jnp.asarray(eps, acc)).astype(x.dtype)
+    raise ValueError(f"unknown pooling mode {mode!r}; expected 'mean', 'max' or 'rms'")
+
+
+def cyclic_slice(x: jax.Array) -> jax.Array:
+    """``(B,H,W,C) -> (4B,H,W,C)``: view ``k`` is ``x`` rotated by ``k * 90`` degrees."""
+    return group_slice(x, C4)
+
+
+def dihedral_slice(x: jax.Array) -> jax.Array:
+    """``(B,H,W,C) -> (8B,H,W,C)``: the 4 rotations of ``x``, then the 4 rotations of its mirror."""
+    return group_slice(x, D4)
+
+
+def cyclic_roll(x: jax.Array) -> jax.Array:
+    """``(4B,F) -> (4B,4F)``: for view ``i``, block ``k`` holds view ``(i + k) mod 4``."""
+    return group_roll(x, C4)
+
+
+def dihedral_roll(x: jax.Array) -> jax.Array:
+    """``(8B,F) -> (8B,8F)``: for view ``g``, block ``h`` holds view ``h . g``."""
+    return group_roll(x, D4)
+
+
+def cyclic_conv_roll(x: jax.Array) -> jax.Array:
+    """``(4B,H,W,C) -> (4B,H,W,4C)``, each block rotated into the view's frame."""
+    return group_conv_roll(x, C4)
+
+
+def dihedral_conv_roll(x: jax.Array) -> jax.Array:
+    """``(8B,H,W,C) -> (8B,H,W,8C)``: block ``h`` of view ``g`` is view ``h . g`` transformed by ``h**-1``."""
+    return group_conv_roll(x, D4)
+
+
+def cyclic_pool(x: jax.Array, mode: PoolMode = "mean", eps: float = DEFAULT_RMS_EPS) -> jax.Array:
+    """``(4B, ...) -> (B, ...)``, pooling the 4 views with ``mode``."""
+    return group_pool(x, C4, mode, eps)
+
+
+def dihedral_pool(x: jax.Array, mode: PoolMode = "mean", eps: float = DEFAULT_RMS_EPS) -> jax.Array:
+    """``(8B, ...) -> (B, ...)``, pooling the 8 views with ``mode``."""
+    return group_pool(x, D4, mode, eps)
+
+
+def pooling_is_symmetric(
+    size: int,
+    window: int,
+    stride: int,
+    padding: str | tuple[int, int] = "VALID",
+) -> bool:
+    """Whether a pooling (or strided convolution) grid on ``size`` pixels is mirror-symmetric.
+
+    Rotating or mirroring the input permutes the pooling windows only when the
+    first window starts as far outside the map as the last one ends; otherwise
+    the rotated views' maps are misaligned by a pixel and a conv roll stacks
+    maps that do not correspond.  ``padding`` is ``"VALID"``, ``"SAME"`` (XLA's
+    convention) or explicit ``(low, high)``.  For 3x3 stride-2 VALID pooling the
+    symmetric sizes are the odd ones.
+    """
+    if isinstance(padding, str):
+        if padding.upper() == "VALID":
+            lo = hi = 0
+        elif padding.upper() == "SAME":
+            out = math.ceil(size / stride)
+            total = max((out - 1) * stride + window - size, 0)
+            lo, hi = total // 2, total - total // 2
+        else:
+            raise ValueError(f"unknown padding {padding!r}")
+    else:
+        lo, hi = padding
+    out = (size + lo + hi - window) // stride + 1
+    if out < 1:
+        raise ValueError(f"a {window}-wide window does not fit a map of {size} pixels")
+    last_end = -lo + (out - 1) * stride + window - 1
+    return lo == last_end - (size - 1)

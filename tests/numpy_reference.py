@@ -1,0 +1,88 @@
+"""An independent float64 numpy reference for the group ops.
+
+Group elements are 2x2 integer matrices acting on centred pixel coordinates,
+images are transformed by explicit coordinate look-ups, and composition is
+matrix multiplication, so nothing here shares code with ``deepsea``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ROT = np.array([[0, -1], [1, 0]])  # counter-clockwise quarter turn, as np.rot90 draws it
+MIRROR = np.array([[1, 0], [0, -1]])  # reverses the width axis
+
+# The order fixed by the specification: the 4 rotations, then the 4 rotations of the mirrored input.
+MATRICES = {
+    "c4": [np.linalg.matrix_power(ROT, k) for k in range(4)],
+    "d4": [
+        np.linalg.matrix_power(ROT, k) @ np.linalg.matrix_power(MIRROR, f) for f in range(2) for k in range(4)
+    ],
+}
+
+
+def index_of(name: str, m: np.ndarray) -> int:
+    hits = [i for i, e in enumerate(MATRICES[name]) if np.array_equal(e, m)]
+    assert len(hits) == 1, m
+    return hits[0]
+
+
+def apply(m: np.ndarray, img: np.ndarray) -> np.ndarray:
+    """``out[p] = img[m^-1 p]`` in coordinates centred on the middle of the (square) grid."""
+    n = img.shape[0]
+    assert img.shape[1] == n
+    c = (n - 1) / 2
+    minv = np.rint(np.linalg.inv(m)).astype(int)
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    src = np.einsum("ab,bij->aij", minv, np.stack([i - c, j - c]))
+    si, sj = np.rint(src + c).astype(int)
+    return img[si, sj]
+
+
+def slice_ref(x: np.ndarray, name: str) -> np.ndarray:
+    b = x.shape[0]
+    out = np.zeros((len(MATRICES[name]) * b, *x.shape[1:]), np.float64)
+    for v, m in enumerate(MATRICES[name]):
+        for i in range(b):
+            out[v * b + i] = apply(m, x[i])
+    return out
+
+
+def roll_ref(x: np.ndarray, name: str, conv: bool) -> np.ndarray:
+    mats = MATRICES[name]
+    nv = len(mats)
+    b, c = x.shape[0] // nv, x.shape[-1]
+    out = np.zeros((*x.shape[:-1], nv * c), np.float64)
+    for g, mg in enumerate(mats):
+        for h, mh in enumerate(mats):
+            src = index_of(name, mh @ mg)
+            for i in range(b):
+                maps = x[src * b + i]
+                if conv:
+                    maps = apply(np.rint(np.linalg.inv(mh)).astype(int), maps)
+                out[g * b + i, ..., h * c : (h + 1) * c] = maps
+    return out
+
+
+def pool_ref(x: np.ndarray, name: str, mode: str, eps: float = 1e-12) -> np.ndarray:
+    nv = len(MATRICES[name])
+    y = np.asarray(x, np.float64).reshape((nv, x.shape[0] // nv, *x.shape[1:]))
+    if mode == "mean":
+        return y.mean(0)
+    if mode == "max":
+        return y.max(0)
+    return np.sqrt((y**2).mean(0) + eps)
+
+
+def pool_grad_ref(x: np.ndarray, ct: np.ndarray, name: str, mode: str, eps: float = 1e-12) -> np.ndarray:
+    """The gradient of ``sum(pool(x) * ct)`` with respect to ``x``, derived by hand."""
+    nv = len(MATRICES[name])
+    y = np.asarray(x, np.float64).reshape((nv, x.shape[0] // nv, *x.shape[1:]))
+    if mode == "mean":
+        g = np.broadcast_to(ct / nv, y.shape)
+    elif mode == "max":
+        g = (y == y.max(0, keepdims=True)) * ct
+    else:
+        rms = np.sqrt((y**2).mean(0) + eps)
+        g = y / (nv * rms) * ct
+    return np.asarray(g).reshape(x.shape)

@@ -1,0 +1,288 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpy_reference import pool_grad_ref, pool_ref, roll_ref, slice_ref
+
+from deepsea import ops
+from deepsea.equivariance import check_equivariance
+from deepsea.groups import C4, D4
+
+GROUPS = [C4, D4]
+DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
+MAP_SHAPES = [(1, 1, 1, 1), (2, 5, 5, 3), (3, 6, 6, 2), (1, 11, 11, 4)]
+gid = lambda g: g.name  # noqa: E731
+
+
+def _random(rng, shape, dtype=jnp.float32):
+    return jnp.asarray(rng.standard_normal(shape), dtype)
+
+
+# --- against the independent numpy reference -------------------------------------------
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize("shape", MAP_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_slice_matches_reference(group, shape, dtype, rng):
+    x = _random(rng, shape, dtype)
+    out = jax.jit(ops.group_slice, static_argnums=1)(x, group)
+    assert out.dtype == dtype and out.shape == (group.order * shape[0], *shape[1:])
+    np.testing.assert_array_equal(
+        np.asarray(out, np.float64), slice_ref(np.asarray(x, np.float64), group.name)
+    )
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize("shape", MAP_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_conv_roll_matches_reference(group, shape, dtype, rng):
+    b, h, w, c = shape
+    x = _random(rng, (group.order * b, h, w, c), dtype)
+    out = jax.jit(ops.group_conv_roll, static_argnums=1)(x, group)
+    assert out.dtype == dtype and out.shape == (group.order * b, h, w, group.order * c)
+    np.testing.assert_array_equal(
+        np.asarray(out, np.float64), roll_ref(np.asarray(x, np.float64), group.name, conv=True)
+    )
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize("shape", [(1, 1), (2, 7), (3, 16), (2, 3, 5)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_dense_roll_matches_reference(group, shape, dtype, rng):
+    x = _random(rng, (group.order * shape[0], *shape[1:]), dtype)
+    out = jax.jit(ops.group_roll, static_argnums=1)(x, group)
+    assert out.dtype == dtype and out.shape == (*x.shape[:-1], group.order * shape[-1])
+    np.testing.assert_array_equal(
+        np.asarray(out, np.float64), roll_ref(np.asarray(x, np.float64), group.name, conv=False)
+    )
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize("mode", ["mean", "max", "rms"])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 10), (2, 5, 5, 3)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_pool_matches_reference(group, mode, shape, dtype, rng):
+    x = _random(rng, (group.order * shape[0], *shape[1:]), dtype)
+    out = jax.jit(ops.group_pool, static_argnums=(1, 2))(x, group, mode)
+    assert out.dtype == dtype and out.shape == shape
+    want = pool_ref(np.asarray(x, np.float64), group.name, mode)
+    # one rounding per add and per division in the dtype's precision
+    rtol = {jnp.float32: 1e-6, jnp.bfloat16: 2e-2, jnp.float16: 4e-3}[dtype]
+    np.testing.assert_allclose(np.asarray(out, np.float64), want, rtol=rtol, atol=rtol)
+
+
+def test_named_wrappers_are_the_group_ops(rng):
+    x = _random(rng, (2, 5, 5, 3))
+    s4, s8 = ops.cyclic_slice(x), ops.dihedral_slice(x)
+    np.testing.assert_array_equal(s4, ops.group_slice(x, "c4"))
+    np.testing.assert_array_equal(s8, ops.group_slice(x, "d4"))
+    np.testing.assert_array_equal(ops.cyclic_conv_roll(s4), ops.group_conv_roll(s4, C4))
+    np.testing.assert_array_equal(ops.dihedral_conv_roll(s8), ops.group_conv_roll(s8, D4))
+    f4, f8 = s4.reshape(8, -1), s8.reshape(16, -1)
+    np.testing.assert_array_equal(ops.cyclic_roll(f4), ops.group_roll(f4, C4))
+    np.testing.assert_array_equal(ops.dihedral_roll(f8), ops.group_roll(f8, D4))
+    np.testing.assert_array_equal(ops.cyclic_pool(f4, "max"), ops.group_pool(f4, C4, "max"))
+    np.testing.assert_array_equal(ops.dihedral_pool(f8, "rms"), ops.group_pool(f8, D4, "rms"))
+
+
+def test_cyclic_roll_block_rule(rng):
+    """The issue's wording for C4: view i, block k holds view (i + k) mod 4 (rotated by -k for maps)."""
+    b, n, c = 2, 5, 3
+    x = _random(rng, (4 * b, n, n, c))
+    dense, conv = ops.cyclic_roll(x.reshape(4 * b, -1)), ops.cyclic_conv_roll(x)
+    f = n * n * c
+    for i in range(4):
+        for k in range(4):
+            src = x[((i + k) % 4) * b : ((i + k) % 4 + 1) * b]
+            np.testing.assert_array_equal(dense[i * b : (i + 1) * b, k * f : (k + 1) * f], src.reshape(b, -1))
+            np.testing.assert_array_equal(
+                conv[i * b : (i + 1) * b, ..., k * c : (k + 1) * c], jnp.rot90(src, -k, axes=(1, 2))
+            )
+
+
+# --- the roll of a slice: every block of view g is g applied to the input -------------
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize("shape", MAP_SHAPES)
+def test_rolling_the_slice_aligns_every_block(group, shape, rng):
+    x = _random(rng, shape)
+    b, c = shape[0], shape[-1]
+    rolled = ops.group_conv_roll(ops.group_slice(x, group), group)
+    for g in range(group.order):
+        want = group.act(g, x, axes=(1, 2))
+        for h in range(group.order):
+            np.testing.assert_array_equal(rolled[g * b : (g + 1) * b, ..., h * c : (h + 1) * c], want)
+
+
+# --- equivariance under every group element, bit for bit -------------------------------
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize("shape", MAP_SHAPES)
+def test_slice_equivariance(group, shape, rng):
+    x = _random(rng, shape)
+    check_equivariance(lambda y: ops.group_slice(y, group), group, x, "spatial", "views")
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize("shape", MAP_SHAPES)
+def test_conv_roll_equivariance(group, shape, rng):
+    b, h, w, c = shape
+    x = _random(rng, (group.order * b, h, w, c))
+    check_equivariance(lambda y: ops.group_conv_roll(y, group), group, x, "views", "views")
+    # and composed with the slice: transforming the image permutes the rolled views
+    img = _random(rng, shape)
+    check_equivariance(
+        lambda y: ops.group_conv_roll(ops.group_slice(y, group), group), group, img, "spatial", "views"
+    )
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize("shape", [(1, 1), (3, 10), (2, 4, 6)])
+def test_dense_roll_equivariance(group, shape, rng):
+    x = _random(rng, (group.order * shape[0], *shape[1:]))
+    check_equivariance(lambda y: ops.group_roll(y, group), group, x, "views", "views")
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize("mode", ["mean", "max", "rms"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_pool_is_bitwise_invariant(group, mode, dtype, rng):
+    x = _random(rng, (group.order * 3, 7, 5), dtype)
+    check_equivariance(jax.jit(lambda y: ops.group_pool(y, group, mode)), group, x, "views", "trivial")
+
+
+def test_wrong_dihedral_roll_order_is_not_equivariant(rng):
+    """The check has teeth: taking view g.h instead of h.g (the competition code's mistake) fails."""
+    x = _random(rng, (8 * 2, 5, 5, 3))
+
+    def wrong_roll(y):
+        v = y.reshape(8, 2, 5, 5, 3)
+        blocks = [
+            D4.act(int(D4.inverse[h]), jnp.stack([v[D4.compose(g, h)] for g in range(8)]), (2, 3))
+            for h in range(8)
+        ]
+        return jnp.concatenate(blocks, -1).reshape(16, 5, 5, 24)
+
+    with pytest.raises(AssertionError, match="not equivariant"):
+        check_equivariance(wrong_roll, D4, x, "views", "views")
+
+
+# --- jit, vmap, errors -------------------------------------------------------------------
+
+
+def test_ops_vmap(rng):
+    x = _random(rng, (3, 2, 5, 5, 1))
+    out = jax.vmap(ops.cyclic_slice)(x)
+    for i in range(3):
+        np.testing.assert_array_equal(out[i], ops.cyclic_slice(x[i]))
+    out = jax.vmap(lambda y: ops.dihedral_conv_roll(ops.dihedral_slice(y)))(x)
+    for i in range(3):
+        np.testing.assert_array_equal(out[i], ops.dihedral_conv_roll(ops.dihedral_slice(x[i])))
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match=r"square maps.*5x6"):
+        ops.cyclic_slice(jnp.zeros((1, 5, 6, 1)))
+    with pytest.raises(ValueError, match=r"square maps.*4x6"):
+        ops.cyclic_conv_roll(jnp.zeros((4, 4, 6, 1)))
+    with pytest.raises(ValueError, match=r"batch axis \(6\) is not a multiple of the 4 views"):
+        ops.cyclic_roll(jnp.zeros((6, 3)))
+    with pytest.raises(ValueError, match=r"not a multiple of the 8 views"):
+        ops.dihedral_pool(jnp.zeros((12, 3)))
+    with pytest.raises(ValueError, match="NHWC"):
+        ops.cyclic_slice(jnp.zeros((5, 5)))
+    with pytest.raises(ValueError, match="unknown pooling mode 'median'"):
+        ops.cyclic_pool(jnp.zeros((4, 3)), "median")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("size", "window", "stride", "padding", "symmetric"),
+    [
+        (95, 3, 2, "VALID", True),
+        (47, 3, 2, "VALID", True),
+        (5, 3, 2, "VALID", True),
+        (48, 3, 2, "VALID", False),
+        (96, 3, 2, "VALID", False),
+        (48, 2, 2, "VALID", True),
+        (47, 2, 2, "VALID", False),
+        (47, 3, 2, "SAME", True),
+        (48, 3, 2, "SAME", False),
+        (10, 3, 1, "SAME", True),
+        (10, 3, 2, (1, 1), False),
+        (11, 3, 2, (1, 1), True),
+    ],
+)
+def test_pooling_symmetry(size, window, stride, padding, symmetric):
+    assert ops.pooling_is_symmetric(size, window, stride, padding) is symmetric
+    # independent check: window centres, mirrored, are window centres
+    lo, hi = (padding, padding) if isinstance(padding, tuple) else (0, 0)
+    if isinstance(padding, tuple):
+        lo, hi = padding
+    elif padding == "SAME":
+        out = -(-size // stride)
+        total = max((out - 1) * stride + window - size, 0)
+        lo, hi = total // 2, total - total // 2
+    out = (size + lo + hi - window) // stride + 1
+    centres = {2 * (-lo + i * stride) + window - 1 for i in range(out)}  # doubled to stay integer
+    assert ({2 * (size - 1) - c for c in centres} == centres) is symmetric
+
+
+# --- gradients ---------------------------------------------------------------------------
+
+
+def _linear_op_matrix(ref, in_shape):
+    """The matrix of a linear reference op, column j = ref(e_j)."""
+    n = int(np.prod(in_shape))
+    cols = [ref(np.eye(n)[j].reshape(in_shape)).ravel() for j in range(n)]
+    return np.stack(cols, axis=1)
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize(
+    ("op", "ref", "in_shape"),
+    [
+        ("slice", lambda x, g: slice_ref(x, g), lambda v: (2, 3, 3, 2)),
+        ("conv_roll", lambda x, g: roll_ref(x, g, conv=True), lambda v: (v * 2, 3, 3, 2)),
+        ("roll", lambda x, g: roll_ref(x, g, conv=False), lambda v: (v * 2, 3)),
+    ],
+    ids=["slice", "conv_roll", "roll"],
+)
+def test_linear_op_gradients_are_the_transposed_reference(group, op, ref, in_shape, rng):
+    fn = {"slice": ops.group_slice, "conv_roll": ops.group_conv_roll, "roll": ops.group_roll}[op]
+    shape = in_shape(group.order)
+    x = _random(rng, shape)
+    y, vjp = jax.vjp(lambda z: fn(z, group), x)
+    ct = _random(rng, y.shape)
+    (got,) = vjp(ct)
+    m = _linear_op_matrix(functools.partial(ref, g=group.name), shape)
+    want = (m.T @ np.asarray(ct, np.float64).ravel()).reshape(shape)
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-6, atol=1e-6)
+    # forward-mode agrees with the same matrix
+    t = _random(rng, shape)
+    _, jvp_out = jax.jvp(lambda z: fn(z, group), (x,), (t,))
+    np.testing.assert_allclose(
+        np.asarray(jvp_out, np.float64).ravel(), m @ np.asarray(t, np.float64).ravel(), rtol=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize("mode", ["mean", "max", "rms"])
+def test_pool_gradients(group, mode, rng):
+    x = _random(rng, (group.order * 3, 4))
+    ct = _random(rng, (3, 4))
+    got = jax.grad(lambda z: jnp.sum(ops.group_pool(z, group, mode) * ct))(x)
+    want = pool_grad_ref(np.asarray(x, np.float64), np.asarray(ct, np.float64), group.name, mode)
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5, atol=1e-6)
+
+
+def test_rms_pool_gradient_is_finite_at_zero():
+    for dtype in DTYPES:
+        g = jax.grad(lambda z: jnp.sum(ops.cyclic_pool(z, "rms").astype(jnp.float32)))(
+            jnp.zeros((4, 3), dtype)
+        )
+        assert np.all(np.isfinite(np.asarray(g, np.float32)))
