@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from numpy_reference import pool_grad_ref, pool_ref, roll_ref, slice_ref
+from wrong_rolls import wrong_dihedral_conv_roll
 
 from deepsea import ops
 from deepsea.equivariance import check_equivariance
@@ -160,16 +161,8 @@ def test_wrong_dihedral_roll_order_is_not_equivariant(rng):
     """The check has teeth: taking view g.h instead of h.g (the competition code's mistake) fails."""
     x = _random(rng, (8 * 2, 5, 5, 3))
 
-    def wrong_roll(y):
-        v = y.reshape(8, 2, 5, 5, 3)
-        blocks = [
-            D4.act(int(D4.inverse[h]), jnp.stack([v[D4.compose(g, h)] for g in range(8)]), (2, 3))
-            for h in range(8)
-        ]
-        return jnp.concatenate(blocks, -1).reshape(16, 5, 5, 24)
-
     with pytest.raises(AssertionError, match="not equivariant"):
-        check_equivariance(wrong_roll, D4, x, "views", "views")
+        check_equivariance(wrong_dihedral_conv_roll, D4, x, "views", "views")
 
 
 # --- jit, vmap, errors -------------------------------------------------------------------

@@ -1,0 +1,90 @@
+"""Networks built from the symmetry layers, with their layer factories as fields.
+
+:class:`RollNet` is the seed's backbone: slice, VGG-like stages of 3x3 'same'
+convolutions each followed by 3x3 stride-2 max pooling and a conv roll, maxout
+dense layers, a view pool and a softmax layer.  ``symmetry`` picks the plain
+(``None``), cyclic (``"c4"``) or dihedral (``"d4"``) variant of one definition;
+every layer comes from a factory field, so variants swap a layer without
+copying the network.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from deepsea import layers
+from deepsea.groups import Group
+
+__all__ = ["CONVROLL4_STAGES", "RollNet", "tiny_rollnet"]
+
+ModuleDef = Any
+
+CONVROLL4_STAGES: tuple[tuple[int, ...], ...] = ((32, 16), (64, 32), (128, 128, 64), (256, 256, 128))
+"""Output channels of the convolutions in each stage of the published convroll4."""
+
+
+class RollNet(nn.Module):
+    """The seed's rolled convnet (convroll4 with the defaults), or its plain counterpart.
+
+    Input ``(B, H, W, C)``; output logits ``(B, num_classes)``.  With a
+    symmetry group the network is exactly invariant to the group acting on its
+    input (up to float rounding), provided every pooling grid is symmetric
+    (odd map sizes for 3x3 stride-2 pooling; :class:`deepsea.layers.MaxPool`
+    raises otherwise).
+    """
+
+    num_classes: int = 121
+    stages: Sequence[Sequence[int]] = CONVROLL4_STAGES
+    dense_features: int = 512
+    maxout_pieces: int = 2
+    dropout_rate: float = 0.5
+    symmetry: str | Group | None = "c4"
+    dense_roll: bool = False
+    view_pool_mode: str = "rms"
+    conv: ModuleDef = functools.partial(
+        nn.Conv, kernel_size=(3, 3), padding="SAME", kernel_init=layers.orthogonal()
+    )
+    activation: ModuleDef = layers.LeakyReLU
+    downsample: ModuleDef = layers.MaxPool
+    dense: ModuleDef = functools.partial(layers.Maxout, kernel_init=layers.orthogonal("linear"))
+    classifier: ModuleDef = functools.partial(nn.Dense, kernel_init=layers.orthogonal("linear"))
+    slice_layer: ModuleDef = layers.Slice
+    conv_roll_layer: ModuleDef = layers.ConvRoll
+    roll_layer: ModuleDef = layers.Roll
+    view_pool_layer: ModuleDef = layers.Pool
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        sym = self.symmetry is not None
+        if sym:
+            x = self.slice_layer(group=self.symmetry, name="slice")(x)
+        for i, stage in enumerate(self.stages):
+            for j, features in enumerate(stage):
+                x = self.conv(features, name=f"conv{i}_{j}")(x)
+                x = self.activation()(x)
+            x = self.downsample(check_symmetry=sym, name=f"pool{i}")(x)
+            if sym:
+                x = self.conv_roll_layer(group=self.symmetry, name=f"conv_roll{i}")(x)
+        x = x.reshape((x.shape[0], -1))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = self.dense(self.dense_features, self.maxout_pieces, name="dense0")(x)
+        if sym:
+            if self.dense_roll:
+                x = self.roll_layer(group=self.symmetry, name="roll")(x)
+            x = self.view_pool_layer(group=self.symmetry, mode=self.view_pool_mode, name="view_pool")(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = self.dense(self.dense_features, self.maxout_pieces, name="dense1")(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return self.classifier(self.num_classes, name="logits")(x)
+
+
+def tiny_rollnet(num_classes: int = 5, symmetry: str | Group | None = "c4", **kwargs: Any) -> RollNet:
+    """A few-thousand-parameter RollNet for tests and demonstrations (inputs of 11, 23, 47, 95 ...)."""
+    defaults: dict[str, Any] = dict(stages=((4,), (8,)), dense_features=16, dropout_rate=0.0)
+    defaults.update(kwargs)
+    return RollNet(num_classes=num_classes, symmetry=symmetry, **defaults)

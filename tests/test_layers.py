@@ -1,0 +1,95 @@
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepsea import layers, ops
+from deepsea.groups import D4
+
+
+def test_symmetry_layers_wrap_the_ops(rng):
+    x = jnp.asarray(rng.standard_normal((2, 5, 5, 3)), jnp.float32)
+    for group in ("c4", "d4", D4):
+        s = layers.Slice(group).apply({}, x)
+        np.testing.assert_array_equal(s, ops.group_slice(x, group))
+        np.testing.assert_array_equal(layers.ConvRoll(group).apply({}, s), ops.group_conv_roll(s, group))
+        f = s.reshape(s.shape[0], -1)
+        np.testing.assert_array_equal(layers.Roll(group).apply({}, f), ops.group_roll(f, group))
+        for mode in ("mean", "max", "rms"):
+            np.testing.assert_array_equal(
+                layers.Pool(group, mode).apply({}, f), ops.group_pool(f, group, mode)
+            )
+
+
+def test_leaky_relu():
+    x = jnp.array([-3.0, -1.0, 0.0, 2.0])
+    np.testing.assert_allclose(layers.leaky_relu(x), [-1.0, -1 / 3, 0.0, 2.0], rtol=1e-7)
+    np.testing.assert_allclose(layers.LeakyReLU(0.1).apply({}, x), [-0.3, -0.1, 0.0, 2.0], rtol=1e-6)
+    assert layers.leaky_relu(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_gain():
+    assert layers.gain("leaky_relu", 1 / 3) == pytest.approx(math.sqrt(1.8))
+    assert layers.gain("leaky_relu", 0.0) == pytest.approx(math.sqrt(2))
+    assert layers.gain("relu") == pytest.approx(math.sqrt(2))
+    assert layers.gain("linear") == 1.0
+    with pytest.raises(ValueError, match="unknown nonlinearity 'swish'"):
+        layers.gain("swish")
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 16, 32), (64, 32), (3, 3, 4, 8)])
+def test_orthogonal_init_has_the_gain(shape):
+    w = np.asarray(layers.orthogonal()(jax.random.key(0), shape, jnp.float32), np.float64)
+    m = w.reshape(-1, shape[-1])  # (fan_in, out): orthonormal columns when fan_in >= out
+    g = layers.gain("leaky_relu", 1 / 3)
+    np.testing.assert_allclose(m.T @ m, g**2 * np.eye(shape[-1]), atol=1e-5)
+
+
+def test_maxout_is_max_over_adjacent_pieces(rng):
+    x = jnp.asarray(rng.standard_normal((5, 7)), jnp.float32)
+    mod = layers.Maxout(4, pieces=3)
+    params = mod.init(jax.random.key(0), x)
+    k = np.asarray(params["params"]["dense"]["kernel"], np.float64)
+    b = np.asarray(params["params"]["dense"]["bias"], np.float64)
+    assert k.shape == (7, 12)
+    want = (np.asarray(x, np.float64) @ k + b).reshape(5, 4, 3).max(-1)
+    np.testing.assert_allclose(mod.apply(params, x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_untied_conv_has_a_bias_per_position(rng):
+    x = jnp.asarray(rng.standard_normal((2, 6, 6, 3)), jnp.float32)
+    mod = layers.UntiedConv(5, strides=(2, 2))
+    params = mod.init(jax.random.key(0), x)
+    assert params["params"]["bias"].shape == (3, 3, 5)
+    bias = jnp.asarray(rng.standard_normal((3, 3, 5)), jnp.float32)
+    params = {"params": {**params["params"], "bias": bias}}
+    conv = nn.Conv(5, (3, 3), strides=(2, 2), padding="SAME", use_bias=False)
+    plain = conv.apply({"params": params["params"]["conv"]}, x)
+    np.testing.assert_allclose(mod.apply(params, x), plain + bias, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [95, 47, 23, 11, 5])
+def test_max_pool_accepts_symmetric_grids(size, rng):
+    x = jnp.asarray(rng.standard_normal((1, size, size, 2)), jnp.float32)
+    y = layers.MaxPool().apply({}, x)
+    assert y.shape == (1, (size - 3) // 2 + 1, (size - 3) // 2 + 1, 2)
+    # against a direct numpy computation
+    xn = np.asarray(x)
+    want = np.array(
+        [
+            [xn[0, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max((0, 1)) for j in range(y.shape[2])]
+            for i in range(y.shape[1])
+        ]
+    )
+    np.testing.assert_array_equal(y[0], want)
+
+
+@pytest.mark.parametrize("size", [96, 48, 10])
+def test_max_pool_refuses_asymmetric_grids(size):
+    x = jnp.zeros((1, size, size, 1))
+    with pytest.raises(ValueError, match=rf"on a map of {size}x{size} is not symmetric.*odd sizes"):
+        layers.MaxPool().apply({}, x)
+    assert layers.MaxPool(check_symmetry=False).apply({}, x).shape[1] == (size - 3) // 2 + 1
