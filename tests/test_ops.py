@@ -157,6 +157,33 @@ def test_pool_is_bitwise_invariant(group, mode, dtype, rng):
     check_equivariance(jax.jit(lambda y: ops.group_pool(y, group, mode)), group, x, "views", "trivial")
 
 
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize("mode", ["mean", "rms"])
+@pytest.mark.parametrize("producer", ["scale", "square", "affine"])
+def test_pool_stays_bitwise_invariant_when_fused_with_a_multiply(group, mode, producer, rng):
+    """XLA fuses the producer into the pool; a multiply next to an add becomes an FMA,
+    which breaks a naive sum's symmetry in the last bit.  The sorted sum must not."""
+    x = _random(rng, (group.order * 30, 7, 5))
+    w = _random(rng, (7, 5))
+    pre = {"scale": lambda y: y * w, "square": lambda y: y * y, "affine": lambda y: jnp.exp(y) * w + y}[
+        producer
+    ]
+    check_equivariance(jax.jit(lambda y: ops.group_pool(pre(y), group, mode)), group, x, "views", "trivial")
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+def test_sorting_network_sorts_every_zero_one_input(n):
+    """The 0-1 principle: a comparator network that sorts all 0/1 inputs sorts everything."""
+    import itertools
+
+    net = ops._sorting_network(n)
+    for bits in itertools.product([0, 1], repeat=n):
+        v = list(bits)
+        for i, j in net:
+            v[i], v[j] = min(v[i], v[j]), max(v[i], v[j])
+        assert v == sorted(bits)
+
+
 def test_wrong_dihedral_roll_order_is_not_equivariant(rng):
     """The check has teeth: taking view g.h instead of h.g (the competition code's mistake) fails."""
     x = _random(rng, (8 * 2, 5, 5, 3))

@@ -1,0 +1,3 @@
+from deepsea.cli import main
+
+main()

@@ -1,0 +1,42 @@
+import subprocess
+import sys
+
+from deepsea import bench_ops, demo
+from deepsea.groups import D4
+
+
+def test_demo_via_the_command_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "deepsea", "demo", "--size", "47", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert "D4 convroll4" in out.stdout
+    png = tmp_path / "views.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_results_are_exactly_invariant():
+    results = demo.run(size=47)
+    assert max(results["d4"].values()) <= 1e-5
+    assert max(results["c4"][k] for k in ("e", "r", "r2", "r3")) <= 1e-5
+    # the organism is chiral, so the cyclic net tells a mirror image apart
+    assert min(results["c4"][k] for k in ("m", "rm", "r2m", "r3m")) > 1e-3
+
+
+def test_organism_has_no_symmetry_of_its_own():
+    img = demo.draw_organism(47)
+    assert img.shape == (47, 47) and img.dtype.name == "float32"
+    for a in range(1, 8):
+        assert not (D4.act(a, img, (0, 1)) == img).all()
+
+
+def test_bench_ops_smoke(capsys):
+    rows = bench_ops.run(batch=1, repeats=1)
+    assert [r["op"] for r in rows][:2] == ["slice 95x95x1", "conv_roll 47x47x16"]
+    for r in rows:
+        assert r["op_fwd_ms"] > 0 and r["next_fwdbwd_ms"] > 0 and r["ratio_fwdbwd"] > 0
+    print(bench_ops.format_table(rows))
+    assert "conv_roll 5x5x128" in capsys.readouterr().out
