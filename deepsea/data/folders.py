@@ -1,0 +1,130 @@
+"""Image folders: labelled ``<root>/<class>/<image>`` (NDSB train, WHOI, ZooScan exports) and flat ones.
+
+Class names are the sorted sub-folder names.  Hidden files (``.DS_Store``,
+``._x.jpg``) and files that are not images (``Thumbs.db``, ``notes.txt``) are
+ignored, counted and listed, never silently dropped.  A root with no class
+folders, an empty class folder or a missing folder is an error naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import numpy as np
+
+from deepsea.data.images import IMAGE_EXTENSIONS
+
+__all__ = ["FolderError", "ImageFolder", "scan_flat_folder", "scan_labelled_folder"]
+
+log = logging.getLogger(__name__)
+
+
+class FolderError(ValueError):
+    """A dataset folder that cannot be used as given; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolder:
+    """The files of a dataset folder.
+
+    Attributes:
+      root: the folder scanned.
+      paths: image paths, sorted by class then file name (flat folders: by name).
+      labels: class index of each path (int32), or ``None`` for an unlabelled folder.
+      classes: sorted class names (empty for an unlabelled folder).
+      ignored: files skipped because they are hidden or not images, relative to ``root``.
+    """
+
+    root: str
+    paths: tuple[str, ...]
+    labels: np.ndarray | None
+    classes: tuple[str, ...]
+    ignored: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """Image ids: file names without their extension (NDSB ids), e.g. ``'12345'``."""
+        return tuple(os.path.splitext(os.path.basename(p))[0] for p in self.paths)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """File names, e.g. ``'12345.jpg'`` (the NDSB submission's ``image`` column)."""
+        return tuple(os.path.basename(p) for p in self.paths)
+
+    def class_counts(self) -> np.ndarray:
+        if self.labels is None:
+            raise ValueError("an unlabelled folder has no class counts")
+        return np.bincount(self.labels, minlength=len(self.classes))
+
+    def subset(self, indices: np.ndarray) -> ImageFolder:
+        """The images at ``indices``, keeping the class list."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return dataclasses.replace(
+            self,
+            paths=tuple(self.paths[i] for i in idx),
+            labels=None if self.labels is None else self.labels[idx],
+        )
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _log_ignored(root: str, ignored: list[str]) -> None:
+    if ignored:
+        shown = ", ".join(ignored[:10]) + (f", ... ({len(ignored) - 10} more)" if len(ignored) > 10 else "")
+        log.warning("%s: ignored %d hidden or non-image file(s): %s", root, len(ignored), shown)
+
+
+def scan_labelled_folder(root: str | os.PathLike) -> ImageFolder:
+    """Scans ``<root>/<class>/<image>``; classes are the sorted sub-folder names."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FolderError(f"dataset folder {root!r} does not exist or is not a folder")
+    entries = sorted(os.listdir(root))
+    classes = [e for e in entries if not e.startswith(".") and os.path.isdir(os.path.join(root, e))]
+    ignored = [e for e in entries if e not in classes]
+    if not classes:
+        raise FolderError(
+            f"dataset folder {root!r} has no class folders; expected <root>/<class>/<image> "
+            f"(found {len(entries)} entries, none a folder)"
+        )
+    paths: list[str] = []
+    labels: list[int] = []
+    empty = []
+    for label, name in enumerate(classes):
+        folder = os.path.join(root, name)
+        files = sorted(os.listdir(folder))
+        images = [f for f in files if _is_image(f) and os.path.isfile(os.path.join(folder, f))]
+        ignored += [os.path.join(name, f) for f in files if f not in images]
+        if not images:
+            empty.append(folder)
+        paths += [os.path.join(folder, f) for f in images]
+        labels += [label] * len(images)
+    if empty:
+        raise FolderError(
+            f"class folder(s) with no images: {', '.join(repr(e) for e in empty)}; "
+            "remove them or add images, since every class must have examples"
+        )
+    _log_ignored(root, ignored)
+    log.info("%s: %d images in %d classes", root, len(paths), len(classes))
+    return ImageFolder(root, tuple(paths), np.asarray(labels, np.int32), tuple(classes), tuple(ignored))
+
+
+def scan_flat_folder(root: str | os.PathLike) -> ImageFolder:
+    """Scans a flat folder of unlabelled images (the NDSB test layout)."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FolderError(f"image folder {root!r} does not exist or is not a folder")
+    entries = sorted(os.listdir(root))
+    paths = [os.path.join(root, e) for e in entries if _is_image(e) and os.path.isfile(os.path.join(root, e))]
+    ignored = [e for e in entries if os.path.join(root, e) not in paths]
+    if not paths:
+        raise FolderError(f"image folder {root!r} has no images ({len(entries)} other entries)")
+    _log_ignored(root, ignored)
+    return ImageFolder(root, tuple(paths), None, (), tuple(ignored))

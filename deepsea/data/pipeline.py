@@ -1,0 +1,345 @@
+"""From image files to normalised NHWC batches: preprocessing, splits, statistics and grain loaders.
+
+Training batches are built in grain worker processes while the accelerator
+(or the other core) trains: each image is decoded, warped once by its own
+random affine transform and normalised with the run's global statistics.
+Every draw is reproducible from ``(seed, epoch, index)``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from deepsea.data.folders import ImageFolder
+from deepsea.data.images import BadImageError, invert, read_image
+from deepsea.data.transforms import (
+    NO_AUGMENTATION,
+    AugmentParams,
+    AugmentRanges,
+    Rescale,
+    affine_matrix,
+    sample_params,
+    warp,
+)
+
+__all__ = [
+    "AugmentedSource",
+    "Preprocess",
+    "check_images",
+    "compute_stats",
+    "eval_batches",
+    "load_json",
+    "preprocess_image",
+    "save_json",
+    "stratified_split",
+    "train_batches",
+]
+
+log = logging.getLogger(__name__)
+
+EPOCHS_FOREVER = 10**7
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """How a decoded image becomes a network input.
+
+    ``size``: the square patch (95 for convroll4, 47 for the multiscale
+    branch).  ``rescale``: see :class:`~deepsea.data.transforms.Rescale`.
+    ``channels``: 1 (grayscale) or 3 (RGB).  ``mean``/``std``: the global
+    statistics (from :func:`compute_stats`), applied after the warp.
+    """
+
+    size: int = 95
+    rescale: Rescale = Rescale("max_side", 85.0)
+    channels: int = 1
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.size < 1:
+            raise ValueError(f"patch size must be positive, got {self.size}")
+        if not self.std > 0:
+            raise ValueError(f"std must be > 0, got {self.std}")
+
+    def with_stats(self, mean: float, std: float) -> Preprocess:
+        return dataclasses.replace(self, mean=float(mean), std=float(std))
+
+
+def preprocess_image(
+    image: np.ndarray, pp: Preprocess, params: AugmentParams = AugmentParams()
+) -> np.ndarray:
+    """uint8 ``(H, W)`` or ``(H, W, 3)`` -> normalised float32 ``(size, size, channels)``: one warp."""
+    h, w = image.shape[:2]
+    forward = affine_matrix((h, w), pp.size, pp.rescale.factor(h, w), params)
+    x = warp(invert(image), forward, pp.size)
+    if x.ndim == 2:
+        x = x[:, :, None]
+    return ((x - np.float32(pp.mean)) / np.float32(pp.std)).astype(np.float32)
+
+
+def _read(path: str, channels: int) -> np.ndarray:
+    return read_image(path, "L" if channels == 1 else "RGB")
+
+
+def _check_one(path: str) -> tuple[str, tuple[int, int] | None, str | None]:
+    try:
+        img = read_image(path, "L")
+        return path, (int(img.shape[0]), int(img.shape[1])), None
+    except BadImageError as e:
+        return path, None, e.reason
+
+
+def check_images(
+    folder: ImageFolder, skip_bad: bool = False, workers: int | None = None, progress: bool = True
+) -> tuple[ImageFolder, np.ndarray, list[tuple[str, str]]]:
+    """Decodes every image once, before training starts, so that a bad file fails now and by name.
+
+    Returns the folder (without the bad files if ``skip_bad``), each kept
+    image's raw ``(height, width)`` and the list of ``(path, reason)`` skipped.
+    Without ``skip_bad`` the first bad file raises :class:`BadImageError`
+    (all bad files are listed in its message).
+    """
+    from tqdm.auto import tqdm
+
+    workers = workers or min(4, os.cpu_count() or 1)
+    results: list[tuple[str, tuple[int, int] | None, str | None]] = []
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        it = (
+            pool.map(_check_one, folder.paths, chunksize=64) if workers > 1 else map(_check_one, folder.paths)
+        )
+        for r in tqdm(it, total=len(folder), desc="checking images", unit="img", disable=not progress):
+            results.append(r)
+    bad = [(p, reason) for p, _, reason in results if reason is not None]
+    if bad and not skip_bad:
+        listing = "; ".join(f"{p}: {r}" for p, r in bad[:20]) + ("; ..." if len(bad) > 20 else "")
+        err = BadImageError(bad[0][0], bad[0][1])
+        err.args = (
+            f"{len(bad)} unreadable image(s) (pass skip_bad / --skip-bad-images to skip them): {listing}",
+        )
+        raise err
+    for p, reason in bad:
+        log.warning("skipping unreadable image %s: %s", p, reason)
+    keep = np.array([r[2] is None for r in results], dtype=bool)
+    sizes = np.array([r[1] for r in results if r[1] is not None], dtype=np.int32).reshape(-1, 2)
+    return folder.subset(np.flatnonzero(keep)), sizes, bad
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float = 0.1, seed: int = 0, min_class_size: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class random split: ``round(fraction * n_c)`` validation images of each class.
+
+    Every class with at least ``min_class_size`` images has at least one
+    validation image, and every class keeps at least one training image.
+    Returns sorted ``(train_indices, validation_indices)``.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    val: list[np.ndarray] = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n_val = int(np.floor(fraction * len(idx) + 0.5))
+        if len(idx) >= min_class_size:
+            n_val = max(n_val, 1)
+        n_val = min(n_val, len(idx) - 1)
+        val.append(rng.permutation(idx)[:n_val])
+    val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
+    return train_idx, val_idx
+
+
+def compute_stats(
+    folder: ImageFolder, pp: Preprocess, max_images: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Global mean and standard deviation of the plainly rescaled patches (float64 accumulation).
+
+    Uses at most ``max_images`` images drawn at random with ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(folder)
+    idx = rng.permutation(n)[: min(n, max_images)]
+    plain = dataclasses.replace(pp, mean=0.0, std=1.0)
+    total, total_sq, count = 0.0, 0.0, 0
+    for i in idx:
+        x = preprocess_image(_read(folder.paths[i], pp.channels), plain).astype(np.float64)
+        total += x.sum()
+        total_sq += (x * x).sum()
+        count += x.size
+    mean = total / count
+    std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+    if not std > 0:
+        raise ValueError(f"the images of {folder.root!r} have zero variance after preprocessing")
+    return float(mean), std
+
+
+class AugmentedSource:
+    """A random-access source of preprocessed examples over infinite (or ``epochs``) shuffled epochs.
+
+    Global index ``i`` is position ``i mod n`` of epoch ``i // n``; each epoch
+    has its own permutation from ``(seed, epoch)`` and each example its own
+    transform from ``(seed, epoch, image index)``, so any example can be
+    recomputed, in any process, in any order.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: np.ndarray | None,
+        pp: Preprocess,
+        ranges: AugmentRanges = NO_AUGMENTATION,
+        seed: int = 0,
+        shuffle: bool = True,
+        epochs: int | None = None,
+        raw_sizes: np.ndarray | None = None,
+    ):
+        if not paths:
+            raise ValueError("no images to load")
+        self.paths = list(paths)
+        self.labels = None if labels is None else np.asarray(labels, np.int32)
+        self.pp, self.ranges, self.seed, self.shuffle = pp, ranges, seed, shuffle
+        self.epochs = EPOCHS_FOREVER if epochs is None else epochs
+        self.raw_sizes = raw_sizes
+        self._perm_epoch = -1
+        self._perm: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths) * self.epochs
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))
+            self._perm_epoch = epoch
+        assert self._perm is not None
+        return self._perm
+
+    def example(self, epoch: int, index: int) -> dict[str, Any]:
+        """Image ``index`` as drawn in ``epoch``."""
+        params = sample_params(np.random.default_rng([self.seed, epoch, index]), self.ranges)
+        img = _read(self.paths[index], self.pp.channels)
+        out: dict[str, Any] = {
+            "image": preprocess_image(img, self.pp, params),
+            "raw_size": np.array(img.shape[:2], np.float32),
+            "index": np.int64(index),
+        }
+        if self.labels is not None:
+            out["label"] = self.labels[index]
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        epoch, pos = divmod(int(i), len(self.paths))
+        index = int(self._permutation(epoch)[pos]) if self.shuffle else pos
+        return self.example(epoch, index)
+
+    def __repr__(self) -> str:
+        return f"AugmentedSource({len(self.paths)} images, size={self.pp.size}, seed={self.seed})"
+
+
+def _grain_ready() -> None:
+    """Grain's worker processes read absl flags, which programs like ours never parse: mark them parsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def train_batches(
+    source: AugmentedSource, batch_size: int, workers: int = 1, start_step: int = 0, buffer: int = 2
+) -> Iterator[dict[str, np.ndarray]]:
+    """Infinite fixed-size batches, built in ``workers`` processes (0: in this process).
+
+    Batch ``k`` holds global examples ``k * batch_size`` to ``(k + 1) * batch_size - 1``,
+    so ``start_step`` resumes exactly where a run stopped.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    _grain_ready()
+    ds = grain.MapDataset.source(source).batch(batch_size, drop_remainder=True)
+    if start_step:
+        ds = ds[start_step:]
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0 if workers else 2, prefetch_buffer_size=buffer))
+    if workers:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer))
+    return iter(it)
+
+
+def eval_batches(
+    paths: Sequence[str],
+    labels: np.ndarray | None,
+    pp: Preprocess,
+    batch_size: int,
+    params: AugmentParams = AugmentParams(),
+    workers: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One pass in order, every image under the same transform ``params``; the last batch is padded.
+
+    Each batch has ``"mask"`` (1 for real examples, 0 for padding).
+    """
+    n = len(paths)
+    _grain_ready()
+    source = _FixedSource(list(paths), labels, pp, params)
+    ds = grain.MapDataset.source(source).batch(batch_size, drop_remainder=False)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0 if workers else 2))
+    if workers:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    done = 0
+    for batch in it:
+        k = len(batch["index"])
+        mask = np.ones(batch_size, np.float32)
+        if k < batch_size:
+            batch = {
+                key: np.concatenate([v, np.repeat(v[-1:], batch_size - k, 0)]) for key, v in batch.items()
+            }
+            mask[k:] = 0
+        batch["mask"] = mask
+        done += k
+        yield batch
+    assert done == n
+
+
+class _FixedSource:
+    def __init__(self, paths: list[str], labels: np.ndarray | None, pp: Preprocess, params: AugmentParams):
+        self.paths, self.labels, self.pp, self.params = paths, labels, pp, params
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        img = _read(self.paths[i], self.pp.channels)
+        out: dict[str, Any] = {
+            "image": preprocess_image(img, self.pp, self.params),
+            "raw_size": np.array(img.shape[:2], np.float32),
+            "index": np.int64(i),
+        }
+        if self.labels is not None:
+            out["label"] = np.int32(self.labels[i])
+        return out
+
+
+def save_json(path: str, obj: Any) -> None:
+    """Writes ``obj`` as JSON atomically (a temporary file renamed over ``path``)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)

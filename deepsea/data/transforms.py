@@ -1,0 +1,217 @@
+"""One affine warp per image: centring, rescale and random augmentation composed into one matrix.
+
+Coordinates are ``(row, col)`` pixel centres.  :func:`affine_matrix` returns
+the forward map from input pixels to output pixels,
+
+    F = T(c_out + shift) . R(rotation) . Shear(shear) . Z(rescale * zoom / stretch, rescale * zoom * stretch)
+        . Mirror(flip) . T(-c_in)
+
+and :func:`warp` samples the input at ``F^-1`` of every output pixel with
+bilinear interpolation and a zero (background) fill, in one pass.
+
+The seed's training ranges are :data:`TRAIN_RANGES`: rotation uniform 0-360
+degrees, shift uniform +-10 px, zoom log-uniform 1/1.6-1.6, shear uniform +-20
+degrees, stretch log-uniform 1/1.3-1.3, mirror with probability 1/2.  Test-time
+augmentation uses the milder :data:`TTA_RANGES` on a 7-dimensional Halton
+sequence mapped through the same inverse CDFs (:func:`tta_params`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import scipy.ndimage
+
+__all__ = [
+    "NO_AUGMENTATION",
+    "TRAIN_RANGES",
+    "TTA_RANGES",
+    "AugmentParams",
+    "AugmentRanges",
+    "Rescale",
+    "affine_matrix",
+    "halton",
+    "params_from_unit",
+    "sample_params",
+    "tta_params",
+    "warp",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentRanges:
+    """Ranges of the random part of the transform; zero ranges give the plain rescale."""
+
+    rotation: float = 360.0  # degrees, uniform in [0, rotation)
+    shift: float = 10.0  # pixels, uniform in [-shift, shift] on each axis
+    zoom: float = 1.6  # log-uniform in [1/zoom, zoom]
+    shear: float = 20.0  # degrees, uniform in [-shear, shear]
+    stretch: float = 1.3  # log-uniform in [1/stretch, stretch]
+    flip: bool = True  # mirror with probability 1/2
+
+    def __post_init__(self) -> None:
+        for name in ("rotation", "shift", "shear"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"augmentation range {name}={getattr(self, name)} must be >= 0")
+        for name in ("zoom", "stretch"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"augmentation range {name}={getattr(self, name)} must be >= 1 (log-uniform)"
+                )
+
+
+TRAIN_RANGES = AugmentRanges()
+TTA_RANGES = AugmentRanges(rotation=360.0, shift=8.0, zoom=1.4, shear=10.0, stretch=1.2, flip=True)
+NO_AUGMENTATION = AugmentRanges(rotation=0.0, shift=0.0, zoom=1.0, shear=0.0, stretch=1.0, flip=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentParams:
+    """One draw of the random part: angles in degrees, shift in output pixels."""
+
+    rotation: float = 0.0
+    shift_row: float = 0.0
+    shift_col: float = 0.0
+    zoom: float = 1.0
+    shear: float = 0.0
+    stretch: float = 1.0
+    flip: bool = False
+
+
+def params_from_unit(u: Sequence[float], ranges: AugmentRanges) -> AugmentParams:
+    """Maps a point of the unit cube ``[0, 1)^7`` through the inverse CDFs of the ranges' distributions.
+
+    Dimensions: rotation, row shift, column shift, log zoom, shear, log stretch, mirror.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    if u.shape != (7,):
+        raise ValueError(f"expected 7 coordinates in [0, 1), got shape {u.shape}")
+    return AugmentParams(
+        rotation=float(u[0] * ranges.rotation),
+        shift_row=float((2 * u[1] - 1) * ranges.shift),
+        shift_col=float((2 * u[2] - 1) * ranges.shift),
+        zoom=float(math.exp((2 * u[3] - 1) * math.log(ranges.zoom))),
+        shear=float((2 * u[4] - 1) * ranges.shear),
+        stretch=float(math.exp((2 * u[5] - 1) * math.log(ranges.stretch))),
+        flip=bool(ranges.flip and u[6] < 0.5),
+    )
+
+
+def sample_params(rng: np.random.Generator, ranges: AugmentRanges) -> AugmentParams:
+    """A random draw (uniform point of the unit cube through :func:`params_from_unit`)."""
+    return params_from_unit(rng.random(7), ranges)
+
+
+def halton(n: int, dims: int = 7, engine: Literal["auto", "scipy", "ghalton"] = "auto") -> np.ndarray:
+    """The first ``n`` points of the unscrambled Halton sequence, skipping the origin: ``(n, dims)``.
+
+    ``scipy.stats.qmc.Halton`` by default; ``ghalton`` (the seed's library) when
+    installed and ``engine`` is ``"auto"`` or ``"ghalton"``.  Both give the
+    same points.
+    """
+    if engine in ("auto", "ghalton"):
+        try:
+            import ghalton  # type: ignore[import-not-found]
+
+            return np.asarray(ghalton.Halton(dims).get(n), dtype=np.float64)
+        except ImportError:
+            if engine == "ghalton":
+                raise ImportError("ghalton is not installed: pip install 'deepsea[ghalton]'") from None
+    from scipy.stats import qmc
+
+    sampler = qmc.Halton(d=dims, scramble=False)
+    sampler.fast_forward(1)  # the first point is the origin; ghalton starts after it
+    return sampler.random(n)
+
+
+def tta_params(
+    n: int = 70, ranges: AugmentRanges = TTA_RANGES, engine: Literal["auto", "scipy", "ghalton"] = "auto"
+) -> list[AugmentParams]:
+    """``n`` quasi-random test-time transforms (a Halton sequence through the inverse CDFs)."""
+    return [params_from_unit(u, ranges) for u in halton(n, 7, engine)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rescale:
+    """How an image of any size is brought to the network's scale.
+
+    ``kind="max_side"``: the largest side becomes ``value`` pixels (the seed: 85
+    inside a 95x95 patch).  ``kind="factor"``: multiply by ``value`` (the seed's
+    multiscale branch: 1/5 into 47x47).  ``kind="none"``: keep the raw size.
+    """
+
+    kind: Literal["max_side", "factor", "none"] = "max_side"
+    value: float = 85.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("max_side", "factor", "none"):
+            raise ValueError(f"unknown rescale kind {self.kind!r}; expected 'max_side', 'factor' or 'none'")
+        if self.kind != "none" and not self.value > 0:
+            raise ValueError(f"rescale value must be > 0, got {self.value}")
+
+    def factor(self, height: int, width: int) -> float:
+        if self.kind == "max_side":
+            return self.value / max(height, width)
+        if self.kind == "factor":
+            return self.value
+        return 1.0
+
+
+def _translate(dr: float, dc: float) -> np.ndarray:
+    return np.array([[1.0, 0.0, dr], [0.0, 1.0, dc], [0.0, 0.0, 1.0]])
+
+
+def _linear(m: np.ndarray) -> np.ndarray:
+    out = np.eye(3)
+    out[:2, :2] = m
+    return out
+
+
+def affine_matrix(
+    in_shape: tuple[int, int], out_size: int, scale: float, params: AugmentParams = AugmentParams()
+) -> np.ndarray:
+    """The forward 3x3 map from input ``(row, col, 1)`` to output coordinates (see the module docstring)."""
+    h, w = in_shape
+    theta = math.radians(params.rotation)
+    shear = math.radians(params.shear)
+    c, s = math.cos(theta), math.sin(theta)
+    rotate = _linear(np.array([[c, s], [-s, c]]))  # counter-clockwise as displayed (rows point down)
+    shear_m = _linear(np.array([[1.0, 0.0], [math.tan(shear), 1.0]]))
+    zoom = _linear(np.diag([scale * params.zoom / params.stretch, scale * params.zoom * params.stretch]))
+    mirror = _linear(np.diag([1.0, -1.0 if params.flip else 1.0]))
+    c_out = (out_size - 1) / 2.0
+    return (
+        _translate(c_out + params.shift_row, c_out + params.shift_col)
+        @ rotate
+        @ shear_m
+        @ zoom
+        @ mirror
+        @ _translate(-(h - 1) / 2.0, -(w - 1) / 2.0)
+    )
+
+
+def warp(image: np.ndarray, forward: np.ndarray, out_size: int) -> np.ndarray:
+    """Samples ``image`` (``(H, W)`` or ``(H, W, C)``) at ``forward^-1`` of each output pixel.
+
+    Bilinear interpolation; outside the image is 0 (the inverted background),
+    interpolated smoothly at the border.  Returns float32 ``(S, S[, C])``.
+    """
+    inv = np.linalg.inv(forward)
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3:
+        return np.stack([warp(image[..., i], forward, out_size) for i in range(image.shape[-1])], axis=-1)
+    out = scipy.ndimage.affine_transform(
+        image,
+        inv[:2, :2],
+        offset=inv[:2, 2],
+        output_shape=(out_size, out_size),
+        order=1,
+        mode="grid-constant",
+        cval=0.0,
+        prefilter=False,
+    )
+    return out.astype(np.float32, copy=False)
