@@ -7,7 +7,7 @@ the forward map from input pixels to output pixels,
         . Mirror(flip) . T(-c_in)
 
 and :func:`warp` samples the input at ``F^-1`` of every output pixel with
-bilinear interpolation and a zero (background) fill, in one pass.
+bilinear interpolation and a zero (background) fill outside the image, in one pass.
 
 The seed's training ranges are :data:`TRAIN_RANGES`: rotation uniform 0-360
 degrees, shift uniform +-10 px, zoom log-uniform 1/1.6-1.6, shear uniform +-20
@@ -179,7 +179,7 @@ def affine_matrix(
     theta = math.radians(params.rotation)
     shear = math.radians(params.shear)
     c, s = math.cos(theta), math.sin(theta)
-    rotate = _linear(np.array([[c, s], [-s, c]]))  # counter-clockwise as displayed (rows point down)
+    rotate = _linear(np.array([[c, -s], [s, c]]))  # counter-clockwise as displayed, like np.rot90
     shear_m = _linear(np.array([[1.0, 0.0], [math.tan(shear), 1.0]]))
     zoom = _linear(np.diag([scale * params.zoom / params.stretch, scale * params.zoom * params.stretch]))
     mirror = _linear(np.diag([1.0, -1.0 if params.flip else 1.0]))
@@ -197,21 +197,30 @@ def affine_matrix(
 def warp(image: np.ndarray, forward: np.ndarray, out_size: int) -> np.ndarray:
     """Samples ``image`` (``(H, W)`` or ``(H, W, C)``) at ``forward^-1`` of each output pixel.
 
-    Bilinear interpolation; outside the image is 0 (the inverted background),
-    interpolated smoothly at the border.  Returns float32 ``(S, S[, C])``.
+    Pixels are squares: input pixel ``(i, j)`` covers ``[i - 1/2, i + 1/2] x
+    [j - 1/2, j + 1/2]``.  Inside the image, values are interpolated bilinearly
+    (clamped at the border); outside, they are 0, the inverted background.  So
+    a 1x1 image scales to a uniform square, like any other image.  Returns
+    float32 ``(S, S[, C])``.
     """
     inv = np.linalg.inv(forward)
     image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 3:
-        return np.stack([warp(image[..., i], forward, out_size) for i in range(image.shape[-1])], axis=-1)
-    out = scipy.ndimage.affine_transform(
-        image,
-        inv[:2, :2],
-        offset=inv[:2, 2],
-        output_shape=(out_size, out_size),
-        order=1,
-        mode="grid-constant",
-        cval=0.0,
-        prefilter=False,
-    )
-    return out.astype(np.float32, copy=False)
+    h, w = image.shape[:2]
+    rows, cols = np.mgrid[0:out_size, 0:out_size].astype(np.float64)
+    src_r = inv[0, 0] * rows + inv[0, 1] * cols + inv[0, 2]
+    src_c = inv[1, 0] * rows + inv[1, 1] * cols + inv[1, 2]
+    inside = (src_r >= -0.5) & (src_r <= h - 0.5) & (src_c >= -0.5) & (src_c <= w - 0.5)
+    channels = [image] if image.ndim == 2 else [image[..., i] for i in range(image.shape[-1])]
+    out = []
+    for ch in channels:
+        warped = scipy.ndimage.affine_transform(
+            ch,
+            inv[:2, :2],
+            offset=inv[:2, 2],
+            output_shape=(out_size, out_size),
+            order=1,
+            mode="nearest",
+            prefilter=False,
+        )
+        out.append(np.where(inside, warped, 0.0).astype(np.float32))
+    return out[0] if image.ndim == 2 else np.stack(out, axis=-1)
