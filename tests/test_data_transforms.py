@@ -60,7 +60,7 @@ def test_zero_ranges_give_the_plain_rescale():
 
 
 def test_invalid_ranges():
-    with pytest.raises(ValueError, match="zoom=0.5 must be >= 1"):
+    with pytest.raises(ValueError, match=r"zoom=0\.5 must be >= 1"):
         AugmentRanges(zoom=0.5)
     with pytest.raises(ValueError, match="unknown rescale kind 'fit'"):
         Rescale("fit", 1.0)  # type: ignore[arg-type]
@@ -85,7 +85,7 @@ def _bilinear_reference(img, y, x):
     if not (-0.5 <= y <= h - 0.5 and -0.5 <= x <= w - 0.5):
         return 0.0
     y, x = min(max(y, 0.0), h - 1.0), min(max(x, 0.0), w - 1.0)
-    y0, x0 = min(int(math.floor(y)), h - 2) if h > 1 else 0, min(int(math.floor(x)), w - 2) if w > 1 else 0
+    y0, x0 = min(math.floor(y), h - 2) if h > 1 else 0, min(math.floor(x), w - 2) if w > 1 else 0
     dy, dx = y - y0, x - x0
     y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
     return (
