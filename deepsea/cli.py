@@ -53,7 +53,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_preview)
     args = parser.parse_args(argv)
-    args.func(args)
+    from deepsea.data import BadImageError, FolderError
+
+    try:
+        args.func(args)
+    except (FolderError, BadImageError) as e:
+        print(f"deepsea {args.command}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _make_synthetic(args: argparse.Namespace) -> None:

@@ -40,3 +40,29 @@ def test_bench_ops_smoke(capsys):
         assert r["op_fwd_ms"] > 0 and r["next_fwdbwd_ms"] > 0 and r["ratio_fwdbwd"] > 0
     print(bench_ops.format_table(rows))
     assert "conv_roll 5x5x128" in capsys.readouterr().out
+
+
+def _run(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "deepsea", *args], capture_output=True, text=True, timeout=600, env=env
+    )
+
+
+def test_make_synthetic_preview_and_bench_data(tmp_path):
+    import os
+
+    out = _run("make-synthetic", str(tmp_path / "syn"), "--per-class", "6")
+    assert out.returncode == 0, out.stderr
+    assert len(os.listdir(tmp_path / "syn")) == 12
+    png = tmp_path / "grid.png"
+    out = _run(
+        "preview", "--data", str(tmp_path / "syn"), "--out", str(png), "--images", "3", "--augmented", "2"
+    )
+    assert out.returncode == 0, out.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    out = _run("bench-data", "--data", str(tmp_path / "syn"), "--batches", "2", "--steps", "0")
+    assert out.returncode == 0, out.stderr
+    assert "95x95 (largest side 85)" in out.stdout and '"size_47"' in out.stdout
+    # a bad folder fails with a message naming it, not a traceback
+    out = _run("preview", "--data", str(tmp_path / "nowhere"))
+    assert out.returncode == 2 and "nowhere" in out.stderr and "Traceback" not in out.stderr
