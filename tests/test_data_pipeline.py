@@ -135,3 +135,26 @@ def test_eval_batches_cover_every_image_once_and_pad(synth):
     assert mask.sum() == n and all(b["image"].shape == (10, 23, 23, 1) for b in batches)
     labels = np.concatenate([b["label"] for b in batches])[mask > 0]
     np.testing.assert_array_equal(labels, synth.labels)
+
+
+def test_run_data_round_trips_and_mismatches_are_named(synth, tmp_path):
+    import shutil
+
+    from deepsea.data import RunDataMismatch, load_run_data, save_run_data
+
+    train, val = stratified_split(synth.labels, 0.2, seed=4)
+    pp = Preprocess(size=47, rescale=Rescale("factor", 0.5), mean=0.1, std=0.2)
+    run = str(tmp_path / "run")
+    save_run_data(run, synth, train, val, pp, seed=4, fraction=0.2)
+    t2, v2, pp2 = load_run_data(run, synth)
+    np.testing.assert_array_equal(t2, train)
+    np.testing.assert_array_equal(v2, val)
+    assert pp2 == pp
+    split = load_json(f"{run}/split.json")
+    assert split["validation_ids"] == [synth.ids[i] for i in val]
+    # a folder with a class fewer: the error names the missing class
+    copy = tmp_path / "copy"
+    shutil.copytree(synth.root, copy)
+    shutil.rmtree(copy / "ring")
+    with pytest.raises(RunDataMismatch, match=r"missing \['ring'\]"):
+        load_run_data(run, scan_labelled_folder(copy))

@@ -35,12 +35,15 @@ __all__ = [
     "AugmentedSource",
     "BatchIterator",
     "Preprocess",
+    "RunDataMismatch",
     "check_images",
     "compute_stats",
     "eval_batches",
     "load_json",
+    "load_run_data",
     "preprocess_image",
     "save_json",
+    "save_run_data",
     "stratified_split",
     "train_batches",
 ]
@@ -373,3 +376,80 @@ def save_json(path: str, obj: Any) -> None:
 def load_json(path: str) -> Any:
     with open(path) as f:
         return json.load(f)
+
+
+class RunDataMismatch(ValueError):
+    """A dataset that does not match what a run was trained with (classes or split images)."""
+
+
+def save_run_data(
+    run_dir: str,
+    folder: ImageFolder,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    pp: Preprocess,
+    seed: int,
+    fraction: float,
+    skipped: Sequence[tuple[str, str]] = (),
+) -> None:
+    """Writes ``classes.json``, ``split.json`` (image ids, relative paths) and ``preprocess.json``."""
+    os.makedirs(run_dir, exist_ok=True)
+    rel = [os.path.relpath(p, folder.root) for p in folder.paths]
+    save_json(os.path.join(run_dir, "classes.json"), list(folder.classes))
+    save_json(
+        os.path.join(run_dir, "split.json"),
+        {
+            "root": os.path.abspath(folder.root),
+            "seed": seed,
+            "validation_fraction": fraction,
+            "train": [rel[i] for i in train_idx],
+            "validation": [rel[i] for i in val_idx],
+            "validation_ids": [folder.ids[i] for i in val_idx],
+            "skipped": [{"path": p, "reason": r} for p, r in skipped],
+            "ignored": list(folder.ignored),
+        },
+    )
+    save_json(
+        os.path.join(run_dir, "preprocess.json"),
+        {
+            "size": pp.size,
+            "rescale": {"kind": pp.rescale.kind, "value": pp.rescale.value},
+            "channels": pp.channels,
+            "mean": pp.mean,
+            "std": pp.std,
+        },
+    )
+
+
+def load_run_data(run_dir: str, folder: ImageFolder) -> tuple[np.ndarray, np.ndarray, Preprocess]:
+    """Reads a run's split and preprocessing back against ``folder``.
+
+    Raises :class:`RunDataMismatch` naming the difference when the class list
+    differs or split images are missing from the folder.
+    """
+    classes = load_json(os.path.join(run_dir, "classes.json"))
+    if list(folder.classes) != classes:
+        missing = sorted(set(classes) - set(folder.classes))
+        extra = sorted(set(folder.classes) - set(classes))
+        raise RunDataMismatch(
+            f"the classes of {folder.root!r} do not match run {run_dir!r} "
+            f"({len(folder.classes)} vs {len(classes)} classes; missing {missing[:5]}, extra {extra[:5]})"
+        )
+    split = load_json(os.path.join(run_dir, "split.json"))
+    index = {os.path.relpath(p, folder.root): i for i, p in enumerate(folder.paths)}
+    lost = [p for p in split["train"] + split["validation"] if p not in index]
+    if lost:
+        raise RunDataMismatch(
+            f"{len(lost)} image(s) of run {run_dir!r} are not in {folder.root!r}: {lost[:5]}"
+        )
+    train = np.array([index[p] for p in split["train"]], np.int64)
+    val = np.array([index[p] for p in split["validation"]], np.int64)
+    meta = load_json(os.path.join(run_dir, "preprocess.json"))
+    pp = Preprocess(
+        size=meta["size"],
+        rescale=Rescale(meta["rescale"]["kind"], meta["rescale"]["value"]),
+        channels=meta["channels"],
+        mean=meta["mean"],
+        std=meta["std"],
+    )
+    return train, val, pp
