@@ -7,6 +7,7 @@ from deepsea.data import (
     AugmentedSource,
     Preprocess,
     Rescale,
+    bagging_splits,
     compute_stats,
     eval_batches,
     preprocess_image,
@@ -40,8 +41,11 @@ def test_stratified_split_properties():
     _check_split(labels, train, val, 0.1)
     _t2, v2 = stratified_split(labels, 0.1, seed=3)
     np.testing.assert_array_equal(val, v2)
-    bags = [stratified_split(labels, 0.1, seed=s)[1] for s in range(4)]  # bagging: k seeds
-    assert all(not np.array_equal(bags[0], b) for b in bags[1:])
+    bags = bagging_splits(labels, 4, 0.1, seed=3)
+    np.testing.assert_array_equal(bags[0][1], val)  # the first bag is the seed's own split
+    for t, v in bags:
+        _check_split(labels, t, v, 0.1)
+    assert all(not np.array_equal(bags[0][1], b[1]) for b in bags[1:])
     with pytest.raises(ValueError, match="fraction"):
         stratified_split(labels, 1.5)
 

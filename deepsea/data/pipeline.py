@@ -36,6 +36,7 @@ __all__ = [
     "BatchIterator",
     "Preprocess",
     "RunDataMismatch",
+    "bagging_splits",
     "check_images",
     "compute_stats",
     "eval_batches",
@@ -166,6 +167,15 @@ def stratified_split(
     return train_idx, val_idx
 
 
+def bagging_splits(
+    labels: np.ndarray, k: int, fraction: float = 0.1, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` stratified splits with seeds ``seed, seed + 1, ...``: one per bagged model."""
+    if k < 1:
+        raise ValueError(f"k must be positive, got {k}")
+    return [stratified_split(labels, fraction, seed + i) for i in range(k)]
+
+
 def compute_stats(
     folder: ImageFolder, pp: Preprocess, max_images: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
@@ -188,6 +198,21 @@ def compute_stats(
     if not std > 0:
         raise ValueError(f"the images of {folder.root!r} have zero variance after preprocessing")
     return float(mean), std
+
+
+def _example(
+    paths: Sequence[str], labels: np.ndarray | None, index: int, pp: Preprocess, params: AugmentParams
+) -> dict[str, Any]:
+    """One example: the warped image, its raw ``(height, width)``, its index and (if known) its label."""
+    img = _read(paths[index], pp.channels)
+    out: dict[str, Any] = {
+        "image": preprocess_image(img, pp, params),
+        "raw_size": np.array(img.shape[:2], np.float32),
+        "index": np.int64(index),
+    }
+    if labels is not None:
+        out["label"] = np.int32(labels[index])
+    return out
 
 
 class AugmentedSource:
@@ -233,15 +258,7 @@ class AugmentedSource:
     def example(self, epoch: int, index: int) -> dict[str, Any]:
         """Image ``index`` as drawn in ``epoch``."""
         params = sample_params(np.random.default_rng([self.seed, epoch, index]), self.ranges)
-        img = _read(self.paths[index], self.pp.channels)
-        out: dict[str, Any] = {
-            "image": preprocess_image(img, self.pp, params),
-            "raw_size": np.array(img.shape[:2], np.float32),
-            "index": np.int64(index),
-        }
-        if self.labels is not None:
-            out["label"] = self.labels[index]
-        return out
+        return _example(self.paths, self.labels, index, self.pp, params)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not 0 <= i < len(self):
@@ -353,15 +370,7 @@ class _FixedSource:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        img = _read(self.paths[i], self.pp.channels)
-        out: dict[str, Any] = {
-            "image": preprocess_image(img, self.pp, self.params),
-            "raw_size": np.array(img.shape[:2], np.float32),
-            "index": np.int64(i),
-        }
-        if self.labels is not None:
-            out["label"] = np.int32(self.labels[i])
-        return out
+        return _example(self.paths, self.labels, i, self.pp, self.params)
 
 
 def save_json(path: str, obj: Any) -> None:
