@@ -48,9 +48,7 @@ def loader_rates(
         src[i]
     out = {"in_process": n / (time.perf_counter() - t0)}
     for workers in (1, 2):
-        out[f"workers_{workers}"] = _rate(
-            train_batches(src, batch_size, workers=workers), batches, batch_size
-        )
+        out[f"workers_{workers}"] = _rate(train_batches(src, batch_size, workers=workers), batches, batch_size)
     return out
 
 
@@ -105,9 +103,7 @@ def waiting_share(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="labelled image folder (default: the synthetic dataset)")
     p.add_argument("--batches", type=int, default=20, help="batches of 32 timed per loader setting")
-    p.add_argument(
-        "--steps", type=int, default=5, help="convroll4 training steps for the waiting share (0: skip)"
-    )
+    p.add_argument("--steps", type=int, default=5, help="convroll4 training steps for the waiting share (0: skip)")
     p.add_argument("--workers", type=int, default=1, help="loader workers while training")
 
 

@@ -73,9 +73,7 @@ def _save_png(path: str, size: int, seed: int) -> None:
         axes[1, v].set_title(f"view r3, block {D4.label(v)}")
     for ax in axes.ravel():
         ax.set_axis_off()
-    fig.suptitle(
-        "dihedral slice (top) and the conv roll of view r3 (bottom): every block is aligned to the view"
-    )
+    fig.suptitle("dihedral slice (top) and the conv roll of view r3 (bottom): every block is aligned to the view")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

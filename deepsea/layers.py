@@ -112,9 +112,7 @@ def gain(nonlinearity: str = "leaky_relu", negative_slope: float = DEFAULT_NEGAT
         raise ValueError(f"unknown nonlinearity {nonlinearity!r}; expected one of {sorted(gains)}") from None
 
 
-def orthogonal(
-    nonlinearity: str = "leaky_relu", negative_slope: float = DEFAULT_NEGATIVE_SLOPE
-) -> Initializer:
+def orthogonal(nonlinearity: str = "leaky_relu", negative_slope: float = DEFAULT_NEGATIVE_SLOPE) -> Initializer:
     """Orthogonal initialisation scaled by :func:`gain` (the kernel is flattened to ``(fan_in, out)``)."""
     return nn.initializers.orthogonal(scale=gain(nonlinearity, negative_slope))
 

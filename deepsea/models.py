@@ -16,11 +16,12 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from deepsea import layers
 from deepsea.groups import Group
 
-__all__ = ["CONVROLL4_STAGES", "RollNet", "tiny_rollnet"]
+__all__ = ["CONVROLL4_STAGES", "RollNet", "build_model", "count_params", "tiny_rollnet"]
 
 ModuleDef = Any
 
@@ -46,9 +47,7 @@ class RollNet(nn.Module):
     symmetry: str | Group | None = "c4"
     dense_roll: bool = False
     view_pool_mode: str = "rms"
-    conv: ModuleDef = functools.partial(
-        nn.Conv, kernel_size=(3, 3), padding="SAME", kernel_init=layers.orthogonal()
-    )
+    conv: ModuleDef = functools.partial(nn.Conv, kernel_size=(3, 3), padding="SAME", kernel_init=layers.orthogonal())
     activation: ModuleDef = layers.LeakyReLU
     downsample: ModuleDef = layers.MaxPool
     dense: ModuleDef = functools.partial(layers.Maxout, kernel_init=layers.orthogonal("linear"))
@@ -57,9 +56,11 @@ class RollNet(nn.Module):
     conv_roll_layer: ModuleDef = layers.ConvRoll
     roll_layer: ModuleDef = layers.Roll
     view_pool_layer: ModuleDef = layers.Pool
+    size_features: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, raw_size: jax.Array | None = None) -> jax.Array:
+        """``raw_size``: the images' original ``(height, width)``, late-fused (as logs) when ``size_features``."""
         sym = self.symmetry is not None
         if sym:
             x = self.slice_layer(group=self.symmetry, name="slice")(x)
@@ -77,6 +78,10 @@ class RollNet(nn.Module):
             if self.dense_roll:
                 x = self.roll_layer(group=self.symmetry, name="roll")(x)
             x = self.view_pool_layer(group=self.symmetry, mode=self.view_pool_mode, name="view_pool")(x)
+        if self.size_features:
+            if raw_size is None:
+                raise ValueError("this model late-fuses the raw image size: pass raw_size=(B, 2) heights and widths")
+            x = jnp.concatenate([x, jnp.log(raw_size.astype(x.dtype)) - 4.0], axis=-1)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = self.dense(self.dense_features, self.maxout_pieces, name="dense1")(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -88,3 +93,43 @@ def tiny_rollnet(num_classes: int = 5, symmetry: str | Group | None = "c4", **kw
     defaults: dict[str, Any] = dict(stages=((4,), (8,)), dense_features=16, dropout_rate=0.0)
     defaults.update(kwargs)
     return RollNet(num_classes=num_classes, symmetry=symmetry, **defaults)
+
+
+def build_model(cfg: Any, num_classes: int) -> nn.Module:
+    """A model from an experiment's ``config.model`` (a ConfigDict or dict).
+
+    ``name``: ``"rollnet"`` (the seed's backbone; ``symmetry`` None, ``"c4"``
+    or ``"d4"``), ``"convroll4"`` (the published network, cyclic) or
+    ``"plain"`` (the same backbone without symmetry).  ``width`` scales every
+    layer's channels and units.
+    """
+    get = cfg.get if hasattr(cfg, "get") else cfg.__getitem__
+    name = get("name", "rollnet")
+    width = float(get("width", 1.0))
+    stages = tuple(tuple(max(1, round(c * width)) for c in stage) for stage in get("stages", CONVROLL4_STAGES))
+    kwargs: dict[str, Any] = dict(
+        num_classes=num_classes,
+        stages=stages,
+        dense_features=max(1, round(get("dense_features", 512) * width)),
+        maxout_pieces=get("maxout_pieces", 2),
+        dropout_rate=get("dropout", 0.5),
+        symmetry=get("symmetry", "c4"),
+        dense_roll=get("dense_roll", False),
+        view_pool_mode=get("view_pool", "rms"),
+        size_features=get("size_features", False),
+    )
+    if name == "convroll4":
+        kwargs.update(symmetry="c4", dense_roll=False, view_pool_mode="rms")
+    elif name == "plain":
+        kwargs.update(symmetry=None)
+    elif name != "rollnet":
+        raise ValueError(f"unknown model {name!r}; expected 'rollnet', 'convroll4' or 'plain'")
+    return RollNet(**kwargs)
+
+
+def count_params(params: Any) -> dict[str, int]:
+    """Parameter count per top-level layer (module name), in the order flax created them."""
+    counts = {}
+    for name, sub in params.items():
+        counts[name] = sum(int(x.size) for x in jax.tree.leaves(sub))
+    return counts

@@ -15,9 +15,7 @@ MIRROR = np.array([[1, 0], [0, -1]])  # reverses the width axis
 # The order fixed by the specification: the 4 rotations, then the 4 rotations of the mirrored input.
 MATRICES = {
     "c4": [np.linalg.matrix_power(ROT, k) for k in range(4)],
-    "d4": [
-        np.linalg.matrix_power(ROT, k) @ np.linalg.matrix_power(MIRROR, f) for f in range(2) for k in range(4)
-    ],
+    "d4": [np.linalg.matrix_power(ROT, k) @ np.linalg.matrix_power(MIRROR, f) for f in range(2) for k in range(4)],
 }
 
 

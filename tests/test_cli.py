@@ -55,9 +55,7 @@ def test_make_synthetic_preview_and_bench_data(tmp_path):
     assert out.returncode == 0, out.stderr
     assert len(os.listdir(tmp_path / "syn")) == 12
     png = tmp_path / "grid.png"
-    out = _run(
-        "preview", "--data", str(tmp_path / "syn"), "--out", str(png), "--images", "3", "--augmented", "2"
-    )
+    out = _run("preview", "--data", str(tmp_path / "syn"), "--out", str(png), "--images", "3", "--augmented", "2")
     assert out.returncode == 0, out.stderr
     assert png.read_bytes()[:4] == b"\x89PNG"
     out = _run("bench-data", "--data", str(tmp_path / "syn"), "--batches", "2", "--steps", "0")

@@ -97,9 +97,7 @@ def test_source_is_reproducible_from_seed_epoch_index(synth):
     assert [int(c[i]["index"]) for i in range(10)] != [int(a[i]["index"]) for i in range(10)]
     plain = AugmentedSource(synth.paths, synth.labels, pp, NO_AUGMENTATION, seed=1)
     ex = plain[0]
-    np.testing.assert_array_equal(
-        ex["image"], preprocess_image(read_image(synth.paths[int(ex["index"])]), pp)
-    )
+    np.testing.assert_array_equal(ex["image"], preprocess_image(read_image(synth.paths[int(ex["index"])]), pp))
     assert ex["label"] == synth.labels[int(ex["index"])]
     assert tuple(ex["raw_size"]) == read_image(synth.paths[int(ex["index"])]).shape
 

@@ -105,10 +105,7 @@ def test_warp_matches_an_independent_step_by_step_computation(seed):
     out = warp(img, affine_matrix(img.shape, 29, scale, p), 29)
     want = np.array(
         [
-            [
-                _bilinear_reference(img, *_explicit_source_coords(r, c, img.shape, 29, scale, p))
-                for c in range(29)
-            ]
+            [_bilinear_reference(img, *_explicit_source_coords(r, c, img.shape, 29, scale, p)) for c in range(29)]
             for r in range(29)
         ]
     )
@@ -118,16 +115,12 @@ def test_warp_matches_an_independent_step_by_step_computation(seed):
 def test_warp_agrees_with_skimage_inside_the_image():
     rng = np.random.default_rng(7)
     img = rng.random((40, 40))
-    m = affine_matrix(
-        img.shape, 40, 0.9, AugmentParams(rotation=33, zoom=1.1, shear=8, stretch=1.1, flip=True)
-    )
+    m = affine_matrix(img.shape, 40, 0.9, AugmentParams(rotation=33, zoom=1.1, shear=8, stretch=1.1, flip=True))
     ours = warp(img, m, 40)
     # skimage works in (x, y) = (col, row): swap the axes of the inverse map
     swap = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]], dtype=np.float64)
     tform = skimage.transform.AffineTransform(matrix=swap @ np.linalg.inv(m) @ swap)
-    theirs = skimage.transform.warp(
-        img, tform, output_shape=(40, 40), order=1, mode="edge", preserve_range=True
-    )
+    theirs = skimage.transform.warp(img, tform, output_shape=(40, 40), order=1, mode="edge", preserve_range=True)
     inside = ours != 0
     assert inside.mean() > 0.5
     np.testing.assert_allclose(ours[inside], theirs[inside], atol=1e-5)

@@ -63,9 +63,7 @@ def test_action_is_a_homomorphism(group, shape, rng):
     for a, b in itertools.product(range(group.order), repeat=2):
         ab = group.compose(a, b)
         np.testing.assert_array_equal(group.act(a, group.act(b, x)), group.act(ab, x))
-        np.testing.assert_array_equal(
-            np.asarray(group.act(a, group.act(b, xj))), np.asarray(group.act(ab, xj))
-        )
+        np.testing.assert_array_equal(np.asarray(group.act(a, group.act(b, xj))), np.asarray(group.act(ab, xj)))
 
 
 def test_rotation_of_non_square_maps_is_an_error():

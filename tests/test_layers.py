@@ -19,9 +19,7 @@ def test_symmetry_layers_wrap_the_ops(rng):
         f = s.reshape(s.shape[0], -1)
         np.testing.assert_array_equal(layers.Roll(group).apply({}, f), ops.group_roll(f, group))
         for mode in ("mean", "max", "rms"):
-            np.testing.assert_array_equal(
-                layers.Pool(group, mode).apply({}, f), ops.group_pool(f, group, mode)
-            )
+            np.testing.assert_array_equal(layers.Pool(group, mode).apply({}, f), ops.group_pool(f, group, mode))
 
 
 def test_leaky_relu():

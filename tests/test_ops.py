@@ -31,9 +31,7 @@ def test_slice_matches_reference(group, shape, dtype, rng):
     x = _random(rng, shape, dtype)
     out = jax.jit(ops.group_slice, static_argnums=1)(x, group)
     assert out.dtype == dtype and out.shape == (group.order * shape[0], *shape[1:])
-    np.testing.assert_array_equal(
-        np.asarray(out, np.float64), slice_ref(np.asarray(x, np.float64), group.name)
-    )
+    np.testing.assert_array_equal(np.asarray(out, np.float64), slice_ref(np.asarray(x, np.float64), group.name))
 
 
 @pytest.mark.parametrize("group", GROUPS, ids=gid)
@@ -137,9 +135,7 @@ def test_conv_roll_equivariance(group, shape, rng):
     check_equivariance(lambda y: ops.group_conv_roll(y, group), group, x, "views", "views")
     # and composed with the slice: transforming the image permutes the rolled views
     img = _random(rng, shape)
-    check_equivariance(
-        lambda y: ops.group_conv_roll(ops.group_slice(y, group), group), group, img, "spatial", "views"
-    )
+    check_equivariance(lambda y: ops.group_conv_roll(ops.group_slice(y, group), group), group, img, "spatial", "views")
 
 
 @pytest.mark.parametrize("group", GROUPS, ids=gid)
@@ -165,9 +161,7 @@ def test_pool_stays_bitwise_invariant_when_fused_with_a_multiply(group, mode, pr
     which breaks a naive sum's symmetry in the last bit.  The sorted sum must not."""
     x = _random(rng, (group.order * 30, 7, 5))
     w = _random(rng, (7, 5))
-    pre = {"scale": lambda y: y * w, "square": lambda y: y * y, "affine": lambda y: jnp.exp(y) * w + y}[
-        producer
-    ]
+    pre = {"scale": lambda y: y * w, "square": lambda y: y * y, "affine": lambda y: jnp.exp(y) * w + y}[producer]
     check_equivariance(jax.jit(lambda y: ops.group_pool(pre(y), group, mode)), group, x, "views", "trivial")
 
 
@@ -302,7 +296,5 @@ def test_pool_gradients(group, mode, rng):
 
 def test_rms_pool_gradient_is_finite_at_zero():
     for dtype in DTYPES:
-        g = jax.grad(lambda z: jnp.sum(ops.cyclic_pool(z, "rms").astype(jnp.float32)))(
-            jnp.zeros((4, 3), dtype)
-        )
+        g = jax.grad(lambda z: jnp.sum(ops.cyclic_pool(z, "rms").astype(jnp.float32)))(jnp.zeros((4, 3), dtype))
         assert np.all(np.isfinite(np.asarray(g, np.float32)))

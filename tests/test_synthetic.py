@@ -13,9 +13,7 @@ PER_CLASS = 40
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    return scan_labelled_folder(
-        make_synthetic(tmp_path_factory.mktemp("syn"), per_class=PER_CLASS, progress=False)
-    )
+    return scan_labelled_folder(make_synthetic(tmp_path_factory.mktemp("syn"), per_class=PER_CLASS, progress=False))
 
 
 def test_balance_ids_and_look(synth):

@@ -11,8 +11,5 @@ from deepsea.groups import D4
 
 def wrong_dihedral_conv_roll(x):
     v = x.reshape((8, x.shape[0] // 8, *x.shape[1:]))
-    blocks = [
-        D4.act(int(D4.inverse[h]), jnp.stack([v[D4.compose(g, h)] for g in range(8)]), (2, 3))
-        for h in range(8)
-    ]
+    blocks = [D4.act(int(D4.inverse[h]), jnp.stack([v[D4.compose(g, h)] for g in range(8)]), (2, 3)) for h in range(8)]
     return jnp.concatenate(blocks, -1).reshape((*x.shape[:-1], 8 * x.shape[-1]))

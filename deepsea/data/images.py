@@ -14,9 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = ["IMAGE_EXTENSIONS", "BadImageError", "invert", "read_image"]
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
-)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 
 
 class BadImageError(ValueError):

@@ -41,6 +41,7 @@ __all__ = [
     "compute_stats",
     "eval_batches",
     "load_json",
+    "load_preprocess",
     "load_run_data",
     "preprocess_image",
     "save_json",
@@ -82,9 +83,7 @@ class Preprocess:
         return dataclasses.replace(self, mean=float(mean), std=float(std))
 
 
-def preprocess_image(
-    image: np.ndarray, pp: Preprocess, params: AugmentParams = AugmentParams()
-) -> np.ndarray:
+def preprocess_image(image: np.ndarray, pp: Preprocess, params: AugmentParams = AugmentParams()) -> np.ndarray:
     """uint8 ``(H, W)`` or ``(H, W, 3)`` -> normalised float32 ``(size, size, channels)``: one warp."""
     h, w = image.shape[:2]
     forward = affine_matrix((h, w), pp.size, pp.rescale.factor(h, w), params)
@@ -121,18 +120,14 @@ def check_images(
     workers = workers or min(4, os.cpu_count() or 1)
     results: list[tuple[str, tuple[int, int] | None, str | None]] = []
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        it = (
-            pool.map(_check_one, folder.paths, chunksize=64) if workers > 1 else map(_check_one, folder.paths)
-        )
+        it = pool.map(_check_one, folder.paths, chunksize=64) if workers > 1 else map(_check_one, folder.paths)
         for r in tqdm(it, total=len(folder), desc="checking images", unit="img", disable=not progress):
             results.append(r)
     bad = [(p, reason) for p, _, reason in results if reason is not None]
     if bad and not skip_bad:
         listing = "; ".join(f"{p}: {r}" for p, r in bad[:20]) + ("; ..." if len(bad) > 20 else "")
         err = BadImageError(bad[0][0], bad[0][1])
-        err.args = (
-            f"{len(bad)} unreadable image(s) (pass skip_bad / --skip-bad-images to skip them): {listing}",
-        )
+        err.args = (f"{len(bad)} unreadable image(s) (pass skip_bad / --skip-bad-images to skip them): {listing}",)
         raise err
     for p, reason in bad:
         log.warning("skipping unreadable image %s: %s", p, reason)
@@ -176,9 +171,7 @@ def bagging_splits(
     return [stratified_split(labels, fraction, seed + i) for i in range(k)]
 
 
-def compute_stats(
-    folder: ImageFolder, pp: Preprocess, max_images: int = 2000, seed: int = 0
-) -> tuple[float, float]:
+def compute_stats(folder: ImageFolder, pp: Preprocess, max_images: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Global mean and standard deviation of the plainly rescaled patches (float64 accumulation).
 
     Uses at most ``max_images`` images drawn at random with ``seed``.
@@ -352,9 +345,7 @@ def eval_batches(
         k = len(batch["index"])
         mask = np.ones(batch_size, np.float32)
         if k < batch_size:
-            batch = {
-                key: np.concatenate([v, np.repeat(v[-1:], batch_size - k, 0)]) for key, v in batch.items()
-            }
+            batch = {key: np.concatenate([v, np.repeat(v[-1:], batch_size - k, 0)]) for key, v in batch.items()}
             mask[k:] = 0
         batch["mask"] = mask
         done += k
@@ -448,17 +439,19 @@ def load_run_data(run_dir: str, folder: ImageFolder) -> tuple[np.ndarray, np.nda
     index = {os.path.relpath(p, folder.root): i for i, p in enumerate(folder.paths)}
     lost = [p for p in split["train"] + split["validation"] if p not in index]
     if lost:
-        raise RunDataMismatch(
-            f"{len(lost)} image(s) of run {run_dir!r} are not in {folder.root!r}: {lost[:5]}"
-        )
+        raise RunDataMismatch(f"{len(lost)} image(s) of run {run_dir!r} are not in {folder.root!r}: {lost[:5]}")
     train = np.array([index[p] for p in split["train"]], np.int64)
     val = np.array([index[p] for p in split["validation"]], np.int64)
+    return train, val, load_preprocess(run_dir)
+
+
+def load_preprocess(run_dir: str) -> Preprocess:
+    """The preprocessing (patch, rescale, global statistics) a run was trained with."""
     meta = load_json(os.path.join(run_dir, "preprocess.json"))
-    pp = Preprocess(
+    return Preprocess(
         size=meta["size"],
         rescale=Rescale(meta["rescale"]["kind"], meta["rescale"]["value"]),
         channels=meta["channels"],
         mean=meta["mean"],
         std=meta["std"],
     )
-    return train, val, pp

@@ -52,9 +52,7 @@ def save_preview(
                 label = folder.classes[folder.labels[i]] if folder.labels is not None else folder.names[i]
                 ax.set_ylabel(f"{label}\n{raw.shape[0]}x{raw.shape[1]}", fontsize=7)
             if row == 0:
-                ax.set_title(
-                    ["raw", f"rescaled {pp.size}"][col] if col < 2 else f"augmented {col - 1}", fontsize=8
-                )
+                ax.set_title(["raw", f"rescaled {pp.size}"][col] if col < 2 else f"augmented {col - 1}", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=90)
     plt.close(fig)

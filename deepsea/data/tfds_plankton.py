@@ -87,9 +87,7 @@ def _builder_class() -> type:
         """Labelled plankton images (NDSB 2015 layout), stored as their original bytes."""
 
         VERSION = tfds.core.Version("1.0.0")
-        MANUAL_DOWNLOAD_INSTRUCTIONS = (
-            "Pass a labelled folder <class>/<image> or the competition's train.zip."
-        )
+        MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass a labelled folder <class>/<image> or the competition's train.zip."
 
         def __init__(self, *, source: str, skip_bad: bool = False, **kwargs: Any):
             self._source = source

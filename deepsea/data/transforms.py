@@ -59,9 +59,7 @@ class AugmentRanges:
                 raise ValueError(f"augmentation range {name}={getattr(self, name)} must be >= 0")
         for name in ("zoom", "stretch"):
             if getattr(self, name) < 1:
-                raise ValueError(
-                    f"augmentation range {name}={getattr(self, name)} must be >= 1 (log-uniform)"
-                )
+                raise ValueError(f"augmentation range {name}={getattr(self, name)} must be >= 1 (log-uniform)")
 
 
 TRAIN_RANGES = AugmentRanges()
@@ -152,6 +150,17 @@ class Rescale:
             raise ValueError(f"unknown rescale kind {self.kind!r}; expected 'max_side', 'factor' or 'none'")
         if self.kind != "none" and not self.value > 0:
             raise ValueError(f"rescale value must be > 0, got {self.value}")
+
+    @classmethod
+    def parse(cls, text: str) -> Rescale:
+        """``"max_side:85"``, ``"factor:0.2"`` or ``"none"``."""
+        kind, _, value = text.partition(":")
+        if kind == "none":
+            return cls("none")
+        try:
+            return cls(kind, float(value))  # type: ignore[arg-type]
+        except ValueError as e:
+            raise ValueError(f"bad rescale {text!r} ({e}); expected max_side:N, factor:F or none") from None
 
     def factor(self, height: int, width: int) -> float:
         if self.kind == "max_side":

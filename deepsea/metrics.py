@@ -1,0 +1,26 @@
+"""Classification metrics as the NDSB competition scored them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["KAGGLE_EPS", "accuracy", "log_loss", "top_k_accuracy"]
+
+KAGGLE_EPS = 1e-15
+
+
+def log_loss(probs: np.ndarray, labels: np.ndarray, eps: float = KAGGLE_EPS) -> float:
+    """Multiclass log loss as Kaggle computed it: clip to ``[eps, 1 - eps]``, renormalise rows, mean -log p."""
+    p = np.clip(np.asarray(probs, np.float64), eps, 1 - eps)
+    p /= p.sum(axis=1, keepdims=True)
+    labels = np.asarray(labels)
+    return float(-np.mean(np.log(p[np.arange(len(labels)), labels])))
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(probs, axis=1) == np.asarray(labels)))
+
+
+def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+    top = np.argsort(-np.asarray(probs), axis=1)[:, :k]
+    return float(np.mean(np.any(top == np.asarray(labels)[:, None], axis=1)))
