@@ -33,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.workers = 1
     c.data.skip_bad_images = False
     c.data.stats_images = 2000
+    c.data.extra_rotations = ()  # cp8: (45.0,)
+    c.data.second_size = 0  # multiscale: 47
+    c.data.second_rescale = "factor:0.2"
 
     c.aug = ml_collections.ConfigDict()
     c.aug.rotation = 360.0
@@ -53,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dense_roll = False
     c.model.view_pool = "rms"
     c.model.size_features = False
+    c.model.small_stages = ((32, 16), (64, 32), (128, 128, 64))  # multiscale: the fixed-scale branch
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "sgd"  # sgd (Nesterov momentum) | adam

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from deepsea import layers
 from deepsea.groups import Group
 
-__all__ = ["CONVROLL4_STAGES", "RollNet", "build_model", "count_params", "tiny_rollnet"]
+__all__ = ["CONVROLL4_STAGES", "MultiscaleNet", "RollNet", "build_model", "count_params", "tiny_rollnet"]
 
 ModuleDef = Any
 
@@ -57,11 +57,28 @@ class RollNet(nn.Module):
     roll_layer: ModuleDef = layers.Roll
     view_pool_layer: ModuleDef = layers.Pool
     size_features: bool = False
+    rotated_inputs: int = 1
+    features_only: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, raw_size: jax.Array | None = None) -> jax.Array:
-        """``raw_size``: the images' original ``(height, width)``, late-fused (as logs) when ``size_features``."""
+    def __call__(
+        self, x: jax.Array, train: bool = False, raw_size: jax.Array | None = None, x2: jax.Array | None = None
+    ) -> jax.Array:
+        """Logits (or, with ``features_only``, the last hidden features).
+
+        ``raw_size``: the images' original ``(height, width)``, late-fused (as
+        logs) when ``size_features``.  With ``rotated_inputs = k`` the channels
+        of ``x`` hold k differently rotated copies of each image (cp8: 0 and 45
+        degrees); every copy is sliced and rolled, and the view pool runs over
+        all ``k * V`` views.  ``x2`` is unused (the multiscale model's second input).
+        """
+        del x2
         sym = self.symmetry is not None
+        k = self.rotated_inputs
+        if k > 1:
+            if x.shape[-1] % k:
+                raise ValueError(f"{k} rotated inputs need a channel count divisible by {k}, got {x.shape}")
+            x = jnp.concatenate(jnp.split(x, k, axis=-1), axis=0)  # (k * B, H, W, C)
         if sym:
             x = self.slice_layer(group=self.symmetry, name="slice")(x)
         for i, stage in enumerate(self.stages):
@@ -78,6 +95,8 @@ class RollNet(nn.Module):
             if self.dense_roll:
                 x = self.roll_layer(group=self.symmetry, name="roll")(x)
             x = self.view_pool_layer(group=self.symmetry, mode=self.view_pool_mode, name="view_pool")(x)
+        if k > 1:  # pool over the rotated copies too: rms of rms over equal groups is the rms over all views
+            x = _pool_groups(x.reshape((k, x.shape[0] // k, *x.shape[1:])), self.view_pool_mode)
         if self.size_features:
             if raw_size is None:
                 raise ValueError("this model late-fuses the raw image size: pass raw_size=(B, 2) heights and widths")
@@ -85,7 +104,38 @@ class RollNet(nn.Module):
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = self.dense(self.dense_features, self.maxout_pieces, name="dense1")(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        if self.features_only:
+            return x
         return self.classifier(self.num_classes, name="logits")(x)
+
+
+def _pool_groups(y: jax.Array, mode: str) -> jax.Array:
+    if mode == "max":
+        return jnp.max(y, axis=0)
+    if mode == "mean":
+        return jnp.mean(y, axis=0)
+    return jnp.sqrt(jnp.mean(y * y, axis=0) + 1e-12)
+
+
+class MultiscaleNet(nn.Module):
+    """The seed's multiscale net: a size-rescaled branch (``x``) and a fixed-scale branch (``x2``), merged
+    before the softmax layer.  Both branches are :class:`RollNet` s with ``features_only=True``."""
+
+    large: nn.Module
+    small: nn.Module
+    num_classes: int = 121
+    dropout_rate: float = 0.5
+    classifier: ModuleDef = functools.partial(nn.Dense, kernel_init=layers.orthogonal("linear"))
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, train: bool = False, raw_size: jax.Array | None = None, x2: jax.Array | None = None
+    ) -> jax.Array:
+        if x2 is None:
+            raise ValueError("the multiscale model needs its fixed-scale input x2 (Preprocess.second_size)")
+        a = self.large(x, train, raw_size)
+        b = self.small(x2, train, raw_size)
+        return self.classifier(self.num_classes, name="logits")(jnp.concatenate([a, b], axis=-1))
 
 
 def tiny_rollnet(num_classes: int = 5, symmetry: str | Group | None = "c4", **kwargs: Any) -> RollNet:
@@ -99,9 +149,11 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
     """A model from an experiment's ``config.model`` (a ConfigDict or dict).
 
     ``name``: ``"rollnet"`` (the seed's backbone; ``symmetry`` None, ``"c4"``
-    or ``"d4"``), ``"convroll4"`` (the published network, cyclic) or
-    ``"plain"`` (the same backbone without symmetry).  ``width`` scales every
-    layer's channels and units.
+    or ``"d4"``), ``"convroll4"`` (the published network, cyclic), ``"plain"``
+    (the same backbone without symmetry), ``"cp8"`` (inputs at 0 and 45
+    degrees stacked in channels, 8-view pooling) or ``"multiscale"`` (a
+    95x95 size-rescaled and a 47x47 fixed-scale branch, ``small_stages``).
+    ``width`` scales every layer's channels and units.
     """
     get = cfg.get if hasattr(cfg, "get") else cfg.__getitem__
     name = get("name", "rollnet")
@@ -122,8 +174,17 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
         kwargs.update(symmetry="c4", dense_roll=False, view_pool_mode="rms")
     elif name == "plain":
         kwargs.update(symmetry=None)
+    elif name == "cp8":
+        kwargs.update(rotated_inputs=2)
+    elif name == "multiscale":
+        small_stages = tuple(
+            tuple(max(1, round(c * width)) for c in stage) for stage in get("small_stages", CONVROLL4_STAGES[:3])
+        )
+        large = RollNet(**{**kwargs, "features_only": True})
+        small = RollNet(**{**kwargs, "stages": small_stages, "features_only": True, "size_features": False})
+        return MultiscaleNet(large=large, small=small, num_classes=num_classes, dropout_rate=kwargs["dropout_rate"])
     elif name != "rollnet":
-        raise ValueError(f"unknown model {name!r}; expected 'rollnet', 'convroll4' or 'plain'")
+        raise ValueError(f"unknown model {name!r}; expected 'rollnet', 'convroll4', 'plain', 'cp8' or 'multiscale'")
     return RollNet(**kwargs)
 
 

@@ -108,7 +108,9 @@ def make_optimizer(cfg: Any, total_steps: int) -> tuple[optax.GradientTransforma
 
 def _forward(model: nn.Module, params: Any, batch: dict[str, jax.Array], train: bool, rng: jax.Array | None):
     rngs = {"dropout": rng} if rng is not None else None
-    return model.apply({"params": params}, batch["image"], train=train, raw_size=batch["raw_size"], rngs=rngs)
+    return model.apply(
+        {"params": params}, batch["image"], train=train, raw_size=batch["raw_size"], x2=batch.get("image2"), rngs=rngs
+    )
 
 
 def make_train_step(
@@ -145,7 +147,7 @@ def _mesh() -> jax.sharding.Mesh:
 
 def _put_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
     sharding = NamedSharding(mesh, PartitionSpec("data"))
-    keep = ("image", "label", "raw_size")
+    keep = ("image", "image2", "label", "raw_size")
     return {k: jax.device_put(batch[k], sharding) for k in keep if k in batch}
 
 
@@ -222,8 +224,10 @@ def _resolve_data(config: Any) -> str:
 
 
 def _init_state(model: nn.Module, tx: optax.GradientTransformation, pp: Preprocess, seed: int) -> TrainState:
-    x = jnp.zeros((1, pp.size, pp.size, pp.channels), jnp.float32)
-    params = model.init(jax.random.key(seed), x, raw_size=jnp.ones((1, 2), jnp.float32))["params"]
+    channels = pp.channels * (1 + len(pp.extra_rotations))
+    x = jnp.zeros((1, pp.size, pp.size, channels), jnp.float32)
+    x2 = jnp.zeros((1, pp.second_size, pp.second_size, pp.channels), jnp.float32) if pp.second_size else None
+    params = model.init(jax.random.key(seed), x, raw_size=jnp.ones((1, 2), jnp.float32), x2=x2)["params"]
     return TrainState(jnp.asarray(0, jnp.int32), params, tx.init(params))
 
 
@@ -293,7 +297,13 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
     else:
         folder, _, skipped = check_images(folder, skip_bad=config.data.skip_bad_images, progress=progress)
         train_idx, val_idx = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
-        pp = Preprocess(size=config.data.size, rescale=Rescale.parse(config.data.rescale))
+        pp = Preprocess(
+            size=config.data.size,
+            rescale=Rescale.parse(config.data.rescale),
+            extra_rotations=tuple(config.data.extra_rotations),
+            second_size=config.data.second_size,
+            second_rescale=Rescale.parse(config.data.second_rescale),
+        )
         mean, std = compute_stats(folder.subset(train_idx), pp, config.data.stats_images, config.seed)
         pp = pp.with_stats(mean, std)
         save_run_data(

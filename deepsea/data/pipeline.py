@@ -44,6 +44,7 @@ __all__ = [
     "load_preprocess",
     "load_run_data",
     "preprocess_image",
+    "preprocess_inputs",
     "save_json",
     "save_run_data",
     "stratified_split",
@@ -63,6 +64,8 @@ class Preprocess:
     branch).  ``rescale``: see :class:`~deepsea.data.transforms.Rescale`.
     ``channels``: 1 (grayscale) or 3 (RGB).  ``mean``/``std``: the global
     statistics (from :func:`compute_stats`), applied after the warp.
+    ``extra_rotations`` and ``second_size`` add the cp8 and multiscale inputs
+    (same augmentation, one warp each).
     """
 
     size: int = 95
@@ -70,6 +73,9 @@ class Preprocess:
     channels: int = 1
     mean: float = 0.0
     std: float = 1.0
+    extra_rotations: tuple[float, ...] = ()  # cp8: (45.0,) adds a copy rotated by 45 degrees, in channels
+    second_size: int = 0  # multiscale: a second patch "image2" of this size (0: none)
+    second_rescale: Rescale = Rescale("factor", 0.2)
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -193,13 +199,30 @@ def compute_stats(folder: ImageFolder, pp: Preprocess, max_images: int = 2000, s
     return float(mean), std
 
 
+def preprocess_inputs(image: np.ndarray, pp: Preprocess, params: AugmentParams = AugmentParams()) -> dict[str, Any]:
+    """All of a model's image inputs: ``image`` (with ``extra_rotations`` copies in channels) and ``image2``."""
+    x = preprocess_image(image, pp, params)
+    if pp.extra_rotations:
+        copies = [x]
+        for angle in pp.extra_rotations:
+            copies.append(preprocess_image(image, pp, dataclasses.replace(params, rotation=params.rotation + angle)))
+        x = np.concatenate(copies, axis=-1)
+    out: dict[str, Any] = {"image": x}
+    if pp.second_size:
+        second = dataclasses.replace(
+            pp, size=pp.second_size, rescale=pp.second_rescale, extra_rotations=(), second_size=0
+        )
+        out["image2"] = preprocess_image(image, second, params)
+    return out
+
+
 def _example(
     paths: Sequence[str], labels: np.ndarray | None, index: int, pp: Preprocess, params: AugmentParams
 ) -> dict[str, Any]:
-    """One example: the warped image, its raw ``(height, width)``, its index and (if known) its label."""
+    """One example: the warped image(s), its raw ``(height, width)``, its index and (if known) its label."""
     img = _read(paths[index], pp.channels)
     out: dict[str, Any] = {
-        "image": preprocess_image(img, pp, params),
+        **preprocess_inputs(img, pp, params),
         "raw_size": np.array(img.shape[:2], np.float32),
         "index": np.int64(index),
     }
@@ -417,6 +440,9 @@ def save_run_data(
             "channels": pp.channels,
             "mean": pp.mean,
             "std": pp.std,
+            "extra_rotations": list(pp.extra_rotations),
+            "second_size": pp.second_size,
+            "second_rescale": {"kind": pp.second_rescale.kind, "value": pp.second_rescale.value},
         },
     )
 
@@ -454,4 +480,7 @@ def load_preprocess(run_dir: str) -> Preprocess:
         channels=meta["channels"],
         mean=meta["mean"],
         std=meta["std"],
+        extra_rotations=tuple(meta.get("extra_rotations", ())),
+        second_size=meta.get("second_size", 0),
+        second_rescale=Rescale(**meta.get("second_rescale", {"kind": "factor", "value": 0.2})),
     )

@@ -1,0 +1,41 @@
+"""convroll4 sized for 2 CPU cores and about 30 minutes on the shared NDSB images.
+
+Half convroll4's widths on 47x47 patches (largest side 42, the seed's 85-in-95
+ratio), the raw image size late-fused, the seed's augmentation, Adam with two
+10x drops (a short budget has no time for SGD's slow start).
+
+Launch: deepsea train experiments/ndsb_cpu.py --data ../shared/data/ndsb/train --workdir runs/ndsb_cpu
+Small run: deepsea train experiments/ndsb_cpu.py --data ../shared/data/ndsb/train --small
+"""
+
+from deepsea.configs import base_config
+
+
+def get_config(small: bool = False):
+    c = base_config()
+    c.name = "ndsb_cpu"
+    c.data.path = "../shared/data/ndsb/train"
+    c.data.size = 47
+    c.data.rescale = "max_side:42"
+    c.data.workers = 1
+    c.model.name = "rollnet"
+    c.model.symmetry = "c4"
+    c.model.width = 0.5
+    c.model.size_features = True
+    c.model.dropout = 0.5
+    c.optim.name = "adam"
+    c.optim.lr = 0.001
+    c.optim.weight_decay = 1e-5
+    c.optim.decay_steps = (0.75, 0.92)
+    c.train.batch_size = 32
+    c.train.steps = 7000
+    c.train.eval_every = 1000
+    c.train.checkpoint_every = 500
+    c.train.log_every = 50
+    if small:
+        c.train.steps = 20
+        c.train.eval_every = 10
+        c.train.checkpoint_every = 10
+        c.train.log_every = 5
+        c.data.stats_images = 100
+    return c

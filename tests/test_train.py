@@ -1,0 +1,256 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepsea.configs import apply_overrides, load_experiment
+from deepsea.data import Preprocess
+from deepsea.models import build_model, count_params
+from deepsea.train import TrainingDiverged, _init_state, make_optimizer, make_train_step, restore_run, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def small_config(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DEEPSEA_DATA", str(tmp_path_factory.getbasetemp() / "deepsea-data"))
+    return load_experiment(os.path.join(ROOT, "experiments", "synthetic.py"), small=True)
+
+
+def _tiny_setup(config):
+    model = build_model(config.model, 12)
+    tx, sched = make_optimizer(config.optim, config.train.steps)
+    state = _init_state(model, tx, Preprocess(size=config.data.size), config.seed)
+    return model, tx, sched, state
+
+
+def _batch(n=8, size=47, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "image": jnp.asarray(rng.standard_normal((n, size, size, 1)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, 12, n), jnp.int32),
+        "raw_size": jnp.asarray(rng.uniform(20, 200, (n, 2)), jnp.float32),
+    }
+
+
+def test_loss_falls_and_the_step_compiles_once_and_donates(small_config):
+    apply_overrides(small_config, ["model.dropout=0.0", "optim.lr=0.003"])
+    model, tx, sched, state = _tiny_setup(small_config)
+    step = make_train_step(model, tx, sched)
+    batch, rng = _batch(), jax.random.key(0)
+    losses = []
+    for _ in range(15):
+        old = state
+        state, m = step(state, batch, rng)
+        losses.append(float(m["loss"]))
+        assert all(leaf.is_deleted() for leaf in jax.tree.leaves(old.params))  # donated
+    assert losses[-1] < 0.5 * losses[0]
+    assert step._cache_size() == 1  # no recompilation after the first step
+    assert int(state.step) == 15
+
+
+def test_weight_decay_touches_kernels_not_biases(small_config):
+    apply_overrides(small_config, ["optim.weight_decay=0.5", "optim.name='sgd'", "optim.momentum=0.0"])
+    _model, tx, _sched, state = _tiny_setup(small_config)
+    zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+    state.params = jax.tree.map(jnp.ones_like, state.params)
+    updates, _ = tx.update(zero_grads, tx.init(state.params), state.params)
+    flat = jax.tree_util.tree_leaves_with_path(updates)
+    for path, u in flat:
+        name = path[-1].key
+        expected = -small_config.optim.lr * 0.5 if name == "kernel" else 0.0
+        np.testing.assert_allclose(np.asarray(u), expected, rtol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+def test_schedule_has_two_tenfold_drops(small_config):
+    apply_overrides(small_config, ["optim.decay_steps=(0.5, 0.75)", "train.steps=100", "optim.lr=0.1"])
+    _, sched = make_optimizer(small_config.optim, 100)
+    assert [float(sched(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_resume_equals_uninterrupted_and_checkpoints_round_trip(small_config, tmp_path):
+    full = train(small_config, str(tmp_path / "full"), progress=False)
+    stopped = train(small_config, str(tmp_path / "resumed"), stop_after=3, progress=False)  # "killed" after 3
+    assert int(stopped["state"].step) == 3
+    resumed = train(small_config, str(tmp_path / "resumed"), progress=False)
+    assert int(resumed["state"].step) == small_config.train.steps
+    for a, b in zip(jax.tree.leaves(full["state"].params), jax.tree.leaves(resumed["state"].params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the latest checkpoint holds exactly the final parameters
+    _, params, pp, classes, _ = restore_run(str(tmp_path / "full"), "latest")
+    for a, b in zip(jax.tree.leaves(full["state"].params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert len(classes) == 12 and pp.size == small_config.data.size
+    rows = [json.loads(x) for x in open(tmp_path / "resumed" / "metrics.jsonl")]
+    assert sorted(r["step"] for r in rows if r["split"] == "validation") == [3, 6]  # no duplicates after resume
+    assert (tmp_path / "full" / "metrics.png").exists() and (tmp_path / "full" / "best.json").exists()
+
+
+def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(small_config, tmp_path):
+    apply_overrides(
+        small_config,
+        ["optim.lr=1e4", "optim.name='sgd'", "train.checkpoint_every=1", "train.steps=30", "train.eval_every=100"],
+    )
+    with pytest.raises(TrainingDiverged, match=r"at step (\d+).*last good checkpoint is step") as err:
+        train(small_config, str(tmp_path / "run"), progress=False)
+    bad_step = int(err.value.args[0].split("at step ")[1].split()[0])
+    ckpts = sorted(int(d) for d in os.listdir(tmp_path / "run" / "checkpoints") if d.isdigit())
+    assert ckpts and max(ckpts) == bad_step - 1
+
+
+def test_convroll4_parameter_count_matches_the_published_table():
+    def conv(cin, cout):
+        return 9 * cin * cout + cout
+
+    stages = [[32, 16], [64, 32], [128, 128, 64], [256, 256, 128]]
+    total, cin = 0, 1
+    for stage in stages:
+        for cout in stage:
+            total += conv(cin, cout)
+            cin = cout
+        cin *= 4  # the conv roll stacks the 4 views' maps
+    total += (5 * 5 * 4 * 128) * 1024 + 1024  # maxout 512 x 2 on the rolled 5x5 maps
+    total += 512 * 1024 + 1024  # maxout 512 x 2 after the cyclic pool
+    total += 512 * 121 + 121  # softmax
+    model = build_model({"name": "convroll4"}, 121)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 95, 95, 1))))["params"]
+    assert sum(count_params(params).values()) == total == 15_600_105
+
+
+@pytest.mark.parametrize("name", ["convroll4", "plain"])
+def test_models_invariance_where_they_should_be(name, rng):
+    from deepsea.equivariance import check_invariance
+
+    model = build_model({"name": name, "width": 0.25}, 10)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 47, 47, 1)))
+    fn = jax.jit(lambda x: model.apply(params, x))
+    x = jnp.asarray(rng.standard_normal((2, 47, 47, 1)), jnp.float32)
+    if name == "convroll4":
+        check_invariance(fn, "c4", x, atol=1e-5)
+    else:
+        with pytest.raises(AssertionError, match="not equivariant"):
+            check_invariance(fn, "c4", x, atol=1e-5)
+
+
+def test_four_devices_give_the_same_parameters_as_one(tmp_path):
+    script = textwrap.dedent(
+        """
+        import os, sys
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from deepsea.configs import load_experiment
+        from deepsea.models import build_model
+        from deepsea.data import Preprocess
+        from deepsea.train import _init_state, make_optimizer, make_train_step
+        assert jax.local_device_count() == 4, jax.devices()
+        c = load_experiment(sys.argv[1], small=True)
+        model = build_model(c.model, 12)
+        tx, sched = make_optimizer(c.optim, c.train.steps)
+        rng = np.random.default_rng(0)
+        batches = [{"image": rng.standard_normal((8, 47, 47, 1)).astype(np.float32),
+                    "label": rng.integers(0, 12, 8).astype(np.int32),
+                    "raw_size": rng.uniform(20, 200, (8, 2)).astype(np.float32)} for _ in range(3)]
+        finals = []
+        for n in (1, 4):
+            mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:n])
+            state = jax.device_put(_init_state(model, tx, Preprocess(size=47), 0), NamedSharding(mesh, P()))
+            step = make_train_step(model, tx, sched)
+            for b in batches:
+                b = {k: jax.device_put(v, NamedSharding(mesh, P("data"))) for k, v in b.items()}
+                state, m = step(state, b, jax.random.key(0))
+            assert len(jax.tree.leaves(b["image"].sharding.device_set)) == n
+            finals.append(jax.tree.map(np.asarray, state.params))
+        diffs = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1]))]
+        print("max difference", max(diffs))
+        assert max(diffs) < 1e-5
+        """
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    out = subprocess.run(
+        [sys.executable, "-c", script, os.path.join(ROOT, "experiments", "synthetic.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "max difference" in out.stdout
+
+
+def test_cli_train_evaluate_predict(tmp_path):
+    env = {**os.environ, "DEEPSEA_DATA": str(tmp_path / "data")}
+    run = str(tmp_path / "run")
+
+    def cli(*args):
+        out = subprocess.run(
+            [sys.executable, "-m", "deepsea", *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    assert "best validation log loss" in cli("train", "synthetic", "--small", "--workdir", run)
+    assert "log loss" in cli("evaluate", "--workdir", run)
+    # a flat folder of test images, with a stray file
+    from deepsea.data.synthetic import make_synthetic
+
+    make_synthetic(tmp_path / "t", per_class=1, progress=False)
+    flat = tmp_path / "test"
+    flat.mkdir()
+    for cls in os.listdir(tmp_path / "t"):
+        for f in os.listdir(tmp_path / "t" / cls):
+            os.rename(tmp_path / "t" / cls / f, flat / f)
+    (flat / "Thumbs.db").write_bytes(b"")
+    cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "sub.csv"))
+    lines = (tmp_path / "sub.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    classes = json.load(open(os.path.join(run, "classes.json")))
+    assert header == ["image", *classes] and len(lines) == 1 + 12
+    for line in lines[1:]:
+        name, *probs = line.split(",")
+        assert name.endswith(".jpg") and abs(sum(map(float, probs)) - 1) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["cp8", "multiscale"])
+def test_cp8_and_multiscale_are_exactly_invariant_to_quarter_turns(name, rng):
+    """cp8: rotating the image by 90 degrees rotates both its 0- and 45-degree inputs by 90 degrees;
+    the multiscale net sees both patches rotated.  Either way the 4-way part makes the output exact."""
+    from deepsea.groups import C4
+
+    stages = ((4,), (8,))
+    model = build_model({"name": name, "stages": stages, "small_stages": stages, "dense_features": 8}, 5)
+    channels = 2 if name == "cp8" else 1
+    x = jnp.asarray(rng.standard_normal((2, 23, 23, channels)), jnp.float32)
+    x2 = jnp.asarray(rng.standard_normal((2, 11, 11, 1)), jnp.float32) if name == "multiscale" else None
+    params = model.init(jax.random.key(0), x, x2=x2)
+    fn = jax.jit(lambda a, b: model.apply(params, a, x2=b))
+    y = fn(x, x2)
+    for k in range(1, 4):
+        rx = C4.act(k, x, (1, 2))
+        rx2 = None if x2 is None else C4.act(k, x2, (1, 2))
+        np.testing.assert_allclose(fn(rx, rx2), y, atol=1e-5)
+    if name == "cp8":
+        with pytest.raises(ValueError, match="divisible by 2"):
+            model.init(jax.random.key(0), x[..., :1])
+    else:
+        with pytest.raises(ValueError, match="needs its fixed-scale input"):
+            model.apply(params, x)
+
+
+def test_cp8_and_multiscale_inputs_from_the_pipeline(rng):
+    from deepsea.data import Rescale, preprocess_image
+    from deepsea.data.pipeline import preprocess_inputs
+    from deepsea.data.transforms import AugmentParams
+
+    img = rng.integers(0, 255, (60, 40), dtype=np.uint8)
+    pp = Preprocess(size=31, rescale=Rescale("max_side", 28), extra_rotations=(45.0,), second_size=15)
+    out = preprocess_inputs(img, pp, AugmentParams(rotation=10.0))
+    assert out["image"].shape == (31, 31, 2) and out["image2"].shape == (15, 15, 1)
+    plain = Preprocess(size=31, rescale=Rescale("max_side", 28))
+    np.testing.assert_array_equal(out["image"][..., :1], preprocess_image(img, plain, AugmentParams(rotation=10.0)))
+    np.testing.assert_array_equal(out["image"][..., 1:], preprocess_image(img, plain, AugmentParams(rotation=55.0)))
