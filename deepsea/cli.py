@@ -124,13 +124,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     from deepsea.data.pipeline import load_json
     from deepsea.train import evaluate, predict_probs, restore_run
 
-    model, params, pp, _classes, config = restore_run(args.workdir, args.checkpoint)
+    model, variables, pp, _classes, config = restore_run(args.workdir, args.checkpoint)
     split = load_json(os.path.join(args.workdir, "split.json"))
     folder = scan_labelled_folder(split["root"])
     _, val_idx, _ = load_run_data(args.workdir, folder)
     labels = folder.labels[val_idx]
     batches = eval_batches([folder.paths[i] for i in val_idx], labels, pp, config.train.eval_batch_size)
-    res = evaluate(predict_probs(model, params, batches), labels)
+    res = evaluate(predict_probs(model, variables, batches), labels)
     print(
         f"{args.workdir} ({args.checkpoint}), {len(labels)} validation images: log loss {res['log_loss']:.4f}, "
         f"accuracy {res['accuracy']:.4f}, top-5 {res['top5']:.4f}"
@@ -143,9 +143,9 @@ def _predict(args: argparse.Namespace) -> None:
     from deepsea.data import eval_batches, scan_flat_folder
     from deepsea.train import predict_probs, restore_run
 
-    model, params, pp, classes, config = restore_run(args.workdir, args.checkpoint)
+    model, variables, pp, classes, config = restore_run(args.workdir, args.checkpoint)
     folder = scan_flat_folder(args.images)
-    probs = predict_probs(model, params, eval_batches(folder.paths, None, pp, config.train.eval_batch_size))
+    probs = predict_probs(model, variables, eval_batches(folder.paths, None, pp, config.train.eval_batch_size))
     tmp = f"{args.out}.tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from deepsea import layers
 from deepsea.groups import Group
 
-__all__ = ["CONVROLL4_STAGES", "MultiscaleNet", "RollNet", "build_model", "count_params", "tiny_rollnet"]
+__all__ = ["CONVROLL4_STAGES", "MultiscaleNet", "ResNet", "RollNet", "build_model", "count_params", "tiny_rollnet"]
 
 ModuleDef = Any
 
@@ -145,6 +145,61 @@ def tiny_rollnet(num_classes: int = 5, symmetry: str | Group | None = "c4", **kw
     return RollNet(num_classes=num_classes, symmetry=symmetry, **defaults)
 
 
+class _Bottleneck(nn.Module):
+    """ResNet bottleneck block (1x1, 3x3 grouped, 1x1; BatchNorm; ReLU), as in flax's ImageNet example."""
+
+    filters: int
+    strides: int = 1
+    groups: int = 1
+    width_per_group: int = 64
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
+        width = self.filters * self.groups * self.width_per_group // 64
+        y = nn.Conv(width, (1, 1), use_bias=False)(x)
+        y = nn.relu(norm()(y))
+        y = nn.Conv(
+            width, (3, 3), (self.strides, self.strides), padding=1, use_bias=False, feature_group_count=self.groups
+        )(y)
+        y = nn.relu(norm()(y))
+        y = nn.Conv(self.filters * 4, (1, 1), use_bias=False)(y)
+        y = norm(scale_init=nn.initializers.zeros)(y)
+        if x.shape[-1] != self.filters * 4 or self.strides != 1:
+            x = nn.Conv(self.filters * 4, (1, 1), (self.strides, self.strides), use_bias=False)(x)
+            x = norm()(x)
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """ResNet-50 (``groups=1``) or ResNeXt-50 32x4d (``groups=32, width_per_group=4``), any input channels.
+
+    The second reference solution's backbone; trained with batch statistics (see ``TrainState.model_state``).
+    """
+
+    num_classes: int = 121
+    stage_sizes: Sequence[int] = (3, 4, 6, 3)
+    num_filters: int = 64
+    groups: int = 1
+    width_per_group: int = 64
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, train: bool = False, raw_size: jax.Array | None = None, x2: jax.Array | None = None
+    ) -> jax.Array:
+        del raw_size, x2
+        x = nn.Conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False, name="stem")(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="stem_bn")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        for i, blocks in enumerate(self.stage_sizes):
+            for j in range(blocks):
+                x = _Bottleneck(
+                    self.num_filters * 2**i, 2 if i > 0 and j == 0 else 1, self.groups, self.width_per_group
+                )(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, name="logits")(x)
+
+
 def build_model(cfg: Any, num_classes: int) -> nn.Module:
     """A model from an experiment's ``config.model`` (a ConfigDict or dict).
 
@@ -152,7 +207,8 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
     or ``"d4"``), ``"convroll4"`` (the published network, cyclic), ``"plain"``
     (the same backbone without symmetry), ``"cp8"`` (inputs at 0 and 45
     degrees stacked in channels, 8-view pooling) or ``"multiscale"`` (a
-    95x95 size-rescaled and a 47x47 fixed-scale branch, ``small_stages``).
+    95x95 size-rescaled and a 47x47 fixed-scale branch, ``small_stages``),
+    ``"resnet50"`` or ``"resnext50"`` (the second reference, with batch norm).
     ``width`` scales every layer's channels and units.
     """
     get = cfg.get if hasattr(cfg, "get") else cfg.__getitem__

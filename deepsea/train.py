@@ -68,6 +68,7 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    model_state: Any = dataclasses.field(default_factory=dict)  # e.g. {"batch_stats": ...}; {} for most models
 
 
 def _schedule(cfg: Any, total_steps: int) -> optax.Schedule:
@@ -106,11 +107,20 @@ def make_optimizer(cfg: Any, total_steps: int) -> tuple[optax.GradientTransforma
     return optax.chain(*parts), sched
 
 
-def _forward(model: nn.Module, params: Any, batch: dict[str, jax.Array], train: bool, rng: jax.Array | None):
+def _forward(model: nn.Module, variables: Any, batch: dict[str, jax.Array], train: bool, rng: jax.Array | None):
+    """Logits; in training, also the updated non-parameter collections (batch statistics), if the model has any."""
     rngs = {"dropout": rng} if rng is not None else None
-    return model.apply(
-        {"params": params}, batch["image"], train=train, raw_size=batch["raw_size"], x2=batch.get("image2"), rngs=rngs
+    mutable = [k for k in variables if k != "params"] if train else False
+    out = model.apply(
+        variables,
+        batch["image"],
+        train=train,
+        raw_size=batch["raw_size"],
+        x2=batch.get("image2"),
+        rngs=rngs,
+        mutable=mutable,
     )
+    return out if train else (out, {})
 
 
 def make_train_step(
@@ -122,11 +132,12 @@ def make_train_step(
         dropout_rng = jax.random.fold_in(rng, state.step)
 
         def loss_fn(params):
-            logits = _forward(model, params, batch, True, dropout_rng).astype(jnp.float32)
+            logits, model_state = _forward(model, {"params": params, **state.model_state}, batch, True, dropout_rng)
+            logits = logits.astype(jnp.float32)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-            return ce, logits
+            return ce, (logits, model_state)
 
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
@@ -135,7 +146,7 @@ def make_train_step(
             "grad_norm": optax.global_norm(grads),
             "lr": jnp.asarray(schedule(state.step), jnp.float32),
         }
-        return TrainState(state.step + 1, params, opt_state), metrics
+        return TrainState(state.step + 1, params, opt_state, dict(model_state)), metrics
 
     return jax.jit(step, donate_argnums=0)
 
@@ -169,8 +180,9 @@ def predict_probs(
 
 def _predict_fn(model: nn.Module):
     @jax.jit
-    def fn(params, batch):
-        return jax.nn.softmax(_forward(model, params, batch, False, None).astype(jnp.float32), axis=-1)
+    def fn(variables, batch):
+        logits, _ = _forward(model, variables, batch, False, None)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
     return fn
 
@@ -203,16 +215,23 @@ def _checkpointers(workdir: str, keep: int):
 def _save(manager: Any, step: int, state: TrainState) -> None:
     import orbax.checkpoint as ocp
 
-    manager.save(step, args=ocp.args.StandardSave(dataclasses.asdict(state)), force=True)
+    manager.save(step, args=ocp.args.StandardSave(_as_tree(state)), force=True)
     manager.wait_until_finished()
 
 
 def _restore(manager: Any, step: int, template: TrainState) -> TrainState:
     import orbax.checkpoint as ocp
 
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, dataclasses.asdict(template))
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _as_tree(template))
     restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     return TrainState(**restored)
+
+
+def _as_tree(state: TrainState) -> dict[str, Any]:
+    tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    if state.model_state:  # absent for models without batch statistics: checkpoints stay as they were
+        tree["model_state"] = state.model_state
+    return tree
 
 
 def _resolve_data(config: Any) -> str:
@@ -227,8 +246,13 @@ def _init_state(model: nn.Module, tx: optax.GradientTransformation, pp: Preproce
     channels = pp.channels * (1 + len(pp.extra_rotations))
     x = jnp.zeros((1, pp.size, pp.size, channels), jnp.float32)
     x2 = jnp.zeros((1, pp.second_size, pp.second_size, pp.channels), jnp.float32) if pp.second_size else None
-    params = model.init(jax.random.key(seed), x, raw_size=jnp.ones((1, 2), jnp.float32), x2=x2)["params"]
-    return TrainState(jnp.asarray(0, jnp.int32), params, tx.init(params))
+    variables = dict(model.init(jax.random.key(seed), x, raw_size=jnp.ones((1, 2), jnp.float32), x2=x2))
+    params = variables.pop("params")
+    return TrainState(jnp.asarray(0, jnp.int32), params, tx.init(params), variables)
+
+
+def _variables(state: TrainState) -> dict[str, Any]:
+    return {"params": state.params, **state.model_state}
 
 
 def _append_jsonl(path: str, record: dict[str, Any]) -> None:
@@ -350,7 +374,7 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
 
     def run_eval(step: int) -> dict[str, Any]:
         batches = eval_batches(val_paths, val_labels, pp, config.train.eval_batch_size)
-        res = evaluate(predict_probs(model, state.params, batches, mesh), val_labels)
+        res = evaluate(predict_probs(model, _variables(state), batches, mesh), val_labels)
         res.update(step=step, split="validation")
         _append_jsonl(metrics_path, res)
         return res
@@ -406,7 +430,7 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
 
 
 def restore_run(workdir: str, which: str = "best") -> tuple[nn.Module, Any, Preprocess, list[str], Any]:
-    """Loads a run's model, parameters (``best`` or ``latest``), preprocessing, classes and config."""
+    """Loads a run's model, variables (``{"params": ...}``, ``best`` or ``latest``), preprocessing, classes, config."""
     import ml_collections
 
     config = ml_collections.ConfigDict(load_json(os.path.join(workdir, "config.json")))
@@ -423,4 +447,4 @@ def restore_run(workdir: str, which: str = "best") -> tuple[nn.Module, Any, Prep
     state = _restore(manager, step, template)
     ckpt.close()
     best.close()
-    return model, state.params, pp, classes, config
+    return model, _variables(state), pp, classes, config

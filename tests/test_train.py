@@ -83,8 +83,8 @@ def test_resume_equals_uninterrupted_and_checkpoints_round_trip(small_config, tm
     for a, b in zip(jax.tree.leaves(full["state"].params), jax.tree.leaves(resumed["state"].params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # the latest checkpoint holds exactly the final parameters
-    _, params, pp, classes, _ = restore_run(str(tmp_path / "full"), "latest")
-    for a, b in zip(jax.tree.leaves(full["state"].params), jax.tree.leaves(params), strict=True):
+    _, variables, pp, classes, _ = restore_run(str(tmp_path / "full"), "latest")
+    for a, b in zip(jax.tree.leaves(full["state"].params), jax.tree.leaves(variables["params"]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert len(classes) == 12 and pp.size == small_config.data.size
     rows = [json.loads(x) for x in open(tmp_path / "resumed" / "metrics.jsonl")]
@@ -254,3 +254,27 @@ def test_cp8_and_multiscale_inputs_from_the_pipeline(rng):
     plain = Preprocess(size=31, rescale=Rescale("max_side", 28))
     np.testing.assert_array_equal(out["image"][..., :1], preprocess_image(img, plain, AugmentParams(rotation=10.0)))
     np.testing.assert_array_equal(out["image"][..., 1:], preprocess_image(img, plain, AugmentParams(rotation=55.0)))
+
+
+@pytest.mark.parametrize(("name", "count"), [("resnet50", 25_557_032), ("resnext50", 25_028_904)])
+def test_resnet_parameter_counts_match_the_reference_architectures(name, count):
+    model = build_model({"name": name}, 1000)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+    assert sum(x.size for x in jax.tree.leaves(variables["params"])) == count
+    assert "batch_stats" in variables
+
+
+def test_batch_norm_models_train_with_their_statistics(small_config):
+    apply_overrides(small_config, ["model.name='resnet50'", "model.width=0.125", "optim.lr=0.003"])
+    model, tx, sched, state = _tiny_setup(small_config)
+    assert "batch_stats" in state.model_state
+    step = make_train_step(model, tx, sched)
+    batch = _batch(size=47)
+    before = jax.tree.map(np.asarray, state.model_state)
+    losses = []
+    for _ in range(8):
+        state, m = step(state, batch, jax.random.key(0))
+        losses.append(float(m["loss"]))
+    assert losses[-1] < losses[0]
+    changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.model_state))]
+    assert any(changed)
