@@ -276,5 +276,6 @@ def test_batch_norm_models_train_with_their_statistics(small_config):
         state, m = step(state, batch, jax.random.key(0))
         losses.append(float(m["loss"]))
     assert losses[-1] < losses[0]
-    changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.model_state), strict=False)]
+    after = jax.tree.leaves(state.model_state)
+    changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), after, strict=True)]
     assert any(changed)
