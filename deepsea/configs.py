@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dense_roll = False
     c.model.view_pool = "rms"
     c.model.size_features = False
+    c.model.batch_norm = False  # not in the seed; per-channel statistics over all views keep the invariance
     c.model.small_stages = ((32, 16), (64, 32), (128, 128, 64))  # multiscale: the fixed-scale branch
 
     c.optim = ml_collections.ConfigDict()

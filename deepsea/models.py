@@ -59,6 +59,7 @@ class RollNet(nn.Module):
     size_features: bool = False
     rotated_inputs: int = 1
     features_only: bool = False
+    norm: ModuleDef | None = None  # e.g. nn.BatchNorm: after each convolution (per channel over all views)
 
     @nn.compact
     def __call__(
@@ -84,6 +85,8 @@ class RollNet(nn.Module):
         for i, stage in enumerate(self.stages):
             for j, features in enumerate(stage):
                 x = self.conv(features, name=f"conv{i}_{j}")(x)
+                if self.norm is not None:
+                    x = self.norm(use_running_average=not train, name=f"norm{i}_{j}")(x)
                 x = self.activation()(x)
             x = self.downsample(check_symmetry=sym, name=f"pool{i}")(x)
             if sym:
@@ -226,6 +229,8 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
         view_pool_mode=get("view_pool", "rms"),
         size_features=get("size_features", False),
     )
+    if get("batch_norm", False):
+        kwargs["norm"] = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
     if name == "convroll4":
         kwargs.update(symmetry="c4", dense_roll=False, view_pool_mode="rms")
     elif name == "plain":
