@@ -279,3 +279,19 @@ def test_batch_norm_models_train_with_their_statistics(small_config):
     after = jax.tree.leaves(state.model_state)
     changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), after, strict=True)]
     assert any(changed)
+
+
+def test_batch_norm_rollnet_stays_exactly_invariant(rng):
+    """Batch norm normalises each channel over all views, so in inference mode the net stays exact."""
+    from deepsea.equivariance import check_invariance
+
+    model = build_model({"name": "rollnet", "width": 0.25, "batch_norm": True, "dropout": 0.0}, 10)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 47, 47, 1)))
+    x = jnp.asarray(rng.standard_normal((2, 47, 47, 1)), jnp.float32)
+    # give the running statistics non-trivial values first
+    _, upd = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    variables = {"params": variables["params"], **upd}
+    check_invariance(jax.jit(lambda a: model.apply(variables, a)), "c4", x, atol=1e-5)
+    # and in training mode the batch statistics themselves are symmetric across views
+    fn = jax.jit(lambda a: model.apply(variables, a, train=True, mutable=["batch_stats"])[0])
+    check_invariance(fn, "c4", x, atol=1e-4)
