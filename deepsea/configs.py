@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-__all__ = ["apply_overrides", "base_config", "load_experiment"]
+__all__ = ["apply_overrides", "base_config", "load_experiment", "small_run"]
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -78,6 +78,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_batch_size = 64
     c.train.keep_checkpoints = 2
     c.train.divergence_loss = 50.0  # stop when the training loss exceeds this (or is not finite)
+    return c
+
+
+def small_run(c: ml_collections.ConfigDict, steps: int = 20) -> ml_collections.ConfigDict:
+    """The common part of every experiment's small-run switch: few steps, frequent evaluation and checkpoints."""
+    c.train.steps = steps
+    c.train.eval_every = max(1, steps // 2)
+    c.train.checkpoint_every = max(1, steps // 2)
+    c.train.log_every = max(1, steps // 4)
+    c.data.stats_images = 100
     return c
 
 

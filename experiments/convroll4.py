@@ -4,16 +4,12 @@ Launch: deepsea train experiments/convroll4.py --data ../shared/data/ndsb/train 
 Small run: deepsea train experiments/convroll4.py --small
 """
 
-from deepsea.configs import base_config
+from deepsea.configs import base_config, small_run
 
 
 def get_config(small: bool = False):
     c = base_config()
     c.name = "convroll4"
     if small:
-        c.train.steps = 20
-        c.train.eval_every = 10
-        c.train.checkpoint_every = 10
-        c.train.log_every = 5
-        c.data.stats_images = 100
+        small_run(c)
     return c

@@ -10,7 +10,7 @@ Launch: deepsea train experiments/ndsb_cpu.py --data ../shared/data/ndsb/train -
 Small run: deepsea train experiments/ndsb_cpu.py --data ../shared/data/ndsb/train --small
 """
 
-from deepsea.configs import base_config
+from deepsea.configs import base_config, small_run
 
 
 def get_config(small: bool = False):
@@ -40,9 +40,5 @@ def get_config(small: bool = False):
     c.train.checkpoint_every = 500
     c.train.log_every = 50
     if small:
-        c.train.steps = 20
-        c.train.eval_every = 10
-        c.train.checkpoint_every = 10
-        c.train.log_every = 5
-        c.data.stats_images = 100
+        small_run(c)
     return c

@@ -4,7 +4,7 @@ Launch: deepsea train experiments/synthetic.py --workdir runs/synthetic
 Small run (tests): deepsea train experiments/synthetic.py --small
 """
 
-from deepsea.configs import base_config
+from deepsea.configs import base_config, small_run
 
 
 def get_config(small: bool = False):
@@ -31,15 +31,11 @@ def get_config(small: bool = False):
     c.train.log_every = 20
     c.data.stats_images = 500
     if small:
+        small_run(c, steps=6)
         c.data.synthetic_per_class = 10
         c.model.stages = ((4,), (8,))
         c.model.dense_features = 16
-        c.train.steps = 6
-        c.train.eval_every = 3
-        c.train.checkpoint_every = 3
-        c.train.log_every = 1
         c.train.batch_size = 8
         c.train.eval_batch_size = 16
         c.data.workers = 0
-        c.data.stats_images = 20
     return c
