@@ -58,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--workdir", default=None, help="run folder (default: runs/<experiment name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--small", action="store_true", help="the experiment's small-run configuration")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: call jax.distributed.initialize() (coordinator from the environment, e.g. SLURM)",
+    )
     p.set_defaults(func=_train)
     p = sub.add_parser("evaluate", help="log loss, accuracy and top-5 on a run's validation split")
     p.add_argument("--workdir", required=True)
@@ -102,6 +107,10 @@ def _config(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> None:
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
     from deepsea.train import TrainingDiverged, train
 
     config = _config(args)

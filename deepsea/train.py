@@ -153,12 +153,17 @@ def make_train_step(
 
 def _mesh() -> jax.sharding.Mesh:
     # Auto axes: the compiler propagates shardings (the batch is split, the state replicated).
-    return jax.make_mesh((jax.local_device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    # All devices of all processes (hosts) after jax.distributed.initialize().
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def _put_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """Places a batch on the mesh, split over the batch axis; with several processes, ``batch`` is this
+    process's slice of the global batch."""
     sharding = NamedSharding(mesh, PartitionSpec("data"))
     keep = ("image", "image2", "label", "raw_size")
+    if jax.process_count() > 1:
+        return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in keep if k in batch}
     return {k: jax.device_put(batch[k], sharding) for k in keep if k in batch}
 
 
@@ -256,6 +261,8 @@ def _variables(state: TrainState) -> dict[str, Any]:
 
 
 def _append_jsonl(path: str, record: dict[str, Any]) -> None:
+    if jax.process_index():
+        return
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -312,6 +319,8 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
     from tqdm.auto import tqdm
 
     os.makedirs(workdir, exist_ok=True)
+    lead = jax.process_index() == 0  # with several hosts, only the first writes files and shows progress
+    progress = progress and lead
     data_root = _resolve_data(config)
     folder = scan_labelled_folder(data_root)
     ckpt, best_mgr = _checkpointers(workdir, config.train.keep_checkpoints)
@@ -330,17 +339,19 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
         )
         mean, std = compute_stats(folder.subset(train_idx), pp, config.data.stats_images, config.seed)
         pp = pp.with_stats(mean, std)
-        save_run_data(
-            workdir,
-            folder,
-            train_idx,
-            val_idx,
-            pp,
-            config.data.split_seed,
-            config.data.validation_fraction,
-            skipped,
-        )
-        save_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+        if lead:
+            save_run_data(
+                workdir,
+                folder,
+                train_idx,
+                val_idx,
+                pp,
+                config.data.split_seed,
+                config.data.validation_fraction,
+                skipped,
+            )
+        if lead:
+            save_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
     num_classes = len(folder.classes)
     model = build_model(config.model, num_classes)
     steps = config.train.steps
@@ -383,7 +394,14 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
     bs = config.train.batch_size
     t_last, n_last = time.perf_counter(), 0
     with (
-        train_batches(source, bs, workers=config.data.workers, start_step=start) as batches,
+        train_batches(
+            source,
+            bs,
+            workers=config.data.workers,
+            start_step=start,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        ) as batches,
         tqdm(total=steps, initial=start, desc=config.get("name", "train"), unit="step", disable=not progress) as bar,
     ):
         for step in range(start, steps):
@@ -414,8 +432,10 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
                 if best is None or last_val["log_loss"] < best["log_loss"]:
                     best = dict(last_val)
                     _save(best_mgr, done, state)
-                    save_json(best_path, best)
-                plot_metrics(workdir)
+                    if lead:
+                        save_json(best_path, best)
+                if lead:
+                    plot_metrics(workdir)
                 bar.write(
                     f"step {done}: validation log loss {last_val['log_loss']:.4f}, "
                     f"accuracy {last_val['accuracy']:.4f}, top-5 {last_val['top5']:.4f}"

@@ -160,3 +160,16 @@ def test_run_data_round_trips_and_mismatches_are_named(synth, tmp_path):
     shutil.rmtree(copy / "ring")
     with pytest.raises(RunDataMismatch, match=r"missing \['ring'\]"):
         load_run_data(run, scan_labelled_folder(copy))
+
+
+def test_process_slices_tile_every_global_batch():
+    from deepsea.data.pipeline import ProcessSlice
+
+    source = list(range(10 * 12))
+    slices = [ProcessSlice(source, 12, p, 3) for p in range(3)]
+    assert all(len(s) == 40 for s in slices)
+    for k in range(10):  # batch k of every process, concatenated in process order, is global batch k
+        merged = [x for s in slices for x in (s[k * 4 + j] for j in range(4))]
+        assert merged == source[k * 12 : (k + 1) * 12]
+    with pytest.raises(ValueError, match="not divisible by 5 processes"):
+        ProcessSlice(source, 12, 0, 5)

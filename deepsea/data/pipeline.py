@@ -35,6 +35,7 @@ __all__ = [
     "AugmentedSource",
     "BatchIterator",
     "Preprocess",
+    "ProcessSlice",
     "RunDataMismatch",
     "bagging_splits",
     "check_images",
@@ -324,18 +325,48 @@ class BatchIterator:
         self.close()
 
 
+class ProcessSlice:
+    """This process's share of each global batch: examples ``k*B + p*B/P`` to ``k*B + (p+1)*B/P - 1`` of batch k.
+
+    With ``P`` processes (hosts) the slices of all processes tile every global
+    batch exactly, so a multi-host run sees the same batches as a single host.
+    """
+
+    def __init__(self, source: Any, global_batch: int, process_index: int, process_count: int):
+        if global_batch % process_count:
+            raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+        self.source, self.global_batch = source, global_batch
+        self.local = global_batch // process_count
+        self.offset = process_index * self.local
+
+    def __len__(self) -> int:
+        return len(self.source) // self.global_batch * self.local
+
+    def __getitem__(self, i: int) -> Any:
+        k, j = divmod(int(i), self.local)
+        return self.source[k * self.global_batch + self.offset + j]
+
+
 def train_batches(
-    source: AugmentedSource, batch_size: int, workers: int = 1, start_step: int = 0, buffer: int = 2
+    source: AugmentedSource,
+    batch_size: int,
+    workers: int = 1,
+    start_step: int = 0,
+    buffer: int = 2,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> BatchIterator:
     """Infinite fixed-size batches, built in ``workers`` processes (0: in this process).
 
     Batch ``k`` holds global examples ``k * batch_size`` to ``(k + 1) * batch_size - 1``,
-    so ``start_step`` resumes exactly where a run stopped.
+    so ``start_step`` resumes exactly where a run stopped.  With several
+    processes (multi-host), each yields its :class:`ProcessSlice` of every batch.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
     _grain_ready()
-    ds = grain.MapDataset.source(source).batch(batch_size, drop_remainder=True)
+    local = source if process_count == 1 else ProcessSlice(source, batch_size, process_index, process_count)
+    ds = grain.MapDataset.source(local).batch(batch_size // process_count, drop_remainder=True)
     if start_step:
         ds = ds[start_step:]
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0 if workers else 2, prefetch_buffer_size=buffer))
