@@ -64,16 +64,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="multi-host: call jax.distributed.initialize() (coordinator from the environment, e.g. SLURM)",
     )
     p.set_defaults(func=_train)
-    p = sub.add_parser("evaluate", help="log loss, accuracy and top-5 on a run's validation split")
+    p = sub.add_parser("evaluate", help="log loss, accuracy and top-5 on a run's validation split (and with TTA)")
     p.add_argument("--workdir", required=True)
     p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    p.add_argument("--tta", type=int, default=0, help="also evaluate with N quasi-random test-time transforms")
+    p.add_argument("--combine", default="mean", choices=["mean", "logits", "geometric"])
     p.set_defaults(func=_evaluate)
     p = sub.add_parser("predict", help="write a Kaggle NDSB submission CSV for a folder of images")
     p.add_argument("--workdir", required=True)
     p.add_argument("--images", required=True, help="flat folder of images (the NDSB test layout)")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    p.add_argument("--tta", type=int, default=0, help="average over N quasi-random test-time transforms (seed: 70)")
+    p.add_argument("--combine", default="mean", choices=["mean", "logits", "geometric"])
     p.set_defaults(func=_predict)
+    p = sub.add_parser("ensemble", help="blend runs with weights fitted on their shared validation split")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    p.add_argument("--tta", type=int, default=0)
+    p.add_argument("--combine", default="mean", choices=["mean", "logits", "geometric"])
+    p.add_argument("--uniform", action="store_true", help="equal weights (bagging: runs on different splits)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds for choosing the models")
+    p.add_argument("--images", default=None, help="also write a blended submission for this folder")
+    p.add_argument("--out", default="ensemble.csv")
+    p.set_defaults(func=_ensemble)
     p = sub.add_parser("params", help="print a model's parameter count per layer")
     p.add_argument("experiment")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -128,41 +142,124 @@ def _train(args: argparse.Namespace) -> None:
     )
 
 
-def _evaluate(args: argparse.Namespace) -> None:
-    from deepsea.data import eval_batches, load_run_data, scan_labelled_folder
+def _run_validation(workdir: str) -> tuple[list[str], object, list[str]]:
+    """A run's validation images and labels, read back against its data folder (classes must match)."""
+    from deepsea.data import load_run_data, scan_labelled_folder
     from deepsea.data.pipeline import load_json
-    from deepsea.train import evaluate, predict_probs, restore_run
 
-    model, variables, pp, _classes, config = restore_run(args.workdir, args.checkpoint)
-    split = load_json(os.path.join(args.workdir, "split.json"))
+    split = load_json(os.path.join(workdir, "split.json"))
     folder = scan_labelled_folder(split["root"])
-    _, val_idx, _ = load_run_data(args.workdir, folder)
-    labels = folder.labels[val_idx]
-    batches = eval_batches([folder.paths[i] for i in val_idx], labels, pp, config.train.eval_batch_size)
-    res = evaluate(predict_probs(model, variables, batches), labels)
+    _, val_idx, _ = load_run_data(workdir, folder)
+    return [folder.paths[i] for i in val_idx], folder.labels[val_idx], list(folder.classes)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from deepsea.metrics import save_confusion_png
+    from deepsea.predict import cached_tta_probs, combine_probs
+    from deepsea.train import evaluate, restore_run
+
+    model, variables, pp, classes, config = restore_run(args.workdir, args.checkpoint)
+    paths, labels, _ = _run_validation(args.workdir)
     print(
-        f"{args.workdir} ({args.checkpoint}), {len(labels)} validation images: log loss {res['log_loss']:.4f}, "
-        f"accuracy {res['accuracy']:.4f}, top-5 {res['top5']:.4f}"
+        f"{args.workdir} ({args.checkpoint} checkpoint, step {config.restored_step}), {len(labels)} validation images"
     )
+    print(f"{'transforms':<12} {'log loss':>9} {'accuracy':>9} {'top-5':>7}")
+    for n in [0] + ([args.tta] if args.tta else []):
+        per = cached_tta_probs(
+            args.workdir,
+            f"{args.checkpoint}:{config.restored_step}",
+            model,
+            variables,
+            paths,
+            pp,
+            n,
+            config.train.eval_batch_size,
+        )
+        probs = combine_probs(per, args.combine)
+        res = evaluate(probs, labels)
+        label = "plain" if n == 0 else f"TTA {n}"
+        print(f"{label:<12} {res['log_loss']:9.4f} {res['accuracy']:9.4f} {res['top5']:7.4f}")
+    png = save_confusion_png(probs, labels, classes, os.path.join(args.workdir, "confusion.png"))
+    print(f"wrote {png}")
 
 
 def _predict(args: argparse.Namespace) -> None:
-    import csv
-
-    from deepsea.data import eval_batches, scan_flat_folder
-    from deepsea.train import predict_probs, restore_run
+    from deepsea.data import scan_flat_folder
+    from deepsea.predict import cached_tta_probs, combine_probs, write_submission
+    from deepsea.train import restore_run
 
     model, variables, pp, classes, config = restore_run(args.workdir, args.checkpoint)
     folder = scan_flat_folder(args.images)
-    probs = predict_probs(model, variables, eval_batches(folder.paths, None, pp, config.train.eval_batch_size))
-    tmp = f"{args.out}.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", *classes])
-        for name, row in zip(folder.names, probs, strict=True):
-            w.writerow([name, *(f"{p:.6g}" for p in row / row.sum())])
-    os.replace(tmp, args.out)
-    print(f"wrote {args.out}: {len(folder)} images x {len(classes)} classes")
+    per = cached_tta_probs(
+        args.workdir,
+        f"{args.checkpoint}:{config.restored_step}",
+        model,
+        variables,
+        list(folder.paths),
+        pp,
+        args.tta,
+        config.train.eval_batch_size,
+    )
+    write_submission(args.out, folder.names, classes, combine_probs(per, args.combine))
+    print(f"wrote {args.out}: {len(folder)} images x {len(classes)} classes ({args.tta or 'no'} TTA transforms)")
+
+
+def _ensemble(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from deepsea.data import scan_flat_folder
+    from deepsea.ensemble import blend, cross_validated_selection
+    from deepsea.predict import cached_tta_probs, combine_probs, write_submission
+    from deepsea.train import restore_run
+
+    runs = []
+    for workdir in args.runs:
+        model, variables, pp, classes, config = restore_run(workdir, args.checkpoint)
+        runs.append((workdir, model, variables, pp, classes, f"{args.checkpoint}:{config.restored_step}", config))
+    if any(r[4] != runs[0][4] for r in runs):
+        raise SystemExit("deepsea ensemble: the runs were trained on different class lists")
+    vals = [_run_validation(r[0]) for r in runs]
+    same_split = all(v[0] == vals[0][0] for v in vals)
+    if not same_split and not args.uniform:
+        raise SystemExit(
+            "deepsea ensemble: the runs have different validation splits, so blend weights cannot be fitted; "
+            "use --uniform to average them (bagging)"
+        )
+    weights = np.full(len(runs), 1 / len(runs))
+    chosen = list(range(len(runs)))
+    if same_split:
+        paths, labels, _ = vals[0]
+        probs = np.stack(
+            [
+                combine_probs(cached_tta_probs(w, ck, m, v, paths, pp, args.tta, c.train.eval_batch_size), args.combine)
+                for w, m, v, pp, _, ck, c in runs
+            ]
+        )
+        result = cross_validated_selection(probs, labels, folds=args.folds, uniform=args.uniform)
+        for (w, *_), loss in zip(runs, result.single_log_loss, strict=True):
+            print(f"{w:<40} validation log loss {loss:.4f}")
+        chosen, weights = list(result.models), result.weights
+        blended = blend(probs[chosen], weights)
+        from deepsea.metrics import accuracy, log_loss
+
+        print(
+            f"blend of {[runs[i][0] for i in chosen]} with weights {np.round(weights, 3).tolist()}: "
+            f"validation log loss {log_loss(blended, labels):.4f} (cross-validated {result.cv_log_loss:.4f}), "
+            f"accuracy {accuracy(blended, labels):.4f}"
+        )
+    if args.images:
+        folder = scan_flat_folder(args.images)
+        test = np.stack(
+            [
+                combine_probs(
+                    cached_tta_probs(w, ck, m, v, list(folder.paths), pp, args.tta, c.train.eval_batch_size),
+                    args.combine,
+                )
+                for w, m, v, pp, _, ck, c in (runs[i] for i in chosen)
+            ]
+        )
+        write_submission(args.out, folder.names, runs[0][4], blend(test, weights))
+        print(f"wrote {args.out}")
 
 
 def _params(args: argparse.Namespace) -> None:

@@ -465,6 +465,7 @@ def restore_run(workdir: str, which: str = "best") -> tuple[nn.Module, Any, Prep
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir!r}")
     state = _restore(manager, step, template)
+    config.restored_step = int(step)
     ckpt.close()
     best.close()
     return model, _variables(state), pp, classes, config

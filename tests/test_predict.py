@@ -1,0 +1,144 @@
+import itertools
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepsea import metrics as M
+from deepsea.data import Preprocess, Rescale, eval_batches, scan_labelled_folder
+from deepsea.data.synthetic import make_synthetic
+from deepsea.ensemble import blend, cross_validated_selection, fit_blend_weights
+from deepsea.models import tiny_rollnet
+from deepsea.predict import (
+    cached_tta_probs,
+    combine_probs,
+    identity_transforms,
+    read_submission,
+    tta_probs,
+    write_submission,
+)
+from deepsea.train import predict_probs
+
+
+def _random_probs(rng, n=200, k=7):
+    logits = rng.standard_normal((n, k)) * 2
+    p = np.exp(logits)
+    return p / p.sum(1, keepdims=True), rng.integers(0, k, n)
+
+
+def test_log_loss_as_kaggle_scored_it(rng):
+    p, y = _random_probs(rng)
+    want = -np.mean([np.log(p[i, y[i]]) for i in range(len(y))])
+    assert M.log_loss(p, y) == pytest.approx(want, rel=1e-12)
+    # zeros and ones are clipped to [1e-15, 1 - 1e-15] and rows renormalised
+    hard = np.eye(7)[rng.integers(0, 7, 50)]
+    y2 = rng.integers(0, 7, 50)
+    clipped = np.clip(hard, 1e-15, 1 - 1e-15)
+    clipped /= clipped.sum(1, keepdims=True)
+    want2 = -np.mean(np.log(clipped[np.arange(50), y2]))
+    assert M.log_loss(hard, y2) == pytest.approx(want2, rel=1e-12) and np.isfinite(M.log_loss(hard, y2))
+    # unnormalised rows are renormalised
+    assert M.log_loss(p * 0.5, y) == pytest.approx(M.log_loss(p, y), rel=1e-12)  # rows are renormalised
+
+
+def test_accuracy_top_k_confusion_and_per_class(rng, tmp_path):
+    p, y = _random_probs(rng)
+    assert M.accuracy(p, y) == pytest.approx(np.mean([np.argmax(r) == t for r, t in zip(p, y, strict=True)]))
+    for k in (1, 3, 7):
+        brute = np.mean([t in np.argsort(-r)[:k] for r, t in zip(p, y, strict=True)])
+        assert M.top_k_accuracy(p, y, k) == pytest.approx(brute)
+    cm = M.confusion_matrix(p, y)
+    for t, q in itertools.product(range(7), repeat=2):
+        assert cm[t, q] == np.sum((y == t) & (p.argmax(1) == q))
+    np.testing.assert_allclose(M.per_class_accuracy(p, y), np.diag(cm) / cm.sum(1))
+    classes = [f"class_with_a_long_name_{i}" for i in range(121)]
+    p121, y121 = _random_probs(rng, 500, 121)
+    png = M.save_confusion_png(p121, y121, classes, str(tmp_path / "c.png"))
+    assert Path(png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_combining_transforms(rng):
+    per = np.stack([_random_probs(rng)[0] for _ in range(5)])
+    np.testing.assert_allclose(combine_probs(per, "mean"), per.mean(0))
+    logits = np.log(per) + rng.standard_normal((5, 200, 1))  # logits: log-probabilities plus any row constant
+    mean_logits = np.exp(logits.mean(0))
+    mean_logits /= mean_logits.sum(1, keepdims=True)
+    np.testing.assert_allclose(combine_probs(per, "logits"), mean_logits, rtol=1e-10)
+    np.testing.assert_allclose(combine_probs(per, "geometric"), mean_logits, rtol=1e-10)
+    with pytest.raises(ValueError, match="unknown combination"):
+        combine_probs(per, "median")  # type: ignore[arg-type]
+
+
+def test_blend_weights_recover_a_planted_best_model(rng):
+    n, k = 600, 10
+    y = rng.integers(0, k, n)
+    good = np.full((n, k), 0.3 / (k - 1))
+    good[np.arange(n), y] = 0.7
+    noise = [_random_probs(rng, n, k)[0] for _ in range(3)]
+    probs = np.stack([noise[0], good, noise[1], noise[2]])
+    w = fit_blend_weights(probs, y)
+    assert w.argmax() == 1 and w[1] > 0.9 and w.sum() == pytest.approx(1)
+    # the optimum: no weight vector on a grid does better
+    best_grid = min(M.log_loss(blend(probs[:2], np.array([a, 1 - a])), y) for a in np.linspace(0, 1, 101))
+    w2 = fit_blend_weights(probs[:2], y)
+    assert M.log_loss(blend(probs[:2], w2), y) <= best_grid + 1e-9
+    sel = cross_validated_selection(probs, y, folds=5)
+    assert sel.models[0] == 1 and sel.cv_log_loss <= min(sel.single_log_loss) + 1e-9
+
+
+def test_two_complementary_models_blend_better_than_either(rng):
+    n, k = 400, 4
+    y = rng.integers(0, k, n)
+    a = np.full((n, k), 0.25)
+    b = np.full((n, k), 0.25)
+    half = np.arange(n) < n // 2  # a knows the first half, b the second
+    a[half] = 0.05
+    a[half, y[half]] = 0.85
+    b[~half] = 0.05
+    b[~half, y[~half]] = 0.85
+    sel = cross_validated_selection(np.stack([a, b]), y)
+    assert set(sel.models) == {0, 1} and sel.cv_log_loss < min(sel.single_log_loss)
+
+
+def test_submission_round_trips(tmp_path, rng):
+    p, _ = _random_probs(rng, 5, 3)
+    names = [f"{i}.jpg" for i in range(5)]
+    write_submission(str(tmp_path / "s.csv"), names, ["a", "b", "c"], p * 2)
+    n2, c2, p2 = read_submission(str(tmp_path / "s.csv"))
+    assert n2 == names and c2 == ["a", "b", "c"]
+    np.testing.assert_allclose(p2, p, rtol=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        write_submission(str(tmp_path / "x.csv"), names, ["a", "b"], p)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    folder = scan_labelled_folder(make_synthetic(tmp_path_factory.mktemp("syn"), per_class=2, progress=False))
+    model = tiny_rollnet(num_classes=len(folder.classes), size_features=True)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 23, 23, 1)), raw_size=jnp.ones((1, 2)))
+    pp = Preprocess(size=23, rescale=Rescale("max_side", 20))
+    return folder, model, variables, pp
+
+
+def test_tta_with_the_identity_equals_plain_prediction(tiny_run):
+    folder, model, variables, pp = tiny_run
+    plain = predict_probs(model, variables, eval_batches(folder.paths, None, pp, 8))
+    per = tta_probs(model, variables, folder.paths, pp, identity_transforms(), batch_size=8, progress=False)
+    assert per.shape == (1, len(folder), len(folder.classes))
+    np.testing.assert_array_equal(combine_probs(per), plain / plain.sum(1, keepdims=True))
+
+
+def test_tta_predictions_are_cached(tiny_run, tmp_path):
+    folder, model, variables, pp = tiny_run
+    first = cached_tta_probs(str(tmp_path), "best:1", model, variables, folder.paths, pp, 3, 8, progress=False)
+    assert first.shape == (3, len(folder), len(folder.classes))
+    assert len(os.listdir(tmp_path / "predictions")) == 1
+    # the second call reads the file: no model needed
+    again = cached_tta_probs(str(tmp_path), "best:1", None, None, folder.paths, pp, 3, 8, progress=False)
+    np.testing.assert_array_equal(first, again)
+    # another checkpoint is another entry
+    cached_tta_probs(str(tmp_path), "best:2", model, variables, folder.paths, pp, 3, 8, progress=False)
+    assert len(os.listdir(tmp_path / "predictions")) == 2
