@@ -77,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     p.add_argument("--tta", type=int, default=0, help="average over N quasi-random test-time transforms (seed: 70)")
     p.add_argument("--combine", default="mean", choices=["mean", "logits", "geometric"])
+    p.add_argument("--skip-bad-images", action="store_true", help="skip (and list) unreadable images")
     p.set_defaults(func=_predict)
     p = sub.add_parser("ensemble", help="blend runs with weights fitted on their shared validation split")
     p.add_argument("runs", nargs="+", help="run folders")
@@ -87,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds for choosing the models")
     p.add_argument("--images", default=None, help="also write a blended submission for this folder")
     p.add_argument("--out", default="ensemble.csv")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip (and list) unreadable images")
     p.set_defaults(func=_ensemble)
     p = sub.add_parser("params", help="print a model's parameter count per layer")
     p.add_argument("experiment")
@@ -94,11 +96,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--classes", type=int, default=121)
     p.set_defaults(func=_params)
     args = parser.parse_args(argv)
-    from deepsea.data import BadImageError, FolderError
+    from deepsea.data import BadImageError, FolderError, RunDataMismatch
 
     try:
         args.func(args)
-    except (FolderError, BadImageError, FileNotFoundError) as e:
+    except (FolderError, BadImageError, RunDataMismatch, FileNotFoundError) as e:
         print(f"deepsea {args.command}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -184,12 +186,11 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from deepsea.data import scan_flat_folder
     from deepsea.predict import cached_tta_probs, combine_probs, write_submission
     from deepsea.train import restore_run
 
     model, variables, pp, classes, config = restore_run(args.workdir, args.checkpoint)
-    folder = scan_flat_folder(args.images)
+    folder = _checked_flat_folder(args.images, args.skip_bad_images)
     per = cached_tta_probs(
         args.workdir,
         f"{args.checkpoint}:{config.restored_step}",
@@ -204,10 +205,21 @@ def _predict(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {len(folder)} images x {len(classes)} classes ({args.tta or 'no'} TTA transforms)")
 
 
+def _checked_flat_folder(images: str, skip_bad: bool):
+    """The images to predict, decoded once first: a bad file is an error naming it, or skipped and listed."""
+    from deepsea.data import check_images, scan_flat_folder
+
+    folder, _, skipped = check_images(scan_flat_folder(images), skip_bad=skip_bad)
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s); they are not in the submission", file=sys.stderr)
+    return folder
+
+
 def _ensemble(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from deepsea.data import scan_flat_folder
     from deepsea.ensemble import blend, cross_validated_selection
     from deepsea.predict import cached_tta_probs, combine_probs, write_submission
     from deepsea.train import restore_run
@@ -248,7 +260,7 @@ def _ensemble(args: argparse.Namespace) -> None:
             f"accuracy {accuracy(blended, labels):.4f}"
         )
     if args.images:
-        folder = scan_flat_folder(args.images)
+        folder = _checked_flat_folder(args.images, args.skip_bad_images)
         test = np.stack(
             [
                 combine_probs(

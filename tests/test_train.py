@@ -187,15 +187,16 @@ def test_cli_train_evaluate_predict(tmp_path):
     env = {**os.environ, "DEEPSEA_DATA": str(tmp_path / "data")}
     run = str(tmp_path / "run")
 
-    def cli(*args):
+    def cli(*args, rc=0):
         out = subprocess.run(
             [sys.executable, "-m", "deepsea", *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
         )
-        assert out.returncode == 0, out.stdout + out.stderr
-        return out.stdout
+        assert out.returncode == rc, out.stdout + out.stderr
+        return out.stdout + out.stderr
 
     assert "best validation log loss" in cli("train", "synthetic", "--small", "--workdir", run)
-    assert "log loss" in cli("evaluate", "--workdir", run)
+    out = cli("evaluate", "--workdir", run, "--tta", "2")
+    assert "plain" in out and "TTA 2" in out and os.path.exists(os.path.join(run, "confusion.png"))
     # a flat folder of test images, with a stray file
     from deepsea.data.synthetic import make_synthetic
 
@@ -214,6 +215,19 @@ def test_cli_train_evaluate_predict(tmp_path):
     for line in lines[1:]:
         name, *probs = line.split(",")
         assert name.endswith(".jpg") and abs(sum(map(float, probs)) - 1) < 1e-4
+    # with TTA, and as a two-model ensemble (the same run twice: one is enough)
+    cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "tta.csv"), "--tta", "3")
+    assert len((tmp_path / "tta.csv").read_text().splitlines()) == 13
+    out = cli("ensemble", run, run, "--images", str(flat), "--out", str(tmp_path / "ens.csv"), "--folds", "2")
+    assert "blend of" in out and (tmp_path / "ens.csv").exists()
+    # a corrupt image: an error naming it, or skipped and listed when asked
+    (flat / "broken.jpg").write_bytes(b"not a jpeg")
+    out = cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "x.csv"), rc=2)
+    assert "broken.jpg" in out and "Traceback" not in out
+    out = cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "x.csv"), "--skip-bad-images")
+    assert "skipped" in out and "broken.jpg" in out
+    assert len((tmp_path / "x.csv").read_text().splitlines()) == 13
+    cli("predict", "--workdir", run, "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y.csv"), rc=2)
 
 
 @pytest.mark.parametrize("name", ["cp8", "multiscale"])
