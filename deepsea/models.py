@@ -244,8 +244,16 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
         large = RollNet(**{**kwargs, "features_only": True})
         small = RollNet(**{**kwargs, "stages": small_stages, "features_only": True, "size_features": False})
         return MultiscaleNet(large=large, small=small, num_classes=num_classes, dropout_rate=kwargs["dropout_rate"])
+    elif name in ("resnet50", "resnext50"):
+        filters = max(1, round(64 * width))
+        if name == "resnet50":
+            return ResNet(num_classes, num_filters=filters)
+        return ResNet(num_classes, num_filters=filters, groups=32, width_per_group=4)
     elif name != "rollnet":
-        raise ValueError(f"unknown model {name!r}; expected 'rollnet', 'convroll4', 'plain', 'cp8' or 'multiscale'")
+        raise ValueError(
+            f"unknown model {name!r}; expected 'rollnet', 'convroll4', 'plain', 'cp8', 'multiscale', "
+            "'resnet50' or 'resnext50'"
+        )
     return RollNet(**kwargs)
 
 

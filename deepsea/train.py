@@ -143,7 +143,7 @@ def make_train_step(
         metrics = {
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": jnp.asarray(schedule(state.step), jnp.float32),
         }
         return TrainState(state.step + 1, params, opt_state, dict(model_state)), metrics
@@ -284,7 +284,10 @@ def plot_metrics(workdir: str) -> str:
     import matplotlib.pyplot as plt
 
     path = os.path.join(workdir, "metrics.jsonl")
-    rows = [json.loads(ln) for ln in open(path)] if os.path.exists(path) else []
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = [json.loads(ln) for ln in f if ln.strip()]
     tr = [r for r in rows if r["split"] == "train"]
     va = [r for r in rows if r["split"] == "validation"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -87,7 +88,7 @@ def test_resume_equals_uninterrupted_and_checkpoints_round_trip(small_config, tm
     for a, b in zip(jax.tree.leaves(full["state"].params), jax.tree.leaves(variables["params"]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert len(classes) == 12 and pp.size == small_config.data.size
-    rows = [json.loads(x) for x in open(tmp_path / "resumed" / "metrics.jsonl")]
+    rows = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert sorted(r["step"] for r in rows if r["split"] == "validation") == [3, 6]  # no duplicates after resume
     assert (tmp_path / "full" / "metrics.png").exists() and (tmp_path / "full" / "best.json").exists()
 
@@ -164,7 +165,7 @@ def test_four_devices_give_the_same_parameters_as_one(tmp_path):
             for b in batches:
                 b = {k: jax.device_put(v, NamedSharding(mesh, P("data"))) for k, v in b.items()}
                 state, m = step(state, b, jax.random.key(0))
-            assert len(jax.tree.leaves(b["image"].sharding.device_set)) == n
+            assert len(b["image"].sharding.device_set) == n
             finals.append(jax.tree.map(np.asarray, state.params))
         diffs = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1]))]
         print("max difference", max(diffs))
@@ -210,7 +211,7 @@ def test_cli_train_evaluate_predict(tmp_path):
     cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "sub.csv"))
     lines = (tmp_path / "sub.csv").read_text().splitlines()
     header = lines[0].split(",")
-    classes = json.load(open(os.path.join(run, "classes.json")))
+    classes = json.loads(Path(run, "classes.json").read_text())
     assert header == ["image", *classes] and len(lines) == 1 + 12
     for line in lines[1:]:
         name, *probs = line.split(",")
@@ -308,4 +309,4 @@ def test_batch_norm_rollnet_stays_exactly_invariant(rng):
     check_invariance(jax.jit(lambda a: model.apply(variables, a)), "c4", x, atol=1e-5)
     # and in training mode the batch statistics themselves are symmetric across views
     fn = jax.jit(lambda a: model.apply(variables, a, train=True, mutable=["batch_stats"])[0])
-    check_invariance(fn, "c4", x, atol=1e-4)
+    check_invariance(fn, "c4", x, atol=1e-5)
