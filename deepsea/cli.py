@@ -155,6 +155,15 @@ def _run_validation(workdir: str) -> tuple[list[str], object, list[str]]:
     return [folder.paths[i] for i in val_idx], folder.labels[val_idx], list(folder.classes)
 
 
+def _tta_ranges(config):
+    """The default TTA ranges, capped at the run's training augmentation (``tta_ranges_for``)."""
+    from deepsea.data import AugmentRanges
+    from deepsea.predict import tta_ranges_for
+
+    a = config.aug
+    return tta_ranges_for(AugmentRanges(a.rotation, a.shift, a.zoom, a.shear, a.stretch, bool(a.flip)))
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from deepsea.metrics import save_confusion_png
     from deepsea.predict import cached_tta_probs, combine_probs
@@ -176,6 +185,7 @@ def _evaluate(args: argparse.Namespace) -> None:
             pp,
             n,
             config.train.eval_batch_size,
+            ranges=_tta_ranges(config),
         )
         probs = combine_probs(per, args.combine)
         res = evaluate(probs, labels)
@@ -200,6 +210,7 @@ def _predict(args: argparse.Namespace) -> None:
         pp,
         args.tta,
         config.train.eval_batch_size,
+        ranges=_tta_ranges(config),
     )
     write_submission(args.out, folder.names, classes, combine_probs(per, args.combine))
     print(f"wrote {args.out}: {len(folder)} images x {len(classes)} classes ({args.tta or 'no'} TTA transforms)")
@@ -243,7 +254,10 @@ def _ensemble(args: argparse.Namespace) -> None:
         paths, labels, _ = vals[0]
         probs = np.stack(
             [
-                combine_probs(cached_tta_probs(w, ck, m, v, paths, pp, args.tta, c.train.eval_batch_size), args.combine)
+                combine_probs(
+                    cached_tta_probs(w, ck, m, v, paths, pp, args.tta, c.train.eval_batch_size, ranges=_tta_ranges(c)),
+                    args.combine,
+                )
                 for w, m, v, pp, _, ck, c in runs
             ]
         )
@@ -264,7 +278,9 @@ def _ensemble(args: argparse.Namespace) -> None:
         test = np.stack(
             [
                 combine_probs(
-                    cached_tta_probs(w, ck, m, v, list(folder.paths), pp, args.tta, c.train.eval_batch_size),
+                    cached_tta_probs(
+                        w, ck, m, v, list(folder.paths), pp, args.tta, c.train.eval_batch_size, ranges=_tta_ranges(c)
+                    ),
                     args.combine,
                 )
                 for w, m, v, pp, _, ck, c in (runs[i] for i in chosen)

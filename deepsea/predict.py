@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from deepsea.data import AugmentParams, Preprocess, eval_batches, tta_params
+from deepsea.data import TTA_RANGES, AugmentParams, AugmentRanges, Preprocess, eval_batches, tta_params
 
 __all__ = [
     "Combine",
@@ -28,10 +28,23 @@ __all__ = [
     "identity_transforms",
     "read_submission",
     "tta_probs",
+    "tta_ranges_for",
     "write_submission",
 ]
 
 Combine = Literal["mean", "logits", "geometric"]
+
+
+def tta_ranges_for(training: AugmentRanges, tta: AugmentRanges = TTA_RANGES) -> AugmentRanges:
+    """The test-time ranges, never wider than what the model was trained on (each range the smaller of the two)."""
+    return AugmentRanges(
+        rotation=min(tta.rotation, training.rotation),
+        shift=min(tta.shift, training.shift),
+        zoom=min(tta.zoom, training.zoom),
+        shear=min(tta.shear, training.shear),
+        stretch=min(tta.stretch, training.stretch),
+        flip=tta.flip and training.flip,
+    )
 
 
 def identity_transforms() -> list[AugmentParams]:
@@ -102,13 +115,14 @@ def cached_tta_probs(
     n_transforms: int,
     batch_size: int = 64,
     progress: bool = True,
+    ranges: AugmentRanges = TTA_RANGES,
 ) -> np.ndarray:
-    """Per-transform probabilities for ``n_transforms`` Halton transforms (0: the plain rescale), cached.
+    """Per-transform probabilities for ``n_transforms`` Halton transforms in ``ranges`` (0: the plain rescale), cached.
 
     The cache file is ``<workdir>/predictions/<key>.npz``, where the key hashes
     the checkpoint, the image paths and the transforms.
     """
-    transforms = identity_transforms() if n_transforms == 0 else tta_params(n_transforms)
+    transforms = identity_transforms() if n_transforms == 0 else tta_params(n_transforms, ranges)
     folder = os.path.join(workdir, "predictions")
     path = os.path.join(folder, f"{_key(paths, transforms, checkpoint)}.npz")
     if os.path.exists(path):

@@ -142,3 +142,14 @@ def test_tta_predictions_are_cached(tiny_run, tmp_path):
     # another checkpoint is another entry
     cached_tta_probs(str(tmp_path), "best:2", model, variables, folder.paths, pp, 3, 8, progress=False)
     assert len(os.listdir(tmp_path / "predictions")) == 2
+
+
+def test_tta_ranges_never_exceed_the_training_ranges():
+    from deepsea.data import TTA_RANGES, AugmentRanges
+    from deepsea.predict import tta_ranges_for
+
+    r = tta_ranges_for(AugmentRanges(rotation=360, shift=10, zoom=1.3, shear=20, stretch=1.15, flip=True))
+    assert (r.zoom, r.stretch, r.shift, r.shear, r.rotation, r.flip) == (1.3, 1.15, 8.0, 10.0, 360.0, True)
+    assert tta_ranges_for(TTA_RANGES) == TTA_RANGES
+    none = tta_ranges_for(AugmentRanges(rotation=0, shift=0, zoom=1, shear=0, stretch=1, flip=False))
+    assert (none.zoom, none.rotation, none.flip) == (1.0, 0.0, False)
