@@ -157,11 +157,10 @@ def _run_validation(workdir: str) -> tuple[list[str], object, list[str]]:
 
 def _tta_ranges(config):
     """The default TTA ranges, capped at the run's training augmentation (``tta_ranges_for``)."""
-    from deepsea.data import AugmentRanges
     from deepsea.predict import tta_ranges_for
+    from deepsea.train import augment_ranges
 
-    a = config.aug
-    return tta_ranges_for(AugmentRanges(a.rotation, a.shift, a.zoom, a.shear, a.stretch, bool(a.flip)))
+    return tta_ranges_for(augment_ranges(config.aug))
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -12,6 +12,7 @@ functions of ``(seed, step)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from deepsea.models import build_model
 __all__ = [
     "TrainState",
     "TrainingDiverged",
+    "augment_ranges",
     "evaluate",
     "make_optimizer",
     "make_train_step",
@@ -183,7 +185,11 @@ def predict_probs(
     return np.concatenate(out)
 
 
+@functools.lru_cache(maxsize=8)
 def _predict_fn(model: nn.Module):
+    """One jitted prediction function per model (Linen modules hash by value), so every validation pass
+    of a run reuses the same compiled code instead of tracing anew."""
+
     @jax.jit
     def fn(variables, batch):
         logits, _ = _forward(model, variables, batch, False, None)
@@ -201,7 +207,8 @@ def evaluate(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     }
 
 
-def _ranges(cfg: Any) -> AugmentRanges:
+def augment_ranges(cfg: Any) -> AugmentRanges:
+    """An experiment's ``config.aug`` as :class:`~deepsea.data.AugmentRanges`."""
     return AugmentRanges(cfg.rotation, cfg.shift, cfg.zoom, cfg.shear, cfg.stretch, bool(cfg.flip))
 
 
@@ -380,7 +387,7 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
         [folder.paths[i] for i in train_idx],
         folder.labels[train_idx],
         pp,
-        _ranges(config.aug),
+        augment_ranges(config.aug),
         seed=config.seed,
     )
     val_paths = [folder.paths[i] for i in val_idx]

@@ -153,3 +153,13 @@ def test_tta_ranges_never_exceed_the_training_ranges():
     assert tta_ranges_for(TTA_RANGES) == TTA_RANGES
     none = tta_ranges_for(AugmentRanges(rotation=0, shift=0, zoom=1, shear=0, stretch=1, flip=False))
     assert (none.zoom, none.rotation, none.flip) == (1.0, 0.0, False)
+
+
+def test_repeated_predictions_reuse_one_compiled_function(tiny_run):
+    """Validation runs every few thousand steps: it must not trace and compile anew each time."""
+    from deepsea.train import _predict_fn
+
+    folder, model, variables, pp = tiny_run
+    for _ in range(3):
+        predict_probs(model, variables, eval_batches(folder.paths, None, pp, 8))
+    assert _predict_fn(model)._cache_size() == 1
