@@ -1,4 +1,4 @@
-"""The ``deepsea`` command line: ``demo``, ``bench-ops``, ``bench-data``, ``make-synthetic``, ``preview``."""
+"""The ``deepsea`` command line: training, evaluation, prediction, ensembles, benchmarks and tools."""
 
 from __future__ import annotations
 
@@ -25,16 +25,22 @@ def _set_xla_flags() -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     _set_xla_flags()  # before the first computation initialises the backend
-    from deepsea import bench_data, bench_ops, demo
+    from deepsea import bench, bench_data, bench_kernels, bench_ops, demo
 
     parser = argparse.ArgumentParser(prog="deepsea", description="Exact rotation-symmetric convnets.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help=demo.__doc__.splitlines()[0])
     demo.add_arguments(p)
     p.set_defaults(func=demo.main_with_args)
+    p = sub.add_parser("bench", help=bench.__doc__.splitlines()[0])
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.main_with_args)
     p = sub.add_parser("bench-ops", help=bench_ops.__doc__.splitlines()[0])
     bench_ops.add_arguments(p)
     p.set_defaults(func=bench_ops.main_with_args)
+    p = sub.add_parser("bench-kernels", help=bench_kernels.__doc__.splitlines()[0])
+    bench_kernels.add_arguments(p)
+    p.set_defaults(func=bench_kernels.main_with_args)
     p = sub.add_parser("bench-data", help=bench_data.__doc__.splitlines()[0])
     bench_data.add_arguments(p)
     p.set_defaults(func=bench_data.main_with_args)

@@ -55,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dropout = 0.5
     c.model.dense_roll = False
     c.model.view_pool = "rms"
+    c.model.roll_impl = "xla"  # xla | pallas (kernels/, interpret mode off-GPU): bitwise the same function
     c.model.size_features = False
     c.model.batch_norm = False  # not in the seed; per-channel statistics over all views keep the invariance
     c.model.small_stages = ((32, 16), (64, 32), (128, 128, 64))  # multiscale: the fixed-scale branch
@@ -64,9 +65,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.lr = 0.003
     c.optim.momentum = 0.9
     c.optim.weight_decay = 1e-4  # L2 on kernels, not biases
+    c.optim.schedule = "step"  # step: piecewise constant (decay_steps, decay_factor) | cosine: to end_factor * lr
     c.optim.decay_steps = (180_000, 205_000)  # two 10x drops
     c.optim.decay_factor = 0.1
     c.optim.warmup_steps = 0
+    c.optim.end_factor = 0.0  # cosine: the final learning rate as a fraction of lr
     c.optim.grad_clip = 0.0  # 0: off
 
     c.train = ml_collections.ConfigDict()

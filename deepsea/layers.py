@@ -51,20 +51,22 @@ class Roll(nn.Module):
     """Dense roll ``(V*B,F) -> (V*B,V*F)``; see :func:`deepsea.ops.group_roll`."""
 
     group: str | Group = "c4"
+    implementation: ops.Implementation = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return ops.group_roll(x, self.group)
+        return ops.group_roll(x, self.group, self.implementation)
 
 
 class ConvRoll(nn.Module):
     """Feature-map roll ``(V*B,H,W,C) -> (V*B,H,W,V*C)``; see :func:`deepsea.ops.group_conv_roll`."""
 
     group: str | Group = "c4"
+    implementation: ops.Implementation = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return ops.group_conv_roll(x, self.group)
+        return ops.group_conv_roll(x, self.group, self.implementation)
 
 
 class Pool(nn.Module):
@@ -179,6 +181,7 @@ class MaxPool(nn.Module):
     stride: int = 2
     padding: str = "VALID"
     check_symmetry: bool = True
+    implementation: str = "slices"  # or "reduce_window"; see deepsea.ops.max_pool
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -193,9 +196,4 @@ class MaxPool(nn.Module):
                         "pooling layer (odd sizes such as 47 or 95 for 3x3 stride 2), or pass "
                         "check_symmetry=False for a network without rolls."
                     )
-        return nn.max_pool(
-            x,
-            (self.window, self.window),
-            strides=(self.stride, self.stride),
-            padding=self.padding,
-        )
+        return ops.max_pool(x, self.window, self.stride, self.padding, self.implementation)  # type: ignore[arg-type]

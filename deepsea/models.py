@@ -212,7 +212,8 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
     degrees stacked in channels, 8-view pooling) or ``"multiscale"`` (a
     95x95 size-rescaled and a 47x47 fixed-scale branch, ``small_stages``),
     ``"resnet50"`` or ``"resnext50"`` (the second reference, with batch norm).
-    ``width`` scales every layer's channels and units.
+    ``width`` scales every layer's channels and units.  ``roll_impl``: ``"xla"`` (default) or ``"pallas"``
+    (the kernels of ``kernels/``), the same function either way.
     """
     get = cfg.get if hasattr(cfg, "get") else cfg.__getitem__
     name = get("name", "rollnet")
@@ -229,6 +230,10 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
         view_pool_mode=get("view_pool", "rms"),
         size_features=get("size_features", False),
     )
+    roll_impl = get("roll_impl", "xla")
+    if roll_impl != "xla":
+        kwargs["conv_roll_layer"] = functools.partial(layers.ConvRoll, implementation=roll_impl)
+        kwargs["roll_layer"] = functools.partial(layers.Roll, implementation=roll_impl)
     if get("batch_norm", False):
         kwargs["norm"] = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
     if name == "convroll4":

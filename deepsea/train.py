@@ -74,6 +74,13 @@ class TrainState:
 
 
 def _schedule(cfg: Any, total_steps: int) -> optax.Schedule:
+    kind = cfg.get("schedule", "step")
+    if kind == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, cfg.lr, cfg.get("warmup_steps", 0), total_steps, cfg.lr * cfg.get("end_factor", 0.0)
+        )
+    if kind != "step":
+        raise ValueError(f"unknown learning-rate schedule {kind!r}; expected 'step' or 'cosine'")
     boundaries = {}
     for b in cfg.decay_steps:
         step = round(b * total_steps) if isinstance(b, float) and b < 1 else int(b)
@@ -86,9 +93,10 @@ def _schedule(cfg: Any, total_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(cfg: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Nesterov SGD (or Adam) on a piecewise-constant schedule, with L2 decay on kernels only.
+    """Nesterov SGD (or Adam) on a piecewise-constant (or cosine) schedule, with L2 decay on kernels only.
 
-    ``decay_steps`` entries below 1.0 are fractions of ``total_steps``.
+    ``decay_steps`` entries below 1.0 are fractions of ``total_steps``.  ``schedule="cosine"``: a linear
+    warm-up to ``lr``, then a cosine decay to ``end_factor * lr`` at ``total_steps``.
     """
     sched = _schedule(cfg, total_steps)
 

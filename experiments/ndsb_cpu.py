@@ -3,8 +3,8 @@
 Half convroll4's widths on 47x47 patches (largest side 42, the seed's 85-in-95
 ratio), batch norm after each convolution (not in the seed; it keeps the exact
 invariance), the raw image size late-fused, milder augmentation and dropout
-than the seed's, and Adam with a short warm-up and two 10x drops: a 30-minute
-budget has no time for the seed's slow SGD start.
+than the seed's, and Adam with a short warm-up and a cosine decay: a 30-minute
+budget has no time for the seed's slow SGD start and step drops.
 
 Launch: deepsea train experiments/ndsb_cpu.py --data ../shared/data/ndsb/train --workdir runs/ndsb_cpu
 Small run: deepsea train experiments/ndsb_cpu.py --data ../shared/data/ndsb/train --small
@@ -30,12 +30,12 @@ def get_config(small: bool = False):
     c.aug.shear = 10.0
     c.aug.stretch = 1.15
     c.optim.name = "adam"
-    c.optim.lr = 0.002
-    c.optim.warmup_steps = 100
+    c.optim.lr = 0.003
+    c.optim.schedule = "cosine"
+    c.optim.warmup_steps = 200
     c.optim.weight_decay = 1e-5
-    c.optim.decay_steps = (0.75, 0.92)
     c.train.batch_size = 32
-    c.train.steps = 5200
+    c.train.steps = 5400
     c.train.eval_every = 1000
     c.train.checkpoint_every = 500
     c.train.log_every = 50

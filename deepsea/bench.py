@@ -1,0 +1,275 @@
+"""Times an experiment's real training step: images/s, GFLOP/s, the symmetry ops' share, compile time.
+
+``deepsea bench EXPERIMENT [--set key=value ...]`` builds the experiment's
+model, optimiser and jitted training step (:func:`deepsea.train.make_train_step`,
+the one ``deepsea train`` runs) at its batch and input size, on random data,
+and prints one JSON line per round.  FLOPs are counted analytically from the
+forward pass's convolutions and matrix products (training = 3 x forward).
+The symmetry share is the forward+backward time of every slice, roll and pool
+of the model, each timed alone at its shape in the network, over the step time.
+
+``--torch PYTHON`` also runs the PyTorch reference of convroll4
+(``../shared/bench/torch_convroll.py``, at the experiment's size, width and
+batch) with that interpreter, interleaved round by round with ours, and prints
+the ratio of the medians.  Only compare like with like: the reference is the
+published convroll4 (no batch norm, no size features).
+
+  deepsea bench experiments/convroll4.py --set data.size=47 --set model.width=0.5 --torch /path/to/torch/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deepsea import layers
+
+__all__ = ["count_flops", "main", "run_ours", "run_torch", "symmetry_op_times"]
+
+DEFAULT_TORCH_SCRIPT = os.path.join("..", "shared", "bench", "torch_convroll.py")
+_SYMMETRY_LAYERS = (layers.Slice, layers.Roll, layers.ConvRoll, layers.Pool)
+
+
+def count_flops(fn: Callable[..., Any], *args: Any) -> int:
+    """FLOPs (2 per multiply-add) of the convolutions and matrix products ``fn(*args)`` traces to."""
+    return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _jaxpr_flops(jaxpr: Any) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            out = eqn.outvars[0].aval
+            rhs = eqn.invars[1].aval
+            out_features = rhs.shape[eqn.params["dimension_numbers"].rhs_spec[0]]
+            total += 2 * int(np.prod(out.shape)) * int(np.prod(rhs.shape)) // out_features
+        elif name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval
+            k = int(np.prod([lhs.shape[d] for d in lhs_contract]))
+            total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * k
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            total += _jaxpr_flops(sub)
+    return total
+
+
+def _config(experiment: str, overrides: Sequence[str], small: bool) -> Any:
+    from deepsea.configs import apply_overrides, load_experiment
+
+    cfg = load_experiment(experiment, small=small)
+    apply_overrides(cfg, list(overrides))
+    return cfg
+
+
+def _random_batch(cfg: Any, batch: int, num_classes: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    size = cfg.data.size
+    channels = 1 + len(cfg.data.get("extra_rotations", ()))
+    b = {
+        "image": rng.standard_normal((batch, size, size, channels)).astype(np.float32),
+        "label": rng.integers(0, num_classes, batch).astype(np.int32),
+        "raw_size": rng.integers(20, 200, (batch, 2)).astype(np.float32),
+    }
+    if cfg.data.get("second_size", 0):
+        s2 = cfg.data.second_size
+        b["image2"] = rng.standard_normal((batch, s2, s2, channels)).astype(np.float32)
+    return b
+
+
+def symmetry_op_times(model: nn.Module, variables: Any, batch: dict[str, np.ndarray], repeats: int = 5) -> list[dict]:
+    """Forward+backward time of every slice/roll/pool layer of ``model``, each alone at its input shape."""
+    calls: list[tuple[nn.Module, tuple[int, ...], Any]] = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, _SYMMETRY_LAYERS) and context.method_name == "__call__":
+            calls.append((context.module.clone(parent=None), args[0].shape, args[0].dtype))
+        return next_fun(*args, **kwargs)
+
+    def forward(variables, batch):
+        return model.apply(variables, batch["image"], train=False, raw_size=batch["raw_size"], x2=batch.get("image2"))
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(forward, variables, batch)  # shapes only: the variables may be donated buffers
+    rows = []
+    rng = np.random.default_rng(0)
+    for module, shape, dtype in calls:
+        x = jnp.asarray(rng.standard_normal(shape), dtype)
+        fn = lambda x, m=module: m.apply({}, x)  # noqa: E731
+        ct = jnp.asarray(rng.standard_normal(jax.eval_shape(fn, x).shape), dtype)
+
+        @jax.jit
+        def fwd_bwd(x, ct, fn=fn):
+            y, vjp = jax.vjp(fn, x)
+            return y, vjp(ct)
+
+        seconds = _median_time(fwd_bwd, x, ct, repeats=repeats)
+        rows.append({"layer": type(module).__name__, "in_shape": list(shape), "fwdbwd_ms": seconds * 1e3})
+    return rows
+
+
+def _median_time(fn: Callable[..., Any], *args: Any, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class _OurStep:
+    """The experiment's compiled training step on a fixed random batch, ready to be timed repeatedly."""
+
+    def __init__(self, cfg: Any, batch_size: int, num_classes: int = 121):
+        from deepsea.models import build_model
+        from deepsea.train import TrainState, make_optimizer, make_train_step
+
+        self.cfg = cfg
+        self.batch_size = batch_size
+        self.model = build_model(cfg.model, num_classes)
+        self.batch_np = _random_batch(cfg, batch_size, num_classes)
+        self.batch = {k: jnp.asarray(v) for k, v in self.batch_np.items()}
+        variables = self.model.init(
+            jax.random.key(0), self.batch["image"], raw_size=self.batch["raw_size"], x2=self.batch.get("image2")
+        )
+        self.variables = variables
+        tx, sched = make_optimizer(cfg.optim, cfg.train.steps)
+        params = variables["params"]
+        model_state = {k: v for k, v in variables.items() if k != "params"}
+        self.state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), model_state)
+        self.step_fn = make_train_step(self.model, tx, sched)
+        self.rng = jax.random.key(1)
+        self.params = sum(int(x.size) for x in jax.tree.leaves(params))
+
+        def forward(variables, batch):
+            return self.model.apply(
+                variables, batch["image"], train=False, raw_size=batch["raw_size"], x2=batch.get("image2")
+            )
+
+        self.train_flops = 3 * count_flops(forward, variables, self.batch)
+        t0 = time.perf_counter()
+        self.state, metrics = self.step_fn(self.state, self.batch, self.rng)
+        jax.block_until_ready(metrics)
+        self.compile_s = time.perf_counter() - t0
+
+    def time_steps(self, steps: int) -> float:
+        times = []
+        for i in range(steps + 2):
+            t0 = time.perf_counter()
+            self.state, metrics = self.step_fn(self.state, self.batch, self.rng)
+            jax.block_until_ready(metrics)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+
+def run_ours(step: _OurStep, steps: int) -> dict[str, Any]:
+    """One round: the median step time of our training step, as a JSON-able record."""
+    seconds = step.time_steps(steps)
+    cfg = step.cfg
+    return {
+        "impl": "deepsea",
+        "experiment": cfg.name,
+        "model": cfg.model.name,
+        "symmetry": cfg.model.get("symmetry"),
+        "conv_impl": cfg.model.get("conv_impl", "xla"),
+        "size": cfg.data.size,
+        "width": cfg.model.width,
+        "batch": step.batch_size,
+        "params": step.params,
+        "compile_s": round(step.compile_s, 2),
+        "step_s": round(seconds, 4),
+        "images_per_s": round(step.batch_size / seconds, 1),
+        "gflop_per_step": round(step.train_flops / 1e9, 2),
+        "gflop_per_s": round(step.train_flops / seconds / 1e9, 1),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def run_torch(python: str, script: str, size: int, width: float, batch: int, steps: int) -> dict[str, Any]:
+    """One round of the PyTorch reference (its last stdout line is JSON)."""
+    cmd = [python, script, "--size", str(size), "--width", str(width), "--batch", str(batch), "--steps", str(steps)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", help="experiments/<name>.py or a path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--small", action="store_true", help="the experiment's small-run configuration")
+    p.add_argument("--batch", type=int, default=0, help="images per step (default: the experiment's)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per round (median)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, interleaved with the reference")
+    p.add_argument("--torch", default="", metavar="PYTHON", help="a Python with torch: also time the reference")
+    p.add_argument("--torch-script", default=DEFAULT_TORCH_SCRIPT)
+    p.add_argument("--no-ops", action="store_true", help="skip timing the symmetry ops")
+    p.add_argument("--out", default="", help="append the JSON lines to this file")
+
+
+def main_with_args(args: argparse.Namespace) -> None:
+    cfg = _config(args.experiment, args.set, args.small)
+    batch = args.batch or cfg.train.batch_size
+    step = _OurStep(cfg, batch)
+    lines: list[dict[str, Any]] = []
+    ours, theirs = [], []
+    for r in range(args.rounds):
+        rec = run_ours(step, args.steps) | {"round": r}
+        ours.append(rec["step_s"])
+        lines.append(rec)
+        print(json.dumps(rec), flush=True)
+        if args.torch:
+            t = run_torch(args.torch, args.torch_script, cfg.data.size, cfg.model.width, batch, args.steps)
+            t["round"] = r
+            theirs.append(t["step_s"])
+            lines.append(t)
+            print(json.dumps(t), flush=True)
+    summary: dict[str, Any] = {
+        "summary": True,
+        "experiment": cfg.name,
+        "size": cfg.data.size,
+        "width": cfg.model.width,
+        "batch": batch,
+        "images_per_s": round(batch / statistics.median(ours), 1),
+        "gflop_per_s": round(step.train_flops / statistics.median(ours) / 1e9, 1),
+        "compile_s": round(step.compile_s, 2),
+    }
+    if theirs:
+        summary["torch_images_per_s"] = round(batch / statistics.median(theirs), 1)
+        summary["ratio_vs_torch"] = round(statistics.median(theirs) / statistics.median(ours), 3)
+    if not args.no_ops and cfg.model.get("symmetry"):
+        ops_rows = symmetry_op_times(step.model, step.variables, step.batch_np)
+        sym_ms = sum(r["fwdbwd_ms"] for r in ops_rows)
+        summary["symmetry_ms"] = round(sym_ms, 2)
+        summary["symmetry_share"] = round(sym_ms / 1e3 / statistics.median(ours), 4)
+        summary["symmetry_ops"] = ops_rows
+    lines.append(summary)
+    print(json.dumps(summary), flush=True)
+    if args.out:
+        with open(args.out, "a") as f:
+            for rec in lines:
+                f.write(json.dumps(rec) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
+    main_with_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Times the Pallas roll kernels against the XLA reference at convroll4's sizes, forward and backward.
+
+Run ``deepsea bench-kernels`` (or ``python -m deepsea.bench_kernels``).  On a GPU
+the kernels are compiled (Pallas' Triton backend); elsewhere they run in
+interpret mode, which checks them but says nothing about their GPU speed.
+Every row also checks that both implementations give bitwise equal outputs
+and gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deepsea import ops
+from deepsea.bench_ops import _fwd_bwd, _time
+from deepsea.groups import get_group
+
+__all__ = ["main", "run"]
+
+
+def _cases(batch: int, v: int) -> list[tuple[str, str, tuple[int, ...]]]:
+    rows = v * batch
+    cases = [
+        (f"conv_roll {s}x{s}x{c}", "conv_roll", (rows, s, s, c)) for s, c in ((47, 16), (23, 32), (11, 64), (5, 128))
+    ]
+    return [*cases, ("roll (dense) 512", "roll", (rows, 512))]
+
+
+def run(batch: int = 32, group: str = "c4", repeats: int = 5, dtype: str = "float32") -> list[dict[str, object]]:
+    """One dict per op: forward and forward+backward milliseconds of both implementations."""
+    g = get_group(group)
+    dt = jnp.dtype(dtype)
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, op, shape in _cases(batch, g.order):
+        fn = ops.group_conv_roll if op == "conv_roll" else ops.group_roll
+        x = jnp.asarray(rng.standard_normal(shape), dt)
+        y_shape = jax.eval_shape(lambda z, fn=fn: fn(z, g), x).shape
+        ct = jnp.asarray(rng.standard_normal(y_shape), dt)
+        row: dict[str, object] = {"group": g.name, "op": name, "in_shape": list(shape), "dtype": dt.name}
+        outs = {}
+        for impl in ("xla", "pallas"):
+            f = lambda z, fn=fn, impl=impl: fn(z, g, impl)  # noqa: E731
+            fb = _fwd_bwd(f, 1)
+            outs[impl] = fb(x, ct)
+            row[f"{impl}_fwd_ms"] = _time(jax.jit(f), x, repeats=repeats) * 1e3
+            row[f"{impl}_fwdbwd_ms"] = _time(fb, x, ct, repeats=repeats) * 1e3
+        same = all(
+            bool(jnp.array_equal(a, b))
+            for a, b in zip(jax.tree.leaves(outs["xla"]), jax.tree.leaves(outs["pallas"]), strict=True)
+        )
+        row["bitwise_equal"] = same
+        row["ratio_fwd"] = row["pallas_fwd_ms"] / row["xla_fwd_ms"]  # type: ignore[operator]
+        row["ratio_fwdbwd"] = row["pallas_fwdbwd_ms"] / row["xla_fwdbwd_ms"]  # type: ignore[operator]
+        moved = (int(np.prod(shape)) + int(np.prod(y_shape))) * dt.itemsize
+        row["xla_gb_per_s_fwd"] = moved / row["xla_fwd_ms"] / 1e6  # type: ignore[operator]
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, object]]) -> str:
+    head = (
+        f"{'op':<22} {'xla fwd':>9} {'xla f+b':>9} {'pallas fwd':>11} {'pallas f+b':>11} "
+        f"{'fwd ratio':>9} {'f+b ratio':>9} {'equal':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['op']:<22} {r['xla_fwd_ms']:9.3f} {r['xla_fwdbwd_ms']:9.3f} {r['pallas_fwd_ms']:11.3f} "
+            f"{r['pallas_fwdbwd_ms']:11.3f} {r['ratio_fwd']:9.2f} {r['ratio_fwdbwd']:9.2f} {r['bitwise_equal']!s:>6}"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=int, default=32, help="images per batch (each with V views)")
+    p.add_argument("--group", default="c4", help="c4 or d4")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--json", action="store_true", help="also print one JSON line per op")
+
+
+def main_with_args(args: argparse.Namespace) -> None:
+    from deepsea_kernels._blocks import interpret_default
+
+    mode = "interpret" if interpret_default() else "compiled"
+    print(
+        f"# deepsea bench-kernels: group={args.group} batch={args.batch} dtype={args.dtype} "
+        f"backend={jax.default_backend()} pallas={mode} jax={jax.__version__} (times in ms; ratio = pallas/xla)"
+    )
+    rows = run(args.batch, args.group, args.repeats, args.dtype)
+    print(format_table(rows))
+    if mode == "interpret":
+        print("# interpret mode: the kernels are checked, not timed for a GPU; GPU timings need a GPU machine")
+    if args.json:
+        for r in rows:
+            print(json.dumps(r | {"pallas_mode": mode}))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
+    main_with_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The shared roll-kernel suite: every test runs on the XLA reference and on the Pallas kernels (interpret mode).
+
+Each implementation is checked against the independent float64 numpy reference
+(forward bit for bit; the gradient against the transposed reference matrix),
+and the two implementations against each other, bit for bit, forward and
+``jax.grad``, for C4 and D4, odd and even map sizes, channel counts that are
+not a multiple of the block size, float32 and bfloat16.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpy_reference import roll_ref
+
+import deepsea_kernels
+from deepsea import ops
+from deepsea.groups import C4, D4
+from deepsea.models import build_model
+from deepsea_kernels import conv_roll as conv_roll_kernel
+from deepsea_kernels import roll as roll_kernel
+
+IMPLEMENTATIONS = ["xla", "pallas"]
+GROUPS = [C4, D4]
+DTYPES = [jnp.float32, jnp.bfloat16]
+MAP_SHAPES = [(1, 1, 1, 1), (2, 5, 5, 3), (1, 6, 6, 5), (2, 8, 8, 17)]  # odd and even maps; 17 channels
+dtype_id = lambda d: jnp.dtype(d).name  # noqa: E731
+gid = lambda g: g.name  # noqa: E731
+
+
+def _random(rng, shape, dtype=jnp.float32):
+    return jnp.asarray(rng.standard_normal(shape), dtype)
+
+
+def _transposed(ref, ct: np.ndarray, in_shape: tuple[int, ...]) -> np.ndarray:
+    """The reference op's transpose applied to ``ct``: column j of the op's matrix is ref(e_j)."""
+    n = int(np.prod(in_shape))
+    return np.array([np.vdot(ref(np.eye(n)[j].reshape(in_shape)), ct) for j in range(n)]).reshape(in_shape)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize("shape", MAP_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_conv_roll_forward_matches_reference(impl, group, shape, dtype, rng):
+    b, h, w, c = shape
+    x = _random(rng, (group.order * b, h, w, c), dtype)
+    out = jax.jit(ops.group_conv_roll, static_argnums=(1, 2))(x, group, impl)
+    assert out.dtype == dtype and out.shape == (group.order * b, h, w, group.order * c)
+    np.testing.assert_array_equal(np.asarray(out, np.float64), roll_ref(np.asarray(x, np.float64), group.name, True))
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize("shape", [(2, 7), (3, 16), (2, 3, 5)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_dense_roll_forward_matches_reference(impl, group, shape, dtype, rng):
+    x = _random(rng, (group.order * shape[0], *shape[1:]), dtype)
+    out = jax.jit(ops.group_roll, static_argnums=(1, 2))(x, group, impl)
+    assert out.dtype == dtype and out.shape == (*x.shape[:-1], group.order * shape[-1])
+    np.testing.assert_array_equal(np.asarray(out, np.float64), roll_ref(np.asarray(x, np.float64), group.name, False))
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize(
+    ("op", "in_shape"), [("conv_roll", (2, 3, 3, 2)), ("conv_roll", (1, 4, 4, 3)), ("roll", (2, 3))]
+)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_gradient_is_the_transposed_reference(impl, group, op, in_shape, dtype, rng):
+    fn = {"conv_roll": ops.group_conv_roll, "roll": ops.group_roll}[op]
+    shape = (group.order * in_shape[0], *in_shape[1:])
+    x = _random(rng, shape, dtype)
+    ct = _random(rng, jax.eval_shape(lambda z: fn(z, group), x).shape, dtype)
+    got = jax.grad(lambda z: jnp.sum((fn(z, group, impl) * ct).astype(jnp.float32)))(x)
+    assert got.dtype == dtype
+    ref = functools.partial(roll_ref, name=group.name, conv=op == "conv_roll")
+    want = _transposed(ref, np.asarray(ct, np.float64), shape)
+    # Each input element collects V cotangent elements: a sum of V terms, rounded in the dtype.
+    tol = {jnp.float32: 1e-6, jnp.bfloat16: 2e-2}[dtype]
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize("shape", MAP_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_kernels_equal_reference_bitwise_forward_and_grad(group, shape, dtype, rng):
+    b, h, w, c = shape
+    x = _random(rng, (group.order * b, h, w, c), dtype)
+    ct = _random(rng, (group.order * b, h, w, group.order * c), dtype)
+    results = {}
+    for impl in IMPLEMENTATIONS:
+        y, vjp = jax.vjp(lambda z, impl=impl: ops.group_conv_roll(z, group, impl), x)
+        results[impl] = (y, vjp(ct)[0])
+    np.testing.assert_array_equal(np.asarray(results["pallas"][0]), np.asarray(results["xla"][0]))
+    np.testing.assert_array_equal(np.asarray(results["pallas"][1]), np.asarray(results["xla"][1]))
+    xd = x.reshape(x.shape[0], -1)
+    ctd = _random(rng, (xd.shape[0], group.order * xd.shape[1]), dtype)
+    ys = [jax.vjp(lambda z, i=i: ops.group_roll(z, group, i), xd) for i in IMPLEMENTATIONS]
+    np.testing.assert_array_equal(np.asarray(ys[1][0]), np.asarray(ys[0][0]))
+    np.testing.assert_array_equal(np.asarray(ys[1][1](ctd)[0]), np.asarray(ys[0][1](ctd)[0]))
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize(("channels", "block"), [(5, 4), (7, 2), (3, 8), (9, 1)])
+def test_partial_channel_blocks(group, channels, block, rng):
+    """Channel counts that are not a multiple of the block: the last block is partial."""
+    x = _random(rng, (group.order * 2, 5, 5, channels))
+    want = ops.group_conv_roll(x, group)
+    got = conv_roll_kernel(x, group, block=block, interpret=True)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    ct = _random(rng, want.shape)
+    g_want = jax.vjp(lambda z: ops.group_conv_roll(z, group), x)[1](ct)[0]
+    g_got = jax.vjp(lambda z: conv_roll_kernel(z, group, block=block, interpret=True), x)[1](ct)[0]
+    np.testing.assert_array_equal(np.asarray(g_got), np.asarray(g_want))
+    xd = _random(rng, (group.order * 3, channels))
+    for blk in [(2, block), (1, block)]:
+        y, vjp = jax.vjp(lambda z, blk=blk: roll_kernel(z, group, block=blk, interpret=True), xd)
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(ops.group_roll(xd, group)))
+        ctd = _random(rng, y.shape)
+        np.testing.assert_array_equal(
+            np.asarray(vjp(ctd)[0]), np.asarray(jax.vjp(lambda z: ops.group_roll(z, group), xd)[1](ctd)[0])
+        )
+
+
+def test_block_size_choice():
+    from deepsea_kernels.conv_roll import block_channels
+    from deepsea_kernels.roll import block_shape
+
+    c = block_channels(4, 47, 47, jnp.float32)
+    assert c >= 1 and c & (c - 1) == 0  # a power of two
+    assert 4 * 5 * 47 * 47 * 4 * c <= deepsea_kernels._blocks.DEFAULT_BLOCK_BYTES or c == 1
+    assert block_channels(4, 5, 5, jnp.float32) > block_channels(4, 23, 23, jnp.float32)
+    assert block_channels(4, 5, 5, jnp.bfloat16) == 2 * block_channels(4, 5, 5, jnp.float32)
+    rows, feats = block_shape(4, 100, 512, jnp.float32)
+    assert feats == 128 and rows & (rows - 1) == 0
+    assert block_shape(4, 100, 3, jnp.float32)[1] == 4  # never wider than the next power of two
+
+
+def test_unknown_implementation_is_an_error():
+    with pytest.raises(ValueError, match="implementation"):
+        ops.group_conv_roll(jnp.zeros((4, 3, 3, 1)), C4, "cuda")
+    with pytest.raises(ValueError, match="implementation"):
+        ops.group_roll(jnp.zeros((4, 3)), C4, "triton")
+
+
+@pytest.mark.parametrize("symmetry", ["c4", "d4"])
+def test_whole_convroll4_network_is_the_same_with_either_implementation(symmetry, rng):
+    """The published convroll4 (with a dense roll, so both kernels run): logits and every parameter's
+    gradient are bitwise equal with the XLA rolls and with the Pallas kernels."""
+    cfg = {"name": "rollnet", "symmetry": symmetry, "dense_roll": True, "dropout": 0.0}
+    models = {impl: build_model({**cfg, "roll_impl": impl}, 121) for impl in IMPLEMENTATIONS}
+    x = _random(rng, (1, 95, 95, 1))
+    labels = jnp.asarray([3])
+    params = models["xla"].init(jax.random.key(0), x)["params"]
+
+    def loss(params, model):
+        logits = model.apply({"params": params}, x)
+        return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(1), labels]), logits
+
+    out = {impl: jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)(params, m) for impl, m in models.items()}
+    np.testing.assert_array_equal(np.asarray(out["pallas"][1]), np.asarray(out["xla"][1]))
+    for a, b in zip(jax.tree.leaves(out["pallas"][0]), jax.tree.leaves(out["xla"][0]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(jnp.abs(out["xla"][1]).max()) > 0
+
+
+def test_compiled_kernels_are_refused_until_verified_on_a_gpu(monkeypatch):
+    monkeypatch.delenv("DEEPSEA_PALLAS_COMPILE", raising=False)
+    with pytest.raises(NotImplementedError, match="interpret mode only"):
+        conv_roll_kernel(jnp.zeros((4, 3, 3, 1)), C4, interpret=False)
+    with pytest.raises(NotImplementedError, match="interpret mode only"):
+        roll_kernel(jnp.zeros((4, 3)), C4, interpret=False)
