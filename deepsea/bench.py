@@ -30,6 +30,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
@@ -60,7 +61,7 @@ def _jaxpr_flops(jaxpr: Any) -> int:
             lhs = eqn.invars[0].aval
             k = int(np.prod([lhs.shape[d] for d in lhs_contract]))
             total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * k
-        for sub in jax.core.jaxprs_in_params(eqn.params):
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
             total += _jaxpr_flops(sub)
     return total
 

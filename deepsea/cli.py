@@ -70,10 +70,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="multi-host: call jax.distributed.initialize() (coordinator from the environment, e.g. SLURM)",
     )
     p.set_defaults(func=_train)
+    p = sub.add_parser("bag", help="bagging: train K copies of an experiment on K different splits")
+    p.add_argument("experiment")
+    p.add_argument("-k", "--copies", type=int, default=3)
+    p.add_argument("--data", default=None, help="labelled image folder (default: the experiment's, else synthetic)")
+    p.add_argument("--workdir", default=None, help="prefix of the run folders (default: runs/<name>_bag); _0, _1, ...")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--small", action="store_true", help="the experiment's small-run configuration")
+    p.set_defaults(func=_bag)
     p = sub.add_parser("evaluate", help="log loss, accuracy and top-5 on a run's validation split (and with TTA)")
     p.add_argument("--workdir", required=True)
     p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    p.add_argument("--tta", type=int, default=0, help="also evaluate with N quasi-random test-time transforms")
+    p.add_argument(
+        "--tta", type=_tta_arg, default=0, help="also evaluate with N quasi-random test-time transforms, or 'tencrop'"
+    )
     p.add_argument("--combine", default="mean", choices=["mean", "logits", "geometric"])
     p.set_defaults(func=_evaluate)
     p = sub.add_parser("predict", help="write a Kaggle NDSB submission CSV for a folder of images")
@@ -81,14 +91,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--images", required=True, help="flat folder of images (the NDSB test layout)")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    p.add_argument("--tta", type=int, default=0, help="average over N quasi-random test-time transforms (seed: 70)")
+    p.add_argument(
+        "--tta",
+        type=_tta_arg,
+        default=0,
+        help="average over N quasi-random test-time transforms (seed: 70), or 'tencrop'",
+    )
     p.add_argument("--combine", default="mean", choices=["mean", "logits", "geometric"])
     p.add_argument("--skip-bad-images", action="store_true", help="skip (and list) unreadable images")
     p.set_defaults(func=_predict)
     p = sub.add_parser("ensemble", help="blend runs with weights fitted on their shared validation split")
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    p.add_argument("--tta", type=int, default=0)
+    p.add_argument("--tta", type=_tta_arg, default=0, help="N quasi-random test-time transforms, or 'tencrop'")
     p.add_argument("--combine", default="mean", choices=["mean", "logits", "geometric"])
     p.add_argument("--uniform", action="store_true", help="equal weights (bagging: runs on different splits)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds for choosing the models")
@@ -109,6 +124,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (FolderError, BadImageError, RunDataMismatch, FileNotFoundError) as e:
         print(f"deepsea {args.command}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _tta_arg(value: str) -> int | str:
+    if value == "tencrop":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of transforms >= 0 or 'tencrop', got {value!r}")
+    return n
 
 
 def _make_synthetic(args: argparse.Namespace) -> None:
@@ -148,6 +175,31 @@ def _train(args: argparse.Namespace) -> None:
         f"done: best validation log loss {best['log_loss']:.4f} (accuracy {best['accuracy']:.4f}, "
         f"top-5 {best['top5']:.4f}) at step {best['step']}; plots in {os.path.join(workdir, 'metrics.png')}"
     )
+
+
+def _bag(args: argparse.Namespace) -> None:
+    """Trains copy i with split seed and seed ``base + i`` into ``<prefix>_i`` (each resumes if killed)."""
+    from deepsea.train import TrainingDiverged, train
+
+    if args.copies < 1:
+        raise SystemExit("deepsea bag: --copies must be at least 1")
+    base = _config(args)
+    prefix = args.workdir or os.path.join("runs", f"{base.name}_bag")
+    runs = []
+    for i in range(args.copies):
+        config = _config(args)
+        config.data.split_seed = base.data.split_seed + i
+        config.seed = base.seed + i
+        workdir = f"{prefix}_{i}"
+        print(f"bag {i + 1}/{args.copies}: {config.name} with split seed {config.data.split_seed} in {workdir}")
+        try:
+            best = train(config, workdir)["best"]
+        except TrainingDiverged as e:
+            print(f"deepsea bag: {e}", file=sys.stderr)
+            raise SystemExit(3) from None
+        print(f"  best validation log loss {best['log_loss']:.4f} (accuracy {best['accuracy']:.4f}) on its own split")
+        runs.append(workdir)
+    print(f"average them on new images: deepsea ensemble {' '.join(runs)} --uniform --images DIR --out bag.csv")
 
 
 def _run_validation(workdir: str) -> tuple[list[str], object, list[str]]:
@@ -194,7 +246,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         )
         probs = combine_probs(per, args.combine)
         res = evaluate(probs, labels)
-        label = "plain" if n == 0 else f"TTA {n}"
+        label = "plain" if n == 0 else "TenCrop" if n == "tencrop" else f"TTA {n}"
         print(f"{label:<12} {res['log_loss']:9.4f} {res['accuracy']:9.4f} {res['top5']:7.4f}")
     png = save_confusion_png(probs, labels, classes, os.path.join(args.workdir, "confusion.png"))
     print(f"wrote {png}")

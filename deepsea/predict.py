@@ -27,6 +27,8 @@ __all__ = [
     "combine_probs",
     "identity_transforms",
     "read_submission",
+    "tencrop_params",
+    "transforms_for",
     "tta_probs",
     "tta_ranges_for",
     "write_submission",
@@ -50,6 +52,34 @@ def tta_ranges_for(training: AugmentRanges, tta: AugmentRanges = TTA_RANGES) -> 
 def identity_transforms() -> list[AugmentParams]:
     """The plain rescale alone: TTA with it equals plain prediction."""
     return [AugmentParams()]
+
+
+def tencrop_params(size: int, crop_fraction: float = 0.875) -> list[AugmentParams]:
+    """TenCrop (the second reference's test-time scheme) as ten affine transforms.
+
+    The image is scaled up by ``1 / crop_fraction`` (torchvision's 224-of-256 is
+    0.875) and the network's ``size`` x ``size`` window taken at the four corners
+    and the centre, of the image and of its mirror image; it runs through the
+    same warp and batched prediction as the quasi-random TTA.
+    """
+    if not 0 < crop_fraction <= 1:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    d = size * (1 / crop_fraction - 1) / 2  # output pixels from the centre crop to a corner crop
+    offsets = [(d, d), (d, -d), (-d, d), (-d, -d), (0.0, 0.0)]
+    return [
+        AugmentParams(shift_row=r, shift_col=c, zoom=1 / crop_fraction, flip=f)
+        for f in (False, True)
+        for r, c in offsets
+    ]
+
+
+def transforms_for(n: int | str, size: int, ranges: AugmentRanges = TTA_RANGES) -> list[AugmentParams]:
+    """``0``: the plain rescale; ``N``: N Halton transforms in ``ranges``; ``"tencrop"``: :func:`tencrop_params`."""
+    if n == "tencrop":
+        return tencrop_params(size)
+    if isinstance(n, str) or n < 0:
+        raise ValueError(f"test-time transforms must be a count >= 0 or 'tencrop', got {n!r}")
+    return identity_transforms() if n == 0 else tta_params(n, ranges)
 
 
 def combine_probs(per_transform: np.ndarray, how: Combine = "mean") -> np.ndarray:
@@ -112,17 +142,18 @@ def cached_tta_probs(
     variables: Any,
     paths: Sequence[str],
     pp: Preprocess,
-    n_transforms: int,
+    n_transforms: int | str,
     batch_size: int = 64,
     progress: bool = True,
     ranges: AugmentRanges = TTA_RANGES,
 ) -> np.ndarray:
-    """Per-transform probabilities for ``n_transforms`` Halton transforms in ``ranges`` (0: the plain rescale), cached.
+    """Per-transform probabilities for ``n_transforms`` Halton transforms in ``ranges`` (0: the plain rescale;
+    ``"tencrop"``: TenCrop), cached.
 
     The cache file is ``<workdir>/predictions/<key>.npz``, where the key hashes
     the checkpoint, the image paths and the transforms.
     """
-    transforms = identity_transforms() if n_transforms == 0 else tta_params(n_transforms, ranges)
+    transforms = transforms_for(n_transforms, pp.size, ranges)
     folder = os.path.join(workdir, "predictions")
     path = os.path.join(folder, f"{_key(paths, transforms, checkpoint)}.npz")
     if os.path.exists(path):

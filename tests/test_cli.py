@@ -1,5 +1,8 @@
+import json
 import subprocess
 import sys
+
+import jax
 
 from deepsea import bench_ops, demo
 from deepsea.groups import D4
@@ -64,3 +67,47 @@ def test_make_synthetic_preview_and_bench_data(tmp_path):
     # a bad folder fails with a message naming it, not a traceback
     out = _run("preview", "--data", str(tmp_path / "nowhere"))
     assert out.returncode == 2 and "nowhere" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_flop_count_is_analytic():
+    import jax.numpy as jnp
+
+    from deepsea.bench import count_flops
+
+    x, w = jnp.zeros((2, 7, 7, 3)), jnp.zeros((3, 3, 3, 5))
+    conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    assert count_flops(conv, x, w) == 2 * 2 * 7 * 7 * 5 * 3 * 3 * 3
+    assert count_flops(lambda a, b: a @ b, jnp.zeros((4, 6)), jnp.zeros((6, 8))) == 2 * 4 * 6 * 8
+    assert count_flops(jax.jit(lambda a, b: a @ b), jnp.zeros((4, 6)), jnp.zeros((6, 8))) == 2 * 4 * 6 * 8
+
+
+def test_bench_training_step_and_kernels_via_the_command_line(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    r = _run(
+        "bench",
+        "experiments/synthetic.py",
+        "--small",
+        "--batch",
+        "4",
+        "--steps",
+        "1",
+        "--rounds",
+        "2",
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(s) for s in r.stdout.strip().splitlines()]
+    assert [rec.get("round") for rec in lines[:2]] == [0, 1]
+    summary = lines[-1]
+    assert summary["summary"] and summary["images_per_s"] > 0 and summary["gflop_per_s"] > 0
+    assert 0 < summary["symmetry_share"] < 1
+    assert {op["layer"] for op in summary["symmetry_ops"]} >= {"Slice", "ConvRoll", "Pool"}
+    assert len(out.read_text().strip().splitlines()) == 3
+    r = _run("bench-kernels", "--batch", "1", "--repeats", "1")
+    assert r.returncode == 0, r.stderr
+    assert "conv_roll 47x47x16" in r.stdout and "pallas=interpret" in r.stdout
+    rows = [line for line in r.stdout.splitlines() if line.startswith(("conv_roll", "roll"))]
+    assert len(rows) == 5 and all(line.split()[-1] == "True" for line in rows)  # bitwise equal

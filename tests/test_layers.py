@@ -91,3 +91,59 @@ def test_max_pool_refuses_asymmetric_grids(size):
     with pytest.raises(ValueError, match=rf"on a map of {size}x{size} is not symmetric.*odd sizes"):
         layers.MaxPool().apply({}, x)
     assert layers.MaxPool(check_symmetry=False).apply({}, x).shape[1] == (size - 3) // 2 + 1
+
+
+def _numpy_max_pool(x: np.ndarray, window: int, stride: int, lo: int, hi: int) -> np.ndarray:
+    x = np.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)), constant_values=-np.inf)
+    out = (x.shape[1] - window) // stride + 1
+    return np.array(
+        [
+            [
+                [
+                    x[n, stride * i : stride * i + window, stride * j : stride * j + window].max((0, 1))
+                    for j in range(out)
+                ]
+                for i in range(out)
+            ]
+            for n in range(x.shape[0])
+        ]
+    )
+
+
+@pytest.mark.parametrize("shape", [(2, 47, 47, 3), (1, 8, 8, 2), (3, 5, 5, 1), (1, 3, 3, 4)])
+@pytest.mark.parametrize(
+    ("window", "stride", "padding"), [(3, 2, "VALID"), (3, 2, "SAME"), (2, 2, "VALID"), (3, 1, (1, 1))]
+)
+def test_max_pool_implementations_match_numpy_and_each_other(shape, window, stride, padding, rng):
+    from deepsea import ops
+
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    lo, hi = ops._pad_amounts(shape[1], window, stride, padding)
+    want = _numpy_max_pool(np.asarray(x), window, stride, lo, hi)
+    slices = ops.max_pool(x, window, stride, padding)
+    windows = ops.max_pool(x, window, stride, padding, "reduce_window")
+    np.testing.assert_array_equal(np.asarray(slices), want)
+    np.testing.assert_array_equal(np.asarray(windows), want)
+    # Random normal data has no ties, where both gradients route each cotangent to the window's maximum.
+    ct = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+    g_slices = jax.vjp(lambda z: ops.max_pool(z, window, stride, padding), x)[1](ct)[0]
+    g_windows = jax.vjp(lambda z: ops.max_pool(z, window, stride, padding, "reduce_window"), x)[1](ct)[0]
+    np.testing.assert_allclose(np.asarray(g_slices), np.asarray(g_windows), rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_gradient_at_ties_goes_to_one_input():
+    from deepsea import ops
+
+    x = jnp.zeros((1, 5, 5, 1))
+    g = jax.grad(lambda z: jnp.sum(ops.max_pool(z)))(x)
+    # each of the 4 windows sends its cotangent to exactly one of its (all tied) inputs
+    assert float(g.sum()) == 4.0 and set(np.unique(np.asarray(g)).tolist()) <= {0.0, 1.0, 2.0, 3.0, 4.0}
+
+
+def test_max_pool_errors():
+    from deepsea import ops
+
+    with pytest.raises(ValueError, match="does not fit"):
+        ops.max_pool(jnp.zeros((1, 2, 2, 1)))
+    with pytest.raises(ValueError, match="implementation"):
+        ops.max_pool(jnp.zeros((1, 5, 5, 1)), implementation="fast")

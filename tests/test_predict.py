@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deepsea import metrics as M
-from deepsea.data import Preprocess, Rescale, eval_batches, scan_labelled_folder
+from deepsea.data import AugmentParams, Preprocess, Rescale, eval_batches, scan_labelled_folder
 from deepsea.data.synthetic import make_synthetic
 from deepsea.ensemble import blend, cross_validated_selection, fit_blend_weights
 from deepsea.models import tiny_rollnet
@@ -163,3 +163,39 @@ def test_repeated_predictions_reuse_one_compiled_function(tiny_run):
     for _ in range(3):
         predict_probs(model, variables, eval_batches(folder.paths, None, pp, 8))
     assert _predict_fn(model)._cache_size() == 1
+
+
+def test_tencrop_is_five_crops_of_the_enlarged_image_and_their_mirrors(rng):
+    from deepsea.data.transforms import affine_matrix, warp
+    from deepsea.predict import tencrop_params
+
+    img = rng.random((13, 9)).astype(np.float32)
+    size, frac = 16, 0.8  # the enlarged image is 20 pixels; crops are 16
+    crops = tencrop_params(size, frac)
+    assert len(crops) == 10 and len({(c.shift_row, c.shift_col, c.flip) for c in crops}) == 10
+    for mirrored in (False, True):
+        big = warp(img, affine_matrix(img.shape, 20, 1.0, AugmentParams(zoom=1.25, flip=mirrored)), 20)
+        want = {  # (row shift, col shift) -> the crop of the enlarged image
+            (2.0, 2.0): big[:16, :16],
+            (2.0, -2.0): big[:16, 4:],
+            (-2.0, 2.0): big[4:, :16],
+            (-2.0, -2.0): big[4:, 4:],
+            (0.0, 0.0): big[2:18, 2:18],
+        }
+        for c in (c for c in crops if c.flip == mirrored):
+            got = warp(img, affine_matrix(img.shape, size, 1.0, c), size)
+            np.testing.assert_allclose(got, want[(c.shift_row, c.shift_col)], atol=1e-5)
+    with pytest.raises(ValueError, match="crop_fraction"):
+        tencrop_params(16, 1.5)
+
+
+def test_tencrop_predictions_through_the_cache(tiny_run, tmp_path):
+    from deepsea.predict import transforms_for
+
+    folder, model, variables, pp = tiny_run
+    per = cached_tta_probs(str(tmp_path), "best:1", model, variables, folder.paths, pp, "tencrop", 8, progress=False)
+    assert per.shape == (10, len(folder), len(folder.classes))
+    np.testing.assert_allclose(per.sum(-1), 1.0, rtol=1e-5)
+    assert len(transforms_for(0, 23)) == 1 and len(transforms_for(5, 23)) == 5
+    with pytest.raises(ValueError, match="tencrop"):
+        transforms_for("tenfold", 23)

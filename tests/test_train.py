@@ -198,6 +198,8 @@ def test_cli_train_evaluate_predict(tmp_path):
     assert "best validation log loss" in cli("train", "synthetic", "--small", "--workdir", run)
     out = cli("evaluate", "--workdir", run, "--tta", "2")
     assert "plain" in out and "TTA 2" in out and os.path.exists(os.path.join(run, "confusion.png"))
+    assert "TenCrop" in cli("evaluate", "--workdir", run, "--tta", "tencrop")
+    assert "tencrop" in cli("evaluate", "--workdir", run, "--tta", "ten", rc=2)
     # a flat folder of test images, with a stray file
     from deepsea.data.synthetic import make_synthetic
 
@@ -310,3 +312,43 @@ def test_batch_norm_rollnet_stays_exactly_invariant(rng):
     # and in training mode the batch statistics themselves are symmetric across views
     fn = jax.jit(lambda a: model.apply(variables, a, train=True, mutable=["batch_stats"])[0])
     check_invariance(fn, "c4", x, atol=1e-5)
+
+
+def test_cosine_schedule_warms_up_and_decays(small_config):
+    apply_overrides(small_config, ["optim.schedule='cosine'", "optim.warmup_steps=10", "optim.lr=0.1"])
+    _, sched = make_optimizer(small_config.optim, 110)
+    assert [float(sched(s)) for s in (0, 5, 10, 60, 110)] == pytest.approx([0.0, 0.05, 0.1, 0.05, 0.0], abs=1e-7)
+    apply_overrides(small_config, ["optim.schedule='linear'"])
+    with pytest.raises(ValueError, match="schedule"):
+        make_optimizer(small_config.optim, 110)
+
+
+def test_cli_bag_trains_copies_on_different_splits_and_averages_them(tmp_path):
+    env = {**os.environ, "DEEPSEA_DATA": str(tmp_path / "data")}
+    prefix = str(tmp_path / "bag")
+
+    def cli(*args, rc=0):
+        out = subprocess.run(
+            [sys.executable, "-m", "deepsea", *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
+        )
+        assert out.returncode == rc, out.stdout + out.stderr
+        return out.stdout + out.stderr
+
+    out = cli("bag", "synthetic", "--small", "-k", "2", "--workdir", prefix, "--set", "train.steps=4")
+    runs = [f"{prefix}_0", f"{prefix}_1"]
+    assert "--uniform" in out and all(r in out for r in runs)
+    splits = [json.loads(Path(r, "split.json").read_text()) for r in runs]
+    assert splits[0]["validation"] != splits[1]["validation"]
+    assert [json.loads(Path(r, "config.json").read_text())["data"]["split_seed"] for r in runs] == [0, 1]
+    # different splits: blend weights cannot be fitted, averaging can
+    assert "--uniform" in cli("ensemble", *runs, rc=1)
+    from deepsea.data.synthetic import make_synthetic
+
+    images = make_synthetic(tmp_path / "t", per_class=1, progress=False)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for cls in os.listdir(images):
+        for f in os.listdir(os.path.join(images, cls)):
+            os.rename(os.path.join(images, cls, f), flat / f)
+    cli("ensemble", *runs, "--uniform", "--images", str(flat), "--out", str(tmp_path / "bag.csv"))
+    assert len((tmp_path / "bag.csv").read_text().splitlines()) == 13
