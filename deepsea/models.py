@@ -213,7 +213,8 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
     95x95 size-rescaled and a 47x47 fixed-scale branch, ``small_stages``),
     ``"resnet50"`` or ``"resnext50"`` (the second reference, with batch norm).
     ``width`` scales every layer's channels and units.  ``roll_impl``: ``"xla"`` (default) or ``"pallas"``
-    (the kernels of ``kernels/``), the same function either way.
+    (the kernels of ``kernels/``), the same function either way; ``max_pool_impl``: ``"slices"`` (default) or
+    ``"reduce_window"`` (see :func:`deepsea.ops.max_pool`).
     """
     get = cfg.get if hasattr(cfg, "get") else cfg.__getitem__
     name = get("name", "rollnet")
@@ -230,6 +231,9 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
         view_pool_mode=get("view_pool", "rms"),
         size_features=get("size_features", False),
     )
+    pool_impl = get("max_pool_impl", "slices")
+    if pool_impl != "slices":
+        kwargs["downsample"] = functools.partial(layers.MaxPool, implementation=pool_impl)
     roll_impl = get("roll_impl", "xla")
     if roll_impl != "xla":
         kwargs["conv_roll_layer"] = functools.partial(layers.ConvRoll, implementation=roll_impl)

@@ -1,40 +1,23 @@
-"""Shared pieces of the roll kernels: the interpret switch and the channel block-size choice."""
+"""Shared pieces of the roll kernels: the interpret switch, the block size, the Triton parameters, the call."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
 import jax
-import numpy as np
+from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-# A block of every view of one image's maps, for `block` channels, is read (and the rolled block,
-# V times larger, written) per program.  The budget keeps input + output blocks of a program under
-# this many bytes: on a GPU they are staged through registers and shared memory.
-DEFAULT_BLOCK_BYTES = 192 * 1024
+from deepsea.groups import Group
+from deepsea_kernels import _gather
 
+GPU_BLOCK = 1024
+"""Elements per program on a GPU: a power of two (Triton's requirement), 8 per thread of 4 warps."""
 
-def compiler_params() -> pltriton.CompilerParams:
-    """Pins Pallas' Triton backend on GPUs (JAX 0.10.2 would otherwise pick it by a config flag; newer JAX
-    moves GPU kernels to Mosaic GPU, which is why ``pyproject.toml`` pins JAX).  Ignored in interpret mode."""
-    return pltriton.CompilerParams(num_warps=4, num_stages=1)
-
-
-def check_compilable(op: str, interpret: bool) -> None:
-    """Compiled (non-interpret) kernels are not yet verified on a GPU: refuse them with a clear message.
-
-    ``DEEPSEA_PALLAS_COMPILE=1`` lifts the guard, for trying them on a GPU machine.  Known obstacle: the
-    Triton lowering wants power-of-two block sizes and has no ``rev`` (flip), so the conv roll's
-    whole-map blocks (47x47, 23x23, ...) need a tiled, index-arithmetic rewrite before they compile.
-    """
-    if interpret or os.environ.get("DEEPSEA_PALLAS_COMPILE") == "1":
-        return
-    raise NotImplementedError(
-        f"the Pallas {op} kernel runs in interpret mode only in this release (its GPU lowering is not verified "
-        "yet); use implementation='xla' (the default), or pass interpret=True, or set DEEPSEA_PALLAS_COMPILE=1 "
-        "to try compiling it"
-    )
+MAX_INTERPRET_BLOCK = 1 << 22
+"""In interpret mode every program copies its whole (full-array) blocks, so one big block is fastest."""
 
 
 def interpret_default() -> bool:
@@ -42,14 +25,58 @@ def interpret_default() -> bool:
     return jax.default_backend() != "gpu"
 
 
-def block_size(channels: int, bytes_per_channel: int, budget: int = DEFAULT_BLOCK_BYTES) -> int:
-    """The channels per block: the largest power of two (Triton wants them) that keeps the block in
-    ``budget`` bytes, at least 1 and no more than the next power of two above ``channels``.  The last
-    block may be partial: Pallas pads its reads and drops its out-of-range writes, and a roll never
-    mixes channels, so padding never reaches a valid output."""
-    fit = max(1, budget // max(1, bytes_per_channel))
-    return int(min(2 ** int(math.log2(fit)), 2 ** math.ceil(math.log2(max(1, channels)))))
+def block_elements(length: int, interpret: bool) -> int:
+    """Input elements per program: :data:`GPU_BLOCK` compiled; in interpret mode the next power of two
+    above ``length`` (one program), capped at :data:`MAX_INTERPRET_BLOCK`."""
+    if not interpret:
+        return GPU_BLOCK
+    return int(min(MAX_INTERPRET_BLOCK, 2 ** math.ceil(math.log2(max(1, length)))))
 
 
-def itemsize(dtype: object) -> int:
-    return int(np.dtype(dtype).itemsize)
+def compiler_params() -> pltriton.CompilerParams:
+    """Pins Pallas' Triton backend on GPUs (JAX 0.10.2 would otherwise pick it by a config flag; newer JAX
+    moves GPU kernels to Mosaic GPU, which is why ``pyproject.toml`` pins JAX)."""
+    return pltriton.CompilerParams(num_warps=4, num_stages=1)
+
+
+def check_compilable(op: str, interpret: bool) -> None:
+    """Compiled (non-interpret) kernels are not yet run on a GPU: refuse them with a clear message.
+
+    Their lowering to Triton is tested on the CPU (``tests/test_kernels.py``); compiling and running them
+    needs a GPU machine.  ``DEEPSEA_PALLAS_COMPILE=1`` lifts the guard there.
+    """
+    if interpret or os.environ.get("DEEPSEA_PALLAS_COMPILE") == "1":
+        return
+    raise NotImplementedError(
+        f"the Pallas {op} kernel runs in interpret mode only in this release (it lowers to Triton, but has not "
+        "been run on a GPU yet); use implementation='xla' (the default), or pass interpret=True, or set "
+        "DEEPSEA_PALLAS_COMPILE=1 to compile it"
+    )
+
+
+def call_roll_kernel(
+    backward: bool,
+    x: jax.Array,
+    dest: jax.Array | None,
+    group: Group,
+    length: int,
+    pixels: int,
+    channels: int,
+    block: int,
+    interpret: bool,
+) -> jax.Array:
+    """Runs the forward (``x``: ``(V, length)`` -> ``(V, V * length)``) or backward (the reverse) kernel."""
+    v = group.order
+    kernel = _gather.backward_kernel if backward else _gather.forward_kernel
+    out_len = length if backward else v * length
+    inputs = [x] if dest is None else [x, dest]
+    whole = lambda a: pl.BlockSpec(a.shape, lambda t: (0,) * a.ndim)  # noqa: E731  (refs are pointers on a GPU)
+    return pl.pallas_call(
+        functools.partial(kernel, group=group, length=length, pixels=pixels, channels=channels, block=block),
+        out_shape=jax.ShapeDtypeStruct((v, out_len), x.dtype),
+        grid=(pl.cdiv(length, block),),
+        in_specs=[whole(a) for a in inputs],
+        out_specs=pl.BlockSpec((v, out_len), lambda t: (0, 0)),
+        interpret=interpret,
+        compiler_params=None if interpret else compiler_params(),
+    )(*inputs)

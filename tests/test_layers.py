@@ -147,3 +147,14 @@ def test_max_pool_errors():
         ops.max_pool(jnp.zeros((1, 2, 2, 1)))
     with pytest.raises(ValueError, match="implementation"):
         ops.max_pool(jnp.zeros((1, 5, 5, 1)), implementation="fast")
+
+
+def test_model_max_pool_implementation_switch(rng):
+    from deepsea.models import build_model
+
+    x = jnp.asarray(rng.standard_normal((2, 23, 23, 1)), jnp.float32)
+    cfg = {"name": "rollnet", "stages": ((4,), (8,)), "dense_features": 8, "dropout": 0.0}
+    fast, slow = (build_model({**cfg, "max_pool_impl": impl}, 5) for impl in ("slices", "reduce_window"))
+    variables = fast.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(np.asarray(fast.apply(variables, x)), np.asarray(slow.apply(variables, x)))
+    assert slow.downsample.keywords["implementation"] == "reduce_window"
