@@ -16,6 +16,7 @@ from deepsea.ops import (
     group_pool,
     group_roll,
     group_slice,
+    max_pool,
     permute_views,
     pooling_is_symmetric,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "group_roll",
     "group_slice",
     "layers",
+    "max_pool",
     "ops",
     "permute_views",
     "pooling_is_symmetric",
