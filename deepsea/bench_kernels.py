@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepsea import ops
+from deepsea import bench_ops, ops
 from deepsea.bench_ops import _fwd_bwd, _time
 from deepsea.groups import get_group
 
@@ -79,11 +79,7 @@ def format_table(rows: Sequence[dict[str, object]]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch", type=int, default=32, help="images per batch (each with V views)")
-    p.add_argument("--group", default="c4", help="c4 or d4")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--json", action="store_true", help="also print one JSON line per op")
+    bench_ops.add_arguments(p)  # the same options: --batch, --group, --repeats, --dtype, --json
 
 
 def main_with_args(args: argparse.Namespace) -> None:

@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import subprocess
@@ -184,16 +185,19 @@ def test_four_devices_give_the_same_parameters_as_one(tmp_path):
     assert "max difference" in out.stdout
 
 
-def test_cli_train_evaluate_predict(tmp_path):
+def _cli(tmp_path, *args, rc=0):
+    """Runs ``python -m deepsea ARGS`` with the synthetic data under ``tmp_path``; checks the exit status."""
     env = {**os.environ, "DEEPSEA_DATA": str(tmp_path / "data")}
-    run = str(tmp_path / "run")
+    out = subprocess.run(
+        [sys.executable, "-m", "deepsea", *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
+    )
+    assert out.returncode == rc, out.stdout + out.stderr
+    return out.stdout + out.stderr
 
-    def cli(*args, rc=0):
-        out = subprocess.run(
-            [sys.executable, "-m", "deepsea", *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
-        )
-        assert out.returncode == rc, out.stdout + out.stderr
-        return out.stdout + out.stderr
+
+def test_cli_train_evaluate_predict(tmp_path):
+    cli = functools.partial(_cli, tmp_path)
+    run = str(tmp_path / "run")
 
     assert "best validation log loss" in cli("train", "synthetic", "--small", "--workdir", run)
     out = cli("evaluate", "--workdir", run, "--tta", "2")
@@ -324,15 +328,8 @@ def test_cosine_schedule_warms_up_and_decays(small_config):
 
 
 def test_cli_bag_trains_copies_on_different_splits_and_averages_them(tmp_path):
-    env = {**os.environ, "DEEPSEA_DATA": str(tmp_path / "data")}
+    cli = functools.partial(_cli, tmp_path)
     prefix = str(tmp_path / "bag")
-
-    def cli(*args, rc=0):
-        out = subprocess.run(
-            [sys.executable, "-m", "deepsea", *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
-        )
-        assert out.returncode == rc, out.stdout + out.stderr
-        return out.stdout + out.stderr
 
     out = cli("bag", "synthetic", "--small", "-k", "2", "--workdir", prefix, "--set", "train.steps=4")
     runs = [f"{prefix}_0", f"{prefix}_1"]
