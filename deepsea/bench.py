@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepsea import layers
+from deepsea.bench_ops import _time
 
 __all__ = ["count_flops", "main", "run_ours", "run_torch", "symmetry_op_times"]
 
@@ -98,11 +99,10 @@ def symmetry_op_times(model: nn.Module, variables: Any, batch: dict[str, np.ndar
             calls.append((context.module.clone(parent=None), args[0].shape, args[0].dtype))
         return next_fun(*args, **kwargs)
 
-    def forward(variables, batch):
-        return model.apply(variables, batch["image"], train=False, raw_size=batch["raw_size"], x2=batch.get("image2"))
+    from deepsea.train import _forward
 
     with nn.intercept_methods(record):
-        jax.eval_shape(forward, variables, batch)  # shapes only: the variables may be donated buffers
+        jax.eval_shape(lambda v, b: _forward(model, v, b, False, None), variables, batch)
     rows = []
     rng = np.random.default_rng(0)
     for module, shape, dtype in calls:
@@ -115,20 +115,9 @@ def symmetry_op_times(model: nn.Module, variables: Any, batch: dict[str, np.ndar
             y, vjp = jax.vjp(fn, x)
             return y, vjp(ct)
 
-        seconds = _median_time(fwd_bwd, x, ct, repeats=repeats)
+        seconds = _time(fwd_bwd, x, ct, repeats=repeats)
         rows.append({"layer": type(module).__name__, "in_shape": list(shape), "fwdbwd_ms": seconds * 1e3})
     return rows
-
-
-def _median_time(fn: Callable[..., Any], *args: Any, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 class _OurStep:
@@ -136,7 +125,7 @@ class _OurStep:
 
     def __init__(self, cfg: Any, batch_size: int, num_classes: int = 121):
         from deepsea.models import build_model
-        from deepsea.train import TrainState, make_optimizer, make_train_step
+        from deepsea.train import TrainState, _forward, make_optimizer, make_train_step
 
         self.cfg = cfg
         self.batch_size = batch_size
@@ -146,7 +135,8 @@ class _OurStep:
         variables = self.model.init(
             jax.random.key(0), self.batch["image"], raw_size=self.batch["raw_size"], x2=self.batch.get("image2")
         )
-        self.variables = variables
+        # shapes only: the step donates the buffers
+        self.variable_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables)
         tx, sched = make_optimizer(cfg.optim, cfg.train.steps)
         params = variables["params"]
         model_state = {k: v for k, v in variables.items() if k != "params"}
@@ -155,11 +145,7 @@ class _OurStep:
         self.rng = jax.random.key(1)
         self.params = sum(int(x.size) for x in jax.tree.leaves(params))
 
-        def forward(variables, batch):
-            return self.model.apply(
-                variables, batch["image"], train=False, raw_size=batch["raw_size"], x2=batch.get("image2")
-            )
-
+        forward = lambda v, b: _forward(self.model, v, b, False, None)[0]  # noqa: E731
         self.train_flops = 3 * count_flops(forward, variables, self.batch)
         t0 = time.perf_counter()
         self.state, metrics = self.step_fn(self.state, self.batch, self.rng)
@@ -186,7 +172,8 @@ def run_ours(step: _OurStep, steps: int) -> dict[str, Any]:
         "experiment": cfg.name,
         "model": cfg.model.name,
         "symmetry": cfg.model.get("symmetry"),
-        "conv_impl": cfg.model.get("conv_impl", "xla"),
+        "roll_impl": cfg.model.get("roll_impl", "xla"),
+        "max_pool_impl": cfg.model.get("max_pool_impl", "slices"),
         "size": cfg.data.size,
         "width": cfg.model.width,
         "batch": step.batch_size,
@@ -253,7 +240,7 @@ def main_with_args(args: argparse.Namespace) -> None:
         summary["torch_images_per_s"] = round(batch / statistics.median(theirs), 1)
         summary["ratio_vs_torch"] = round(statistics.median(theirs) / statistics.median(ours), 3)
     if not args.no_ops and cfg.model.get("symmetry"):
-        ops_rows = symmetry_op_times(step.model, step.variables, step.batch_np)
+        ops_rows = symmetry_op_times(step.model, step.variable_shapes, step.batch_np)
         sym_ms = sum(r["fwdbwd_ms"] for r in ops_rows)
         summary["symmetry_ms"] = round(sym_ms, 2)
         summary["symmetry_share"] = round(sym_ms / 1e3 / statistics.median(ours), 4)

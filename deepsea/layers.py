@@ -181,7 +181,7 @@ class MaxPool(nn.Module):
     stride: int = 2
     padding: str = "VALID"
     check_symmetry: bool = True
-    implementation: str = "slices"  # or "reduce_window"; see deepsea.ops.max_pool
+    implementation: ops.MaxPoolImplementation = "slices"  # or "reduce_window"; see deepsea.ops.max_pool
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -196,4 +196,4 @@ class MaxPool(nn.Module):
                         "pooling layer (odd sizes such as 47 or 95 for 3x3 stride 2), or pass "
                         "check_symmetry=False for a network without rolls."
                     )
-        return ops.max_pool(x, self.window, self.stride, self.padding, self.implementation)  # type: ignore[arg-type]
+        return ops.max_pool(x, self.window, self.stride, self.padding, self.implementation)

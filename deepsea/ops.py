@@ -28,6 +28,7 @@ from deepsea.groups import C4, D4, Group, get_group
 
 __all__ = [
     "Implementation",
+    "MaxPoolImplementation",
     "PoolMode",
     "cyclic_conv_roll",
     "cyclic_pool",
@@ -97,6 +98,7 @@ def permute_views(x: jax.Array, group: str | Group, a: int) -> jax.Array:
 
 
 Implementation = Literal["xla", "pallas"]
+MaxPoolImplementation = Literal["slices", "reduce_window"]
 
 
 def _roll(x: jax.Array, g: Group, transform: bool, what: str) -> jax.Array:
@@ -306,7 +308,7 @@ def max_pool(
     window: int = 3,
     stride: int = 2,
     padding: str | tuple[int, int] = "VALID",
-    implementation: Literal["slices", "reduce_window"] = "slices",
+    implementation: MaxPoolImplementation = "slices",
 ) -> jax.Array:
     """Max pooling of ``(N, H, W, C)`` maps over ``window x window`` windows every ``stride`` pixels.
 
