@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import jax
 from jax.experimental import pallas as pl
@@ -37,21 +36,6 @@ def compiler_params() -> pltriton.CompilerParams:
     """Pins Pallas' Triton backend on GPUs (JAX 0.10.2 would otherwise pick it by a config flag; newer JAX
     moves GPU kernels to Mosaic GPU, which is why ``pyproject.toml`` pins JAX)."""
     return pltriton.CompilerParams(num_warps=4, num_stages=1)
-
-
-def check_compilable(op: str, interpret: bool) -> None:
-    """Compiled (non-interpret) kernels are not yet run on a GPU: refuse them with a clear message.
-
-    Their lowering to Triton is tested on the CPU (``tests/test_kernels.py``); compiling and running them
-    needs a GPU machine.  ``DEEPSEA_PALLAS_COMPILE=1`` lifts the guard there.
-    """
-    if interpret or os.environ.get("DEEPSEA_PALLAS_COMPILE") == "1":
-        return
-    raise NotImplementedError(
-        f"the Pallas {op} kernel runs in interpret mode only in this release (it lowers to Triton, but has not "
-        "been run on a GPU yet); use implementation='xla' (the default), or pass interpret=True, or set "
-        "DEEPSEA_PALLAS_COMPILE=1 to compile it"
-    )
 
 
 def call_roll_kernel(

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepsea.groups import Group, get_group
-from deepsea_kernels._blocks import block_elements, call_roll_kernel, check_compilable, interpret_default
+from deepsea_kernels._blocks import block_elements, call_roll_kernel, interpret_default
 
 __all__ = ["conv_roll", "destinations"]
 
@@ -70,6 +70,5 @@ def conv_roll(x: jax.Array, group: str | Group, block: int | None = None, interp
     """
     g = get_group(group)
     interpret = interpret_default() if interpret is None else interpret
-    check_compilable("conv roll", interpret)
     block = block or block_elements(x.size // g.order, interpret)
     return _conv_roll(x, g, int(block), interpret)

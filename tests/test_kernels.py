@@ -23,6 +23,14 @@ from deepsea_kernels import conv_roll as conv_roll_kernel
 from deepsea_kernels import roll as roll_kernel
 
 IMPLEMENTATIONS = ["xla", "pallas"]
+COMPILED = not deepsea_kernels._blocks.interpret_default()  # on a GPU the kernels are compiled
+
+
+def _skip_compiled_dense_roll(impl: str) -> None:
+    if impl == "pallas" and COMPILED:
+        pytest.skip("the compiled dense roll kernel is disabled (see kernels/roll.py)")
+
+
 GROUPS = [C4, D4]
 DTYPES = [jnp.float32, jnp.bfloat16]
 MAP_SHAPES = [(1, 1, 1, 1), (2, 5, 5, 3), (1, 6, 6, 5)]  # odd and even maps
@@ -58,6 +66,7 @@ def test_conv_roll_forward_matches_reference(impl, group, shape, dtype, rng):
 @pytest.mark.parametrize("shape", [(2, 7), (3, 16), (2, 3, 5)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_dense_roll_forward_matches_reference(impl, group, shape, dtype, rng):
+    _skip_compiled_dense_roll(impl)
     x = _random(rng, (group.order * shape[0], *shape[1:]), dtype)
     out = jax.jit(ops.group_roll, static_argnums=(1, 2))(x, group, impl)
     assert out.dtype == dtype and out.shape == (*x.shape[:-1], group.order * shape[-1])
@@ -69,6 +78,8 @@ def test_dense_roll_forward_matches_reference(impl, group, shape, dtype, rng):
 @pytest.mark.parametrize(("op", "in_shape"), [("conv_roll", (1, 4, 4, 3)), ("roll", (2, 3))])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_gradient_is_the_transposed_reference(impl, group, op, in_shape, dtype, rng):
+    if op == "roll":
+        _skip_compiled_dense_roll(impl)
     fn = {"conv_roll": ops.group_conv_roll, "roll": ops.group_roll}[op]
     shape = (group.order * in_shape[0], *in_shape[1:])
     x = _random(rng, shape, dtype)
@@ -95,6 +106,8 @@ def test_kernels_equal_reference_bitwise_forward_and_grad(group, shape, dtype, r
         results[impl] = (y, vjp(ct)[0])
     np.testing.assert_array_equal(np.asarray(results["pallas"][0]), np.asarray(results["xla"][0]))
     np.testing.assert_array_equal(np.asarray(results["pallas"][1]), np.asarray(results["xla"][1]))
+    if COMPILED:
+        return  # the compiled dense roll is disabled
     xd = x.reshape(x.shape[0], -1)
     ctd = _random(rng, (xd.shape[0], group.order * xd.shape[1]), dtype)
     ys = [jax.vjp(lambda z, i=i: ops.group_roll(z, group, i), xd) for i in IMPLEMENTATIONS]
@@ -145,11 +158,14 @@ def test_destination_tables_are_the_group_action(rng):
 
 @pytest.mark.parametrize("group", GROUPS, ids=gid)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_kernels_lower_to_triton_for_a_gpu(group, dtype, monkeypatch):
+def test_kernels_lower_to_triton_for_a_gpu(group, dtype):
     """Without a GPU, lower (not compile) the forward and backward kernels for CUDA: Pallas' Triton lowering
     checks its constraints (power-of-two blocks, supported primitives) at this stage."""
-    monkeypatch.setenv("DEEPSEA_PALLAS_COMPILE", "1")
-    for fn, shape in [(conv_roll_kernel, (group.order * 2, 23, 23, 8)), (roll_kernel, (group.order * 3, 100))]:
+    from deepsea_kernels._blocks import GPU_BLOCK
+    from deepsea_kernels.roll import _roll  # the dense roll's public entry refuses compiled use
+
+    dense = lambda z, g, interpret: _roll(z, g, GPU_BLOCK, interpret)  # noqa: E731
+    for fn, shape in [(conv_roll_kernel, (group.order * 2, 23, 23, 8)), (dense, (group.order * 3, 100))]:
         loss = lambda z, fn=fn: jnp.sum(fn(z, group, interpret=False).astype(jnp.float32) ** 2)  # noqa: E731
         text = jax.jit(jax.grad(loss)).trace(jnp.zeros(shape, dtype)).lower(lowering_platforms=("cuda",)).as_text()
         assert text.count("triton") >= 2  # the forward and the backward kernel
@@ -166,7 +182,8 @@ def test_unknown_implementation_is_an_error():
 def test_whole_convroll4_network_is_the_same_with_either_implementation(symmetry, rng):
     """The published convroll4 (with a dense roll, so both kernels run): logits and every parameter's
     gradient are bitwise equal with the XLA rolls and with the Pallas kernels."""
-    cfg = {"name": "rollnet", "symmetry": symmetry, "dense_roll": True, "dropout": 0.0}
+    on_cpu = not COMPILED
+    cfg = {"name": "rollnet", "symmetry": symmetry, "dense_roll": on_cpu, "dropout": 0.0}  # see kernels/roll.py
     models = {impl: build_model({**cfg, "roll_impl": impl}, 121) for impl in IMPLEMENTATIONS}
     x = _random(rng, (1, 95, 95, 1))
     labels = jnp.asarray([3])
@@ -176,16 +193,27 @@ def test_whole_convroll4_network_is_the_same_with_either_implementation(symmetry
         logits = model.apply({"params": params}, x)
         return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(1), labels]), logits
 
-    out = {impl: jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)(params, m) for impl, m in models.items()}
-    np.testing.assert_array_equal(np.asarray(out["pallas"][1]), np.asarray(out["xla"][1]))
-    for a, b in zip(jax.tree.leaves(out["pallas"][0]), jax.tree.leaves(out["xla"][0]), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with jax.default_matmul_precision("highest"):  # on a GPU: float32 convolutions, not TF32
+        grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+        out = {impl: grad(params, m) for impl, m in models.items()}
+    logits = {impl: np.asarray(o[1]) for impl, o in out.items()}
+    grads = {impl: [np.asarray(g) for g in jax.tree.leaves(o[0])] for impl, o in out.items()}
+    if on_cpu:
+        np.testing.assert_array_equal(logits["pallas"], logits["xla"])
+        for a, b in zip(grads["pallas"], grads["xla"], strict=True):
+            np.testing.assert_array_equal(a, b)
+    else:
+        # On a GPU the rolls are still bitwise equal (the tests above), but XLA autotunes the convolutions of
+        # each compiled program separately, so their sums may run in another order: the logits differ by
+        # rounding, and a rounding-level change can flip a maxout, max-pool or leaky-ReLU choice, which moves
+        # single gradient entries by much more (seen on an H100).  Compare the gradients as a whole.
+        np.testing.assert_allclose(logits["pallas"], logits["xla"], rtol=0, atol=1e-5 * np.abs(logits["xla"]).max())
+        for a, b in zip(grads["pallas"], grads["xla"], strict=True):
+            assert np.linalg.norm(a - b) <= 1e-2 * np.linalg.norm(b) + 1e-12
     assert float(jnp.abs(out["xla"][1]).max()) > 0
 
 
-def test_compiled_kernels_are_refused_until_verified_on_a_gpu(monkeypatch):
-    monkeypatch.delenv("DEEPSEA_PALLAS_COMPILE", raising=False)
-    with pytest.raises(NotImplementedError, match="interpret mode only"):
-        conv_roll_kernel(jnp.zeros((4, 3, 3, 1)), C4, interpret=False)
-    with pytest.raises(NotImplementedError, match="interpret mode only"):
-        roll_kernel(jnp.zeros((4, 3)), C4, interpret=False)
+def test_compiled_dense_roll_is_refused(rng):
+    """The compiled dense roll gave a wrong upstream gradient inside a network on an H100: refused, clearly."""
+    with pytest.raises(NotImplementedError, match="dense roll is disabled"):
+        roll_kernel(_random(rng, (4, 3)), C4, interpret=False)
