@@ -85,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--tta", type=_tta_arg, default=0, help="also evaluate with N quasi-random test-time transforms, or 'tencrop'"
     )
     p.add_argument("--combine", default="mean", choices=["mean", "logits", "geometric"])
+    p.add_argument(
+        "--orbit-average",
+        default=None,
+        choices=["none", "c4", "d4"],
+        help="evaluate with another exact orbit average than the run's model.orbit_average (an ablation)",
+    )
     p.set_defaults(func=_evaluate)
     p = sub.add_parser("predict", help="write a Kaggle NDSB submission CSV for a folder of images")
     p.add_argument("--workdir", required=True)
@@ -226,8 +232,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     from deepsea.predict import cached_tta_probs, combine_probs
     from deepsea.train import evaluate, restore_run
 
-    model, variables, pp, classes, config = restore_run(args.workdir, args.checkpoint)
+    orbit = None if args.orbit_average is None else "" if args.orbit_average == "none" else args.orbit_average
+    model, variables, pp, classes, config = restore_run(args.workdir, args.checkpoint, orbit)
     paths, labels, _ = _run_validation(args.workdir)
+    key = f"{args.checkpoint}:{config.restored_step}" + ("" if orbit is None else f":orbit={orbit or 'none'}")
     print(
         f"{args.workdir} ({args.checkpoint} checkpoint, step {config.restored_step}), {len(labels)} validation images"
     )
@@ -235,7 +243,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     for n in [0] + ([args.tta] if args.tta else []):
         per = cached_tta_probs(
             args.workdir,
-            f"{args.checkpoint}:{config.restored_step}",
+            key,
             model,
             variables,
             paths,
@@ -351,12 +359,13 @@ def _params(args: argparse.Namespace) -> None:
     import jax
     import jax.numpy as jnp
 
-    from deepsea.models import build_model, count_params
+    from deepsea.models import build_model, count_params, network_layers
 
     config = _config(args)
     model = build_model(config.model, args.classes)
     x = jnp.zeros((1, config.data.size, config.data.size, 1))
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), x, raw_size=jnp.ones((1, 2))))["params"]
+    params = network_layers(params)
     counts = count_params(params)
     for name, n in counts.items():
         leaves = jax.tree_util.tree_leaves_with_path(params[name])

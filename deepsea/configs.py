@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.view_pool = "rms"
     c.model.max_pool_impl = "slices"  # slices | reduce_window: same forward, faster backward on the CPU
     c.model.roll_impl = "xla"  # xla | pallas (kernels/, interpret mode off-GPU): bitwise the same function
+    c.model.orbit_average = ""  # "c4" | "d4": average the predictions over the input's orbit (exact invariance)
     c.model.size_features = False
     c.model.batch_norm = False  # not in the seed; per-channel statistics over all views keep the invariance
     c.model.small_stages = ((32, 16), (64, 32), (128, 128, 64))  # multiscale: the fixed-scale branch
@@ -88,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
 def small_run(c: ml_collections.ConfigDict, steps: int = 20) -> ml_collections.ConfigDict:
     """The common part of every experiment's small-run switch: few steps, frequent evaluation and checkpoints."""
     c.train.steps = steps
+    c.optim.warmup_steps = min(c.optim.warmup_steps, steps // 4)
     c.train.eval_every = max(1, steps // 2)
     c.train.checkpoint_every = max(1, steps // 2)
     c.train.log_every = max(1, steps // 4)

@@ -18,10 +18,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deepsea import layers
-from deepsea.groups import Group
+from deepsea import layers, ops
+from deepsea.groups import Group, get_group
 
-__all__ = ["CONVROLL4_STAGES", "MultiscaleNet", "ResNet", "RollNet", "build_model", "count_params", "tiny_rollnet"]
+__all__ = [
+    "CONVROLL4_STAGES",
+    "MultiscaleNet",
+    "OrbitAverage",
+    "ResNet",
+    "RollNet",
+    "build_model",
+    "count_params",
+    "network_layers",
+    "size_features",
+    "tiny_rollnet",
+]
 
 ModuleDef = Any
 
@@ -103,13 +114,22 @@ class RollNet(nn.Module):
         if self.size_features:
             if raw_size is None:
                 raise ValueError("this model late-fuses the raw image size: pass raw_size=(B, 2) heights and widths")
-            x = jnp.concatenate([x, jnp.log(raw_size.astype(x.dtype)) - 4.0], axis=-1)
+            x = jnp.concatenate([x, size_features(raw_size).astype(x.dtype)], axis=-1)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = self.dense(self.dense_features, self.maxout_pieces, name="dense1")(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         if self.features_only:
             return x
         return self.classifier(self.num_classes, name="logits")(x)
+
+
+def size_features(raw_size: jax.Array) -> jax.Array:
+    """``(B, 2)`` raw ``(height, width)`` -> the logs of the larger and the smaller side, centred near 0.
+
+    Sorted, so that a 90-degree rotation of the image (which swaps height and width) changes nothing.
+    """
+    logs = jnp.log(raw_size.astype(jnp.float32))
+    return jnp.stack([jnp.max(logs, axis=-1), jnp.min(logs, axis=-1)], axis=-1) - 4.0
 
 
 def _pool_groups(y: jax.Array, mode: str) -> jax.Array:
@@ -139,6 +159,33 @@ class MultiscaleNet(nn.Module):
         a = self.large(x, train, raw_size)
         b = self.small(x2, train, raw_size)
         return self.classifier(self.num_classes, name="logits")(jnp.concatenate([a, b], axis=-1))
+
+
+class OrbitAverage(nn.Module):
+    """Makes any network exactly invariant to a group at evaluation: the mean of its log-probabilities over
+    the input's orbit (the ``V`` rotated and mirrored copies, stacked on the batch axis).
+
+    In training (``train=True``) it is the network itself, on the one (augmented) input, so a plain network
+    trains at its own cost and pays for the ``V`` copies only when it predicts.  The output is log-probabilities
+    (a normalised geometric mean of the ``V`` predictions), which a softmax leaves unchanged.
+    """
+
+    inner: nn.Module
+    group: str | Group = "d4"
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, train: bool = False, raw_size: jax.Array | None = None, x2: jax.Array | None = None
+    ) -> jax.Array:
+        if train:
+            return self.inner(x, train, raw_size, x2)
+        g = get_group(self.group)
+        v, b = g.order, x.shape[0]
+        tile = lambda a: None if a is None else jnp.concatenate([a] * v, axis=0)  # noqa: E731
+        x2v = None if x2 is None else ops.group_slice(x2, g)
+        logits = self.inner(ops.group_slice(x, g), False, tile(raw_size), x2v)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        return jnp.mean(logp.reshape(v, b, *logp.shape[1:]), axis=0)
 
 
 def tiny_rollnet(num_classes: int = 5, symmetry: str | Group | None = "c4", **kwargs: Any) -> RollNet:
@@ -214,7 +261,8 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
     ``"resnet50"`` or ``"resnext50"`` (the second reference, with batch norm).
     ``width`` scales every layer's channels and units.  ``roll_impl``: ``"xla"`` (default) or ``"pallas"``
     (the kernels of ``kernels/``), the same function either way; ``max_pool_impl``: ``"slices"`` (default) or
-    ``"reduce_window"`` (see :func:`deepsea.ops.max_pool`).
+    ``"reduce_window"`` (see :func:`deepsea.ops.max_pool`).  ``orbit_average``: ``"c4"`` or ``"d4"`` wraps
+    the model in :class:`OrbitAverage` (exactly invariant predictions, paid for at evaluation only).
     """
     get = cfg.get if hasattr(cfg, "get") else cfg.__getitem__
     name = get("name", "rollnet")
@@ -252,7 +300,8 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
         )
         large = RollNet(**{**kwargs, "features_only": True})
         small = RollNet(**{**kwargs, "stages": small_stages, "features_only": True, "size_features": False})
-        return MultiscaleNet(large=large, small=small, num_classes=num_classes, dropout_rate=kwargs["dropout_rate"])
+        net = MultiscaleNet(large=large, small=small, num_classes=num_classes, dropout_rate=kwargs["dropout_rate"])
+        return _orbit_average(net, get("orbit_average", ""))
     elif name in ("resnet50", "resnext50"):
         filters = max(1, round(64 * width))
         if name == "resnet50":
@@ -263,12 +312,23 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
             f"unknown model {name!r}; expected 'rollnet', 'convroll4', 'plain', 'cp8', 'multiscale', "
             "'resnet50' or 'resnext50'"
         )
-    return RollNet(**kwargs)
+    return _orbit_average(RollNet(**kwargs), get("orbit_average", ""))
+
+
+def _orbit_average(model: nn.Module, group: str) -> nn.Module:
+    return OrbitAverage(model, group) if group else model
+
+
+def network_layers(params: Any) -> Any:
+    """The network's per-layer parameters, through any :class:`OrbitAverage` wrapper (which has none)."""
+    while set(params) == {"inner"}:
+        params = params["inner"]
+    return params
 
 
 def count_params(params: Any) -> dict[str, int]:
     """Parameter count per top-level layer (module name), in the order flax created them."""
     counts = {}
-    for name, sub in params.items():
+    for name, sub in network_layers(params).items():
         counts[name] = sum(int(x.size) for x in jax.tree.leaves(sub))
     return counts

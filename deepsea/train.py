@@ -76,6 +76,10 @@ class TrainState:
 def _schedule(cfg: Any, total_steps: int) -> optax.Schedule:
     kind = cfg.get("schedule", "step")
     if kind == "cosine":
+        if cfg.get("warmup_steps", 0) >= total_steps:
+            raise ValueError(
+                f"optim.warmup_steps={cfg.warmup_steps} must be smaller than the {total_steps} training steps"
+            )
         return optax.warmup_cosine_decay_schedule(
             0.0, cfg.lr, cfg.get("warmup_steps", 0), total_steps, cfg.lr * cfg.get("end_factor", 0.0)
         )
@@ -467,8 +471,14 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
     return {"final": last_val, "best": best, "state": state, "workdir": workdir}
 
 
-def restore_run(workdir: str, which: str = "best") -> tuple[nn.Module, Any, Preprocess, list[str], Any]:
-    """Loads a run's model, variables (``{"params": ...}``, ``best`` or ``latest``), preprocessing, classes, config."""
+def restore_run(
+    workdir: str, which: str = "best", orbit_average: str | None = None
+) -> tuple[nn.Module, Any, Preprocess, list[str], Any]:
+    """Loads a run's model, variables (``{"params": ...}``, ``best`` or ``latest``), preprocessing, classes, config.
+
+    ``orbit_average`` (``"c4"``, ``"d4"`` or ``""`` for none) evaluates the trained network with another
+    :class:`~deepsea.models.OrbitAverage` than it was trained with (the wrapper has no parameters of its own).
+    """
     import ml_collections
 
     config = ml_collections.ConfigDict(load_json(os.path.join(workdir, "config.json")))
@@ -486,4 +496,13 @@ def restore_run(workdir: str, which: str = "best") -> tuple[nn.Module, Any, Prep
     config.restored_step = int(step)
     ckpt.close()
     best.close()
-    return model, _variables(state), pp, classes, config
+    variables = _variables(state)
+    trained = config.model.get("orbit_average", "")
+    if orbit_average is not None and orbit_average != trained:
+        if trained:
+            variables = {k: v["inner"] for k, v in variables.items()}
+        config.model.orbit_average = orbit_average
+        model = build_model(config.model, len(classes))
+        if orbit_average:
+            variables = {k: {"inner": v} for k, v in variables.items()}
+    return model, variables, pp, classes, config

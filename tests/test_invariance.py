@@ -81,3 +81,49 @@ def test_rolled_features_are_aligned(rng):
     for g in range(8):
         for h in range(8):
             np.testing.assert_array_equal(blocks[g, :, :, :, h], D4.act(g, x, (1, 2)))
+
+
+@pytest.mark.parametrize("group", ["c4", "d4"])
+@pytest.mark.parametrize("size", [23, 24])
+def test_orbit_average_makes_a_plain_network_exactly_invariant(group, size, rng):
+    """A plain network (batch norm, size features) is not invariant; wrapped, its predictions are, to rounding,
+    and they equal the mean log-probabilities over the input's rotated (and mirrored) copies made by numpy."""
+    inner = models.tiny_rollnet(symmetry=None, size_features=True, norm=nn.BatchNorm)
+    net = models.OrbitAverage(inner, group)
+    x = jnp.asarray(rng.standard_normal((3, size, size, 1)), jnp.float32)
+    raw = jnp.asarray(rng.uniform(20, 300, (3, 2)), jnp.float32)
+    variables = net.init(jax.random.key(0), x, raw_size=raw)
+    inner_vars = {k: v["inner"] for k, v in variables.items()}
+    fn = jax.jit(lambda z: net.apply(variables, z, raw_size=raw))
+    errors = check_invariance(fn, group, x, atol=1e-5)
+    assert len(errors) == (4 if group == "c4" else 8)
+    with pytest.raises(AssertionError, match="not equivariant"):
+        check_invariance(lambda z: inner.apply(inner_vars, z, raw_size=raw), group, x, atol=1e-5)
+
+    xn = np.asarray(x)
+    copies = [np.rot90(xn, k, axes=(1, 2)) for k in range(4)]
+    if group == "d4":
+        copies += [np.rot90(xn[:, :, ::-1], k, axes=(1, 2)) for k in range(4)]
+    logp = [
+        np.asarray(jax.nn.log_softmax(inner.apply(inner_vars, jnp.asarray(c.copy()), raw_size=raw)), np.float64)
+        for c in copies
+    ]
+    np.testing.assert_allclose(np.asarray(fn(x)), np.mean(logp, axis=0), rtol=1e-5, atol=1e-5)
+
+
+def test_orbit_average_trains_the_network_alone(rng):
+    """In training the wrapper is the network on the one input (no copies)."""
+    inner = models.tiny_rollnet(symmetry=None)
+    net = models.OrbitAverage(inner, "d4")
+    x = jnp.asarray(rng.standard_normal((2, 23, 23, 1)), jnp.float32)
+    variables = net.init(jax.random.key(0), x)
+    got = net.apply(variables, x, train=True)
+    want = inner.apply({"params": variables["params"]["inner"]}, x, train=True)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert models.count_params(variables["params"]) == models.count_params(variables["params"]["inner"])
+
+
+def test_size_features_ignore_a_swap_of_height_and_width():
+    raw = jnp.asarray([[30.0, 200.0], [54.6, 54.6]])
+    np.testing.assert_array_equal(np.asarray(models.size_features(raw)), np.asarray(models.size_features(raw[:, ::-1])))
+    np.testing.assert_allclose(np.asarray(models.size_features(raw))[0], np.log([200.0, 30.0]) - 4.0, rtol=1e-6)

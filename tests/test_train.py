@@ -94,6 +94,28 @@ def test_resume_equals_uninterrupted_and_checkpoints_round_trip(small_config, tm
     assert (tmp_path / "full" / "metrics.png").exists() and (tmp_path / "full" / "best.json").exists()
 
 
+def test_orbit_averaged_run_restores_with_and_without_the_average(small_config, tmp_path, rng):
+    """A plain network trained under OrbitAverage: restored as trained its predictions are exactly D4-invariant;
+    restored without the average (the ablation of ``deepsea evaluate --orbit-average none``) they are not, and
+    the parameters are the same ones."""
+    from deepsea.equivariance import check_invariance
+    from deepsea.models import OrbitAverage
+
+    apply_overrides(small_config, ["model.symmetry=None", "model.orbit_average=d4", "train.steps=4"])
+    result = train(small_config, str(tmp_path / "run"), progress=False)
+    model, variables, _, _, _ = restore_run(str(tmp_path / "run"), "latest")
+    plain, plain_vars, _, _, config = restore_run(str(tmp_path / "run"), "latest", orbit_average="")
+    assert isinstance(model, OrbitAverage) and not isinstance(plain, OrbitAverage) and config.model.orbit_average == ""
+    for a, b in zip(jax.tree.leaves(result["state"].params), jax.tree.leaves(plain_vars["params"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    size = small_config.data.size
+    x = jnp.asarray(rng.standard_normal((2, size, size, 1)), jnp.float32)
+    raw = jnp.asarray([[40.0, 90.0], [120.0, 60.0]])
+    check_invariance(lambda z: model.apply(variables, z, raw_size=raw), "d4", x, atol=1e-5)
+    with pytest.raises(AssertionError, match="not equivariant"):
+        check_invariance(lambda z: plain.apply(plain_vars, z, raw_size=raw), "c4", x, atol=1e-5)
+
+
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(small_config, tmp_path):
     apply_overrides(
         small_config,
@@ -322,6 +344,8 @@ def test_cosine_schedule_warms_up_and_decays(small_config):
     apply_overrides(small_config, ["optim.schedule='cosine'", "optim.warmup_steps=10", "optim.lr=0.1"])
     _, sched = make_optimizer(small_config.optim, 110)
     assert [float(sched(s)) for s in (0, 5, 10, 60, 110)] == pytest.approx([0.0, 0.05, 0.1, 0.05, 0.0], abs=1e-7)
+    with pytest.raises(ValueError, match="warmup_steps=10 must be smaller than the 10 training steps"):
+        make_optimizer(small_config.optim, 10)
     apply_overrides(small_config, ["optim.schedule='linear'"])
     with pytest.raises(ValueError, match="schedule"):
         make_optimizer(small_config.optim, 110)
@@ -349,3 +373,22 @@ def test_cli_bag_trains_copies_on_different_splits_and_averages_them(tmp_path):
             os.rename(os.path.join(images, cls, f), flat / f)
     cli("ensemble", *runs, "--uniform", "--images", str(flat), "--out", str(tmp_path / "bag.csv"))
     assert len((tmp_path / "bag.csv").read_text().splitlines()) == 13
+
+
+@pytest.mark.parametrize(
+    "name", sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "experiments")) if f.endswith(".py") and f[0] != "_")
+)
+def test_every_experiment_builds_in_full_and_small(name):
+    """Each experiment module loads, its model builds at its input size, and its schedule fits its steps."""
+    for small in (False, True):
+        config = load_experiment(os.path.join(ROOT, "experiments", f"{name}.py"), small=small)
+        make_optimizer(config.optim, config.train.steps)
+        model = build_model(config.model, 121)
+        size = config.data.size
+        inputs = {"raw_size": jnp.ones((1, 2))}
+        if config.data.get("second_size", 0):
+            inputs["x2"] = jnp.zeros((1, config.data.second_size, config.data.second_size, 1))
+        channels = 1 + len(config.data.get("extra_rotations", ()))
+        x = jnp.zeros((1, size, size, channels))
+        params = jax.eval_shape(lambda: model.init(jax.random.key(0), x, **inputs))["params"]  # noqa: B023
+        assert sum(count_params(params).values()) > 0
