@@ -102,7 +102,8 @@ def symmetry_op_times(model: nn.Module, variables: Any, batch: dict[str, np.ndar
     from deepsea.train import _forward
 
     with nn.intercept_methods(record):
-        jax.eval_shape(lambda v, b: _forward(model, v, b, False, None), variables, batch)
+        # the training-mode forward: what the timed step runs (an OrbitAverage evaluates 8 copies only in eval mode)
+        jax.eval_shape(lambda v, b: _forward(model, v, b, True, jax.random.key(0)), variables, batch)
     rows = []
     rng = np.random.default_rng(0)
     for module, shape, dtype in calls:
@@ -145,7 +146,7 @@ class _OurStep:
         self.rng = jax.random.key(1)
         self.params = sum(int(x.size) for x in jax.tree.leaves(params))
 
-        forward = lambda v, b: _forward(self.model, v, b, False, None)[0]  # noqa: E731
+        forward = lambda v, b: _forward(self.model, v, b, True, jax.random.key(0))[0]  # noqa: E731, the step's forward
         self.train_flops = 3 * count_flops(forward, variables, self.batch)
         t0 = time.perf_counter()
         self.state, metrics = self.step_fn(self.state, self.batch, self.rng)

@@ -111,3 +111,15 @@ def test_bench_training_step_and_kernels_via_the_command_line(tmp_path):
     assert "conv_roll 47x47x16" in r.stdout and "pallas=interpret" in r.stdout
     rows = [line for line in r.stdout.splitlines() if line.startswith(("conv_roll", "roll"))]
     assert len(rows) == 5 and all(line.split()[-1] == "True" for line in rows)  # bitwise equal
+
+
+def test_bench_counts_the_training_steps_flops_not_the_orbit_averaged_evaluation():
+    from deepsea.bench import _OurStep
+    from deepsea.configs import load_experiment
+
+    cfg = load_experiment("experiments/synthetic.py", small=True)
+    cfg.model.symmetry = None
+    plain = _OurStep(cfg, batch_size=2)
+    cfg.model.orbit_average = "d4"
+    averaged = _OurStep(cfg, batch_size=2)
+    assert averaged.train_flops == plain.train_flops > 0
