@@ -31,6 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.size = 95
     c.data.rescale = "max_side:85"  # max_side:N | factor:F | none
     c.data.workers = 1
+    c.data.cache_images = False  # keep decoded training images in memory (each loader worker its own copy)
     c.data.skip_bad_images = False
     c.data.stats_images = 2000
     c.data.extra_rotations = ()  # cp8: (45.0,)

@@ -401,6 +401,7 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
         pp,
         augment_ranges(config.aug),
         seed=config.seed,
+        cache=config.data.get("cache_images", False),
     )
     val_paths = [folder.paths[i] for i in val_idx]
     val_labels = folder.labels[val_idx]

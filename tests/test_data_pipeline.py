@@ -1,7 +1,10 @@
+import os
+
 import numpy as np
 import pytest
 
 from deepsea.data import (
+    BadImageError,
     NO_AUGMENTATION,
     TRAIN_RANGES,
     AugmentedSource,
@@ -100,6 +103,27 @@ def test_source_is_reproducible_from_seed_epoch_index(synth):
     np.testing.assert_array_equal(ex["image"], preprocess_image(read_image(synth.paths[int(ex["index"])]), pp))
     assert ex["label"] == synth.labels[int(ex["index"])]
     assert tuple(ex["raw_size"]) == read_image(synth.paths[int(ex["index"])]).shape
+
+
+def test_cached_source_decodes_each_image_once_and_gives_the_same_examples(synth, tmp_path):
+    import pickle
+    import shutil
+
+    paths = [shutil.copy(p, tmp_path / f"{i}.png") for i, p in enumerate(synth.paths[:6])]
+    pp = Preprocess(size=23, rescale=Rescale("max_side", 20))
+    plain = AugmentedSource(paths, synth.labels[:6], pp, TRAIN_RANGES, seed=3)
+    cached = AugmentedSource(paths, synth.labels[:6], pp, TRAIN_RANGES, seed=3, cache=True)
+    want = [plain[i] for i in range(12)]
+    for i in range(6):  # the first epoch decodes and keeps every image
+        np.testing.assert_array_equal(cached[i]["image"], want[i]["image"])
+    assert pickle.loads(pickle.dumps(cached))._decoded == {}  # a worker starts empty, not with a copy
+    for p in paths:
+        os.remove(p)
+    for i in range(6, 12):  # the second epoch reads nothing
+        for k in want[i]:
+            np.testing.assert_array_equal(cached[i][k], want[i][k])
+    with pytest.raises(BadImageError, match=r"0\.png"):  # the uncached source still reads
+        plain.example(0, 0)
 
 
 def test_train_batches_resume_exactly(synth):
