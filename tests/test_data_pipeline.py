@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from deepsea.data import (
-    BadImageError,
     NO_AUGMENTATION,
     TRAIN_RANGES,
     AugmentedSource,
+    BadImageError,
     Preprocess,
     Rescale,
     bagging_splits,
