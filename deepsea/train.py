@@ -43,7 +43,7 @@ from deepsea.data import (
     train_batches,
 )
 from deepsea.data.pipeline import load_json, load_preprocess, save_json
-from deepsea.models import build_model
+from deepsea.models import build_model, network_layers
 
 __all__ = [
     "TrainState",
@@ -500,8 +500,7 @@ def restore_run(
     variables = _variables(state)
     trained = config.model.get("orbit_average", "")
     if orbit_average is not None and orbit_average != trained:
-        if trained:
-            variables = {k: v["inner"] for k, v in variables.items()}
+        variables = {k: network_layers(v) for k, v in variables.items()}  # the wrapper has no parameters
         config.model.orbit_average = orbit_average
         model = build_model(config.model, len(classes))
         if orbit_average:
