@@ -58,7 +58,9 @@ class RollNet(nn.Module):
     symmetry: str | Group | None = "c4"
     dense_roll: bool = False
     view_pool_mode: str = "rms"
-    conv: ModuleDef = functools.partial(nn.Conv, kernel_size=(3, 3), padding="SAME", kernel_init=layers.orthogonal())
+    conv: ModuleDef = functools.partial(
+        layers.Conv, kernel_size=(3, 3), padding="SAME", kernel_init=layers.orthogonal()
+    )
     activation: ModuleDef = layers.LeakyReLU
     downsample: ModuleDef = layers.MaxPool
     dense: ModuleDef = functools.partial(layers.Maxout, kernel_init=layers.orthogonal("linear"))
@@ -261,7 +263,8 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
     ``"resnet50"`` or ``"resnext50"`` (the second reference, with batch norm).
     ``width`` scales every layer's channels and units.  ``roll_impl``: ``"xla"`` (default) or ``"pallas"``
     (the kernels of ``kernels/``), the same function either way; ``max_pool_impl``: ``"slices"`` (default) or
-    ``"reduce_window"`` (see :func:`deepsea.ops.max_pool`).  ``orbit_average``: ``"c4"`` or ``"d4"`` wraps
+    ``"reduce_window"`` (see :func:`deepsea.ops.max_pool`); ``conv_impl``: ``"auto"`` (default) or ``"xla"``
+    (see :class:`deepsea.layers.Conv`).  ``orbit_average``: ``"c4"`` or ``"d4"`` wraps
     the model in :class:`OrbitAverage` (exactly invariant predictions, paid for at evaluation only).
     """
     get = cfg.get if hasattr(cfg, "get") else cfg.__getitem__
@@ -286,6 +289,9 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
     if roll_impl != "xla":
         kwargs["conv_roll_layer"] = functools.partial(layers.ConvRoll, implementation=roll_impl)
         kwargs["roll_layer"] = functools.partial(layers.Roll, implementation=roll_impl)
+    conv_impl = get("conv_impl", "auto")
+    if conv_impl != "auto":
+        kwargs["conv"] = functools.partial(RollNet.conv, implementation=conv_impl)
     if get("batch_norm", False):
         kwargs["norm"] = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
     if name == "convroll4":

@@ -1,0 +1,115 @@
+"""The convolution layer's fast paths (first-layer taps, bias gradient as a product) against float64 numpy."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepsea import layers
+from deepsea.models import build_model
+
+
+def _pads(padding, size, kernel):
+    if padding == "VALID":
+        return ((0, 0), (0, 0))
+    if padding == "SAME":
+        return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel)
+    return padding
+
+
+def conv_ref(x, w, padding):
+    """float64 'cross-correlation' NHWC x HWIO, stride 1, and its input and kernel gradients for ``g``."""
+    (pt, pb), (pl, pr) = _pads(padding, x.shape[1:3], w.shape[:2])
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    kh, kw = w.shape[:2]
+    h, wd = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    w = np.asarray(w, np.float64)
+    y = sum(xp[:, i : i + h, j : j + wd, :] @ w[i, j] for i in range(kh) for j in range(kw))
+
+    def grads(g):
+        g = np.asarray(g, np.float64)
+        dxp = np.zeros_like(xp)
+        dw = np.zeros_like(w)
+        for i in range(kh):
+            for j in range(kw):
+                dxp[:, i : i + h, j : j + wd, :] += g @ w[i, j].T
+                dw[i, j] = np.einsum("nhwc,nhwo->co", xp[:, i : i + h, j : j + wd, :], g)
+        return dxp[:, pt : pt + x.shape[1], pl : pl + x.shape[2], :], dw
+
+    return y, grads
+
+
+CASES = [
+    ((2, 7, 7, 1), (3, 3, 1, 5), "SAME"),
+    ((3, 6, 5, 1), (3, 3, 1, 4), "VALID"),
+    ((2, 9, 9, 2), (3, 3, 2, 3), "SAME"),
+    ((1, 8, 8, 1), (5, 5, 1, 2), ((2, 1), (0, 3))),
+    ((2, 5, 5, 3), (1, 1, 3, 4), "SAME"),
+]
+
+
+@pytest.mark.parametrize("xs, ws, padding", CASES)
+def test_conv_taps_matches_numpy(xs, ws, padding, rng):
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    y_ref, grads = conv_ref(x, w, padding)
+    y, vjp = jax.vjp(lambda x, w: layers.conv_taps(x, w, padding), jnp.asarray(x), jnp.asarray(w))
+    np.testing.assert_allclose(np.asarray(y), y_ref, rtol=1e-5, atol=1e-5)
+    g = rng.standard_normal(y_ref.shape).astype(np.float32)
+    dx, dw = vjp(jnp.asarray(g))
+    dx_ref, dw_ref = grads(g)
+    np.testing.assert_allclose(np.asarray(dx), dx_ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dw), dw_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_bias_add_matches_numpy(rng):
+    x = rng.standard_normal((3, 6, 5, 7)).astype(np.float32)
+    b = rng.standard_normal(7).astype(np.float32)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    y, vjp = jax.vjp(layers.bias_add, jnp.asarray(x), jnp.asarray(b))
+    np.testing.assert_array_equal(np.asarray(y), x + b)
+    dx, db = vjp(jnp.asarray(g))
+    np.testing.assert_array_equal(np.asarray(dx), g)
+    np.testing.assert_allclose(np.asarray(db), g.astype(np.float64).sum((0, 1, 2)), rtol=1e-5, atol=1e-5)
+    assert db.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("channels", [1, 2, 6])
+@pytest.mark.parametrize("implementation", ["auto", "xla"])
+def test_conv_layer_is_flax_conv_with_its_parameters(channels, implementation, rng):
+    """Same parameters as nn.Conv from the same key, the same function as float64 numpy, either path."""
+    x = jnp.asarray(rng.standard_normal((2, 9, 9, channels)), jnp.float32)
+    ours = layers.Conv(4, kernel_size=(3, 3), bias_init=nn.initializers.normal(1.0), implementation=implementation)
+    flax_conv = nn.Conv(4, (3, 3), padding="SAME", kernel_init=layers.orthogonal())
+    params = ours.init(jax.random.key(3), x)
+    np.testing.assert_array_equal(params["params"]["kernel"], flax_conv.init(jax.random.key(3), x)["params"]["kernel"])
+    w, b = (np.asarray(params["params"][k]) for k in ("kernel", "bias"))
+    y_ref, grads = conv_ref(np.asarray(x), w, "SAME")
+    y, vjp = jax.vjp(lambda p, x: ours.apply(p, x), params, x)
+    np.testing.assert_allclose(np.asarray(y), y_ref + b, rtol=1e-5, atol=1e-5)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    dparams, dx = vjp(jnp.asarray(g))
+    dx_ref, dw_ref = grads(g)
+    np.testing.assert_allclose(np.asarray(dx), dx_ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dparams["params"]["kernel"]), dw_ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dparams["params"]["bias"]), g.sum((0, 1, 2)), rtol=1e-5, atol=1e-4)
+
+
+def test_conv_layer_rejects_an_unknown_implementation():
+    with pytest.raises(ValueError, match="'auto' or 'xla'"):
+        layers.Conv(2, implementation="fast").init(jax.random.key(0), jnp.zeros((1, 5, 5, 1)))
+
+
+def test_model_conv_impl_switch_is_the_same_function(rng):
+    x = jnp.asarray(rng.standard_normal((2, 23, 23, 1)), jnp.float32)
+    cfg = {"name": "convroll4", "stages": ((4, 3), (6,)), "dense_features": 8, "dropout": 0.0}
+    fast, ref = (build_model({**cfg, "conv_impl": impl}, 5) for impl in ("auto", "xla"))
+    variables = fast.init(jax.random.key(0), x)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(ref.init(jax.random.key(0), x)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    loss = lambda model: lambda p: jnp.sum(model.apply(p, x) ** 2)  # noqa: E731
+    np.testing.assert_allclose(fast.apply(variables, x), ref.apply(variables, x), rtol=1e-5, atol=1e-5)
+    g_fast, g_ref = jax.grad(loss(fast))(variables), jax.grad(loss(ref))(variables)
+    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(b))))
