@@ -15,6 +15,9 @@ the ratio of the medians.  Only compare like with like: the reference is the
 published convroll4 (no batch norm, no size features).
 
   deepsea bench experiments/convroll4.py --set data.size=47 --set model.width=0.5 --torch /path/to/torch/python
+
+``--compare KEY=VALUE[,KEY=VALUE]`` (repeatable) also builds the step with those overrides and times it in the
+same process between our rounds: an A/B that the machine's drift between processes does not blur.
 """
 
 from __future__ import annotations
@@ -208,6 +211,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds, interleaved with the reference")
     p.add_argument("--torch", default="", metavar="PYTHON", help="a Python with torch: also time the reference")
     p.add_argument("--torch-script", default=DEFAULT_TORCH_SCRIPT)
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="also time the step with these overrides, in the same process, interleaved round by round",
+    )
     p.add_argument("--no-ops", action="store_true", help="skip timing the symmetry ops")
     p.add_argument("--out", default="", help="append the JSON lines to this file")
 
@@ -216,13 +226,23 @@ def main_with_args(args: argparse.Namespace) -> None:
     cfg = _config(args.experiment, args.set, args.small)
     batch = args.batch or cfg.train.batch_size
     step = _OurStep(cfg, batch)
+    variants = [
+        (spec, _OurStep(_config(args.experiment, [*args.set, *spec.split(",")], args.small), batch))
+        for spec in args.compare
+    ]
     lines: list[dict[str, Any]] = []
     ours, theirs = [], []
+    variant_times: dict[str, list[float]] = {spec: [] for spec, _ in variants}
     for r in range(args.rounds):
         rec = run_ours(step, args.steps) | {"round": r}
         ours.append(rec["step_s"])
         lines.append(rec)
         print(json.dumps(rec), flush=True)
+        for spec, other in variants:
+            rec = run_ours(other, args.steps) | {"round": r, "variant": spec}
+            variant_times[spec].append(rec["step_s"])
+            lines.append(rec)
+            print(json.dumps(rec), flush=True)
         if args.torch:
             t = run_torch(args.torch, args.torch_script, cfg.data.size, cfg.model.width, batch, args.steps)
             t["round"] = r
@@ -239,6 +259,14 @@ def main_with_args(args: argparse.Namespace) -> None:
         "gflop_per_s": round(step.train_flops / statistics.median(ours) / 1e9, 1),
         "compile_s": round(step.compile_s, 2),
     }
+    if variants:
+        summary["variants"] = {
+            spec: {
+                "images_per_s": round(batch / statistics.median(t), 1),
+                "speedup_of_base": round(statistics.median(t) / statistics.median(ours), 3),
+            }
+            for spec, t in variant_times.items()
+        }
     if theirs:
         summary["torch_images_per_s"] = round(batch / statistics.median(theirs), 1)
         summary["ratio_vs_torch"] = round(statistics.median(theirs) / statistics.median(ours), 3)

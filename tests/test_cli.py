@@ -95,17 +95,25 @@ def test_bench_training_step_and_kernels_via_the_command_line(tmp_path):
         "1",
         "--rounds",
         "2",
+        "--compare",
+        "model.conv_impl=xla",
         "--out",
         str(out),
     )
     assert r.returncode == 0, r.stderr
     lines = [json.loads(s) for s in r.stdout.strip().splitlines()]
-    assert [rec.get("round") for rec in lines[:2]] == [0, 1]
+    assert [(rec.get("round"), rec.get("variant")) for rec in lines[:4]] == [
+        (0, None),
+        (0, "model.conv_impl=xla"),
+        (1, None),
+        (1, "model.conv_impl=xla"),
+    ]
     summary = lines[-1]
     assert summary["summary"] and summary["images_per_s"] > 0 and summary["gflop_per_s"] > 0
+    assert summary["variants"]["model.conv_impl=xla"]["images_per_s"] > 0
     assert 0 < summary["symmetry_share"] < 1
     assert {op["layer"] for op in summary["symmetry_ops"]} >= {"Slice", "ConvRoll", "Pool"}
-    assert len(out.read_text().strip().splitlines()) == 3
+    assert len(out.read_text().strip().splitlines()) == 5
     r = _run("bench-kernels", "--batch", "1", "--repeats", "1")
     assert r.returncode == 0, r.stderr
     assert "conv_roll 47x47x16" in r.stdout and "pallas=interpret" in r.stdout
@@ -123,3 +131,5 @@ def test_bench_counts_the_training_steps_flops_not_the_orbit_averaged_evaluation
     cfg.model.orbit_average = "d4"
     averaged = _OurStep(cfg, batch_size=2)
     assert averaged.train_flops == plain.train_flops > 0
+    cfg.model.conv_impl = "xla"  # "auto" computes the first layer without a convolution: counted all the same
+    assert _OurStep(cfg, batch_size=2).train_flops == plain.train_flops
