@@ -14,7 +14,7 @@ this CPU it costs more steps than it saves), the raw image size late-fused
 (sorted, so rotation-invariant), mild augmentation, decoded images kept in
 memory, and Adam (batch 128) with a short warm-up and a cosine decay.  Measured: 32 minutes,
 validation log loss 0.797, accuracy 74.6% (0.863 / 73.1% without the orbit average; 0.790 / 74.9% with
-``deepsea evaluate --tta 8`` on top of it).
+``deepsea evaluate --tta 8`` on top of it); again with the faster ``layers.Conv``: 28 minutes, 0.792, 74.0%.
 
 Launch: deepsea train experiments/ndsb_cpu.py --data ../shared/data/ndsb/train --workdir runs/ndsb_cpu
 Small run: deepsea train experiments/ndsb_cpu.py --data ../shared/data/ndsb/train --small
