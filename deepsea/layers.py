@@ -20,6 +20,7 @@ from deepsea import ops
 from deepsea.groups import Group
 
 __all__ = [
+    "TAPS_MAX_INPUT_CHANNELS",
     "Conv",
     "ConvImplementation",
     "ConvRoll",
@@ -186,14 +187,14 @@ def bias_add(x: jax.Array, bias: jax.Array) -> jax.Array:
 
 
 def _bias_add_fwd(x: jax.Array, bias: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return bias_add(x, bias), jnp.zeros((0,), bias.dtype)  # the residual carries only the bias dtype
+    return bias_add(x, bias), bias
 
 
-def _bias_add_bwd(res: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _bias_add_bwd(bias: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
     flat = g.reshape(-1, g.shape[-1])
     ones = jnp.ones((flat.shape[0],), g.dtype)
     db = jax.lax.dot_general(flat, ones, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-    return g, db.astype(res.dtype)
+    return g, db.astype(bias.dtype)
 
 
 bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)

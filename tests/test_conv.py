@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -94,6 +95,26 @@ def test_conv_layer_is_flax_conv_with_its_parameters(channels, implementation, r
     np.testing.assert_allclose(np.asarray(dx), dx_ref, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(np.asarray(dparams["params"]["kernel"]), dw_ref, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(np.asarray(dparams["params"]["bias"]), g.sum((0, 1, 2)), rtol=1e-5, atol=1e-4)
+
+
+def _primitives(jaxpr) -> set[str]:
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            names |= _primitives(sub)
+    return names
+
+
+@pytest.mark.parametrize("channels, taps", [(1, True), (2, True), (3, False)])
+def test_conv_layer_auto_takes_the_fast_paths_and_xla_does_not(channels, taps):
+    x = jnp.zeros((1, 7, 7, channels))
+    for implementation in ("auto", "xla"):
+        conv = layers.Conv(4, implementation=implementation)
+        params = conv.init(jax.random.key(0), x)
+        forward = _primitives(jax.make_jaxpr(conv.apply)(params, x).jaxpr)
+        assert ("conv_general_dilated" not in forward) == (taps and implementation == "auto")
+        assert ("custom_vjp_call" in forward or "custom_vjp_call_jaxpr" in forward) == (implementation == "auto")
 
 
 def test_conv_layer_rejects_an_unknown_implementation():
