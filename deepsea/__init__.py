@@ -1,6 +1,6 @@
 """deepsea: exact rotation-symmetric networks for plankton (NDSB 2015) and beyond."""
 
-from deepsea import layers, ops
+from deepsea import layers, onednn, ops
 from deepsea.equivariance import check_equivariance, check_invariance
 from deepsea.groups import C4, D4, Group, get_group
 from deepsea.ops import (
@@ -44,6 +44,7 @@ __all__ = [
     "group_slice",
     "layers",
     "max_pool",
+    "onednn",
     "ops",
     "permute_views",
     "pooling_is_symmetric",

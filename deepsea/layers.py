@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deepsea import ops
+from deepsea import onednn, ops
 from deepsea.groups import Group
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 Initializer = Callable[..., jax.Array]
-ConvImplementation = Literal["auto", "xla"]
+ConvImplementation = Literal["auto", "xla", "onednn"]
 
 DEFAULT_NEGATIVE_SLOPE = 1.0 / 3.0
 
@@ -269,9 +269,11 @@ class Conv(nn.Module):
     the same way, so checkpoints are interchangeable, and faster gradients on the CPU.
 
     ``implementation``: ``"auto"`` computes layers of at most :data:`TAPS_MAX_INPUT_CHANNELS` input channels
-    with :func:`conv_taps` and adds the bias with :func:`bias_add`; ``"xla"`` is the reference, XLA's
-    convolution plus the bias.  Both compute the same function (up to the summation order); "auto" makes
-    the convroll4 training step 8% (47x47, width 0.5) and 11% (95x95) faster on 2 CPU cores
+    with :func:`conv_taps`, the other float32 stride-1 layers with oneDNN on the CPU
+    (:func:`deepsea.onednn.conv`, where :func:`deepsea.onednn.available`), and adds the bias with
+    :func:`bias_add`; ``"onednn"`` insists on oneDNN (an error where it does not apply); ``"xla"`` is the
+    reference, XLA's convolution plus the bias.  All compute the same function (up to the summation order);
+    "auto" makes the convroll4 training step 1.45x (47x47, width 0.5) as fast as "xla" on 2 CPU cores
     (``deepsea bench experiments/convroll4.py --compare model.conv_impl=xla``).
     """
 
@@ -287,15 +289,26 @@ class Conv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.implementation not in ("auto", "xla"):
-            raise ValueError(f"unknown convolution implementation {self.implementation!r}; expected 'auto' or 'xla'")
-        auto = self.implementation == "auto"
+        if self.implementation not in ("auto", "xla", "onednn"):
+            raise ValueError(
+                f"unknown convolution implementation {self.implementation!r}; expected 'auto', 'xla' or 'onednn'"
+            )
+        auto = self.implementation != "xla"
         shape = (*self.kernel_size, x.shape[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
         dtype = self.dtype or x.dtype
         x, kernel = x.astype(dtype), kernel.astype(dtype)
-        if auto and tuple(self.strides) == (1, 1) and x.shape[-1] <= TAPS_MAX_INPUT_CHANNELS:
+        if self.implementation == "onednn":
+            if not onednn.supports(x, kernel, self.strides, self.padding):
+                raise ValueError(
+                    f"Conv(implementation='onednn') computes float32 NHWC, stride-1 convolutions with non-negative "
+                    f"padding; got x {x.dtype}{tuple(x.shape)}, strides {tuple(self.strides)}, padding {self.padding!r}"
+                )
+            y = onednn.conv(x, kernel, self.padding)
+        elif auto and tuple(self.strides) == (1, 1) and x.shape[-1] <= TAPS_MAX_INPUT_CHANNELS:
             y = conv_taps(x, kernel, self.padding)
+        elif auto and onednn.supports(x, kernel, self.strides, self.padding) and onednn.available():
+            y = onednn.conv(x, kernel, self.padding)
         else:
             y = jax.lax.conv_general_dilated(x, kernel, tuple(self.strides), self.padding, dimension_numbers=_NHWC)
         if self.use_bias:

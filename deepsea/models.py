@@ -263,8 +263,8 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
     ``"resnet50"`` or ``"resnext50"`` (the second reference, with batch norm).
     ``width`` scales every layer's channels and units.  ``roll_impl``: ``"xla"`` (default) or ``"pallas"``
     (the kernels of ``kernels/``), the same function either way; ``max_pool_impl``: ``"slices"`` (default) or
-    ``"reduce_window"`` (see :func:`deepsea.ops.max_pool`); ``conv_impl``: ``"auto"`` (default) or ``"xla"``
-    (see :class:`deepsea.layers.Conv`).  ``orbit_average``: ``"c4"`` or ``"d4"`` wraps
+    ``"reduce_window"`` (see :func:`deepsea.ops.max_pool`); ``conv_impl``: ``"auto"`` (default), ``"onednn"`` or
+    ``"xla"`` (see :class:`deepsea.layers.Conv`).  ``orbit_average``: ``"c4"`` or ``"d4"`` wraps
     the model in :class:`OrbitAverage` (exactly invariant predictions, paid for at evaluation only).
     """
     get = cfg.get if hasattr(cfg, "get") else cfg.__getitem__

@@ -1,4 +1,4 @@
-"""An independent float64 numpy reference for the group ops.
+"""An independent float64 numpy reference for the group ops and the convolutions.
 
 Group elements are 2x2 integer matrices acting on centred pixel coordinates,
 images are transformed by explicit coordinate look-ups, and composition is
@@ -84,3 +84,33 @@ def pool_grad_ref(x: np.ndarray, ct: np.ndarray, name: str, mode: str, eps: floa
         rms = np.sqrt((y**2).mean(0) + eps)
         g = y / (nv * rms) * ct
     return np.asarray(g).reshape(x.shape)
+
+
+def _pads(padding, size, kernel):
+    if padding == "VALID":
+        return ((0, 0), (0, 0))
+    if padding == "SAME":
+        return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel)
+    return padding
+
+
+def conv_ref(x, w, padding):
+    """float64 'cross-correlation' NHWC x HWIO, stride 1, and its input and kernel gradients for ``g``."""
+    (pt, pb), (pl, pr) = _pads(padding, x.shape[1:3], w.shape[:2])
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    kh, kw = w.shape[:2]
+    h, wd = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    w = np.asarray(w, np.float64)
+    y = sum(xp[:, i : i + h, j : j + wd, :] @ w[i, j] for i in range(kh) for j in range(kw))
+
+    def grads(g):
+        g = np.asarray(g, np.float64)
+        dxp = np.zeros_like(xp)
+        dw = np.zeros_like(w)
+        for i in range(kh):
+            for j in range(kw):
+                dxp[:, i : i + h, j : j + wd, :] += g @ w[i, j].T
+                dw[i, j] = np.einsum("nhwc,nhwo->co", xp[:, i : i + h, j : j + wd, :], g)
+        return dxp[:, pt : pt + x.shape[1], pl : pl + x.shape[2], :], dw
+
+    return y, grads

@@ -6,40 +6,10 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numpy_reference import conv_ref
 
 from deepsea import layers
 from deepsea.models import build_model
-
-
-def _pads(padding, size, kernel):
-    if padding == "VALID":
-        return ((0, 0), (0, 0))
-    if padding == "SAME":
-        return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel)
-    return padding
-
-
-def conv_ref(x, w, padding):
-    """float64 'cross-correlation' NHWC x HWIO, stride 1, and its input and kernel gradients for ``g``."""
-    (pt, pb), (pl, pr) = _pads(padding, x.shape[1:3], w.shape[:2])
-    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    kh, kw = w.shape[:2]
-    h, wd = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-    w = np.asarray(w, np.float64)
-    y = sum(xp[:, i : i + h, j : j + wd, :] @ w[i, j] for i in range(kh) for j in range(kw))
-
-    def grads(g):
-        g = np.asarray(g, np.float64)
-        dxp = np.zeros_like(xp)
-        dw = np.zeros_like(w)
-        for i in range(kh):
-            for j in range(kw):
-                dxp[:, i : i + h, j : j + wd, :] += g @ w[i, j].T
-                dw[i, j] = np.einsum("nhwc,nhwo->co", xp[:, i : i + h, j : j + wd, :], g)
-        return dxp[:, pt : pt + x.shape[1], pl : pl + x.shape[2], :], dw
-
-    return y, grads
-
 
 CASES = [
     ((2, 7, 7, 1), (3, 3, 1, 5), "SAME"),
@@ -118,7 +88,7 @@ def test_conv_layer_auto_takes_the_fast_paths_and_xla_does_not(channels, taps):
 
 
 def test_conv_layer_rejects_an_unknown_implementation():
-    with pytest.raises(ValueError, match="'auto' or 'xla'"):
+    with pytest.raises(ValueError, match="'auto', 'xla' or 'onednn'"):
         layers.Conv(2, implementation="fast").init(jax.random.key(0), jnp.zeros((1, 5, 5, 1)))
 
 

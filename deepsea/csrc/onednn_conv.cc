@@ -1,0 +1,305 @@
+// XLA FFI handlers for stride-1 2-D convolutions on the CPU through oneDNN (NHWC activations, HWIO kernels, f32).
+//
+// deepsea_conv_fwd(x, w) -> y, deepsea_conv_bwd_data(g, w) -> dx, deepsea_conv_bwd_weights(x, g) -> dw, with XLA's
+// explicit padding (lo, hi per spatial axis) as the attribute `padding` = [lo_h, hi_h, lo_w, hi_w]. Built and loaded
+// by deepsea/onednn.py, which also holds the pure-JAX reference they are tested against.
+//
+// oneDNN picks its own blocked kernel layout ("any"); the HWIO kernel is reordered into it on each call (at most
+// 9*128*128 floats). Primitives are created once per shape and cached; they run with a user scratchpad, so
+// concurrent calls from XLA's threads share nothing mutable.
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "dnnl_c_api.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+enum Kind { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
+
+struct Dims {
+  int64_t n, h, w, c, f, kh, kw, ho, wo, pt, pb, pl, pr;
+  auto tie() const { return std::tie(n, h, w, c, f, kh, kw, ho, wo, pt, pb, pl, pr); }
+};
+
+struct Key {
+  Kind kind;
+  Dims d;
+  bool operator<(const Key& o) const {
+    return std::tie(kind, d.n, d.h, d.w, d.c, d.f, d.kh, d.kw, d.ho, d.wo, d.pt, d.pb, d.pl, d.pr) <
+           std::tie(o.kind, o.d.n, o.d.h, o.d.w, o.d.c, o.d.f, o.d.kh, o.d.kw, o.d.ho, o.d.wo, o.d.pt, o.d.pb, o.d.pl,
+                    o.d.pr);
+  }
+};
+
+struct Plan {
+  dnnl_primitive_t conv = nullptr;
+  dnnl_primitive_t reorder = nullptr;  // HWIO -> oneDNN's kernel layout (fwd, bwd data) or back (bwd weights)
+  dnnl_memory_desc_t src_md = nullptr, dst_md = nullptr, plain_w_md = nullptr, blocked_w_md = nullptr;
+  dnnl_memory_desc_t scratch_md = nullptr, reorder_scratch_md = nullptr;
+  size_t blocked_w_bytes = 0, scratch_bytes = 0, reorder_scratch_bytes = 0;
+  std::string impl;
+};
+
+dnnl_engine_t engine() {
+  static dnnl_engine_t e = [] {
+    dnnl_engine_t e = nullptr;
+    if (dnnl_engine_create(&e, dnnl_cpu, 0) != dnnl_success) e = nullptr;
+    return e;
+  }();
+  return e;
+}
+
+std::string Check(dnnl_status_t s, const char* what) {
+  return s == dnnl_success ? std::string() : std::string(what) + " failed with oneDNN status " + std::to_string(s);
+}
+
+#define DNNL_TRY(expr)                                \
+  do {                                                \
+    std::string err_ = Check((expr), #expr);          \
+    if (!err_.empty()) return err_;                   \
+  } while (0)
+
+dnnl_memory_desc_t Nhwc(int64_t n, int64_t h, int64_t w, int64_t c, std::string* err) {
+  dnnl_memory_desc_t md = nullptr;
+  dnnl_dims_t dims = {n, c, h, w}, strides = {h * w * c, 1, w * c, c};
+  *err = Check(dnnl_memory_desc_create_with_strides(&md, 4, dims, dnnl_f32, strides), "nhwc memory desc");
+  return md;
+}
+
+dnnl_memory_desc_t Hwio(const Dims& d, std::string* err) {
+  dnnl_memory_desc_t md = nullptr;
+  dnnl_dims_t dims = {d.f, d.c, d.kh, d.kw}, strides = {1, d.f, d.kw * d.c * d.f, d.c * d.f};
+  *err = Check(dnnl_memory_desc_create_with_strides(&md, 4, dims, dnnl_f32, strides), "hwio memory desc");
+  return md;
+}
+
+size_t ScratchBytes(const_dnnl_primitive_desc_t pd, dnnl_memory_desc_t* md) {
+  const_dnnl_memory_desc_t q = dnnl_primitive_desc_query_md(pd, dnnl_query_exec_arg_md, DNNL_ARG_SCRATCHPAD);
+  if (q == nullptr) return 0;
+  dnnl_memory_desc_clone(md, q);
+  return dnnl_memory_desc_get_size(q);
+}
+
+std::string MakePlan(Kind kind, const Dims& d, Plan* p) {
+  dnnl_engine_t eng = engine();
+  if (eng == nullptr) return "oneDNN found no CPU engine";
+  std::string err;
+  dnnl_memory_desc_t x_md = Nhwc(d.n, d.h, d.w, d.c, &err);
+  if (!err.empty()) return err;
+  dnnl_memory_desc_t y_md = Nhwc(d.n, d.ho, d.wo, d.f, &err);
+  if (!err.empty()) return err;
+  p->plain_w_md = Hwio(d, &err);
+  if (!err.empty()) return err;
+  dnnl_memory_desc_t any_w = nullptr;
+  dnnl_dims_t wdims = {d.f, d.c, d.kh, d.kw};
+  DNNL_TRY(dnnl_memory_desc_create_with_tag(&any_w, 4, wdims, dnnl_f32, dnnl_format_tag_any));
+  dnnl_dims_t strides = {1, 1}, dilates = {0, 0}, pad_l = {d.pt, d.pl}, pad_r = {d.pb, d.pr};
+
+  dnnl_primitive_attr_t attr = nullptr;
+  DNNL_TRY(dnnl_primitive_attr_create(&attr));
+  DNNL_TRY(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+
+  dnnl_primitive_desc_t fwd = nullptr, pd = nullptr;
+  DNNL_TRY(dnnl_convolution_forward_primitive_desc_create(&fwd, eng, dnnl_forward_training, dnnl_convolution_direct,
+                                                          x_md, any_w, nullptr, y_md, strides, dilates, pad_l, pad_r,
+                                                          attr));
+  int w_arg = DNNL_ARG_WEIGHTS;
+  if (kind == kFwd) {
+    pd = fwd;
+  } else if (kind == kBwdData) {
+    DNNL_TRY(dnnl_convolution_backward_data_primitive_desc_create(&pd, eng, dnnl_convolution_direct, x_md, any_w, y_md,
+                                                                  strides, dilates, pad_l, pad_r, fwd, attr));
+  } else {
+    DNNL_TRY(dnnl_convolution_backward_weights_primitive_desc_create(&pd, eng, dnnl_convolution_direct, x_md, any_w,
+                                                                     nullptr, y_md, strides, dilates, pad_l, pad_r,
+                                                                     fwd, attr));
+    w_arg = DNNL_ARG_DIFF_WEIGHTS;
+  }
+  const char* impl = nullptr;
+  if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl) p->impl = impl;
+  DNNL_TRY(dnnl_memory_desc_clone(&p->blocked_w_md, dnnl_primitive_desc_query_md(pd, dnnl_query_exec_arg_md, w_arg)));
+  p->blocked_w_bytes = dnnl_memory_desc_get_size(p->blocked_w_md);
+  p->scratch_bytes = ScratchBytes(pd, &p->scratch_md);
+  DNNL_TRY(dnnl_primitive_create(&p->conv, pd));
+  if (!dnnl_memory_desc_equal(p->blocked_w_md, p->plain_w_md)) {
+    dnnl_primitive_desc_t rpd = nullptr;
+    if (kind == kBwdWeights) {
+      DNNL_TRY(dnnl_reorder_primitive_desc_create(&rpd, p->blocked_w_md, eng, p->plain_w_md, eng, attr));
+    } else {
+      DNNL_TRY(dnnl_reorder_primitive_desc_create(&rpd, p->plain_w_md, eng, p->blocked_w_md, eng, attr));
+    }
+    p->reorder_scratch_bytes = ScratchBytes(rpd, &p->reorder_scratch_md);
+    DNNL_TRY(dnnl_primitive_create(&p->reorder, rpd));
+    dnnl_primitive_desc_destroy(rpd);
+  }
+  if (pd != fwd) dnnl_primitive_desc_destroy(pd);
+  dnnl_primitive_desc_destroy(fwd);
+  dnnl_primitive_attr_destroy(attr);
+  dnnl_memory_desc_destroy(any_w);
+  p->src_md = x_md;
+  p->dst_md = y_md;
+  return "";
+}
+
+std::string GetPlan(Kind kind, const Dims& d, const Plan** out) {
+  static std::mutex mu;
+  static std::map<Key, std::unique_ptr<Plan>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  Key key{kind, d};
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    auto plan = std::make_unique<Plan>();
+    std::string err = MakePlan(kind, d, plan.get());
+    if (!err.empty()) return err;
+    it = cache.emplace(key, std::move(plan)).first;
+  }
+  *out = it->second.get();
+  return "";
+}
+
+// A buffer for one call, 64-byte aligned (oneDNN's kernels use aligned vector loads on their own buffers).
+struct Scratch {
+  void* ptr = nullptr;
+  explicit Scratch(size_t bytes) {
+    if (bytes) ptr = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  }
+  ~Scratch() { std::free(ptr); }
+};
+
+// Memory objects wrapping XLA's buffers for one call.
+struct Mems {
+  std::vector<dnnl_memory_t> all;
+  std::string err;
+  dnnl_memory_t Wrap(const_dnnl_memory_desc_t md, void* data) {
+    dnnl_memory_t m = nullptr;
+    if (md == nullptr) return nullptr;
+    std::string e = Check(dnnl_memory_create(&m, md, engine(), data), "dnnl_memory_create");
+    if (!e.empty()) err = e;
+    all.push_back(m);
+    return m;
+  }
+  ~Mems() {
+    for (dnnl_memory_t m : all)
+      if (m) dnnl_memory_destroy(m);
+  }
+};
+
+dnnl_stream_t Stream() {
+  thread_local dnnl_stream_t s = [] {
+    dnnl_stream_t s = nullptr;
+    if (dnnl_stream_create(&s, engine(), dnnl_stream_default_flags) != dnnl_success) s = nullptr;
+    return s;
+  }();
+  return s;
+}
+
+std::string Run(Kind kind, const Dims& d, void* a, void* b, void* out) {
+  const Plan* p = nullptr;
+  std::string err = GetPlan(kind, d, &p);
+  if (!err.empty()) return err;
+  // One convolution at a time: each uses all cores (OpenMP), and two teams at once would oversubscribe them.
+  static std::mutex run_mu;
+  std::lock_guard<std::mutex> run_lock(run_mu);
+  dnnl_stream_t s = Stream();
+  if (s == nullptr) return "oneDNN could not create a CPU stream";
+  Scratch blocked(p->reorder ? p->blocked_w_bytes : 0), scratch(p->scratch_bytes),
+      rscratch(p->reorder_scratch_bytes);
+  Mems m;
+  // The kernel argument: w (fwd, bwd data: input `b`) or dw (bwd weights: the output).
+  void* plain_w = kind == kBwdWeights ? out : b;
+  dnnl_memory_t w_plain = m.Wrap(p->plain_w_md, plain_w);
+  dnnl_memory_t w = p->reorder ? m.Wrap(p->blocked_w_md, blocked.ptr) : w_plain;
+  dnnl_memory_t sp = m.Wrap(p->scratch_md, scratch.ptr);
+  dnnl_memory_t rsp = m.Wrap(p->reorder_scratch_md, rscratch.ptr);
+  if (!m.err.empty()) return m.err;
+  auto exec = [&](dnnl_primitive_t prim, std::vector<dnnl_exec_arg_t> args, dnnl_memory_t scratchpad) {
+    if (scratchpad) args.push_back({DNNL_ARG_SCRATCHPAD, scratchpad});
+    return Check(dnnl_primitive_execute(prim, s, static_cast<int>(args.size()), args.data()), "execute");
+  };
+  if (kind != kBwdWeights && p->reorder) {
+    err = exec(p->reorder, {{DNNL_ARG_FROM, w_plain}, {DNNL_ARG_TO, w}}, rsp);
+    if (!err.empty()) return err;
+  }
+  if (kind == kFwd) {
+    dnnl_memory_t x = m.Wrap(p->src_md, a), y = m.Wrap(p->dst_md, out);
+    if (!m.err.empty()) return m.err;
+    err = exec(p->conv, {{DNNL_ARG_SRC, x}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, y}}, sp);
+  } else if (kind == kBwdData) {
+    dnnl_memory_t g = m.Wrap(p->dst_md, a), dx = m.Wrap(p->src_md, out);
+    if (!m.err.empty()) return m.err;
+    err = exec(p->conv, {{DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, dx}}, sp);
+  } else {
+    dnnl_memory_t x = m.Wrap(p->src_md, a), g = m.Wrap(p->dst_md, b);
+    if (!m.err.empty()) return m.err;
+    err = exec(p->conv, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, g}, {DNNL_ARG_DIFF_WEIGHTS, w}}, sp);
+    if (err.empty() && p->reorder) err = exec(p->reorder, {{DNNL_ARG_FROM, w}, {DNNL_ARG_TO, w_plain}}, rsp);
+  }
+  if (err.empty()) err = Check(dnnl_stream_wait(s), "dnnl_stream_wait");
+  return err;
+}
+
+ffi::Error ToError(const std::string& err) {
+  return err.empty() ? ffi::Error::Success() : ffi::Error::Internal("deepsea oneDNN convolution: " + err);
+}
+
+ffi::Error DimsFrom(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Span<const int64_t> y,
+                    ffi::Span<const int64_t> padding, Dims* d) {
+  if (x.size() != 4 || w.size() != 4 || y.size() != 4 || padding.size() != 4)
+    return ffi::Error::InvalidArgument("deepsea oneDNN convolution: expects rank-4 NHWC/HWIO arrays and 4 paddings");
+  *d = Dims{x[0], x[1], x[2], x[3], w[3], w[0], w[1], y[1], y[2], padding[0], padding[1], padding[2], padding[3]};
+  if (w[2] != x[3] || y[0] != x[0] || y[3] != w[3] || d->ho != d->h + d->pt + d->pb - d->kh + 1 ||
+      d->wo != d->w + d->pl + d->pr - d->kw + 1)
+    return ffi::Error::InvalidArgument("deepsea oneDNN convolution: inconsistent shapes");
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+                   ffi::Span<const int64_t> padding) {
+  Dims d;
+  if (auto e = DimsFrom(x.dimensions(), w.dimensions(), y->dimensions(), padding, &d); e.failure()) return e;
+  return ToError(Run(kFwd, d, x.untyped_data(), w.untyped_data(), y->untyped_data()));
+}
+
+ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+                       ffi::Span<const int64_t> padding) {
+  Dims d;
+  if (auto e = DimsFrom(dx->dimensions(), w.dimensions(), g.dimensions(), padding, &d); e.failure()) return e;
+  return ToError(Run(kBwdData, d, g.untyped_data(), w.untyped_data(), dx->untyped_data()));
+}
+
+ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dw,
+                          ffi::Span<const int64_t> padding) {
+  Dims d;
+  if (auto e = DimsFrom(x.dimensions(), dw->dimensions(), g.dimensions(), padding, &d); e.failure()) return e;
+  return ToError(Run(kBwdWeights, d, x.untyped_data(), g.untyped_data(), dw->untyped_data()));
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_conv_fwd, ConvFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_conv_bwd_data, ConvBwdData,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_conv_bwd_weights, ConvBwdWeights,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("padding"));

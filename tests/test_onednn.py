@@ -1,0 +1,135 @@
+"""oneDNN convolutions (deepsea.onednn) against float64 numpy and XLA's convolution: values, gradients, dispatch."""
+
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpy_reference import conv_ref
+
+from deepsea import layers, onednn
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _need_onednn():
+    """oneDNN is a dependency on Linux x86-64: CI must have it; elsewhere the tests say why they cannot run."""
+    reason = onednn.unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the oneDNN convolutions: {reason}")
+    pytest.skip(f"oneDNN convolutions unavailable: {reason}")
+
+
+CASES = [
+    ((2, 9, 9, 3), (3, 3, 3, 5), "SAME"),
+    ((3, 7, 6, 8), (3, 3, 8, 16), "SAME"),
+    ((2, 6, 8, 4), (3, 3, 4, 7), "VALID"),
+    ((1, 8, 8, 5), (5, 5, 5, 2), ((2, 1), (0, 3))),
+    ((2, 5, 5, 6), (1, 1, 6, 4), "SAME"),
+    ((4, 11, 11, 32), (3, 3, 32, 24), "SAME"),
+    ((2, 4, 5, 3), (2, 3, 3, 3), ((1, 0), (2, 2))),
+]
+
+
+@pytest.mark.parametrize("xs, ws, padding", CASES)
+def test_conv_and_its_gradients_match_numpy(xs, ws, padding, rng):
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    y_ref, grads = conv_ref(x, w, padding)
+    y, vjp = jax.vjp(jax.jit(lambda x, w: onednn.conv(x, w, padding)), jnp.asarray(x), jnp.asarray(w))
+    scale = np.sqrt(np.prod(ws[:3]))  # the typical size of one output
+    np.testing.assert_allclose(np.asarray(y), y_ref, rtol=1e-5, atol=1e-5 * scale)
+    g = rng.standard_normal(y_ref.shape).astype(np.float32)
+    dx, dw = vjp(jnp.asarray(g))
+    dx_ref, dw_ref = grads(g)
+    np.testing.assert_allclose(np.asarray(dx), dx_ref, rtol=1e-5, atol=1e-5 * np.sqrt(np.prod(ws[:2]) * ws[3]))
+    np.testing.assert_allclose(np.asarray(dw), dw_ref, rtol=1e-5, atol=1e-5 * np.sqrt(np.prod(y_ref.shape[:3])))
+
+
+def test_conv_matches_xla_under_jit_grad_and_vmap(rng):
+    x = jnp.asarray(rng.standard_normal((3, 2, 7, 7, 4)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 3, 4, 6)), jnp.float32)
+
+    def loss(conv):
+        return lambda x, w: jnp.sum(jnp.tanh(jax.vmap(conv)(x, w)))
+
+    ours = jax.jit(jax.value_and_grad(loss(onednn.conv), argnums=(0, 1)))(x, w)
+    ref = jax.jit(jax.value_and_grad(loss(onednn.conv_reference), argnums=(0, 1)))(x, w)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_conv_is_a_custom_call_in_the_compiled_cpu_step():
+    x, w = jnp.zeros((2, 8, 8, 4)), jnp.zeros((3, 3, 4, 5))
+    step = jax.jit(jax.grad(lambda x, w: jnp.sum(onednn.conv(x, w) ** 2), argnums=(0, 1)))
+    hlo = step.lower(x, w).compile().as_text()
+    for target in ("deepsea_conv_fwd", "deepsea_conv_bwd_data", "deepsea_conv_bwd_weights"):
+        assert target in hlo
+    assert "convolution(" not in hlo  # XLA's own convolution is only the other platforms' branch
+
+
+@pytest.mark.parametrize(
+    "x, w, strides, padding",
+    [
+        (np.zeros((1, 5, 5, 3), np.float64), np.zeros((3, 3, 3, 2)), (1, 1), "SAME"),
+        (np.zeros((1, 5, 5, 3), jnp.bfloat16), np.zeros((3, 3, 3, 2), jnp.bfloat16), (1, 1), "SAME"),
+        (np.zeros((1, 5, 5, 3)), np.zeros((3, 3, 3, 2)), (2, 2), "SAME"),
+        (np.zeros((1, 5, 5, 3)), np.zeros((3, 3, 4, 2)), (1, 1), "SAME"),
+        (np.zeros((1, 5, 5, 3)), np.zeros((3, 3, 3, 2)), (1, 1), ((-1, 0), (1, 1))),
+        (np.zeros((5, 5, 3)), np.zeros((3, 3, 3, 2)), (1, 1), "SAME"),
+    ],
+)
+def test_unsupported_arguments_are_refused_by_name(x, w, strides, padding):
+    assert not onednn.supports(x, w, strides, padding)
+    if strides == (1, 1):
+        with pytest.raises(ValueError, match=r"deepsea\.onednn\.conv takes float32 NHWC"):
+            onednn.conv(x, w, padding)
+
+
+@pytest.mark.parametrize("channels", [3, 8])
+def test_conv_layer_auto_uses_onednn_on_the_cpu(channels, rng):
+    x = jnp.asarray(rng.standard_normal((2, 9, 9, channels)), jnp.float32)
+    variables = layers.Conv(5).init(jax.random.key(0), x)
+    outs = {}
+    for impl in ("auto", "onednn", "xla"):
+        conv = layers.Conv(5, implementation=impl)
+        hlo = jax.jit(conv.apply).lower(variables, x).compile().as_text()
+        assert ("deepsea_conv_fwd" in hlo) == (impl != "xla")
+        outs[impl] = conv.apply(variables, x)
+    np.testing.assert_allclose(outs["auto"], outs["xla"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(outs["auto"], outs["onednn"])
+
+
+def test_conv_layer_auto_falls_back_to_xla_where_onednn_does_not_apply():
+    x = jnp.zeros((1, 9, 9, 4))
+    strided = layers.Conv(3, strides=(2, 2))
+    hlo = jax.jit(strided.apply).lower(strided.init(jax.random.key(0), x), x).compile().as_text()
+    assert "deepsea_conv" not in hlo and "convolution(" in hlo
+    with pytest.raises(ValueError, match=r"stride-1 .* strides \(2, 2\)"):
+        layers.Conv(3, strides=(2, 2), implementation="onednn").init(jax.random.key(0), x)
+
+
+def test_switched_off_or_unbuildable_onednn_says_why(monkeypatch, tmp_path):
+    monkeypatch.setenv("DEEPSEA_ONEDNN", "0")
+    onednn._load.cache_clear()
+    try:
+        assert not onednn.available()
+        assert "DEEPSEA_ONEDNN=0" in onednn.unavailable_reason()
+        with pytest.raises(RuntimeError, match="DEEPSEA_ONEDNN=0"):
+            onednn.conv(jnp.zeros((1, 5, 5, 3)), jnp.zeros((3, 3, 3, 2)))
+        x = jnp.zeros((1, 5, 5, 3))
+        conv = layers.Conv(2)  # auto: XLA's convolution, the same parameters
+        hlo = jax.jit(conv.apply).lower(conv.init(jax.random.key(0), x), x).compile().as_text()
+        assert "deepsea_conv" not in hlo
+    finally:
+        monkeypatch.delenv("DEEPSEA_ONEDNN")
+        onednn._load.cache_clear()
+    assert onednn.available()
+    monkeypatch.setenv("DEEPSEA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "/bin/false")
+    with pytest.raises(RuntimeError, match=r"compiling .*onednn_conv\.cc failed"):
+        onednn._build()
+    assert not list(pathlib.Path(tmp_path).glob("*.so"))
