@@ -179,7 +179,7 @@ def run_ours(step: _OurStep, steps: int) -> dict[str, Any]:
         "model": cfg.model.name,
         "symmetry": cfg.model.get("symmetry"),
         "roll_impl": cfg.model.get("roll_impl", "xla"),
-        "max_pool_impl": cfg.model.get("max_pool_impl", "slices"),
+        "max_pool_impl": cfg.model.get("max_pool_impl", "auto"),
         "size": cfg.data.size,
         "width": cfg.model.width,
         "batch": step.batch_size,

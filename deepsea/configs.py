@@ -56,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dropout = 0.5
     c.model.dense_roll = False
     c.model.view_pool = "rms"
-    c.model.max_pool_impl = "slices"  # slices | reduce_window: same forward, faster backward on the CPU
+    c.model.max_pool_impl = "auto"  # auto (onednn where available, else slices) | onednn | slices | reduce_window
     c.model.conv_impl = "auto"  # auto | onednn | xla (the reference: XLA's convolution); the same function
     c.model.roll_impl = "xla"  # xla | pallas (kernels/, interpret mode off-GPU): bitwise the same function
     c.model.orbit_average = ""  # "c4" | "d4": average the predictions over the input's orbit (exact invariance)

@@ -330,7 +330,7 @@ class MaxPool(nn.Module):
     stride: int = 2
     padding: str = "VALID"
     check_symmetry: bool = True
-    implementation: ops.MaxPoolImplementation = "slices"  # or "reduce_window"; see deepsea.ops.max_pool
+    implementation: ops.MaxPoolImplementation = "auto"  # or onednn | slices | reduce_window: see deepsea.ops.max_pool
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -262,10 +262,11 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
     95x95 size-rescaled and a 47x47 fixed-scale branch, ``small_stages``),
     ``"resnet50"`` or ``"resnext50"`` (the second reference, with batch norm).
     ``width`` scales every layer's channels and units.  ``roll_impl``: ``"xla"`` (default) or ``"pallas"``
-    (the kernels of ``kernels/``), the same function either way; ``max_pool_impl``: ``"slices"`` (default) or
-    ``"reduce_window"`` (see :func:`deepsea.ops.max_pool`); ``conv_impl``: ``"auto"`` (default), ``"onednn"`` or
-    ``"xla"`` (see :class:`deepsea.layers.Conv`).  ``orbit_average``: ``"c4"`` or ``"d4"`` wraps
-    the model in :class:`OrbitAverage` (exactly invariant predictions, paid for at evaluation only).
+    (the kernels of ``kernels/``), the same function either way; ``max_pool_impl``: ``"auto"`` (default),
+    ``"onednn"``, ``"slices"`` or ``"reduce_window"`` (see :func:`deepsea.ops.max_pool`); ``conv_impl``:
+    ``"auto"`` (default), ``"onednn"`` or ``"xla"`` (see :class:`deepsea.layers.Conv`).  ``orbit_average``:
+    ``"c4"`` or ``"d4"`` wraps the model in :class:`OrbitAverage` (exactly invariant predictions, paid for at
+    evaluation only).
     """
     get = cfg.get if hasattr(cfg, "get") else cfg.__getitem__
     name = get("name", "rollnet")
@@ -282,8 +283,8 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
         view_pool_mode=get("view_pool", "rms"),
         size_features=get("size_features", False),
     )
-    pool_impl = get("max_pool_impl", "slices")
-    if pool_impl != "slices":
+    pool_impl = get("max_pool_impl", "auto")
+    if pool_impl != "auto":
         kwargs["downsample"] = functools.partial(layers.MaxPool, implementation=pool_impl)
     roll_impl = get("roll_impl", "xla")
     if roll_impl != "xla":

@@ -1,10 +1,12 @@
-"""oneDNN convolutions on the CPU, called from XLA through the FFI.
+"""oneDNN convolutions and max pooling on the CPU, called from XLA through the FFI.
 
 XLA:CPU computes convolutions with Eigen, which on 2 AVX-512 cores reaches 75-340 GFLOP/s forward and 36-285 for
 weight gradients on the convroll4 layers; oneDNN (the library behind PyTorch's CPU convolutions) reaches 200-580
 for all three.  :func:`conv` is a stride-1 NHWC/HWIO float32 convolution whose forward pass, input gradient and
 kernel gradient are oneDNN primitives (``deepsea/csrc/onednn_conv.cc``), with ``lax.conv_general_dilated``'s value
 and gradients up to the summation order; :class:`deepsea.layers.Conv` uses it by default where it applies.
+:func:`max_pool` is max pooling whose value and gradient are oneDNN primitives
+(``deepsea.ops.max_pool(..., implementation="onednn")``, the models' default where available).
 
 The library comes from the ``onednn-cpu-gomp`` wheel (Linux x86-64; a dependency there); the handlers are compiled
 with the system's C++ compiler (``$CXX`` or ``c++``) on first use and cached under ``$DEEPSEA_CACHE_DIR`` (default
@@ -31,12 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["available", "conv", "conv_reference", "supports", "unavailable_reason"]
+__all__ = ["available", "conv", "conv_reference", "max_pool", "max_pool_reference", "supports", "unavailable_reason"]
 
 log = logging.getLogger(__name__)
 
 _SOURCES = ("onednn_conv.cc", "dnnl_c_api.h")
-_TARGETS = ("deepsea_conv_fwd", "deepsea_conv_bwd_data", "deepsea_conv_bwd_weights")
+_TARGETS = (
+    "deepsea_conv_fwd", "deepsea_conv_bwd_data", "deepsea_conv_bwd_weights", "deepsea_max_pool", "deepsea_max_pool_bwd"
+)  # fmt: skip
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -193,3 +197,70 @@ def _conv_bwd(padding, res, g):
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def max_pool_reference(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding: Padding) -> jax.Array:
+    """``lax.reduce_window`` max pooling (padded cells never win), the reference :func:`max_pool` is tested against."""
+    pads = ((0, 0), *padding, (0, 0))
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *strides, 1), pads)
+
+
+def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding: Padding) -> jax.Array:
+    """Max pooling of float32 ``x (N, H, W, C)`` over ``window`` windows every ``strides`` pixels, with explicit
+    ``padding ((top, bottom), (left, right))`` whose cells never win, through oneDNN on the CPU.
+
+    The same value as :func:`max_pool_reference` and the same gradient, which goes to the first maximum of each
+    window (row-major), as XLA's select-and-scatter does.  Raises RuntimeError where oneDNN is not
+    :func:`available`, ValueError for other than float32 NHWC input or a window that does not fit.
+    """
+    window = (int(window[0]), int(window[1]))
+    strides = (int(strides[0]), int(strides[1]))
+    padding = ((int(padding[0][0]), int(padding[0][1])), (int(padding[1][0]), int(padding[1][1])))
+    out = [(x.shape[1 + i] + sum(padding[i]) - window[i]) // strides[i] + 1 for i in range(2)] if x.ndim == 4 else [0]
+    if x.ndim != 4 or x.dtype != jnp.float32 or min(out) < 1 or min(strides) < 1 or min(map(min, padding)) < 0:
+        raise ValueError(
+            f"deepsea.onednn.max_pool takes float32 NHWC x whose padded size fits the window; got x "
+            f"{x.dtype}{tuple(x.shape)}, window {window}, strides {strides}, padding {padding}"
+        )
+    reason = _load()
+    if reason is not None:
+        raise RuntimeError(f"oneDNN max pooling is not available: {reason}")
+    return _max_pool(x, window, strides, padding)
+
+
+def _pool_attrs(window, strides, padding) -> dict[str, np.ndarray]:
+    return {
+        "window": np.asarray(window, np.int64),
+        "strides": np.asarray(strides, np.int64),
+        "padding": np.asarray([*padding[0], *padding[1]], np.int64),
+    }
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x: jax.Array, window, strides, padding) -> jax.Array:
+    def on_cpu(x):
+        shape = jax.eval_shape(lambda x: max_pool_reference(x, window, strides, padding), x)
+        call = jax.ffi.ffi_call("deepsea_max_pool", shape, vmap_method="sequential")
+        return call(x, **_pool_attrs(window, strides, padding))
+
+    return jax.lax.platform_dependent(x, cpu=on_cpu, default=lambda x: max_pool_reference(x, window, strides, padding))
+
+
+def _max_pool_fwd(x, window, strides, padding):
+    return _max_pool(x, window, strides, padding), x
+
+
+def _max_pool_bwd(window, strides, padding, x, g):
+    def on_cpu(x, g):
+        call = jax.ffi.ffi_call(
+            "deepsea_max_pool_bwd", jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method="sequential"
+        )
+        return call(x, g, **_pool_attrs(window, strides, padding))
+
+    def default(x, g):
+        return jax.vjp(lambda x: max_pool_reference(x, window, strides, padding), x)[1](g)[0]
+
+    return (jax.lax.platform_dependent(x, g, cpu=on_cpu, default=default),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

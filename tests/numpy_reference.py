@@ -114,3 +114,30 @@ def conv_ref(x, w, padding):
         return dxp[:, pt : pt + x.shape[1], pl : pl + x.shape[2], :], dw
 
     return y, grads
+
+
+def max_pool_ref(x, window, stride, pads):
+    """float64 max pooling over ``window x window`` windows every ``stride`` pixels, padded cells never winning, and
+    its gradient for ``g``, which goes to each window's first maximum in row-major order."""
+    (pt, pb), (pl, pr) = pads
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-np.inf)
+    ho, wo = (xp.shape[1] - window) // stride + 1, (xp.shape[2] - window) // stride + 1
+    n, c = x.shape[0], x.shape[3]
+    y = np.empty((n, ho, wo, c))
+    arg = np.empty((n, ho, wo, c), np.int64)
+    for i in range(ho):
+        for j in range(wo):
+            win = xp[:, i * stride : i * stride + window, j * stride : j * stride + window, :].reshape(n, -1, c)
+            arg[:, i, j] = win.argmax(1)  # the first maximum
+            y[:, i, j] = win.max(1)
+
+    def grad(g):
+        dxp = np.zeros_like(xp)
+        for i in range(ho):
+            for j in range(wo):
+                a, b = np.divmod(arg[:, i, j], window)
+                nn_, cc = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
+                np.add.at(dxp, (nn_, i * stride + a, j * stride + b, cc), np.asarray(g, np.float64)[:, i, j])
+        return dxp[:, pt : pt + x.shape[1], pl : pl + x.shape[2], :]
+
+    return y, grad

@@ -1,4 +1,4 @@
-"""oneDNN convolutions (deepsea.onednn) against float64 numpy and XLA's convolution: values, gradients, dispatch."""
+"""oneDNN convolutions and max pooling (deepsea.onednn) against float64 numpy and XLA: values, gradients, dispatch."""
 
 import os
 import pathlib
@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numpy_reference import conv_ref
+from numpy_reference import conv_ref, max_pool_ref
 
-from deepsea import layers, onednn
+from deepsea import layers, onednn, ops
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -133,3 +133,48 @@ def test_switched_off_or_unbuildable_onednn_says_why(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match=r"compiling .*onednn_conv\.cc failed"):
         onednn._build()
     assert not list(pathlib.Path(tmp_path).glob("*.so"))
+
+
+POOL_CASES = [
+    ((2, 47, 47, 3), 3, 2, ((0, 0), (0, 0))),
+    ((3, 23, 23, 8), 3, 2, ((0, 0), (0, 0))),
+    ((1, 8, 9, 2), 2, 2, ((0, 0), (0, 1))),
+    ((2, 6, 6, 4), 3, 1, ((1, 1), (1, 1))),
+    ((1, 5, 7, 5), 3, 2, ((1, 0), (2, 1))),
+]
+
+
+@pytest.mark.parametrize("shape, window, stride, pads", POOL_CASES)
+def test_max_pool_and_its_gradient_match_numpy(shape, window, stride, pads, rng):
+    x = rng.standard_normal(shape).astype(np.float32)
+    y_ref, grad = max_pool_ref(x, window, stride, pads)
+    pool = jax.jit(lambda x: onednn.max_pool(x, (window, window), (stride, stride), pads))
+    y, vjp = jax.vjp(pool, jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(y), y_ref.astype(np.float32))
+    g = rng.standard_normal(y_ref.shape).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(g))[0]), grad(g), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 5, 1), (2, 9, 7, 3)])
+def test_max_pool_gradient_at_ties_is_select_and_scatters(shape, rng):
+    """Tied windows (zeros, and integers in 0..2) send their cotangent to the first maximum, as XLA does."""
+    for x in (jnp.zeros(shape), jnp.asarray(rng.integers(0, 3, shape), jnp.float32)):
+        g = jnp.asarray(rng.standard_normal((shape[0], (shape[1] - 3) // 2 + 1, (shape[2] - 3) // 2 + 1, shape[3])))
+        ours = jax.vjp(lambda x: onednn.max_pool(x, (3, 3), (2, 2), ((0, 0), (0, 0))), x)[1](g)[0]
+        ref = jax.vjp(lambda x: onednn.max_pool_reference(x, (3, 3), (2, 2), ((0, 0), (0, 0))), x)[1](g)[0]
+        # the same cells get the cotangents; overlapping windows may add them in another order
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-6, atol=1e-7)
+        _, grad = max_pool_ref(np.asarray(x), 3, 2, ((0, 0), (0, 0)))
+        np.testing.assert_allclose(np.asarray(ours), grad(np.asarray(g)), rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_auto_is_onednn_on_the_cpu_and_refuses_bad_input():
+    x = jnp.zeros((2, 9, 9, 3))
+    step = jax.jit(jax.grad(lambda x: jnp.sum(ops.max_pool(x) ** 2)))
+    hlo = step.lower(x).compile().as_text()
+    assert "deepsea_max_pool" in hlo and "deepsea_max_pool_bwd" in hlo and "select-and-scatter" not in hlo
+    assert "deepsea_max_pool" not in jax.jit(lambda x: ops.max_pool(x, implementation="slices")).lower(x).as_text()
+    with pytest.raises(ValueError, match=r"float32 NHWC x .* got x int32\(1, 5, 5, 1\)"):
+        onednn.max_pool(jnp.zeros((1, 5, 5, 1), jnp.int32), (3, 3), (2, 2), ((0, 0), (0, 0)))
+    with pytest.raises(ValueError, match="does not fit"):
+        ops.max_pool(jnp.zeros((1, 2, 2, 1)), implementation="onednn")

@@ -11,8 +11,8 @@ typedef enum { dnnl_success = 0 } dnnl_status_t;
 typedef enum { dnnl_cpu = 1 } dnnl_engine_kind_t;
 typedef enum { dnnl_f32 = 3 } dnnl_data_type_t;
 typedef enum { dnnl_format_tag_any = 1 } dnnl_format_tag_t;
-typedef enum { dnnl_forward_training = 64 } dnnl_prop_kind_t;
-typedef enum { dnnl_convolution_direct = 0x1 } dnnl_alg_kind_t;
+typedef enum { dnnl_forward_training = 64, dnnl_forward_inference = 96 } dnnl_prop_kind_t;
+typedef enum { dnnl_convolution_direct = 0x1, dnnl_pooling_max = 0x1ff } dnnl_alg_kind_t;
 typedef enum { dnnl_scratchpad_mode_user = 1 } dnnl_scratchpad_mode_t;
 typedef enum { dnnl_query_impl_info_str = 8, dnnl_query_exec_arg_md = 255 } dnnl_query_t;
 enum { dnnl_stream_default_flags = 0x1U };
@@ -24,6 +24,7 @@ typedef dnnl_dim_t dnnl_dims_t[DNNL_MAX_NDIMS];
 #define DNNL_ARG_SRC 1
 #define DNNL_ARG_DST 17
 #define DNNL_ARG_WEIGHTS 33
+#define DNNL_ARG_WORKSPACE 64
 #define DNNL_ARG_SCRATCHPAD 80
 #define DNNL_ARG_DIFF_SRC 129
 #define DNNL_ARG_DIFF_DST 145
@@ -80,6 +81,16 @@ dnnl_status_t dnnl_convolution_backward_weights_primitive_desc_create(
     const_dnnl_memory_desc_t src_desc, const_dnnl_memory_desc_t diff_weights_desc,
     const_dnnl_memory_desc_t diff_bias_desc, const_dnnl_memory_desc_t diff_dst_desc, const dnnl_dims_t strides,
     const dnnl_dims_t dilates, const dnnl_dims_t padding_l, const dnnl_dims_t padding_r,
+    const_dnnl_primitive_desc_t hint_fwd_pd, const_dnnl_primitive_attr_t attr);
+dnnl_status_t dnnl_pooling_forward_primitive_desc_create(
+    dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_prop_kind_t prop_kind, dnnl_alg_kind_t alg_kind,
+    const_dnnl_memory_desc_t src_desc, const_dnnl_memory_desc_t dst_desc, const dnnl_dims_t strides,
+    const dnnl_dims_t kernel, const dnnl_dims_t dilation, const dnnl_dims_t padding_l, const dnnl_dims_t padding_r,
+    const_dnnl_primitive_attr_t attr);
+dnnl_status_t dnnl_pooling_backward_primitive_desc_create(
+    dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_alg_kind_t alg_kind,
+    const_dnnl_memory_desc_t diff_src_desc, const_dnnl_memory_desc_t diff_dst_desc, const dnnl_dims_t strides,
+    const dnnl_dims_t kernel, const dnnl_dims_t dilation, const dnnl_dims_t padding_l, const dnnl_dims_t padding_r,
     const_dnnl_primitive_desc_t hint_fwd_pd, const_dnnl_primitive_attr_t attr);
 dnnl_status_t dnnl_reorder_primitive_desc_create(dnnl_primitive_desc_t *reorder_primitive_desc,
                                                  const_dnnl_memory_desc_t src_desc, dnnl_engine_t src_engine,

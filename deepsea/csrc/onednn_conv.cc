@@ -1,4 +1,5 @@
-// XLA FFI handlers for stride-1 2-D convolutions on the CPU through oneDNN (NHWC activations, HWIO kernels, f32).
+// XLA FFI handlers for stride-1 2-D convolutions and max pooling on the CPU through oneDNN (NHWC activations, HWIO
+// kernels, f32).
 //
 // deepsea_conv_fwd(x, w) -> y, deepsea_conv_bwd_data(g, w) -> dx, deepsea_conv_bwd_weights(x, g) -> dw, with XLA's
 // explicit padding (lo, hi per spatial axis) as the attribute `padding` = [lo_h, hi_h, lo_w, hi_w]. Built and loaded
@@ -193,6 +194,12 @@ struct Mems {
   }
 };
 
+// One primitive at a time: each uses all cores (OpenMP), and two teams at once would oversubscribe them.
+std::mutex& RunMutex() {
+  static std::mutex mu;
+  return mu;
+}
+
 dnnl_stream_t Stream() {
   thread_local dnnl_stream_t s = [] {
     dnnl_stream_t s = nullptr;
@@ -206,9 +213,7 @@ std::string Run(Kind kind, const Dims& d, void* a, void* b, void* out) {
   const Plan* p = nullptr;
   std::string err = GetPlan(kind, d, &p);
   if (!err.empty()) return err;
-  // One convolution at a time: each uses all cores (OpenMP), and two teams at once would oversubscribe them.
-  static std::mutex run_mu;
-  std::lock_guard<std::mutex> run_lock(run_mu);
+  std::lock_guard<std::mutex> run_lock(RunMutex());
   dnnl_stream_t s = Stream();
   if (s == nullptr) return "oneDNN could not create a CPU stream";
   Scratch blocked(p->reorder ? p->blocked_w_bytes : 0), scratch(p->scratch_bytes),
@@ -283,6 +288,131 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi:
   return ToError(Run(kBwdWeights, d, x.untyped_data(), g.untyped_data(), dw->untyped_data()));
 }
 
+// ---- max pooling: deepsea_max_pool(x) -> y, deepsea_max_pool_bwd(x, g) -> dx ----------------------------------
+// Attributes `window` = [kh, kw], `strides` = [sh, sw], `padding` = [lo_h, hi_h, lo_w, hi_w] (padded cells never win).
+// The gradient goes to the first maximum of each window, in row-major window order, as XLA's select-and-scatter
+// does. The backward pass recomputes the forward with oneDNN's workspace (the argmax indices) in a temporary buffer,
+// so the forward's output is all that crosses into XLA.
+
+struct PoolDims {
+  int64_t n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pb, pl, pr;
+  auto tie() const { return std::tie(n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pb, pl, pr); }
+  bool operator<(const PoolDims& o) const { return tie() < o.tie(); }
+};
+
+struct PoolPlan {
+  dnnl_primitive_t fwd = nullptr, bwd = nullptr;  // fwd: inference (forward call) or training (backward call)
+  dnnl_memory_desc_t src_md = nullptr, dst_md = nullptr, ws_md = nullptr, fwd_scratch_md = nullptr,
+                     bwd_scratch_md = nullptr;
+  size_t dst_bytes = 0, ws_bytes = 0, fwd_scratch_bytes = 0, bwd_scratch_bytes = 0;
+};
+
+std::string MakePoolPlan(bool backward, const PoolDims& d, PoolPlan* p) {
+  dnnl_engine_t eng = engine();
+  if (eng == nullptr) return "oneDNN found no CPU engine";
+  std::string err;
+  p->src_md = Nhwc(d.n, d.h, d.w, d.c, &err);
+  if (!err.empty()) return err;
+  p->dst_md = Nhwc(d.n, d.ho, d.wo, d.c, &err);
+  if (!err.empty()) return err;
+  dnnl_dims_t strides = {d.sh, d.sw}, kernel = {d.kh, d.kw}, dilation = {0, 0}, pad_l = {d.pt, d.pl},
+              pad_r = {d.pb, d.pr};
+  dnnl_primitive_attr_t attr = nullptr;
+  DNNL_TRY(dnnl_primitive_attr_create(&attr));
+  DNNL_TRY(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+  dnnl_primitive_desc_t fwd = nullptr;
+  DNNL_TRY(dnnl_pooling_forward_primitive_desc_create(
+      &fwd, eng, backward ? dnnl_forward_training : dnnl_forward_inference, dnnl_pooling_max, p->src_md, p->dst_md,
+      strides, kernel, dilation, pad_l, pad_r, attr));
+  p->fwd_scratch_bytes = ScratchBytes(fwd, &p->fwd_scratch_md);
+  DNNL_TRY(dnnl_primitive_create(&p->fwd, fwd));
+  if (backward) {
+    const_dnnl_memory_desc_t ws = dnnl_primitive_desc_query_md(fwd, dnnl_query_exec_arg_md, DNNL_ARG_WORKSPACE);
+    if (ws == nullptr) return "max pooling has no workspace";
+    DNNL_TRY(dnnl_memory_desc_clone(&p->ws_md, ws));
+    p->ws_bytes = dnnl_memory_desc_get_size(ws);
+    p->dst_bytes = dnnl_memory_desc_get_size(p->dst_md);
+    dnnl_primitive_desc_t bwd = nullptr;
+    DNNL_TRY(dnnl_pooling_backward_primitive_desc_create(&bwd, eng, dnnl_pooling_max, p->src_md, p->dst_md, strides,
+                                                         kernel, dilation, pad_l, pad_r, fwd, attr));
+    p->bwd_scratch_bytes = ScratchBytes(bwd, &p->bwd_scratch_md);
+    DNNL_TRY(dnnl_primitive_create(&p->bwd, bwd));
+    dnnl_primitive_desc_destroy(bwd);
+  }
+  dnnl_primitive_desc_destroy(fwd);
+  dnnl_primitive_attr_destroy(attr);
+  return "";
+}
+
+std::string RunPool(bool backward, const PoolDims& d, void* x, void* g, void* out) {
+  static std::mutex mu;
+  static std::map<std::pair<bool, PoolDims>, std::unique_ptr<PoolPlan>> cache;
+  const PoolPlan* p = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto key = std::make_pair(backward, d);
+    auto it = cache.find(key);
+    if (it == cache.end()) {
+      auto plan = std::make_unique<PoolPlan>();
+      std::string err = MakePoolPlan(backward, d, plan.get());
+      if (!err.empty()) return err;
+      it = cache.emplace(key, std::move(plan)).first;
+    }
+    p = it->second.get();
+  }
+  std::lock_guard<std::mutex> run_lock(RunMutex());
+  dnnl_stream_t s = Stream();
+  if (s == nullptr) return "oneDNN could not create a CPU stream";
+  Scratch y_tmp(backward ? p->dst_bytes : 0), ws(p->ws_bytes), fsp(p->fwd_scratch_bytes), bsp(p->bwd_scratch_bytes);
+  Mems m;
+  dnnl_memory_t src = m.Wrap(p->src_md, x);
+  dnnl_memory_t dst = m.Wrap(p->dst_md, backward ? y_tmp.ptr : out);
+  dnnl_memory_t wsm = m.Wrap(p->ws_md, ws.ptr);
+  dnnl_memory_t fspm = m.Wrap(p->fwd_scratch_md, fsp.ptr), bspm = m.Wrap(p->bwd_scratch_md, bsp.ptr);
+  if (!m.err.empty()) return m.err;
+  std::vector<dnnl_exec_arg_t> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}};
+  if (wsm) args.push_back({DNNL_ARG_WORKSPACE, wsm});
+  if (fspm) args.push_back({DNNL_ARG_SCRATCHPAD, fspm});
+  std::string err = Check(dnnl_primitive_execute(p->fwd, s, static_cast<int>(args.size()), args.data()), "execute");
+  if (err.empty() && backward) {
+    dnnl_memory_t gm = m.Wrap(p->dst_md, g), dx = m.Wrap(p->src_md, out);
+    if (!m.err.empty()) return m.err;
+    args = {{DNNL_ARG_DIFF_DST, gm}, {DNNL_ARG_DIFF_SRC, dx}, {DNNL_ARG_WORKSPACE, wsm}};
+    if (bspm) args.push_back({DNNL_ARG_SCRATCHPAD, bspm});
+    err = Check(dnnl_primitive_execute(p->bwd, s, static_cast<int>(args.size()), args.data()), "execute");
+  }
+  if (err.empty()) err = Check(dnnl_stream_wait(s), "dnnl_stream_wait");
+  return err;
+}
+
+ffi::Error PoolDimsFrom(ffi::Span<const int64_t> x, ffi::Span<const int64_t> y, ffi::Span<const int64_t> window,
+                        ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, PoolDims* d) {
+  if (x.size() != 4 || y.size() != 4 || window.size() != 2 || strides.size() != 2 || padding.size() != 4)
+    return ffi::Error::InvalidArgument("deepsea oneDNN max pooling: expects rank-4 NHWC arrays, 2 window sizes, "
+                                       "2 strides and 4 paddings");
+  *d = PoolDims{x[0], x[1], x[2], x[3], y[1], y[2], window[0], window[1], strides[0], strides[1],
+                padding[0], padding[1], padding[2], padding[3]};
+  if (y[0] != x[0] || y[3] != x[3] || d->sh < 1 || d->sw < 1 ||
+      d->ho != (d->h + d->pt + d->pb - d->kh) / d->sh + 1 || d->wo != (d->w + d->pl + d->pr - d->kw) / d->sw + 1)
+    return ffi::Error::InvalidArgument("deepsea oneDNN max pooling: inconsistent shapes");
+  return ffi::Error::Success();
+}
+
+ffi::Error MaxPool(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> window,
+                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
+  PoolDims d;
+  if (auto e = PoolDimsFrom(x.dimensions(), y->dimensions(), window, strides, padding, &d); e.failure()) return e;
+  return ToError(RunPool(false, d, x.untyped_data(), nullptr, y->untyped_data()));
+}
+
+ffi::Error MaxPoolBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dx,
+                      ffi::Span<const int64_t> window, ffi::Span<const int64_t> strides,
+                      ffi::Span<const int64_t> padding) {
+  PoolDims d;
+  if (auto e = PoolDimsFrom(x.dimensions(), g.dimensions(), window, strides, padding, &d); e.failure()) return e;
+  return ToError(RunPool(true, d, x.untyped_data(), g.untyped_data(), dx->untyped_data()));
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_conv_fwd, ConvFwd,
@@ -302,4 +432,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_conv_bwd_weights, ConvBwdWeights,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_max_pool, MaxPool,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("window")
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_max_pool_bwd, MaxPoolBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("window")
+                                  .Attr<ffi::Span<const int64_t>>("strides")
                                   .Attr<ffi::Span<const int64_t>>("padding"));
