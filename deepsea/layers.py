@@ -286,6 +286,7 @@ class Conv(nn.Module):
     bias_init: Initializer = nn.initializers.zeros
     dtype: Any = None
     implementation: ConvImplementation = "auto"
+    negative_slope: float | None = None  # a leaky ReLU on the output, fused into oneDNN's convolution
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -298,23 +299,31 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
         dtype = self.dtype or x.dtype
         x, kernel = x.astype(dtype), kernel.astype(dtype)
-        if self.implementation == "onednn":
-            if not onednn.supports(x, kernel, self.strides, self.padding):
-                raise ValueError(
-                    f"Conv(implementation='onednn') computes float32 NHWC, stride-1 convolutions with non-negative "
-                    f"padding; got x {x.dtype}{tuple(x.shape)}, strides {tuple(self.strides)}, padding {self.padding!r}"
-                )
+        stride_1 = tuple(self.strides) == (1, 1)
+        if self.implementation == "onednn" and not onednn.supports(x, kernel, self.strides, self.padding):
+            raise ValueError(
+                f"Conv(implementation='onednn') computes float32 NHWC, stride-1 convolutions with non-negative "
+                f"padding; got x {x.dtype}{tuple(x.shape)}, strides {tuple(self.strides)}, padding {self.padding!r}"
+            )
+        taps = self.implementation == "auto" and stride_1 and x.shape[-1] <= TAPS_MAX_INPUT_CHANNELS
+        use_onednn = self.implementation == "onednn" or (
+            self.implementation == "auto"
+            and not taps
+            and onednn.supports(x, kernel, self.strides, self.padding)
+            and onednn.available()
+        )
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
+        if use_onednn and bias is not None and self.negative_slope is not None and self.negative_slope >= 0:
+            return onednn.conv_bias_leaky_relu(x, kernel, bias.astype(dtype), self.negative_slope, self.padding)
+        if use_onednn:
             y = onednn.conv(x, kernel, self.padding)
-        elif auto and tuple(self.strides) == (1, 1) and x.shape[-1] <= TAPS_MAX_INPUT_CHANNELS:
+        elif taps:
             y = conv_taps(x, kernel, self.padding)
-        elif auto and onednn.supports(x, kernel, self.strides, self.padding) and onednn.available():
-            y = onednn.conv(x, kernel, self.padding)
         else:
             y = jax.lax.conv_general_dilated(x, kernel, tuple(self.strides), self.padding, dimension_numbers=_NHWC)
-        if self.use_bias:
-            bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        if bias is not None:
             y = bias_add(y, bias) if auto else y + bias.astype(y.dtype)
-        return y
+        return y if self.negative_slope is None else leaky_relu(y, self.negative_slope)
 
 
 class MaxPool(nn.Module):

@@ -40,6 +40,18 @@ CONVROLL4_STAGES: tuple[tuple[int, ...], ...] = ((32, 16), (64, 32), (128, 128, 
 """Output channels of the convolutions in each stage of the published convroll4."""
 
 
+def _fusable_leaky_relu(conv: ModuleDef, activation: ModuleDef) -> float | None:
+    """The slope of a leaky ReLU ``activation`` that :class:`deepsea.layers.Conv` ``conv`` can apply itself."""
+    conv_cls = conv.func if isinstance(conv, functools.partial) else conv
+    act_cls = activation.func if isinstance(activation, functools.partial) else activation
+    if conv_cls is not layers.Conv or act_cls is not layers.LeakyReLU:
+        return None
+    if isinstance(conv, functools.partial) and conv.keywords.get("negative_slope") is not None:
+        return None
+    kwargs = activation.keywords if isinstance(activation, functools.partial) else {}
+    return float(kwargs.get("negative_slope", layers.LeakyReLU.negative_slope))
+
+
 class RollNet(nn.Module):
     """The seed's rolled convnet (convroll4 with the defaults), or its plain counterpart.
 
@@ -95,8 +107,12 @@ class RollNet(nn.Module):
             x = jnp.concatenate(jnp.split(x, k, axis=-1), axis=0)  # (k * B, H, W, C)
         if sym:
             x = self.slice_layer(group=self.symmetry, name="slice")(x)
+        slope = _fusable_leaky_relu(self.conv, self.activation) if self.norm is None else None
         for i, stage in enumerate(self.stages):
             for j, features in enumerate(stage):
+                if slope is not None:  # the same function, one pass fewer over each map
+                    x = self.conv(features, negative_slope=slope, name=f"conv{i}_{j}")(x)
+                    continue
                 x = self.conv(features, name=f"conv{i}_{j}")(x)
                 if self.norm is not None:
                     x = self.norm(use_running_average=not train, name=f"norm{i}_{j}")(x)

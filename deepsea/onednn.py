@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 _SOURCES = ("onednn_conv.cc", "dnnl_c_api.h")
 _TARGETS = (
-    "deepsea_conv_fwd", "deepsea_conv_bwd_data", "deepsea_conv_bwd_weights", "deepsea_max_pool", "deepsea_max_pool_bwd"
+    "deepsea_conv_fwd", "deepsea_conv_bwd_data", "deepsea_conv_bwd_weights", "deepsea_conv_fwd_bias_leaky_relu",
+    "deepsea_max_pool", "deepsea_max_pool_bwd",
 )  # fmt: skip
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -264,3 +265,68 @@ def _max_pool_bwd(window, strides, padding, x, g):
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def conv_bias_leaky_relu(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    negative_slope: float,
+    padding: str | Sequence[tuple[int, int]] = "SAME",
+) -> jax.Array:
+    """``leaky_relu(conv(x, kernel) + bias, negative_slope)`` as one oneDNN primitive on the CPU (the bias and the
+    activation are post-operations of the convolution: no extra pass over the output).
+
+    The gradient takes the activation's derivative from the output's sign (the same as the input's for
+    ``negative_slope >= 0``), the bias gradient as a matrix-vector product, and :func:`conv`'s gradients.  Raises
+    like :func:`conv`, and ValueError for a negative slope.
+    """
+    if not negative_slope >= 0:
+        raise ValueError(f"negative_slope must be >= 0 (the output's sign gives the gradient); got {negative_slope}")
+    if not supports(x, kernel, (1, 1), padding) or bias.shape != (kernel.shape[3],) or bias.dtype != jnp.float32:
+        raise ValueError(
+            f"deepsea.onednn.conv_bias_leaky_relu takes float32 NHWC x, HWIO kernel and a bias per output channel "
+            f"with non-negative padding; got x {x.dtype}{tuple(x.shape)}, kernel {kernel.dtype}{tuple(kernel.shape)}, "
+            f"bias {bias.dtype}{tuple(bias.shape)}, padding {padding!r}"
+        )
+    reason = _load()
+    if reason is not None:
+        raise RuntimeError(f"oneDNN convolutions are not available: {reason}")
+    return _conv_act(x, kernel, bias, float(negative_slope), _pads(x, kernel, padding))
+
+
+def _leaky(z: jax.Array, negative_slope: float) -> jax.Array:
+    return jnp.where(z >= 0, z, negative_slope * z)  # as deepsea.layers.leaky_relu
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv_act(x: jax.Array, kernel: jax.Array, bias: jax.Array, negative_slope: float, padding: Padding) -> jax.Array:
+    def on_cpu(x, kernel, bias):
+        out = jax.ShapeDtypeStruct(_out_shape(x, kernel, padding), jnp.float32)
+        call = jax.ffi.ffi_call("deepsea_conv_fwd_bias_leaky_relu", out, vmap_method="sequential")
+        return call(x, kernel, bias, padding=np.asarray([*padding[0], *padding[1]], np.int64),
+                    negative_slope=np.float32(negative_slope))  # fmt: skip
+
+    def default(x, kernel, bias):
+        return _leaky(conv_reference(x, kernel, padding) + bias, negative_slope)
+
+    return jax.lax.platform_dependent(x, kernel, bias, cpu=on_cpu, default=default)
+
+
+def _conv_act_fwd(x, kernel, bias, negative_slope, padding):
+    y = _conv_act(x, kernel, bias, negative_slope, padding)
+    return y, (x, kernel, y)
+
+
+def _conv_act_bwd(negative_slope, padding, res, g):
+    x, kernel, y = res
+    # for a slope > 0, y >= 0 exactly where conv + bias >= 0; for a ReLU, y > 0 where conv + bias > 0 (and the
+    # derivative at 0 is taken as 0, as jax.nn.relu's)
+    dz = jnp.where(y >= 0 if negative_slope > 0 else y > 0, g, negative_slope * g)
+    flat = dz.reshape(-1, dz.shape[-1])
+    db = jax.lax.dot_general(flat, jnp.ones((flat.shape[0],), dz.dtype), (((0,), (0,)), ((), ())))
+    dx, dw = _conv_bwd(padding, (x, kernel), dz)
+    return dx, dw, db
+
+
+_conv_act.defvjp(_conv_act_fwd, _conv_act_bwd)

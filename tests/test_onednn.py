@@ -1,8 +1,10 @@
 """oneDNN convolutions and max pooling (deepsea.onednn) against float64 numpy and XLA: values, gradients, dispatch."""
 
+import functools
 import os
 import pathlib
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,3 +180,61 @@ def test_max_pool_auto_is_onednn_on_the_cpu_and_refuses_bad_input():
         onednn.max_pool(jnp.zeros((1, 5, 5, 1), jnp.int32), (3, 3), (2, 2), ((0, 0), (0, 0)))
     with pytest.raises(ValueError, match="does not fit"):
         ops.max_pool(jnp.zeros((1, 2, 2, 1)), implementation="onednn")
+
+
+@pytest.mark.parametrize("xs, ws, padding", CASES[:4])
+@pytest.mark.parametrize("slope", [1 / 3, 0.0])
+def test_conv_bias_leaky_relu_and_its_gradients_match_numpy(xs, ws, padding, slope, rng):
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    b = rng.standard_normal(ws[3]).astype(np.float32)
+    z_ref, grads = conv_ref(x, w, padding)
+    z_ref = z_ref + b
+    fn = jax.jit(lambda x, w, b: onednn.conv_bias_leaky_relu(x, w, b, slope, padding))
+    y, vjp = jax.vjp(fn, jnp.asarray(x), jnp.asarray(w), jnp.asarray(b))
+    scale = np.sqrt(np.prod(ws[:3]))
+    np.testing.assert_allclose(np.asarray(y), np.where(z_ref >= 0, z_ref, slope * z_ref), rtol=1e-5, atol=1e-5 * scale)
+    g = rng.standard_normal(z_ref.shape).astype(np.float32)
+    dx, dw, db = vjp(jnp.asarray(g))
+    dz = np.where(z_ref >= 0 if slope > 0 else z_ref > 0, g, slope * g)
+    dx_ref, dw_ref = grads(dz)
+    np.testing.assert_allclose(np.asarray(dx), dx_ref, rtol=1e-5, atol=1e-5 * np.sqrt(np.prod(ws[:2]) * ws[3]))
+    np.testing.assert_allclose(np.asarray(dw), dw_ref, rtol=1e-5, atol=1e-5 * np.sqrt(np.prod(z_ref.shape[:3])))
+    np.testing.assert_allclose(np.asarray(db), dz.sum((0, 1, 2)), rtol=1e-5, atol=1e-5 * np.sqrt(dz[..., 0].size))
+
+
+def test_conv_layer_with_a_slope_fuses_it_and_is_the_same_function(rng):
+    x = jnp.asarray(rng.standard_normal((2, 9, 9, 6)), jnp.float32)
+    variables = layers.Conv(5, bias_init=jax.nn.initializers.normal(1.0)).init(jax.random.key(0), x)
+    ref = layers.leaky_relu(layers.Conv(5, implementation="xla").apply(variables, x), 0.25)
+    for impl in ("auto", "onednn", "xla"):
+        conv = layers.Conv(5, implementation=impl, negative_slope=0.25)
+        hlo = jax.jit(conv.apply).lower(variables, x).compile().as_text()
+        assert ("deepsea_conv_fwd_bias_leaky_relu" in hlo) == (impl != "xla")
+        np.testing.assert_allclose(conv.apply(variables, x), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="negative_slope must be >= 0"):
+        onednn.conv_bias_leaky_relu(x, variables["params"]["kernel"], variables["params"]["bias"], -0.5)
+    conv = layers.Conv(5, negative_slope=-0.5)  # not fusable: computed unfused
+    np.testing.assert_allclose(
+        conv.apply(variables, x),
+        layers.leaky_relu(layers.Conv(5, implementation="xla").apply(variables, x), -0.5),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_models_fuse_the_default_leaky_relu_into_their_convolutions():
+    from deepsea.models import _fusable_leaky_relu, build_model
+
+    assert _fusable_leaky_relu(layers.Conv, layers.LeakyReLU) == pytest.approx(1 / 3)
+    assert _fusable_leaky_relu(layers.Conv, functools.partial(layers.LeakyReLU, negative_slope=0.1)) == 0.1
+    assert _fusable_leaky_relu(layers.Conv, flax.linen.relu) is None
+    assert _fusable_leaky_relu(flax.linen.Conv, layers.LeakyReLU) is None
+    x = jnp.zeros((2, 23, 23, 1))
+    cfg = {"name": "convroll4", "stages": ((4, 3), (6,)), "dense_features": 8, "dropout": 0.0}
+    for extra, fused in (({}, True), ({"batch_norm": True}, False), ({"conv_impl": "xla"}, False)):
+        model = build_model({**cfg, **extra}, 5)
+        variables = model.init(jax.random.key(0), x)
+        hlo = jax.jit(lambda v, x, model=model: model.apply(v, x)).lower(variables, x).compile().as_text()
+        # the first layer (1 input channel) takes the taps; the other two are fused
+        assert hlo.count('custom_call_target="deepsea_conv_fwd_bias_leaky_relu"') == (2 if fused else 0)

@@ -12,7 +12,7 @@ typedef enum { dnnl_cpu = 1 } dnnl_engine_kind_t;
 typedef enum { dnnl_f32 = 3 } dnnl_data_type_t;
 typedef enum { dnnl_format_tag_any = 1 } dnnl_format_tag_t;
 typedef enum { dnnl_forward_training = 64, dnnl_forward_inference = 96 } dnnl_prop_kind_t;
-typedef enum { dnnl_convolution_direct = 0x1, dnnl_pooling_max = 0x1ff } dnnl_alg_kind_t;
+typedef enum { dnnl_convolution_direct = 0x1, dnnl_eltwise_relu = 0x20, dnnl_pooling_max = 0x1ff } dnnl_alg_kind_t;
 typedef enum { dnnl_scratchpad_mode_user = 1 } dnnl_scratchpad_mode_t;
 typedef enum { dnnl_query_impl_info_str = 8, dnnl_query_exec_arg_md = 255 } dnnl_query_t;
 enum { dnnl_stream_default_flags = 0x1U };
@@ -24,6 +24,7 @@ typedef dnnl_dim_t dnnl_dims_t[DNNL_MAX_NDIMS];
 #define DNNL_ARG_SRC 1
 #define DNNL_ARG_DST 17
 #define DNNL_ARG_WEIGHTS 33
+#define DNNL_ARG_BIAS 41
 #define DNNL_ARG_WORKSPACE 64
 #define DNNL_ARG_SCRATCHPAD 80
 #define DNNL_ARG_DIFF_SRC 129
@@ -41,6 +42,8 @@ typedef struct dnnl_primitive_desc *dnnl_primitive_desc_t;
 typedef const struct dnnl_primitive_desc *const_dnnl_primitive_desc_t;
 typedef struct dnnl_primitive_attr *dnnl_primitive_attr_t;
 typedef const struct dnnl_primitive_attr *const_dnnl_primitive_attr_t;
+typedef struct dnnl_post_ops *dnnl_post_ops_t;
+typedef const struct dnnl_post_ops *const_dnnl_post_ops_t;
 typedef struct dnnl_primitive *dnnl_primitive_t;
 typedef const struct dnnl_primitive *const_dnnl_primitive_t;
 typedef struct {
@@ -65,6 +68,10 @@ dnnl_status_t dnnl_memory_destroy(dnnl_memory_t memory);
 dnnl_status_t dnnl_primitive_attr_create(dnnl_primitive_attr_t *attr);
 dnnl_status_t dnnl_primitive_attr_destroy(dnnl_primitive_attr_t attr);
 dnnl_status_t dnnl_primitive_attr_set_scratchpad_mode(dnnl_primitive_attr_t attr, dnnl_scratchpad_mode_t mode);
+dnnl_status_t dnnl_primitive_attr_set_post_ops(dnnl_primitive_attr_t attr, const_dnnl_post_ops_t post_ops);
+dnnl_status_t dnnl_post_ops_create(dnnl_post_ops_t *post_ops);
+dnnl_status_t dnnl_post_ops_destroy(dnnl_post_ops_t post_ops);
+dnnl_status_t dnnl_post_ops_append_eltwise(dnnl_post_ops_t post_ops, dnnl_alg_kind_t alg_kind, float alpha, float beta);
 dnnl_status_t dnnl_convolution_forward_primitive_desc_create(
     dnnl_primitive_desc_t *primitive_desc, dnnl_engine_t engine, dnnl_prop_kind_t prop_kind, dnnl_alg_kind_t alg_kind,
     const_dnnl_memory_desc_t src_desc, const_dnnl_memory_desc_t weights_desc, const_dnnl_memory_desc_t bias_desc,

@@ -28,23 +28,21 @@ enum Kind { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
 
 struct Dims {
   int64_t n, h, w, c, f, kh, kw, ho, wo, pt, pb, pl, pr;
-  auto tie() const { return std::tie(n, h, w, c, f, kh, kw, ho, wo, pt, pb, pl, pr); }
+  bool bias_act = false;  // forward only: + bias, then leaky ReLU with `slope` (oneDNN post-op)
+  float slope = 0.f;
+  auto tie() const { return std::tie(n, h, w, c, f, kh, kw, ho, wo, pt, pb, pl, pr, bias_act, slope); }
 };
 
 struct Key {
   Kind kind;
   Dims d;
-  bool operator<(const Key& o) const {
-    return std::tie(kind, d.n, d.h, d.w, d.c, d.f, d.kh, d.kw, d.ho, d.wo, d.pt, d.pb, d.pl, d.pr) <
-           std::tie(o.kind, o.d.n, o.d.h, o.d.w, o.d.c, o.d.f, o.d.kh, o.d.kw, o.d.ho, o.d.wo, o.d.pt, o.d.pb, o.d.pl,
-                    o.d.pr);
-  }
+  bool operator<(const Key& o) const { return std::tie(kind) < std::tie(o.kind) || (kind == o.kind && d.tie() < o.d.tie()); }
 };
 
 struct Plan {
   dnnl_primitive_t conv = nullptr;
   dnnl_primitive_t reorder = nullptr;  // HWIO -> oneDNN's kernel layout (fwd, bwd data) or back (bwd weights)
-  dnnl_memory_desc_t src_md = nullptr, dst_md = nullptr, plain_w_md = nullptr, blocked_w_md = nullptr;
+  dnnl_memory_desc_t src_md = nullptr, dst_md = nullptr, plain_w_md = nullptr, blocked_w_md = nullptr, bias_md = nullptr;
   dnnl_memory_desc_t scratch_md = nullptr, reorder_scratch_md = nullptr;
   size_t blocked_w_bytes = 0, scratch_bytes = 0, reorder_scratch_bytes = 0;
   std::string impl;
@@ -110,9 +108,26 @@ std::string MakePlan(Kind kind, const Dims& d, Plan* p) {
   DNNL_TRY(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
 
   dnnl_primitive_desc_t fwd = nullptr, pd = nullptr;
-  DNNL_TRY(dnnl_convolution_forward_primitive_desc_create(&fwd, eng, dnnl_forward_training, dnnl_convolution_direct,
-                                                          x_md, any_w, nullptr, y_md, strides, dilates, pad_l, pad_r,
-                                                          attr));
+  if (d.bias_act) {
+    dnnl_dims_t bdims = {d.f}, bstrides = {1};
+    DNNL_TRY(dnnl_memory_desc_create_with_strides(&p->bias_md, 1, bdims, dnnl_f32, bstrides));
+    dnnl_primitive_attr_t act_attr = nullptr;
+    dnnl_post_ops_t ops = nullptr;
+    DNNL_TRY(dnnl_primitive_attr_create(&act_attr));
+    DNNL_TRY(dnnl_primitive_attr_set_scratchpad_mode(act_attr, dnnl_scratchpad_mode_user));
+    DNNL_TRY(dnnl_post_ops_create(&ops));
+    DNNL_TRY(dnnl_post_ops_append_eltwise(ops, dnnl_eltwise_relu, d.slope, 0.f));  // relu(alpha): leaky ReLU
+    DNNL_TRY(dnnl_primitive_attr_set_post_ops(act_attr, ops));
+    DNNL_TRY(dnnl_convolution_forward_primitive_desc_create(&fwd, eng, dnnl_forward_training,
+                                                            dnnl_convolution_direct, x_md, any_w, p->bias_md, y_md,
+                                                            strides, dilates, pad_l, pad_r, act_attr));
+    dnnl_post_ops_destroy(ops);
+    dnnl_primitive_attr_destroy(act_attr);
+  } else {
+    DNNL_TRY(dnnl_convolution_forward_primitive_desc_create(&fwd, eng, dnnl_forward_training,
+                                                            dnnl_convolution_direct, x_md, any_w, nullptr, y_md,
+                                                            strides, dilates, pad_l, pad_r, attr));
+  }
   int w_arg = DNNL_ARG_WEIGHTS;
   if (kind == kFwd) {
     pd = fwd;
@@ -209,7 +224,7 @@ dnnl_stream_t Stream() {
   return s;
 }
 
-std::string Run(Kind kind, const Dims& d, void* a, void* b, void* out) {
+std::string Run(Kind kind, const Dims& d, void* a, void* b, void* out, void* bias = nullptr) {
   const Plan* p = nullptr;
   std::string err = GetPlan(kind, d, &p);
   if (!err.empty()) return err;
@@ -237,7 +252,13 @@ std::string Run(Kind kind, const Dims& d, void* a, void* b, void* out) {
   if (kind == kFwd) {
     dnnl_memory_t x = m.Wrap(p->src_md, a), y = m.Wrap(p->dst_md, out);
     if (!m.err.empty()) return m.err;
-    err = exec(p->conv, {{DNNL_ARG_SRC, x}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, y}}, sp);
+    std::vector<dnnl_exec_arg_t> args = {{DNNL_ARG_SRC, x}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, y}};
+    if (p->bias_md) {
+      dnnl_memory_t bm = m.Wrap(p->bias_md, bias);
+      if (!m.err.empty()) return m.err;
+      args.push_back({DNNL_ARG_BIAS, bm});
+    }
+    err = exec(p->conv, args, sp);
   } else if (kind == kBwdData) {
     dnnl_memory_t g = m.Wrap(p->dst_md, a), dx = m.Wrap(p->src_md, out);
     if (!m.err.empty()) return m.err;
@@ -272,6 +293,17 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Result
   Dims d;
   if (auto e = DimsFrom(x.dimensions(), w.dimensions(), y->dimensions(), padding, &d); e.failure()) return e;
   return ToError(Run(kFwd, d, x.untyped_data(), w.untyped_data(), y->untyped_data()));
+}
+
+ffi::Error ConvFwdBiasAct(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                          ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> padding, float negative_slope) {
+  Dims d;
+  if (auto e = DimsFrom(x.dimensions(), w.dimensions(), y->dimensions(), padding, &d); e.failure()) return e;
+  if (b.dimensions().size() != 1 || b.dimensions()[0] != d.f)
+    return ffi::Error::InvalidArgument("deepsea oneDNN convolution: the bias must have one value per output channel");
+  d.bias_act = true;
+  d.slope = negative_slope;
+  return ToError(Run(kFwd, d, x.untyped_data(), w.untyped_data(), y->untyped_data(), b.untyped_data()));
 }
 
 ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
@@ -448,3 +480,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_max_pool_bwd, MaxPoolBwd,
                                   .Attr<ffi::Span<const int64_t>>("window")
                                   .Attr<ffi::Span<const int64_t>>("strides")
                                   .Attr<ffi::Span<const int64_t>>("padding"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_conv_fwd_bias_leaky_relu, ConvFwdBiasAct,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("padding")
+                                  .Attr<float>("negative_slope"));
