@@ -208,8 +208,8 @@ def _conv(x: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, int], ...])
 
 
 TAPS_MAX_INPUT_CHANNELS = 2
-"""``Conv(implementation="auto")`` computes convolutions with at most this many input channels (a network's
-first layer) with :func:`conv_taps`."""
+"""Where oneDNN is not available, ``Conv(implementation="auto")`` computes convolutions with at most this many
+input channels (a network's first layer) with :func:`conv_taps`."""
 
 
 def conv_taps(x: jax.Array, kernel: jax.Array, padding: str | Sequence[tuple[int, int]] = "SAME") -> jax.Array:
@@ -268,13 +268,16 @@ class Conv(nn.Module):
     """``nn.Conv`` for NHWC maps, with the same parameters (``kernel (kh, kw, C, F)``, ``bias (F,)``) created
     the same way, so checkpoints are interchangeable, and faster gradients on the CPU.
 
-    ``implementation``: ``"auto"`` computes layers of at most :data:`TAPS_MAX_INPUT_CHANNELS` input channels
-    with :func:`conv_taps`, the other float32 stride-1 layers with oneDNN on the CPU
-    (:func:`deepsea.onednn.conv`, where :func:`deepsea.onednn.available`), and adds the bias with
+    ``implementation``: ``"auto"`` computes float32 stride-1 layers with oneDNN on the CPU
+    (:func:`deepsea.onednn.conv`, where :func:`deepsea.onednn.available`; with ``negative_slope``, bias and
+    leaky ReLU fused into it: :func:`deepsea.onednn.conv_bias_leaky_relu`), else layers of at most
+    :data:`TAPS_MAX_INPUT_CHANNELS` input channels with :func:`conv_taps`, and adds the bias with
     :func:`bias_add`; ``"onednn"`` insists on oneDNN (an error where it does not apply); ``"xla"`` is the
-    reference, XLA's convolution plus the bias.  All compute the same function (up to the summation order);
-    "auto" makes the convroll4 training step 1.45x (47x47, width 0.5) as fast as "xla" on 2 CPU cores
-    (``deepsea bench experiments/convroll4.py --compare model.conv_impl=xla``).
+    reference, XLA's convolution plus the bias.  All compute the same function (up to the summation order).
+    On 2 CPU cores "auto" (with the fused activation and oneDNN max pooling) makes the convroll4 training step
+    1.74x as fast as "xla" at 47x47, width 0.5
+    (``deepsea bench experiments/convroll4.py --compare model.conv_impl=xla,model.max_pool_impl=slices``).
+    ``negative_slope``: a leaky ReLU on the output (``None``: none).
     """
 
     features: int
@@ -305,13 +308,12 @@ class Conv(nn.Module):
                 f"Conv(implementation='onednn') computes float32 NHWC, stride-1 convolutions with non-negative "
                 f"padding; got x {x.dtype}{tuple(x.shape)}, strides {tuple(self.strides)}, padding {self.padding!r}"
             )
-        taps = self.implementation == "auto" and stride_1 and x.shape[-1] <= TAPS_MAX_INPUT_CHANNELS
         use_onednn = self.implementation == "onednn" or (
             self.implementation == "auto"
-            and not taps
             and onednn.supports(x, kernel, self.strides, self.padding)
             and onednn.available()
         )
+        taps = not use_onednn and auto and stride_1 and x.shape[-1] <= TAPS_MAX_INPUT_CHANNELS
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
         if use_onednn and bias is not None and self.negative_slope is not None and self.negative_slope >= 0:
             return onednn.conv_bias_leaky_relu(x, kernel, bias.astype(dtype), self.negative_slope, self.padding)

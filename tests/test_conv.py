@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy_reference import conv_ref
 
-from deepsea import layers
+from deepsea import layers, onednn
 from deepsea.models import build_model
 
 CASES = [
@@ -77,7 +77,9 @@ def _primitives(jaxpr) -> set[str]:
 
 
 @pytest.mark.parametrize("channels, taps", [(1, True), (2, True), (3, False)])
-def test_conv_layer_auto_takes_the_fast_paths_and_xla_does_not(channels, taps):
+def test_conv_layer_auto_takes_the_fast_paths_and_xla_does_not(channels, taps, monkeypatch):
+    """Without oneDNN (tests/test_onednn.py covers it), "auto" takes the taps for 1-2 channels."""
+    monkeypatch.setattr(onednn, "available", lambda: False)
     x = jnp.zeros((1, 7, 7, channels))
     for implementation in ("auto", "xla"):
         conv = layers.Conv(4, implementation=implementation)
@@ -85,6 +87,7 @@ def test_conv_layer_auto_takes_the_fast_paths_and_xla_does_not(channels, taps):
         forward = _primitives(jax.make_jaxpr(conv.apply)(params, x).jaxpr)
         assert ("conv_general_dilated" not in forward) == (taps and implementation == "auto")
         assert ("custom_vjp_call" in forward or "custom_vjp_call_jaxpr" in forward) == (implementation == "auto")
+        assert "ffi_call" not in forward
 
 
 def test_conv_layer_rejects_an_unknown_implementation():

@@ -91,7 +91,7 @@ def test_unsupported_arguments_are_refused_by_name(x, w, strides, padding):
             onednn.conv(x, w, padding)
 
 
-@pytest.mark.parametrize("channels", [3, 8])
+@pytest.mark.parametrize("channels", [1, 3, 8])
 def test_conv_layer_auto_uses_onednn_on_the_cpu(channels, rng):
     x = jnp.asarray(rng.standard_normal((2, 9, 9, channels)), jnp.float32)
     variables = layers.Conv(5).init(jax.random.key(0), x)
@@ -232,9 +232,13 @@ def test_models_fuse_the_default_leaky_relu_into_their_convolutions():
     assert _fusable_leaky_relu(flax.linen.Conv, layers.LeakyReLU) is None
     x = jnp.zeros((2, 23, 23, 1))
     cfg = {"name": "convroll4", "stages": ((4, 3), (6,)), "dense_features": 8, "dropout": 0.0}
-    for extra, fused in (({}, True), ({"batch_norm": True}, False), ({"conv_impl": "xla"}, False)):
+    for extra, fused in (({"batch_norm": True}, False), ({"conv_impl": "xla"}, False), ({}, True)):
         model = build_model({**cfg, **extra}, 5)
         variables = model.init(jax.random.key(0), x)
         hlo = jax.jit(lambda v, x, model=model: model.apply(v, x)).lower(variables, x).compile().as_text()
-        # the first layer (1 input channel) takes the taps; the other two are fused
-        assert hlo.count('custom_call_target="deepsea_conv_fwd_bias_leaky_relu"') == (2 if fused else 0)
+        assert hlo.count('custom_call_target="deepsea_conv_fwd_bias_leaky_relu"') == (3 if fused else 0)
+    # the parameters' gradient: no input gradient for the first layer (the image), which XLA drops
+    loss = lambda v, x: jnp.sum(model.apply(v, x) ** 2)  # noqa: E731
+    hlo = jax.jit(jax.grad(loss)).lower(variables, x).compile().as_text()
+    assert hlo.count('custom_call_target="deepsea_conv_bwd_weights"') == 3
+    assert hlo.count('custom_call_target="deepsea_conv_bwd_data"') == 2
