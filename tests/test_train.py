@@ -163,6 +163,9 @@ def test_models_invariance_where_they_should_be(name, rng):
 
 
 def test_four_devices_give_the_same_parameters_as_one(tmp_path):
+    # Two steps (the second applies the first's momentum), to 1e-6 (measured: 6e-8).  A third step is chaotic
+    # here: a leaky ReLU input or pooling window near a tie turns rounding into a different gradient, so even two
+    # correct implementations on one device (oneDNN vs XLA convolutions) then differ by 3e-5.
     script = textwrap.dedent(
         """
         import os, sys
@@ -179,7 +182,7 @@ def test_four_devices_give_the_same_parameters_as_one(tmp_path):
         rng = np.random.default_rng(0)
         batches = [{"image": rng.standard_normal((8, 47, 47, 1)).astype(np.float32),
                     "label": rng.integers(0, 12, 8).astype(np.int32),
-                    "raw_size": rng.uniform(20, 200, (8, 2)).astype(np.float32)} for _ in range(3)]
+                    "raw_size": rng.uniform(20, 200, (8, 2)).astype(np.float32)} for _ in range(2)]
         finals = []
         for n in (1, 4):
             mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:n])
@@ -192,7 +195,7 @@ def test_four_devices_give_the_same_parameters_as_one(tmp_path):
             finals.append(jax.tree.map(np.asarray, state.params))
         diffs = [float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1]))]
         print("max difference", max(diffs))
-        assert max(diffs) < 1e-5
+        assert max(diffs) < 1e-6
         """
     )
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
