@@ -4,7 +4,9 @@ XLA:CPU computes convolutions with Eigen, which on 2 AVX-512 cores reaches 75-34
 weight gradients on the convroll4 layers; oneDNN (the library behind PyTorch's CPU convolutions) reaches 200-580
 for all three.  :func:`conv` is a stride-1 NHWC/HWIO float32 convolution whose forward pass, input gradient and
 kernel gradient are oneDNN primitives (``deepsea/csrc/onednn_conv.cc``), with ``lax.conv_general_dilated``'s value
-and gradients up to the summation order; :class:`deepsea.layers.Conv` uses it by default where it applies.
+and gradients up to the summation order; :class:`deepsea.layers.Conv` uses it by default where it applies, and
+:func:`conv_bias_leaky_relu` (bias and activation fused into the convolution) where it is given a
+``negative_slope``, as :class:`deepsea.models.RollNet` does.
 :func:`max_pool` is max pooling whose value and gradient are oneDNN primitives
 (``deepsea.ops.max_pool(..., implementation="onednn")``, the models' default where available).
 
@@ -33,7 +35,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["available", "conv", "conv_reference", "max_pool", "max_pool_reference", "supports", "unavailable_reason"]
+__all__ = [
+    "available",
+    "conv",
+    "conv_bias_leaky_relu",
+    "conv_reference",
+    "max_pool",
+    "max_pool_reference",
+    "supports",
+    "unavailable_reason",
+]
 
 log = logging.getLogger(__name__)
 

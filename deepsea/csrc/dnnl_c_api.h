@@ -14,7 +14,7 @@ typedef enum { dnnl_format_tag_any = 1 } dnnl_format_tag_t;
 typedef enum { dnnl_forward_training = 64, dnnl_forward_inference = 96 } dnnl_prop_kind_t;
 typedef enum { dnnl_convolution_direct = 0x1, dnnl_eltwise_relu = 0x20, dnnl_pooling_max = 0x1ff } dnnl_alg_kind_t;
 typedef enum { dnnl_scratchpad_mode_user = 1 } dnnl_scratchpad_mode_t;
-typedef enum { dnnl_query_impl_info_str = 8, dnnl_query_exec_arg_md = 255 } dnnl_query_t;
+typedef enum { dnnl_query_exec_arg_md = 255 } dnnl_query_t;
 enum { dnnl_stream_default_flags = 0x1U };
 
 #define DNNL_MAX_NDIMS 12
@@ -105,8 +105,6 @@ dnnl_status_t dnnl_reorder_primitive_desc_create(dnnl_primitive_desc_t *reorder_
                                                  const_dnnl_primitive_attr_t attr);
 const_dnnl_memory_desc_t dnnl_primitive_desc_query_md(const_dnnl_primitive_desc_t primitive_desc, dnnl_query_t what,
                                                       int index);
-dnnl_status_t dnnl_primitive_desc_query(const_dnnl_primitive_desc_t primitive_desc, dnnl_query_t what, int index,
-                                        void *result);
 dnnl_status_t dnnl_primitive_desc_destroy(dnnl_primitive_desc_t primitive_desc);
 dnnl_status_t dnnl_primitive_create(dnnl_primitive_t *primitive, const_dnnl_primitive_desc_t primitive_desc);
 dnnl_status_t dnnl_primitive_execute(const_dnnl_primitive_t primitive, dnnl_stream_t stream, int nargs,

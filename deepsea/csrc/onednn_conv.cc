@@ -2,8 +2,10 @@
 // kernels, f32).
 //
 // deepsea_conv_fwd(x, w) -> y, deepsea_conv_bwd_data(g, w) -> dx, deepsea_conv_bwd_weights(x, g) -> dw, with XLA's
-// explicit padding (lo, hi per spatial axis) as the attribute `padding` = [lo_h, hi_h, lo_w, hi_w]. Built and loaded
-// by deepsea/onednn.py, which also holds the pure-JAX reference they are tested against.
+// explicit padding (lo, hi per spatial axis) as the attribute `padding` = [lo_h, hi_h, lo_w, hi_w];
+// deepsea_conv_fwd_bias_leaky_relu(x, w, b) -> leaky_relu(conv(x, w) + b) (attribute `negative_slope`), the bias and
+// activation as oneDNN post-operations. Max pooling is further down. Built and loaded by deepsea/onednn.py, which
+// also holds the pure-JAX references they are tested against.
 //
 // oneDNN picks its own blocked kernel layout ("any"); the HWIO kernel is reordered into it on each call (at most
 // 9*128*128 floats). Primitives are created once per shape and cached; they run with a user scratchpad, so
@@ -36,16 +38,16 @@ struct Dims {
 struct Key {
   Kind kind;
   Dims d;
-  bool operator<(const Key& o) const { return std::tie(kind) < std::tie(o.kind) || (kind == o.kind && d.tie() < o.d.tie()); }
+  bool operator<(const Key& o) const { return kind != o.kind ? kind < o.kind : d.tie() < o.d.tie(); }
 };
 
 struct Plan {
   dnnl_primitive_t conv = nullptr;
   dnnl_primitive_t reorder = nullptr;  // HWIO -> oneDNN's kernel layout (fwd, bwd data) or back (bwd weights)
-  dnnl_memory_desc_t src_md = nullptr, dst_md = nullptr, plain_w_md = nullptr, blocked_w_md = nullptr, bias_md = nullptr;
+  dnnl_memory_desc_t src_md = nullptr, dst_md = nullptr, plain_w_md = nullptr, blocked_w_md = nullptr;
+  dnnl_memory_desc_t bias_md = nullptr;  // the fused forward only
   dnnl_memory_desc_t scratch_md = nullptr, reorder_scratch_md = nullptr;
   size_t blocked_w_bytes = 0, scratch_bytes = 0, reorder_scratch_bytes = 0;
-  std::string impl;
 };
 
 dnnl_engine_t engine() {
@@ -140,8 +142,6 @@ std::string MakePlan(Kind kind, const Dims& d, Plan* p) {
                                                                      fwd, attr));
     w_arg = DNNL_ARG_DIFF_WEIGHTS;
   }
-  const char* impl = nullptr;
-  if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl) p->impl = impl;
   DNNL_TRY(dnnl_memory_desc_clone(&p->blocked_w_md, dnnl_primitive_desc_query_md(pd, dnnl_query_exec_arg_md, w_arg)));
   p->blocked_w_bytes = dnnl_memory_desc_get_size(p->blocked_w_md);
   p->scratch_bytes = ScratchBytes(pd, &p->scratch_md);
