@@ -220,6 +220,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-ops", action="store_true", help="skip timing the symmetry ops")
     p.add_argument("--out", default="", help="append the JSON lines to this file")
+    p.add_argument("--plot", default="", metavar="PNG", help="draw images/s per round (ours, variants, PyTorch)")
 
 
 def main_with_args(args: argparse.Namespace) -> None:
@@ -282,6 +283,45 @@ def main_with_args(args: argparse.Namespace) -> None:
         with open(args.out, "a") as f:
             for rec in lines:
                 f.write(json.dumps(rec) + "\n")
+    if args.plot:
+        plot_rounds(lines, args.plot)
+        print(f"plot: {args.plot}", flush=True)
+
+
+def plot_rounds(lines: Sequence[dict[str, Any]], path: str) -> None:
+    """Images/s per round for ours, each ``--compare`` variant and PyTorch, from ``bench``'s JSON lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = next((rec for rec in lines if rec.get("summary")), None)
+    if summary is None:
+        raise ValueError("plot_rounds needs bench's JSON lines with their summary line")
+    series: dict[str, list[tuple[int, float]]] = {}
+    for rec in lines:
+        if rec.get("summary"):
+            continue
+        name = "PyTorch" if rec.get("impl") == "torch" else rec.get("variant") or "deepsea"
+        series.setdefault(name, []).append((rec["round"], rec["images_per_s"]))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, points in series.items():
+        rounds, ips = zip(*points, strict=True)
+        median = statistics.median(ips)
+        ax.plot(rounds, ips, "o-", label=f"{name}: median {median:.1f} images/s")
+    ax.set_xlabel("round (interleaved)")
+    ax.set_ylabel("training images/s")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    size, width, batch = summary["size"], summary["width"], summary["batch"]
+    title = f"{summary['experiment']} {size}x{size}, width {width}, batch {batch}"
+    if "ratio_vs_torch" in summary:
+        title += f": {summary['ratio_vs_torch']:.2f}x PyTorch"
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 from deepsea import bench_ops, demo
 from deepsea.groups import D4
@@ -99,9 +100,11 @@ def test_bench_training_step_and_kernels_via_the_command_line(tmp_path):
         "model.conv_impl=xla",
         "--out",
         str(out),
+        "--plot",
+        str(tmp_path / "bench.png"),
     )
     assert r.returncode == 0, r.stderr
-    lines = [json.loads(s) for s in r.stdout.strip().splitlines()]
+    lines = [json.loads(s) for s in r.stdout.strip().splitlines() if s.startswith("{")]
     assert [(rec.get("round"), rec.get("variant")) for rec in lines[:4]] == [
         (0, None),
         (0, "model.conv_impl=xla"),
@@ -114,11 +117,28 @@ def test_bench_training_step_and_kernels_via_the_command_line(tmp_path):
     assert 0 < summary["symmetry_share"] < 1
     assert {op["layer"] for op in summary["symmetry_ops"]} >= {"Slice", "ConvRoll", "Pool"}
     assert len(out.read_text().strip().splitlines()) == 5
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = _run("bench-kernels", "--batch", "1", "--repeats", "1")
     assert r.returncode == 0, r.stderr
     assert "conv_roll 47x47x16" in r.stdout and "pallas=interpret" in r.stdout
     rows = [line for line in r.stdout.splitlines() if line.startswith(("conv_roll", "roll"))]
     assert len(rows) == 5 and all(line.split()[-1] == "True" for line in rows)  # bitwise equal
+
+
+def test_bench_plot_draws_every_series(tmp_path):
+    from deepsea.bench import plot_rounds
+
+    lines = [
+        {"round": r, "images_per_s": 100.0 + r} | extra
+        for r in range(3)
+        for extra in ({}, {"variant": "model.conv_impl=xla"}, {"impl": "torch"})
+    ]
+    lines.append({"summary": True, "experiment": "x", "size": 47, "width": 0.5, "batch": 32, "ratio_vs_torch": 1.2})
+    path = tmp_path / "rounds.png"
+    plot_rounds(lines, str(path))
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="summary line"):
+        plot_rounds(lines[:-1], str(tmp_path / "none.png"))  # no summary line
 
 
 def test_bench_counts_the_training_steps_flops_not_the_orbit_averaged_evaluation():
