@@ -309,6 +309,7 @@ def plot_rounds(lines: Sequence[dict[str, Any]], path: str) -> None:
         rounds, ips = zip(*points, strict=True)
         median = statistics.median(ips)
         ax.plot(rounds, ips, "o-", label=f"{name}: median {median:.1f} images/s")
+    ax.set_xticks(sorted({r for points in series.values() for r, _ in points}))
     ax.set_xlabel("round (interleaved)")
     ax.set_ylabel("training images/s")
     ax.set_ylim(bottom=0)
