@@ -288,8 +288,9 @@ def main_with_args(args: argparse.Namespace) -> None:
         print(f"plot: {args.plot}", flush=True)
 
 
-def plot_rounds(lines: Sequence[dict[str, Any]], path: str) -> None:
-    """Images/s per round for ours, each ``--compare`` variant and PyTorch, from ``bench``'s JSON lines."""
+def plot_rounds(lines: Sequence[dict[str, Any]], path: str) -> list[str]:
+    """Images/s per round for ours, each ``--compare`` variant and PyTorch, from ``bench``'s JSON lines; returns
+    the legend's labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -323,6 +324,7 @@ def plot_rounds(lines: Sequence[dict[str, Any]], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

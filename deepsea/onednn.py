@@ -161,16 +161,24 @@ def conv(x: jax.Array, kernel: jax.Array, padding: str | Sequence[tuple[int, int
             f"deepsea.onednn.conv takes float32 NHWC x and HWIO kernel with matching channels and non-negative "
             f"padding; got x {x.dtype}{tuple(x.shape)}, kernel {kernel.dtype}{tuple(kernel.shape)}, padding {padding!r}"
         )
-    reason = _load()
-    if reason is not None:
-        raise RuntimeError(f"oneDNN convolutions are not available: {reason}")
+    _require("convolution")
     return _conv(x, kernel, _pads(x, kernel, padding))
 
 
+def _require(what: str) -> None:
+    reason = _load()
+    if reason is not None:
+        raise RuntimeError(f"oneDNN {what} is not available: {reason}")
+
+
+def _pad_attr(padding: Padding) -> np.ndarray:
+    """The handlers' ``padding`` attribute: ``[top, bottom, left, right]``."""
+    return np.asarray([*padding[0], *padding[1]], np.int64)
+
+
 def _ffi(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, padding: Padding) -> jax.Array:
-    pads = np.asarray([*padding[0], *padding[1]], np.int64)
     call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="sequential")
-    return call(a, b, padding=pads)
+    return call(a, b, padding=_pad_attr(padding))
 
 
 def _on_cpu(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, padding: Padding, default) -> jax.Array:
@@ -234,9 +242,7 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], pa
             f"deepsea.onednn.max_pool takes float32 NHWC x whose padded size fits the window; got x "
             f"{x.dtype}{tuple(x.shape)}, window {window}, strides {strides}, padding {padding}"
         )
-    reason = _load()
-    if reason is not None:
-        raise RuntimeError(f"oneDNN max pooling is not available: {reason}")
+    _require("max pooling")
     return _max_pool(x, window, strides, padding)
 
 
@@ -244,7 +250,7 @@ def _pool_attrs(window, strides, padding) -> dict[str, np.ndarray]:
     return {
         "window": np.asarray(window, np.int64),
         "strides": np.asarray(strides, np.int64),
-        "padding": np.asarray([*padding[0], *padding[1]], np.int64),
+        "padding": _pad_attr(padding),
     }
 
 
@@ -300,9 +306,7 @@ def conv_bias_leaky_relu(
             f"with non-negative padding; got x {x.dtype}{tuple(x.shape)}, kernel {kernel.dtype}{tuple(kernel.shape)}, "
             f"bias {bias.dtype}{tuple(bias.shape)}, padding {padding!r}"
         )
-    reason = _load()
-    if reason is not None:
-        raise RuntimeError(f"oneDNN convolutions are not available: {reason}")
+    _require("convolution")
     return _conv_act(x, kernel, bias, float(negative_slope), _pads(x, kernel, padding))
 
 
@@ -315,8 +319,7 @@ def _conv_act(x: jax.Array, kernel: jax.Array, bias: jax.Array, negative_slope: 
     def on_cpu(x, kernel, bias):
         out = jax.ShapeDtypeStruct(_out_shape(x, kernel, padding), jnp.float32)
         call = jax.ffi.ffi_call("deepsea_conv_fwd_bias_leaky_relu", out, vmap_method="sequential")
-        return call(x, kernel, bias, padding=np.asarray([*padding[0], *padding[1]], np.int64),
-                    negative_slope=np.float32(negative_slope))  # fmt: skip
+        return call(x, kernel, bias, padding=_pad_attr(padding), negative_slope=np.float32(negative_slope))
 
     def default(x, kernel, bias):
         return _leaky(conv_reference(x, kernel, padding) + bias, negative_slope)

@@ -135,8 +135,13 @@ def test_bench_plot_draws_every_series(tmp_path):
     ]
     lines.append({"summary": True, "experiment": "x", "size": 47, "width": 0.5, "batch": 32, "ratio_vs_torch": 1.2})
     path = tmp_path / "rounds.png"
-    plot_rounds(lines, str(path))
-    assert path.stat().st_size > 1000
+    labels = plot_rounds(lines, str(path))
+    assert labels == [
+        "deepsea: median 101.0 images/s",
+        "model.conv_impl=xla: median 101.0 images/s",
+        "PyTorch: median 101.0 images/s",
+    ]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="summary line"):
         plot_rounds(lines[:-1], str(tmp_path / "none.png"))  # no summary line
 

@@ -166,20 +166,25 @@ std::string MakePlan(Kind kind, const Dims& d, Plan* p) {
   return "";
 }
 
-std::string GetPlan(Kind kind, const Dims& d, const Plan** out) {
+// The plan for `key`, made by `make(plan)` on first use and kept for the process (one cache per call site).
+template <class K, class P, class Make>
+std::string Cached(const K& key, Make make, const P** out) {
   static std::mutex mu;
-  static std::map<Key, std::unique_ptr<Plan>> cache;
+  static std::map<K, std::unique_ptr<P>> cache;
   std::lock_guard<std::mutex> lock(mu);
-  Key key{kind, d};
   auto it = cache.find(key);
   if (it == cache.end()) {
-    auto plan = std::make_unique<Plan>();
-    std::string err = MakePlan(kind, d, plan.get());
+    auto plan = std::make_unique<P>();
+    std::string err = make(plan.get());
     if (!err.empty()) return err;
     it = cache.emplace(key, std::move(plan)).first;
   }
   *out = it->second.get();
   return "";
+}
+
+std::string GetPlan(Kind kind, const Dims& d, const Plan** out) {
+  return Cached(Key{kind, d}, [&](Plan* p) { return MakePlan(kind, d, p); }, out);
 }
 
 // A buffer for one call, 64-byte aligned (oneDNN's kernels use aligned vector loads on their own buffers).
@@ -377,21 +382,10 @@ std::string MakePoolPlan(bool backward, const PoolDims& d, PoolPlan* p) {
 }
 
 std::string RunPool(bool backward, const PoolDims& d, void* x, void* g, void* out) {
-  static std::mutex mu;
-  static std::map<std::pair<bool, PoolDims>, std::unique_ptr<PoolPlan>> cache;
   const PoolPlan* p = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    auto key = std::make_pair(backward, d);
-    auto it = cache.find(key);
-    if (it == cache.end()) {
-      auto plan = std::make_unique<PoolPlan>();
-      std::string err = MakePoolPlan(backward, d, plan.get());
-      if (!err.empty()) return err;
-      it = cache.emplace(key, std::move(plan)).first;
-    }
-    p = it->second.get();
-  }
+  std::string plan_err =
+      Cached(std::make_pair(backward, d), [&](PoolPlan* plan) { return MakePoolPlan(backward, d, plan); }, &p);
+  if (!plan_err.empty()) return plan_err;
   std::lock_guard<std::mutex> run_lock(RunMutex());
   dnnl_stream_t s = Stream();
   if (s == nullptr) return "oneDNN could not create a CPU stream";
