@@ -1,6 +1,13 @@
-"""deepsea: exact rotation-symmetric networks for plankton (NDSB 2015) and beyond."""
+"""deepsea: exact rotation-symmetric networks for plankton (NDSB 2015) and beyond.
 
-from deepsea import layers, onednn, ops
+The public API: the groups (:data:`C4`, :data:`D4`), the exact group operations (:mod:`deepsea.ops`), their
+Flax layers and the seed's blocks (:mod:`deepsea.layers`), the equivariance checks, and the modules
+:mod:`~deepsea.models`, :mod:`~deepsea.backends`, :mod:`~deepsea.configs`, :mod:`~deepsea.step`,
+:mod:`~deepsea.train`, :mod:`~deepsea.inference` and :mod:`~deepsea.data`, imported on use.
+"""
+
+from deepsea import layers, ops
+from deepsea.backends import max_pool
 from deepsea.equivariance import check_equivariance, check_invariance
 from deepsea.groups import C4, D4, Group, get_group
 from deepsea.ops import (
@@ -16,7 +23,6 @@ from deepsea.ops import (
     group_pool,
     group_roll,
     group_slice,
-    max_pool,
     permute_views,
     pooling_is_symmetric,
 )
@@ -44,7 +50,6 @@ __all__ = [
     "group_slice",
     "layers",
     "max_pool",
-    "onednn",
     "ops",
     "permute_views",
     "pooling_is_symmetric",

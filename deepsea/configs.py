@@ -2,7 +2,10 @@
 
 Experiment modules (``experiments/<name>.py``) start from :func:`base_config`
 and override what differs; ``deepsea train EXPERIMENT --set key=value``
-overrides further from the command line.
+overrides further from the command line.  The config is locked: assigning a key
+that does not exist (a typo in an experiment module or in ``--set``) is an
+error, and ``--set`` parses its value as the type of the value it replaces.
+A model key that only one model takes is added with ``config.unlocked()``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,13 @@ from typing import Any
 
 import ml_collections
 
-__all__ = ["apply_overrides", "base_config", "load_experiment", "small_run"]
+from deepsea.models import CONVROLL4_STAGES
+
+__all__ = ["ConfigError", "apply_overrides", "base_config", "load_experiment", "load_experiment_with", "small_run"]
+
+
+class ConfigError(ValueError):
+    """An experiment module or an override that does not fit the configuration."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -49,20 +58,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "convroll4"
     c.model.symmetry = "c4"
-    c.model.stages = ((32, 16), (64, 32), (128, 128, 64), (256, 256, 128))
+    c.model.stages = CONVROLL4_STAGES
     c.model.width = 1.0
     c.model.dense_features = 512
     c.model.maxout_pieces = 2
-    c.model.dropout = 0.5
+    c.model.dropout_rate = 0.5
     c.model.dense_roll = False
-    c.model.view_pool = "rms"
-    c.model.max_pool_impl = "auto"  # auto (onednn where available, else slices) | onednn | slices | reduce_window
-    c.model.conv_impl = "auto"  # auto | onednn | xla (the reference: XLA's convolution); the same function
+    c.model.view_pool_mode = "rms"
+    c.model.negative_slope = 1.0 / 3.0  # the leaky ReLU after every convolution (0: ReLU)
+    c.model.max_pool_impl = "auto"  # auto | onednn | slices | reduce_window: deepsea.backends.max_pool
+    c.model.conv_impl = "auto"  # auto | onednn | xla: deepsea.backends.conv; the same function
     c.model.roll_impl = "xla"  # xla | pallas (kernels/, interpret mode off-GPU): bitwise the same function
     c.model.orbit_average = ""  # "c4" | "d4": average the predictions over the input's orbit (exact invariance)
     c.model.size_features = False
     c.model.batch_norm = False  # not in the seed; per-channel statistics over all views keep the invariance
-    c.model.small_stages = ((32, 16), (64, 32), (128, 128, 64))  # multiscale: the fixed-scale branch
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "sgd"  # sgd (Nesterov momentum) | adam
@@ -85,6 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_batch_size = 64
     c.train.keep_checkpoints = 2
     c.train.divergence_loss = 50.0  # stop when the training loss exceeds this (or is not finite)
+    c.lock()
     return c
 
 
@@ -100,32 +110,57 @@ def small_run(c: ml_collections.ConfigDict, steps: int = 20) -> ml_collections.C
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
-    """Applies ``key.sub=value`` strings; values are parsed as Python literals where they parse."""
-    import ast
+    """Applies ``key.sub=value`` strings, each parsed as the type of the value it replaces.
 
+    Booleans take ``true``/``false``/``1``/``0``; tuples and ``None``-valued keys take Python literals; a string
+    key takes ``none`` as None (e.g. ``model.symmetry=none``).  Unknown keys and unparsable values raise
+    :class:`ConfigError` naming them.
+    """
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        try:
-            value: Any = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         node = config
         parts = key.split(".")
         for p in parts[:-1]:
-            if p not in node:
-                raise ValueError(f"unknown config key {key!r} (no {p!r})")
+            if not isinstance(node, ml_collections.ConfigDict) or p not in node:
+                raise ConfigError(f"unknown config key {key!r} (no {p!r})")
             node = node[p]
-        if parts[-1] not in node:
-            raise ValueError(f"unknown config key {key!r}; known: {sorted(node.keys())}")
-        old = node[parts[-1]]
-        if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(old, tuple) and isinstance(value, list):
-            value = tuple(value)
-        node[parts[-1]] = value
+        if not isinstance(node, ml_collections.ConfigDict) or parts[-1] not in node:
+            known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            raise ConfigError(f"unknown config key {key!r}; known here: {known}")
+        try:
+            node[parts[-1]] = _parse_as(node[parts[-1]], raw)
+        except (ValueError, SyntaxError, TypeError) as e:
+            raise ConfigError(f"--set {key}={raw!r}: {e}") from None
     return config
+
+
+def _parse_as(old: Any, raw: str) -> Any:
+    import ast
+
+    if isinstance(old, bool):
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"expected true or false (the current value is {old!r})")
+    if isinstance(old, int):
+        return int(raw)
+    if isinstance(old, float):
+        return float(raw)
+    if isinstance(old, str):
+        return None if raw.lower() == "none" else raw
+    value = ast.literal_eval(raw)
+    if isinstance(old, tuple):
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"expected a tuple like {old!r}")
+        return _as_tuple(value)
+    return value
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 def load_experiment(experiment: str, small: bool = False) -> ml_collections.ConfigDict:
@@ -134,7 +169,7 @@ def load_experiment(experiment: str, small: bool = False) -> ml_collections.Conf
     if not path.endswith(".py"):
         path = os.path.join("experiments", f"{experiment}.py")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no experiment module {path!r} (run from the repository root, or pass a path)")
+        raise ConfigError(f"no experiment module {path!r} (run from the repository root, or pass a path)")
     path = os.path.abspath(path)
     root = os.path.dirname(os.path.dirname(path))
     if root not in sys.path:
@@ -145,6 +180,20 @@ def load_experiment(experiment: str, small: bool = False) -> ml_collections.Conf
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    config = module.get_config(small=small)
-    config.experiment_file = path
+    try:
+        config = module.get_config(small=small)
+    except (AttributeError, TypeError) as e:  # a locked config refuses a misspelt key here
+        raise ConfigError(f"{path}: {e}") from None
+    with config.unlocked():
+        config.experiment_file = path
+    return config
+
+
+def load_experiment_with(
+    experiment: str, overrides: list[str] | tuple[str, ...] = (), small: bool = False, data: str | None = None
+) -> ml_collections.ConfigDict:
+    """:func:`load_experiment`, then ``--set`` ``overrides`` and (if given) the data folder."""
+    config = apply_overrides(load_experiment(experiment, small), list(overrides))
+    if data:
+        config.data.path = data
     return config

@@ -10,8 +10,10 @@ copying the network.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -23,6 +25,7 @@ from deepsea.groups import Group, get_group
 
 __all__ = [
     "CONVROLL4_STAGES",
+    "MODELS",
     "MultiscaleNet",
     "OrbitAverage",
     "ResNet",
@@ -30,6 +33,7 @@ __all__ = [
     "build_model",
     "count_params",
     "network_layers",
+    "register",
     "size_features",
     "tiny_rollnet",
 ]
@@ -40,18 +44,6 @@ CONVROLL4_STAGES: tuple[tuple[int, ...], ...] = ((32, 16), (64, 32), (128, 128, 
 """Output channels of the convolutions in each stage of the published convroll4."""
 
 
-def _fusable_leaky_relu(conv: ModuleDef, activation: ModuleDef) -> float | None:
-    """The slope of a leaky ReLU ``activation`` that :class:`deepsea.layers.Conv` ``conv`` can apply itself."""
-    conv_cls = conv.func if isinstance(conv, functools.partial) else conv
-    act_cls = activation.func if isinstance(activation, functools.partial) else activation
-    if conv_cls is not layers.Conv or act_cls is not layers.LeakyReLU:
-        return None
-    if isinstance(conv, functools.partial) and conv.keywords.get("negative_slope") is not None:
-        return None
-    kwargs = activation.keywords if isinstance(activation, functools.partial) else {}
-    return float(kwargs.get("negative_slope", layers.LeakyReLU.negative_slope))
-
-
 class RollNet(nn.Module):
     """The seed's rolled convnet (convroll4 with the defaults), or its plain counterpart.
 
@@ -60,6 +52,13 @@ class RollNet(nn.Module):
     input (up to float rounding), provided every pooling grid is symmetric
     (odd map sizes for 3x3 stride-2 pooling; :class:`deepsea.layers.MaxPool`
     raises otherwise).
+
+    Every convolution is followed by a leaky ReLU of slope ``negative_slope`` (0: a ReLU), passed to the
+    ``conv`` factory (which may fuse it) unless ``batch_norm`` puts a batch norm in between.  The factories are
+    called as ``conv(features, negative_slope=, implementation=conv_impl, kernel_init=, name=)``,
+    ``downsample(check_symmetry=, implementation=max_pool_impl, name=)``, ``dense(features, pieces, name=)``,
+    ``classifier(num_classes, name=)``, the symmetry layers with ``group=`` (the rolls also with
+    ``implementation=roll_impl``) and ``norm(use_running_average=, name=)``.
     """
 
     num_classes: int = 121
@@ -70,10 +69,15 @@ class RollNet(nn.Module):
     symmetry: str | Group | None = "c4"
     dense_roll: bool = False
     view_pool_mode: str = "rms"
-    conv: ModuleDef = functools.partial(
-        layers.Conv, kernel_size=(3, 3), padding="SAME", kernel_init=layers.orthogonal()
-    )
-    activation: ModuleDef = layers.LeakyReLU
+    negative_slope: float = layers.DEFAULT_NEGATIVE_SLOPE
+    batch_norm: bool = False  # not in the seed; per-channel statistics over all views keep the invariance
+    size_features: bool = False
+    rotated_inputs: int = 1
+    features_only: bool = False
+    conv_impl: str = "auto"  # see deepsea.backends.conv
+    max_pool_impl: str = "auto"  # see deepsea.backends.max_pool
+    roll_impl: str = "xla"  # xla | pallas: see deepsea.layers.ConvRoll
+    conv: ModuleDef = functools.partial(layers.Conv, kernel_size=(3, 3), padding="SAME")
     downsample: ModuleDef = layers.MaxPool
     dense: ModuleDef = functools.partial(layers.Maxout, kernel_init=layers.orthogonal("linear"))
     classifier: ModuleDef = functools.partial(nn.Dense, kernel_init=layers.orthogonal("linear"))
@@ -81,10 +85,7 @@ class RollNet(nn.Module):
     conv_roll_layer: ModuleDef = layers.ConvRoll
     roll_layer: ModuleDef = layers.Roll
     view_pool_layer: ModuleDef = layers.Pool
-    size_features: bool = False
-    rotated_inputs: int = 1
-    features_only: bool = False
-    norm: ModuleDef | None = None  # e.g. nn.BatchNorm: after each convolution (per channel over all views)
+    norm: ModuleDef = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
 
     @nn.compact
     def __call__(
@@ -107,25 +108,26 @@ class RollNet(nn.Module):
             x = jnp.concatenate(jnp.split(x, k, axis=-1), axis=0)  # (k * B, H, W, C)
         if sym:
             x = self.slice_layer(group=self.symmetry, name="slice")(x)
-        slope = _fusable_leaky_relu(self.conv, self.activation) if self.norm is None else None
+        init = layers.orthogonal("leaky_relu", self.negative_slope)
+        slope = None if self.batch_norm else self.negative_slope  # the convolution applies (and may fuse) it
         for i, stage in enumerate(self.stages):
             for j, features in enumerate(stage):
-                if slope is not None:  # the same function, one pass fewer over each map
-                    x = self.conv(features, negative_slope=slope, name=f"conv{i}_{j}")(x)
-                    continue
-                x = self.conv(features, name=f"conv{i}_{j}")(x)
-                if self.norm is not None:
+                conv = self.conv(
+                    features, negative_slope=slope, implementation=self.conv_impl, kernel_init=init, name=f"conv{i}_{j}"
+                )
+                x = conv(x)
+                if self.batch_norm:
                     x = self.norm(use_running_average=not train, name=f"norm{i}_{j}")(x)
-                x = self.activation()(x)
-            x = self.downsample(check_symmetry=sym, name=f"pool{i}")(x)
+                    x = layers.leaky_relu(x, self.negative_slope)
+            x = self.downsample(check_symmetry=sym, implementation=self.max_pool_impl, name=f"pool{i}")(x)
             if sym:
-                x = self.conv_roll_layer(group=self.symmetry, name=f"conv_roll{i}")(x)
+                x = self.conv_roll_layer(group=self.symmetry, implementation=self.roll_impl, name=f"conv_roll{i}")(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = self.dense(self.dense_features, self.maxout_pieces, name="dense0")(x)
         if sym:
             if self.dense_roll:
-                x = self.roll_layer(group=self.symmetry, name="roll")(x)
+                x = self.roll_layer(group=self.symmetry, implementation=self.roll_impl, name="roll")(x)
             x = self.view_pool_layer(group=self.symmetry, mode=self.view_pool_mode, name="view_pool")(x)
         if k > 1:  # pool over the rotated copies too: rms of rms over equal groups is the rms over all views
             x = _pool_groups(x.reshape((k, x.shape[0] // k, *x.shape[1:])), self.view_pool_mode)
@@ -165,7 +167,6 @@ class MultiscaleNet(nn.Module):
     large: nn.Module
     small: nn.Module
     num_classes: int = 121
-    dropout_rate: float = 0.5
     classifier: ModuleDef = functools.partial(nn.Dense, kernel_init=layers.orthogonal("linear"))
 
     @nn.compact
@@ -268,78 +269,102 @@ class ResNet(nn.Module):
         return nn.Dense(self.num_classes, name="logits")(x)
 
 
-def build_model(cfg: Any, num_classes: int) -> nn.Module:
-    """A model from an experiment's ``config.model`` (a ConfigDict or dict).
+ModelBuilder = Callable[..., nn.Module]
+MODELS: dict[str, ModelBuilder] = {}
+"""Model name -> builder, called as ``builder(num_classes, **config.model)`` with the keys it takes."""
 
-    ``name``: ``"rollnet"`` (the seed's backbone; ``symmetry`` None, ``"c4"``
-    or ``"d4"``), ``"convroll4"`` (the published network, cyclic), ``"plain"``
-    (the same backbone without symmetry), ``"cp8"`` (inputs at 0 and 45
-    degrees stacked in channels, 8-view pooling) or ``"multiscale"`` (a
-    95x95 size-rescaled and a 47x47 fixed-scale branch, ``small_stages``),
-    ``"resnet50"`` or ``"resnext50"`` (the second reference, with batch norm).
-    ``width`` scales every layer's channels and units.  ``roll_impl``: ``"xla"`` (default) or ``"pallas"``
-    (the kernels of ``kernels/``), the same function either way; ``max_pool_impl``: ``"auto"`` (default),
-    ``"onednn"``, ``"slices"`` or ``"reduce_window"`` (see :func:`deepsea.ops.max_pool`); ``conv_impl``:
-    ``"auto"`` (default), ``"onednn"`` or ``"xla"`` (see :class:`deepsea.layers.Conv`).  ``orbit_average``:
-    ``"c4"`` or ``"d4"`` wraps the model in :class:`OrbitAverage` (exactly invariant predictions, paid for at
-    evaluation only).
-    """
-    get = cfg.get if hasattr(cfg, "get") else cfg.__getitem__
-    name = get("name", "rollnet")
-    width = float(get("width", 1.0))
-    stages = tuple(tuple(max(1, round(c * width)) for c in stage) for stage in get("stages", CONVROLL4_STAGES))
-    kwargs: dict[str, Any] = dict(
-        num_classes=num_classes,
-        stages=stages,
-        dense_features=max(1, round(get("dense_features", 512) * width)),
-        maxout_pieces=get("maxout_pieces", 2),
-        dropout_rate=get("dropout", 0.5),
-        symmetry=get("symmetry", "c4"),
-        dense_roll=get("dense_roll", False),
-        view_pool_mode=get("view_pool", "rms"),
-        size_features=get("size_features", False),
+_ROLLNET_FIELDS = frozenset(f.name for f in dataclasses.fields(RollNet)) - {"num_classes", "parent", "name"}
+
+
+def register(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Registers a model builder under ``name``; its keyword parameters are the ``config.model`` keys it takes
+    (a ``**fields`` parameter takes :class:`RollNet`'s fields)."""
+
+    def add(builder: ModelBuilder) -> ModelBuilder:
+        MODELS[name] = builder
+        return builder
+
+    return add
+
+
+def _scaled(stages: Sequence[Sequence[int]], width: float) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(max(1, round(c * width)) for c in stage) for stage in stages)
+
+
+@register("rollnet")
+def rollnet(num_classes: int, width: float = 1.0, **fields: Any) -> RollNet:
+    """:class:`RollNet` with any of its fields; ``width`` scales every layer's channels and units."""
+    fields["stages"] = _scaled(fields.get("stages", CONVROLL4_STAGES), width)
+    fields["dense_features"] = max(1, round(fields.get("dense_features", RollNet.dense_features) * width))
+    return RollNet(num_classes=num_classes, **fields)
+
+
+@register("convroll4")
+def convroll4(num_classes: int, width: float = 1.0, **fields: Any) -> RollNet:
+    """The published network: cyclic (C4), conv rolls, no dense roll, RMS view pool."""
+    return rollnet(num_classes, width, **{**fields, "symmetry": "c4", "dense_roll": False, "view_pool_mode": "rms"})
+
+
+@register("plain")
+def plain(num_classes: int, width: float = 1.0, **fields: Any) -> RollNet:
+    """The same backbone without symmetry (no slice, rolls or view pool)."""
+    return rollnet(num_classes, width, **{**fields, "symmetry": None})
+
+
+@register("cp8")
+def cp8(num_classes: int, width: float = 1.0, **fields: Any) -> RollNet:
+    """Inputs at 0 and 45 degrees stacked in channels, each sliced into its views, pooled over all of them."""
+    return rollnet(num_classes, width, **{**fields, "rotated_inputs": 2})
+
+
+@register("multiscale")
+def multiscale(
+    num_classes: int,
+    width: float = 1.0,
+    small_stages: Sequence[Sequence[int]] = CONVROLL4_STAGES[:3],
+    **fields: Any,
+) -> MultiscaleNet:
+    """A size-rescaled branch (input ``x``, ``stages``) and a fixed-scale branch (``x2``, ``small_stages``),
+    merged before the softmax layer."""
+    large = rollnet(num_classes, width, **{**fields, "features_only": True})
+    small = rollnet(
+        num_classes, width, **{**fields, "stages": small_stages, "features_only": True, "size_features": False}
     )
-    pool_impl = get("max_pool_impl", "auto")
-    if pool_impl != "auto":
-        kwargs["downsample"] = functools.partial(layers.MaxPool, implementation=pool_impl)
-    roll_impl = get("roll_impl", "xla")
-    if roll_impl != "xla":
-        kwargs["conv_roll_layer"] = functools.partial(layers.ConvRoll, implementation=roll_impl)
-        kwargs["roll_layer"] = functools.partial(layers.Roll, implementation=roll_impl)
-    conv_impl = get("conv_impl", "auto")
-    if conv_impl != "auto":
-        kwargs["conv"] = functools.partial(RollNet.conv, implementation=conv_impl)
-    if get("batch_norm", False):
-        kwargs["norm"] = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
-    if name == "convroll4":
-        kwargs.update(symmetry="c4", dense_roll=False, view_pool_mode="rms")
-    elif name == "plain":
-        kwargs.update(symmetry=None)
-    elif name == "cp8":
-        kwargs.update(rotated_inputs=2)
-    elif name == "multiscale":
-        small_stages = tuple(
-            tuple(max(1, round(c * width)) for c in stage) for stage in get("small_stages", CONVROLL4_STAGES[:3])
-        )
-        large = RollNet(**{**kwargs, "features_only": True})
-        small = RollNet(**{**kwargs, "stages": small_stages, "features_only": True, "size_features": False})
-        net = MultiscaleNet(large=large, small=small, num_classes=num_classes, dropout_rate=kwargs["dropout_rate"])
-        return _orbit_average(net, get("orbit_average", ""))
-    elif name in ("resnet50", "resnext50"):
-        filters = max(1, round(64 * width))
-        if name == "resnet50":
-            return ResNet(num_classes, num_filters=filters)
-        return ResNet(num_classes, num_filters=filters, groups=32, width_per_group=4)
-    elif name != "rollnet":
-        raise ValueError(
-            f"unknown model {name!r}; expected 'rollnet', 'convroll4', 'plain', 'cp8', 'multiscale', "
-            "'resnet50' or 'resnext50'"
-        )
-    return _orbit_average(RollNet(**kwargs), get("orbit_average", ""))
+    return MultiscaleNet(large=large, small=small, num_classes=num_classes)
 
 
-def _orbit_average(model: nn.Module, group: str) -> nn.Module:
-    return OrbitAverage(model, group) if group else model
+@register("resnet50")
+def resnet50(num_classes: int, width: float = 1.0) -> ResNet:
+    """ResNet-50 (the second reference), ``width`` scaling the filters."""
+    return ResNet(num_classes, num_filters=max(1, round(64 * width)))
+
+
+@register("resnext50")
+def resnext50(num_classes: int, width: float = 1.0) -> ResNet:
+    """ResNeXt-50 32x4d (the second reference), ``width`` scaling the filters."""
+    return ResNet(num_classes, num_filters=max(1, round(64 * width)), groups=32, width_per_group=4)
+
+
+def _accepted(builder: ModelBuilder) -> frozenset[str]:
+    params = inspect.signature(builder).parameters.values()
+    named = {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD} - {"num_classes"}
+    takes_fields = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    return frozenset(named | (_ROLLNET_FIELDS if takes_fields else set()))
+
+
+def build_model(cfg: Any, num_classes: int) -> nn.Module:
+    """A model from an experiment's ``config.model`` (a ConfigDict or dict): ``MODELS[name]`` called with the keys
+    it takes, wrapped in :class:`OrbitAverage` when ``orbit_average`` is ``"c4"`` or ``"d4"`` (exactly invariant
+    predictions, paid for at evaluation only)."""
+    items = dict(cfg.items())
+    name = items.pop("name", "rollnet")
+    orbit = items.pop("orbit_average", "")
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+    builder = MODELS[name]
+    accepted = _accepted(builder)
+    model = builder(num_classes, **{k: v for k, v in items.items() if k in accepted})
+    return OrbitAverage(model, orbit) if orbit else model
 
 
 def network_layers(params: Any) -> Any:

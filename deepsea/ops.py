@@ -24,12 +24,9 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from deepsea import onednn
 from deepsea.groups import C4, D4, Group, get_group
 
 __all__ = [
-    "Implementation",
-    "MaxPoolImplementation",
     "PoolMode",
     "cyclic_conv_roll",
     "cyclic_pool",
@@ -43,7 +40,7 @@ __all__ = [
     "group_pool",
     "group_roll",
     "group_slice",
-    "max_pool",
+    "pad_amounts",
     "permute_views",
     "pooling_is_symmetric",
 ]
@@ -98,10 +95,6 @@ def permute_views(x: jax.Array, group: str | Group, a: int) -> jax.Array:
     return y.reshape(x.shape)
 
 
-Implementation = Literal["xla", "pallas"]
-MaxPoolImplementation = Literal["auto", "slices", "reduce_window", "onednn"]
-
-
 def _roll(x: jax.Array, g: Group, transform: bool, what: str) -> jax.Array:
     y = _split_views(x, g, what)
     blocks = []
@@ -115,50 +108,32 @@ def _roll(x: jax.Array, g: Group, transform: bool, what: str) -> jax.Array:
     return out.reshape((*x.shape[:-1], g.order * x.shape[-1]))
 
 
-def _check_implementation(implementation: str) -> None:
-    if implementation not in ("xla", "pallas"):
-        raise ValueError(f"unknown implementation {implementation!r}; expected 'xla' or 'pallas'")
-
-
-def group_roll(x: jax.Array, group: str | Group, implementation: Implementation = "xla") -> jax.Array:
+def group_roll(x: jax.Array, group: str | Group) -> jax.Array:
     """Dense roll: ``(V*B, ..., F) -> (V*B, ..., V*F)``.
 
     For view ``g``, channel block ``h`` holds the features of view ``h . g``
     (for C4: view ``i``, block ``k`` holds view ``(i + k) mod 4``).  Nothing is
     transformed spatially; use :func:`group_conv_roll` for feature maps.
-    ``implementation``: ``"xla"`` (transposes; the default) or ``"pallas"``
-    (the fused kernels of ``kernels/roll.py``; interpret mode off-GPU).  Both
-    give bitwise equal results and gradients (tested for float32, bfloat16, float16).
+    This is the reference; ``deepsea_kernels.roll`` is a fused Pallas kernel of it.
     """
     g = get_group(group)
     what = f"{g.name}_roll"
-    _check_implementation(implementation)
     _split_views(x, g, what)
-    if implementation == "pallas":
-        from deepsea_kernels import roll
-
-        return roll(x, g)
     return _roll(x, g, False, what)
 
 
-def group_conv_roll(x: jax.Array, group: str | Group, implementation: Implementation = "xla") -> jax.Array:
+def group_conv_roll(x: jax.Array, group: str | Group) -> jax.Array:
     """Convolutional roll: ``(V*B,H,W,C) -> (V*B,H,W,V*C)``, maps aligned to each view's frame.
 
     For view ``g``, channel block ``h`` holds the maps of view ``h . g``
     transformed by ``h**-1``; for C4, view ``i``'s block ``k`` is view
     ``(i + k) mod 4`` rotated by ``-k * 90`` degrees.  Maps must be square.
-    ``implementation``: ``"xla"`` (the default) or ``"pallas"``
-    (``kernels/conv_roll.py``); both give bitwise equal results and gradients.
+    This is the reference; ``deepsea_kernels.conv_roll`` is a fused Pallas kernel of it.
     """
     g = get_group(group)
     what = f"{g.name}_conv_roll"
     _check_nhwc(x, what)
-    _check_implementation(implementation)
     _split_views(x, g, what)
-    if implementation == "pallas":
-        from deepsea_kernels import conv_roll
-
-        return conv_roll(x, g)
     return _roll(x, g, True, what)
 
 
@@ -239,24 +214,24 @@ def dihedral_slice(x: jax.Array) -> jax.Array:
     return group_slice(x, D4)
 
 
-def cyclic_roll(x: jax.Array, implementation: Implementation = "xla") -> jax.Array:
+def cyclic_roll(x: jax.Array) -> jax.Array:
     """``(4B,F) -> (4B,4F)``: for view ``i``, block ``k`` holds view ``(i + k) mod 4``."""
-    return group_roll(x, C4, implementation)
+    return group_roll(x, C4)
 
 
-def dihedral_roll(x: jax.Array, implementation: Implementation = "xla") -> jax.Array:
+def dihedral_roll(x: jax.Array) -> jax.Array:
     """``(8B,F) -> (8B,8F)``: for view ``g``, block ``h`` holds view ``h . g``."""
-    return group_roll(x, D4, implementation)
+    return group_roll(x, D4)
 
 
-def cyclic_conv_roll(x: jax.Array, implementation: Implementation = "xla") -> jax.Array:
+def cyclic_conv_roll(x: jax.Array) -> jax.Array:
     """``(4B,H,W,C) -> (4B,H,W,4C)``, each block rotated into the view's frame."""
-    return group_conv_roll(x, C4, implementation)
+    return group_conv_roll(x, C4)
 
 
-def dihedral_conv_roll(x: jax.Array, implementation: Implementation = "xla") -> jax.Array:
+def dihedral_conv_roll(x: jax.Array) -> jax.Array:
     """``(8B,H,W,C) -> (8B,H,W,8C)``: block ``h`` of view ``g`` is view ``h . g`` transformed by ``h**-1``."""
-    return group_conv_roll(x, D4, implementation)
+    return group_conv_roll(x, D4)
 
 
 def cyclic_pool(x: jax.Array, mode: PoolMode = "mean", eps: float = DEFAULT_RMS_EPS) -> jax.Array:
@@ -284,7 +259,7 @@ def pooling_is_symmetric(
     convention) or explicit ``(low, high)``.  For 3x3 stride-2 VALID pooling the
     symmetric sizes are the odd ones.
     """
-    lo, hi = _pad_amounts(size, window, stride, padding)
+    lo, hi = pad_amounts(size, window, stride, padding)
     out = (size + lo + hi - window) // stride + 1
     if out < 1:
         raise ValueError(f"a {window}-wide window does not fit a map of {size} pixels")
@@ -292,7 +267,8 @@ def pooling_is_symmetric(
     return lo == last_end - (size - 1)
 
 
-def _pad_amounts(size: int, window: int, stride: int, padding: str | tuple[int, int]) -> tuple[int, int]:
+def pad_amounts(size: int, window: int, stride: int, padding: str | tuple[int, int]) -> tuple[int, int]:
+    """The ``(low, high)`` padding of one axis for ``"VALID"``, ``"SAME"`` (XLA's convention) or explicit pads."""
     if not isinstance(padding, str):
         return padding
     if padding.upper() == "VALID":
@@ -302,63 +278,3 @@ def _pad_amounts(size: int, window: int, stride: int, padding: str | tuple[int, 
         total = max((out - 1) * stride + window - size, 0)
         return total // 2, total - total // 2
     raise ValueError(f"unknown padding {padding!r}")
-
-
-def max_pool(
-    x: jax.Array,
-    window: int = 3,
-    stride: int = 2,
-    padding: str | tuple[int, int] = "VALID",
-    implementation: MaxPoolImplementation = "auto",
-) -> jax.Array:
-    """Max pooling of ``(N, H, W, C)`` maps over ``window x window`` windows every ``stride`` pixels.
-
-    ``"onednn"`` is oneDNN's max pooling and its gradient (:func:`deepsea.onednn.max_pool`): the value and
-    gradient of ``"reduce_window"``, the convroll4 training step 1.14x as fast as with ``"slices"`` on 2 CPU
-    cores (``deepsea bench experiments/convroll4.py --compare model.max_pool_impl=slices``).  ``"auto"`` (the
-    default) is ``"onednn"`` for float32 maps where :func:`deepsea.onednn.available`, else ``"slices"``.
-
-    ``"slices"`` takes the maximum of ``window`` strided slices
-    along the height, then along the width.  The forward result equals
-    ``"reduce_window"`` (``lax.reduce_window``, what ``flax.linen.max_pool``
-    runs) bit for bit; its gradient is the same away from ties (at a tie it is
-    split between the tied inputs instead of given to the first).  On the CPU
-    the backward pass is 3-7x faster than ``reduce_window``'s select-and-scatter
-    (forward+backward on 128x47x47x8: 8.7 vs 30.1 ms; the CPU-sized convroll4
-    training step 9% faster: ``deepsea bench ... --set model.max_pool_impl=reduce_window``).
-    """
-    if implementation == "auto":
-        implementation = "onednn" if x.dtype == jnp.float32 and x.ndim == 4 and onednn.available() else "slices"
-    if implementation == "onednn":
-        pads = tuple(_pad_amounts(x.shape[1 + i], window, stride, padding) for i in range(2))
-        if min(x.shape[1 + i] + sum(pads[i]) for i in range(2)) < window:
-            raise ValueError(f"a {window}-wide window does not fit a map of {x.shape[1]}x{x.shape[2]} pixels")
-        return onednn.max_pool(x, (window, window), (stride, stride), pads)
-    if implementation == "reduce_window":
-        pads = [
-            (0, 0),
-            _pad_amounts(x.shape[1], window, stride, padding),
-            _pad_amounts(x.shape[2], window, stride, padding),
-            (0, 0),
-        ]
-        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
-    if implementation != "slices":
-        raise ValueError(
-            f"unknown max_pool implementation {implementation!r}; "
-            "expected 'auto', 'slices', 'reduce_window' or 'onednn'"
-        )
-    for axis in (1, 2):
-        lo, hi = _pad_amounts(x.shape[axis], window, stride, padding)
-        if lo or hi:
-            pad = [(0, 0)] * x.ndim
-            pad[axis] = (lo, hi)
-            x = jnp.pad(x, pad, constant_values=-jnp.inf)
-        out = (x.shape[axis] - window) // stride + 1
-        if out < 1:
-            raise ValueError(f"a {window}-wide window does not fit a map of {x.shape[axis]} pixels")
-        parts = [jax.lax.slice_in_dim(x, i, i + (out - 1) * stride + 1, stride, axis=axis) for i in range(window)]
-        y = parts[0]
-        for p in parts[1:]:
-            y = jnp.where(y >= p, y, p)  # max whose gradient is one select, not maximum's tie-splitting divide
-        x = y
-    return x

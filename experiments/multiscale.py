@@ -4,6 +4,7 @@ Launch: deepsea train experiments/multiscale.py --data ../shared/data/ndsb/train
 Small run: deepsea train experiments/multiscale.py --small
 """
 
+from deepsea.models import CONVROLL4_STAGES
 from experiments import convroll4
 
 
@@ -13,5 +14,6 @@ def get_config(small: bool = False):
     c.model.name = "multiscale"
     c.data.second_size = 47
     c.data.second_rescale = "factor:0.2"
-    c.model.small_stages = ((32, 16), (64, 32), (128, 128, 64))
+    with c.unlocked():
+        c.model.small_stages = CONVROLL4_STAGES[:3]  # the fixed-scale branch: convroll4's first three stages
     return c

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import jax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from deepsea.groups import Group
-from deepsea_kernels import _gather
 
 GPU_BLOCK = 1024
 """Elements per program on a GPU: a power of two (Triton's requirement), 8 per thread of 4 warps."""
@@ -39,6 +39,7 @@ def compiler_params() -> pltriton.CompilerParams:
 
 
 def call_roll_kernel(
+    kernel: Callable[..., None],
     backward: bool,
     x: jax.Array,
     dest: jax.Array | None,
@@ -49,9 +50,8 @@ def call_roll_kernel(
     block: int,
     interpret: bool,
 ) -> jax.Array:
-    """Runs the forward (``x``: ``(V, length)`` -> ``(V, V * length)``) or backward (the reverse) kernel."""
+    """Runs ``kernel``: forward (``x``: ``(V, length)`` -> ``(V, V * length)``) or backward (the reverse)."""
     v = group.order
-    kernel = _gather.backward_kernel if backward else _gather.forward_kernel
     out_len = length if backward else v * length
     inputs = [x] if dest is None else [x, dest]
     whole = lambda a: pl.BlockSpec(a.shape, lambda t: (0,) * a.ndim)  # noqa: E731  (refs are pointers on a GPU)

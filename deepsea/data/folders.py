@@ -121,10 +121,15 @@ def scan_flat_folder(root: str | os.PathLike) -> ImageFolder:
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FolderError(f"image folder {root!r} does not exist or is not a folder")
-    entries = sorted(os.listdir(root))
-    paths = [os.path.join(root, e) for e in entries if _is_image(e) and os.path.isfile(os.path.join(root, e))]
-    ignored = [e for e in entries if os.path.join(root, e) not in paths]
+    paths: list[str] = []
+    ignored: list[str] = []
+    with os.scandir(root) as it:  # one pass; DirEntry knows its type without another system call
+        for entry in sorted(it, key=lambda e: e.name):
+            if _is_image(entry.name) and entry.is_file():
+                paths.append(entry.path)
+            else:
+                ignored.append(entry.name)
     if not paths:
-        raise FolderError(f"image folder {root!r} has no images ({len(entries)} other entries)")
+        raise FolderError(f"image folder {root!r} has no images ({len(ignored)} other entries)")
     _log_ignored(root, ignored)
     return ImageFolder(root, tuple(paths), None, (), tuple(ignored))

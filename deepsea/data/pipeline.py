@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -36,18 +35,12 @@ __all__ = [
     "BatchIterator",
     "Preprocess",
     "ProcessSlice",
-    "RunDataMismatch",
-    "bagging_splits",
     "check_images",
     "compute_stats",
     "eval_batches",
-    "load_json",
-    "load_preprocess",
-    "load_run_data",
     "preprocess_image",
     "preprocess_inputs",
-    "save_json",
-    "save_run_data",
+    "read_input",
     "stratified_split",
     "train_batches",
 ]
@@ -100,7 +93,8 @@ def preprocess_image(image: np.ndarray, pp: Preprocess, params: AugmentParams = 
     return ((x - np.float32(pp.mean)) / np.float32(pp.std)).astype(np.float32)
 
 
-def _read(path: str, channels: int) -> np.ndarray:
+def read_input(path: str, channels: int) -> np.ndarray:
+    """An image file decoded as a model's input expects it: grayscale (``channels=1``) or RGB uint8."""
     return read_image(path, "L" if channels == 1 else "RGB")
 
 
@@ -169,15 +163,6 @@ def stratified_split(
     return train_idx, val_idx
 
 
-def bagging_splits(
-    labels: np.ndarray, k: int, fraction: float = 0.1, seed: int = 0
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``k`` stratified splits with seeds ``seed, seed + 1, ...``: one per bagged model."""
-    if k < 1:
-        raise ValueError(f"k must be positive, got {k}")
-    return [stratified_split(labels, fraction, seed + i) for i in range(k)]
-
-
 def compute_stats(folder: ImageFolder, pp: Preprocess, max_images: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Global mean and standard deviation of the plainly rescaled patches (float64 accumulation).
 
@@ -189,7 +174,7 @@ def compute_stats(folder: ImageFolder, pp: Preprocess, max_images: int = 2000, s
     plain = dataclasses.replace(pp, mean=0.0, std=1.0)
     total, total_sq, count = 0.0, 0.0, 0
     for i in idx:
-        x = preprocess_image(_read(folder.paths[i], pp.channels), plain).astype(np.float64)
+        x = preprocess_image(read_input(folder.paths[i], pp.channels), plain).astype(np.float64)
         total += x.sum()
         total_sq += (x * x).sum()
         count += x.size
@@ -229,7 +214,7 @@ def _example(
 
     ``image``: the decoded ``paths[index]``, when the caller has it already.
     """
-    img = _read(paths[index], pp.channels) if image is None else image
+    img = read_input(paths[index], pp.channels) if image is None else image
     out: dict[str, Any] = {
         **preprocess_inputs(img, pp, params),
         "raw_size": np.array(img.shape[:2], np.float32),
@@ -262,7 +247,6 @@ class AugmentedSource:
         seed: int = 0,
         shuffle: bool = True,
         epochs: int | None = None,
-        raw_sizes: np.ndarray | None = None,
         cache: bool = False,
     ):
         if not paths:
@@ -271,7 +255,6 @@ class AugmentedSource:
         self.labels = None if labels is None else np.asarray(labels, np.int32)
         self.pp, self.ranges, self.seed, self.shuffle = pp, ranges, seed, shuffle
         self.epochs = EPOCHS_FOREVER if epochs is None else epochs
-        self.raw_sizes = raw_sizes
         self._perm_epoch = -1
         self._perm: np.ndarray | None = None
         self.cache = cache
@@ -292,7 +275,7 @@ class AugmentedSource:
         params = sample_params(np.random.default_rng([self.seed, epoch, index]), self.ranges)
         image = self._decoded.get(index)
         if image is None:
-            image = _read(self.paths[index], self.pp.channels)
+            image = read_input(self.paths[index], self.pp.channels)
             if self.cache:
                 self._decoded[index] = image
         return _example(self.paths, self.labels, index, self.pp, params, image)
@@ -439,102 +422,3 @@ class _FixedSource:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return _example(self.paths, self.labels, i, self.pp, self.params)
-
-
-def save_json(path: str, obj: Any) -> None:
-    """Writes ``obj`` as JSON atomically (a temporary file renamed over ``path``)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def load_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
-class RunDataMismatch(ValueError):
-    """A dataset that does not match what a run was trained with (classes or split images)."""
-
-
-def save_run_data(
-    run_dir: str,
-    folder: ImageFolder,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
-    pp: Preprocess,
-    seed: int,
-    fraction: float,
-    skipped: Sequence[tuple[str, str]] = (),
-) -> None:
-    """Writes ``classes.json``, ``split.json`` (image ids, relative paths) and ``preprocess.json``."""
-    os.makedirs(run_dir, exist_ok=True)
-    rel = [os.path.relpath(p, folder.root) for p in folder.paths]
-    save_json(os.path.join(run_dir, "classes.json"), list(folder.classes))
-    save_json(
-        os.path.join(run_dir, "split.json"),
-        {
-            "root": os.path.abspath(folder.root),
-            "seed": seed,
-            "validation_fraction": fraction,
-            "train": [rel[i] for i in train_idx],
-            "validation": [rel[i] for i in val_idx],
-            "validation_ids": [folder.ids[i] for i in val_idx],
-            "skipped": [{"path": p, "reason": r} for p, r in skipped],
-            "ignored": list(folder.ignored),
-        },
-    )
-    save_json(
-        os.path.join(run_dir, "preprocess.json"),
-        {
-            "size": pp.size,
-            "rescale": {"kind": pp.rescale.kind, "value": pp.rescale.value},
-            "channels": pp.channels,
-            "mean": pp.mean,
-            "std": pp.std,
-            "extra_rotations": list(pp.extra_rotations),
-            "second_size": pp.second_size,
-            "second_rescale": {"kind": pp.second_rescale.kind, "value": pp.second_rescale.value},
-        },
-    )
-
-
-def load_run_data(run_dir: str, folder: ImageFolder) -> tuple[np.ndarray, np.ndarray, Preprocess]:
-    """Reads a run's split and preprocessing back against ``folder``.
-
-    Raises :class:`RunDataMismatch` naming the difference when the class list
-    differs or split images are missing from the folder.
-    """
-    classes = load_json(os.path.join(run_dir, "classes.json"))
-    if list(folder.classes) != classes:
-        missing = sorted(set(classes) - set(folder.classes))
-        extra = sorted(set(folder.classes) - set(classes))
-        raise RunDataMismatch(
-            f"the classes of {folder.root!r} do not match run {run_dir!r} "
-            f"({len(folder.classes)} vs {len(classes)} classes; missing {missing[:5]}, extra {extra[:5]})"
-        )
-    split = load_json(os.path.join(run_dir, "split.json"))
-    index = {os.path.relpath(p, folder.root): i for i, p in enumerate(folder.paths)}
-    lost = [p for p in split["train"] + split["validation"] if p not in index]
-    if lost:
-        raise RunDataMismatch(f"{len(lost)} image(s) of run {run_dir!r} are not in {folder.root!r}: {lost[:5]}")
-    train = np.array([index[p] for p in split["train"]], np.int64)
-    val = np.array([index[p] for p in split["validation"]], np.int64)
-    return train, val, load_preprocess(run_dir)
-
-
-def load_preprocess(run_dir: str) -> Preprocess:
-    """The preprocessing (patch, rescale, global statistics) a run was trained with."""
-    meta = load_json(os.path.join(run_dir, "preprocess.json"))
-    return Preprocess(
-        size=meta["size"],
-        rescale=Rescale(meta["rescale"]["kind"], meta["rescale"]["value"]),
-        channels=meta["channels"],
-        mean=meta["mean"],
-        std=meta["std"],
-        extra_rotations=tuple(meta.get("extra_rotations", ())),
-        second_size=meta.get("second_size", 0),
-        second_rescale=Rescale(**meta.get("second_rescale", {"kind": "factor", "value": 0.2})),
-    )

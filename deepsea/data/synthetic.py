@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-__all__ = ["SYNTHETIC_CLASSES", "default_synthetic_dir", "draw", "make_synthetic"]
+__all__ = ["SYNTHETIC_CLASSES", "data_cache_dir", "default_synthetic_dir", "draw", "make_synthetic"]
 
 Shape = Callable[[np.ndarray, np.ndarray, np.random.Generator, float], np.ndarray]
 
@@ -167,13 +167,18 @@ SYNTHETIC_VERSION = 1
 DEFAULT_PER_CLASS = 150
 
 
+def data_cache_dir() -> str:
+    """Where generated and exported datasets are kept: ``$DEEPSEA_DATA``, else ``~/.cache/deepsea``."""
+    return os.environ.get("DEEPSEA_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "deepsea")
+
+
 def default_synthetic_dir(per_class: int = DEFAULT_PER_CLASS, seed: int = 0, generate: bool = True) -> str:
     """The default generated dataset, made on first use under ``$DEEPSEA_DATA`` (or ``~/.cache/deepsea``).
 
     Generation writes to a temporary folder renamed into place, so an
     interrupted run never leaves a half-written dataset behind.
     """
-    base = os.environ.get("DEEPSEA_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "deepsea")
+    base = data_cache_dir()
     path = os.path.join(base, f"synthetic-v{SYNTHETIC_VERSION}-{per_class}-{seed}")
     if generate and not os.path.isdir(path):
         os.makedirs(base, exist_ok=True)

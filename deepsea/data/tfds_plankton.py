@@ -26,7 +26,7 @@ from PIL import Image
 from deepsea.data.folders import FolderError, scan_labelled_folder
 from deepsea.data.images import IMAGE_EXTENSIONS, BadImageError
 
-__all__ = ["build_tfds", "iter_labelled", "load_tfds"]
+__all__ = ["build_tfds", "export_folder", "iter_labelled", "load_tfds"]
 
 NAME = "deepsea_plankton"
 
@@ -153,3 +153,27 @@ def load_tfds(path: str, split: str = "train") -> Any:
     import tensorflow_datasets as tfds
 
     return tfds.builder_from_directory(path).as_data_source(split=split)
+
+
+def export_folder(path: str, out: str, split: str = "train") -> str:
+    """Writes a built dataset's images as a labelled folder ``<out>/<class>/<id>.png`` (once: a finished export
+    is marked and reused), so that everything that reads image folders reads it; returns ``out``."""
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    done = os.path.join(out, ".complete")
+    if os.path.exists(done):
+        return out
+    builder = tfds.builder_from_directory(os.path.expanduser(path))
+    names = builder.info.features["label"].names
+    source = builder.as_data_source(split=split)
+    for name in names:
+        os.makedirs(os.path.join(out, name), exist_ok=True)
+    for i in range(len(source)):
+        ex = source[i]
+        image_id = ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"])
+        image = np.asarray(ex["image"])[..., 0]
+        Image.fromarray(image).save(os.path.join(out, names[int(ex["label"])], f"{image_id}.png"))
+    with open(done, "w") as f:
+        f.write(f"{len(source)} images from {path}\n")
+    return out

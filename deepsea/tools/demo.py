@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +18,9 @@ import numpy as np
 from deepsea import ops
 from deepsea.groups import D4
 from deepsea.models import RollNet
+from deepsea.plots import plot_views
 
-__all__ = ["draw_organism", "main", "run"]
+__all__ = ["draw_organism", "run"]
 
 
 def draw_organism(size: int = 95, seed: int = 0) -> np.ndarray:
@@ -56,29 +56,6 @@ def run(size: int = 95, seed: int = 0) -> dict[str, dict[str, float]]:
     return results
 
 
-def _save_png(path: str, size: int, seed: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    img = jnp.asarray(draw_organism(size, seed))[None, :, :, None]
-    views = ops.dihedral_slice(img)
-    rolled = ops.dihedral_conv_roll(views)  # (8, H, W, 8): block h of view g is g(img)
-    fig, axes = plt.subplots(2, 8, figsize=(16, 5.0))
-    for v in range(8):
-        axes[0, v].imshow(views[v, :, :, 0], cmap="gray")
-        axes[0, v].set_title(f"slice view {D4.label(v)}")
-        axes[1, v].imshow(rolled[3, :, :, v], cmap="gray")
-        axes[1, v].set_title(f"view r3, block {D4.label(v)}")
-    for ax in axes.ravel():
-        ax.set_axis_off()
-    fig.suptitle("dihedral slice (top) and the conv roll of view r3 (bottom): every block is aligned to the view")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=95, help="input size (odd, so that pooling stays symmetric)")
     p.add_argument("--seed", type=int, default=0)
@@ -100,13 +77,8 @@ def main_with_args(args: argparse.Namespace) -> None:
     )
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "views.png")
-    _save_png(path, args.size, args.seed)
+    img = jnp.asarray(draw_organism(args.size, args.seed))[None, :, :, None]
+    plot_views(path, ops.dihedral_slice(img))
     print(f"wrote {path}")
     if c4_rot > 1e-5 or d4_all > 1e-5:
         raise SystemExit("invariance violated beyond float rounding")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(p)
-    main_with_args(p.parse_args(argv))

@@ -28,7 +28,7 @@ import os
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -38,9 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepsea import layers
-from deepsea.bench_ops import _time
+from deepsea.configs import load_experiment_with
+from deepsea.models import build_model
+from deepsea.step import create_train_state, example_inputs, forward, make_train_step
+from deepsea.tools.timing import time_call
 
-__all__ = ["count_flops", "main", "run_ours", "run_torch", "symmetry_op_times"]
+__all__ = ["count_flops", "run_ours", "run_torch", "symmetry_op_times"]
 
 DEFAULT_TORCH_SCRIPT = os.path.join("..", "shared", "bench", "torch_convroll.py")
 _SYMMETRY_LAYERS = (layers.Slice, layers.Roll, layers.ConvRoll, layers.Pool)
@@ -70,29 +73,6 @@ def _jaxpr_flops(jaxpr: Any) -> int:
     return total
 
 
-def _config(experiment: str, overrides: Sequence[str], small: bool) -> Any:
-    from deepsea.configs import apply_overrides, load_experiment
-
-    cfg = load_experiment(experiment, small=small)
-    apply_overrides(cfg, list(overrides))
-    return cfg
-
-
-def _random_batch(cfg: Any, batch: int, num_classes: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    size = cfg.data.size
-    channels = 1 + len(cfg.data.get("extra_rotations", ()))
-    b = {
-        "image": rng.standard_normal((batch, size, size, channels)).astype(np.float32),
-        "label": rng.integers(0, num_classes, batch).astype(np.int32),
-        "raw_size": rng.integers(20, 200, (batch, 2)).astype(np.float32),
-    }
-    if cfg.data.get("second_size", 0):
-        s2 = cfg.data.second_size
-        b["image2"] = rng.standard_normal((batch, s2, s2, channels)).astype(np.float32)
-    return b
-
-
 def symmetry_op_times(model: nn.Module, variables: Any, batch: dict[str, np.ndarray], repeats: int = 5) -> list[dict]:
     """Forward+backward time of every slice/roll/pool layer of ``model``, each alone at its input shape."""
     calls: list[tuple[nn.Module, tuple[int, ...], Any]] = []
@@ -102,11 +82,9 @@ def symmetry_op_times(model: nn.Module, variables: Any, batch: dict[str, np.ndar
             calls.append((context.module.clone(parent=None), args[0].shape, args[0].dtype))
         return next_fun(*args, **kwargs)
 
-    from deepsea.train import _forward
-
     with nn.intercept_methods(record):
         # the training-mode forward: what the timed step runs (an OrbitAverage evaluates 8 copies only in eval mode)
-        jax.eval_shape(lambda v, b: _forward(model, v, b, True, jax.random.key(0)), variables, batch)
+        jax.eval_shape(lambda v, b: forward(model, v, b, True, jax.random.key(0)), variables, batch)
     rows = []
     rng = np.random.default_rng(0)
     for module, shape, dtype in calls:
@@ -119,7 +97,7 @@ def symmetry_op_times(model: nn.Module, variables: Any, batch: dict[str, np.ndar
             y, vjp = jax.vjp(fn, x)
             return y, vjp(ct)
 
-        seconds = _time(fwd_bwd, x, ct, repeats=repeats)
+        seconds = time_call(fwd_bwd, x, ct, repeats=repeats)
         rows.append({"layer": type(module).__name__, "in_shape": list(shape), "fwdbwd_ms": seconds * 1e3})
     return rows
 
@@ -128,31 +106,25 @@ class _OurStep:
     """The experiment's compiled training step on a fixed random batch, ready to be timed repeatedly."""
 
     def __init__(self, cfg: Any, batch_size: int, num_classes: int = 121):
-        from deepsea.models import build_model
-        from deepsea.train import TrainState, _forward, make_optimizer, make_train_step
-
         self.cfg = cfg
         self.batch_size = batch_size
-        self.model = build_model(cfg.model, num_classes)
-        self.batch_np = _random_batch(cfg, batch_size, num_classes)
+        setup = create_train_state(cfg, num_classes)
+        self.model = setup.model
+        self.batch_np = example_inputs(cfg, batch_size, seed=0)
+        self.batch_np["label"] = np.random.default_rng(0).integers(0, num_classes, batch_size).astype(np.int32)
         self.batch = {k: jnp.asarray(v) for k, v in self.batch_np.items()}
-        variables = self.model.init(
-            jax.random.key(0), self.batch["image"], raw_size=self.batch["raw_size"], x2=self.batch.get("image2")
-        )
+        self.state = setup.state
+        variables = self.state.variables()
         # shapes only: the step donates the buffers
         self.variable_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables)
-        tx, sched = make_optimizer(cfg.optim, cfg.train.steps)
-        params = variables["params"]
-        model_state = {k: v for k, v in variables.items() if k != "params"}
-        self.state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), model_state)
-        self.step_fn = make_train_step(self.model, tx, sched)
+        self.step_fn = make_train_step(setup.model, setup.optimizer, setup.schedule)
         self.rng = jax.random.key(1)
-        self.params = sum(int(x.size) for x in jax.tree.leaves(params))
+        self.params = sum(int(x.size) for x in jax.tree.leaves(self.state.params))
 
-        # the step's forward, with XLA's convolutions (conv_impl "auto" computes the first layer without one)
+        # FLOPs of the step's forward with XLA's convolutions (counted from conv_general_dilated)
         reference = build_model({**dict(cfg.model.items()), "conv_impl": "xla"}, num_classes)
-        forward = lambda v, b: _forward(reference, v, b, True, jax.random.key(0))[0]  # noqa: E731
-        self.train_flops = 3 * count_flops(forward, variables, self.batch)
+        fwd = lambda v, b: forward(reference, v, b, True, jax.random.key(0))[0]  # noqa: E731
+        self.train_flops = 3 * count_flops(fwd, variables, self.batch)
         t0 = time.perf_counter()
         self.state, metrics = self.step_fn(self.state, self.batch, self.rng)
         jax.block_until_ready(metrics)
@@ -224,11 +196,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main_with_args(args: argparse.Namespace) -> None:
-    cfg = _config(args.experiment, args.set, args.small)
+    cfg = load_experiment_with(args.experiment, args.set, args.small)
     batch = args.batch or cfg.train.batch_size
     step = _OurStep(cfg, batch)
     variants = [
-        (spec, _OurStep(_config(args.experiment, [*args.set, *spec.split(",")], args.small), batch))
+        (spec, _OurStep(load_experiment_with(args.experiment, [*args.set, *spec.split(",")], args.small), batch))
         for spec in args.compare
     ]
     lines: list[dict[str, Any]] = []
@@ -284,54 +256,7 @@ def main_with_args(args: argparse.Namespace) -> None:
             for rec in lines:
                 f.write(json.dumps(rec) + "\n")
     if args.plot:
+        from deepsea.plots import plot_rounds
+
         plot_rounds(lines, args.plot)
         print(f"plot: {args.plot}", flush=True)
-
-
-def plot_rounds(lines: Sequence[dict[str, Any]], path: str) -> list[str]:
-    """Images/s per round for ours, each ``--compare`` variant and PyTorch, from ``bench``'s JSON lines; returns
-    the legend's labels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = next((rec for rec in lines if rec.get("summary")), None)
-    if summary is None:
-        raise ValueError("plot_rounds needs bench's JSON lines with their summary line")
-    series: dict[str, list[tuple[int, float]]] = {}
-    for rec in lines:
-        if rec.get("summary"):
-            continue
-        name = "PyTorch" if rec.get("impl") == "torch" else rec.get("variant") or "deepsea"
-        series.setdefault(name, []).append((rec["round"], rec["images_per_s"]))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, points in series.items():
-        rounds, ips = zip(*points, strict=True)
-        median = statistics.median(ips)
-        ax.plot(rounds, ips, "o-", label=f"{name}: median {median:.1f} images/s")
-    ax.set_xticks(sorted({r for points in series.values() for r, _ in points}))
-    ax.set_xlabel("round (interleaved)")
-    ax.set_ylabel("training images/s")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    size, width, batch = summary["size"], summary["width"], summary["batch"]
-    title = f"{summary['experiment']} {size}x{size}, width {width}, batch {batch}"
-    if "ratio_vs_torch" in summary:
-        title += f": {summary['ratio_vs_torch']:.2f}x PyTorch"
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [t.get_text() for t in ax.get_legend().get_texts()]
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(p)
-    main_with_args(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -26,7 +26,7 @@ from deepsea.data import (
     train_batches,
 )
 
-__all__ = ["main"]
+__all__ = ["loader_rates", "waiting_share"]
 
 
 def _rate(it, batches: int, batch_size: int) -> float:
@@ -134,13 +134,3 @@ def main_with_args(args: argparse.Namespace) -> None:
             f"of the loop ({args.workers} worker(s))"
         )
     print(json.dumps(results))
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(p)
-    main_with_args(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

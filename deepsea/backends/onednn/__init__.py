@@ -1,19 +1,18 @@
 """oneDNN convolutions and max pooling on the CPU, called from XLA through the FFI.
 
-XLA:CPU computes convolutions with Eigen, which on 2 AVX-512 cores reaches 75-340 GFLOP/s forward and 36-285 for
-weight gradients on the convroll4 layers; oneDNN (the library behind PyTorch's CPU convolutions) reaches 200-580
-for all three.  :func:`conv` is a stride-1 NHWC/HWIO float32 convolution whose forward pass, input gradient and
-kernel gradient are oneDNN primitives (``deepsea/csrc/onednn_conv.cc``), with ``lax.conv_general_dilated``'s value
-and gradients up to the summation order; :class:`deepsea.layers.Conv` uses it by default where it applies, and
-:func:`conv_bias_leaky_relu` (bias and activation fused into the convolution) where it is given a
-``negative_slope``, as :class:`deepsea.models.RollNet` does.
-:func:`max_pool` is max pooling whose value and gradient are oneDNN primitives
-(``deepsea.ops.max_pool(..., implementation="onednn")``, the models' default where available).
+:func:`conv` is a stride-1 NHWC/HWIO float32 convolution whose forward pass, input gradient and kernel gradient are
+oneDNN primitives (``onednn_ffi.cc`` beside this file), with the value and gradients of
+:func:`deepsea.backends.xla.conv_reference` up to the summation order; :func:`conv_bias_leaky_relu` fuses the bias
+and a leaky ReLU into the forward convolution; :func:`max_pool` is max pooling whose value and gradient are oneDNN
+primitives.  Each is a ``jax.custom_vjp`` whose CPU branch is the FFI call and whose other platforms get XLA's op in
+the same jitted function (``lax.platform_dependent``).
 
-The library comes from the ``onednn-cpu-gomp`` wheel (Linux x86-64; a dependency there); the handlers are compiled
-with the system's C++ compiler (``$CXX`` or ``c++``) on first use and cached under ``$DEEPSEA_CACHE_DIR`` (default
-``~/.cache/deepsea``).  Where any of that is missing, :func:`available` is False and says why in
-:func:`unavailable_reason`, and ``Conv`` falls back to XLA's convolution.  ``DEEPSEA_ONEDNN=0`` switches it off.
+The library comes from the ``onednn-cpu-gomp`` wheel and its headers from ``onednn-devel-cpu-gomp`` (both
+dependencies on Linux x86-64).  The handlers are compiled with the system's C++ compiler (``$CXX`` or ``c++``) on
+first use and cached under ``$DEEPSEA_CACHE_DIR`` (default ``~/.cache/deepsea``); builds of other versions are
+removed then.  Where any of that is missing, or JAX's default backend is not the CPU, :func:`available` is False,
+:func:`unavailable_reason` says why, and a ``RuntimeWarning`` says so once (except for ``DEEPSEA_ONEDNN=0``, which
+switches it off on purpose); :mod:`deepsea.backends` then takes XLA's operations.
 """
 
 from __future__ import annotations
@@ -29,92 +28,116 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepsea.backends.xla import Padding, bias_gradient, conv_pads, conv_reference, leaky_relu, reduce_window_max
+
 __all__ = [
     "available",
+    "cache_dir",
     "conv",
     "conv_bias_leaky_relu",
-    "conv_reference",
     "max_pool",
-    "max_pool_reference",
     "supports",
     "unavailable_reason",
 ]
 
 log = logging.getLogger(__name__)
 
-_SOURCES = ("onednn_conv.cc", "dnnl_c_api.h")
+_SOURCE = pathlib.Path(__file__).with_name("onednn_ffi.cc")
+_BUILD_PREFIX = "onednn_ffi-"
 _TARGETS = (
     "deepsea_conv_fwd", "deepsea_conv_bwd_data", "deepsea_conv_bwd_weights", "deepsea_conv_fwd_bias_leaky_relu",
     "deepsea_max_pool", "deepsea_max_pool_bwd",
 )  # fmt: skip
-_NHWC = ("NHWC", "HWIO", "NHWC")
 
-Padding = tuple[tuple[int, int], tuple[int, int]]
+
+def _distribution_file(package: str, name: str) -> pathlib.Path:
+    try:
+        files = importlib.metadata.distribution(package).files or []
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError(f"the {package} package is not installed") from None
+    for f in files:
+        if str(f).replace("\\", "/").endswith(name):
+            return pathlib.Path(f.locate()).resolve()
+    raise RuntimeError(f"the {package} package has no {name}")
 
 
 def _libdnnl() -> pathlib.Path:
-    try:
-        files = importlib.metadata.distribution("onednn-cpu-gomp").files or []
-    except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError("the onednn-cpu-gomp package is not installed") from None
-    for f in files:
-        if f.name == "libdnnl.so.3":
-            return pathlib.Path(f.locate()).resolve()
-    raise RuntimeError("the onednn-cpu-gomp package has no libdnnl.so.3")
+    return _distribution_file("onednn-cpu-gomp", "libdnnl.so.3")
 
 
-def _cache_dir() -> pathlib.Path:
+def _include_dir() -> pathlib.Path:
+    """The folder holding ``oneapi/dnnl/dnnl.hpp`` (from ``onednn-devel-cpu-gomp``)."""
+    return _distribution_file("onednn-devel-cpu-gomp", "oneapi/dnnl/dnnl.hpp").parent.parent.parent
+
+
+def cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("DEEPSEA_CACHE_DIR") or pathlib.Path.home() / ".cache" / "deepsea")
 
 
 def _build() -> pathlib.Path:
-    """Compiles the handlers (once per source, jaxlib and library version) and returns the shared library."""
-    src = pathlib.Path(__file__).parent / "csrc"
-    lib = _libdnnl()
+    """Compiles the handlers (once per source, jaxlib, library and compiler) and returns the shared library."""
+    lib, include = _libdnnl(), _include_dir()
     cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if not cxx:
-        raise RuntimeError("no C++ compiler found (set CXX)")
-    key = hashlib.sha256()
-    for name in _SOURCES:
-        key.update((src / name).read_bytes())
-    key.update(f"{jax.__version__} {lib} {cxx}".encode())
-    out = _cache_dir() / f"onednn_conv-{key.hexdigest()[:16]}.so"
+        raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
+    key = hashlib.sha256(_SOURCE.read_bytes())
+    key.update(f"{jax.__version__} {lib} {include} {cxx}".encode())
+    out = cache_dir() / f"{_BUILD_PREFIX}{key.hexdigest()[:16]}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_out = pathlib.Path(tmp) / out.name
         cmd = [
-            cxx, "-O2", "-std=c++17", "-shared", "-fPIC", str(src / "onednn_conv.cc"),
-            "-isystem", jax.ffi.include_dir(), f"-I{src}", str(lib), f"-Wl,-rpath,{lib.parent}", "-o", str(tmp_out),
+            cxx, "-O2", "-std=c++17", "-shared", "-fPIC", str(_SOURCE), "-isystem", jax.ffi.include_dir(),
+            "-isystem", str(include), str(lib), f"-Wl,-rpath,{lib.parent}", "-o", str(tmp_out),
         ]  # fmt: skip
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
-            raise RuntimeError(f"compiling {src / 'onednn_conv.cc'} failed:\n{' '.join(cmd)}\n{res.stderr[-2000:]}")
+            raise RuntimeError(f"compiling {_SOURCE} failed:\n{' '.join(cmd)}\n{res.stderr[-2000:]}")
         os.replace(tmp_out, out)  # atomic: concurrent builds of the same key write the same file
+    for stale in out.parent.glob(f"{_BUILD_PREFIX}*.so"):
+        if stale != out:
+            stale.unlink(missing_ok=True)  # a process that loaded it keeps its mapping
     return out
 
 
 @functools.cache
 def _load() -> str | None:
-    """Builds, loads and registers the FFI targets; returns why not, or None when they are ready."""
+    """Builds, loads and registers the FFI targets; returns why not (warning once), or None when they are ready."""
     if os.environ.get("DEEPSEA_ONEDNN", "1") == "0":
         return "switched off by DEEPSEA_ONEDNN=0"
+    reason = _why_not_here()
+    if reason is None:
+        try:
+            lib = ctypes.cdll.LoadLibrary(str(_build()))
+        except (RuntimeError, OSError) as e:
+            reason = str(e)
+        else:
+            for name in _TARGETS:
+                jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+            return None
+    warnings.warn(
+        f"deepsea: oneDNN convolutions and pooling are not available ({reason}); using XLA's, which are slower "
+        "on the CPU and round differently. `deepsea info` shows the backends; DEEPSEA_ONEDNN=0 silences this.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return reason
+
+
+def _why_not_here() -> str | None:
     if platform.system() != "Linux" or platform.machine() != "x86_64":
-        return f"oneDNN convolutions are built for Linux x86-64 only, not {platform.system()} {platform.machine()}"
-    try:
-        lib = ctypes.cdll.LoadLibrary(str(_build()))
-    except (RuntimeError, OSError) as e:
-        log.info("deepsea.onednn: falling back to XLA's convolutions: %s", e)
-        return str(e)
-    for name in _TARGETS:
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+        return f"built for Linux x86-64 only, not {platform.system()} {platform.machine()}"
+    if jax.default_backend() != "cpu":
+        return f"JAX's default backend is {jax.default_backend()}, not the CPU"
     return None
 
 
@@ -134,19 +157,7 @@ def supports(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: s
         return False
     if x.dtype != jnp.float32 or kernel.dtype != jnp.float32 or kernel.shape[2] != x.shape[3]:
         return False
-    return all(lo >= 0 and hi >= 0 for lo, hi in _pads(x, kernel, padding))
-
-
-def _pads(x: jax.Array, kernel: jax.Array, padding: str | Sequence[tuple[int, int]]) -> Padding:
-    if isinstance(padding, str):
-        padding = jax.lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], (1, 1), padding)
-    (t, b), (left, r) = padding
-    return (int(t), int(b)), (int(left), int(r))
-
-
-def conv_reference(x: jax.Array, kernel: jax.Array, padding: str | Sequence[tuple[int, int]] = "SAME") -> jax.Array:
-    """XLA's convolution, the reference :func:`conv` is tested against."""
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), _pads(x, kernel, padding), dimension_numbers=_NHWC)
+    return all(lo >= 0 and hi >= 0 for lo, hi in conv_pads(x, kernel, padding))
 
 
 def conv(x: jax.Array, kernel: jax.Array, padding: str | Sequence[tuple[int, int]] = "SAME") -> jax.Array:
@@ -162,7 +173,7 @@ def conv(x: jax.Array, kernel: jax.Array, padding: str | Sequence[tuple[int, int
             f"padding; got x {x.dtype}{tuple(x.shape)}, kernel {kernel.dtype}{tuple(kernel.shape)}, padding {padding!r}"
         )
     _require("convolution")
-    return _conv(x, kernel, _pads(x, kernel, padding))
+    return _conv(x, kernel, conv_pads(x, kernel, padding))
 
 
 def _require(what: str) -> None:
@@ -219,18 +230,12 @@ def _conv_bwd(padding, res, g):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def max_pool_reference(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding: Padding) -> jax.Array:
-    """``lax.reduce_window`` max pooling (padded cells never win), the reference :func:`max_pool` is tested against."""
-    pads = ((0, 0), *padding, (0, 0))
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1), (1, *strides, 1), pads)
-
-
 def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding: Padding) -> jax.Array:
     """Max pooling of float32 ``x (N, H, W, C)`` over ``window`` windows every ``strides`` pixels, with explicit
     ``padding ((top, bottom), (left, right))`` whose cells never win, through oneDNN on the CPU.
 
-    The same value as :func:`max_pool_reference` and the same gradient, which goes to the first maximum of each
-    window (row-major), as XLA's select-and-scatter does.  Raises RuntimeError where oneDNN is not
+    The same value as :func:`deepsea.backends.xla.reduce_window_max` and the same gradient, which goes to the
+    first maximum of each window (row-major), as XLA's select-and-scatter does.  Raises RuntimeError where oneDNN is not
     :func:`available`, ValueError for other than float32 NHWC input or a window that does not fit.
     """
     window = (int(window[0]), int(window[1]))
@@ -257,11 +262,11 @@ def _pool_attrs(window, strides, padding) -> dict[str, np.ndarray]:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x: jax.Array, window, strides, padding) -> jax.Array:
     def on_cpu(x):
-        shape = jax.eval_shape(lambda x: max_pool_reference(x, window, strides, padding), x)
+        shape = jax.eval_shape(lambda x: reduce_window_max(x, window, strides, padding), x)
         call = jax.ffi.ffi_call("deepsea_max_pool", shape, vmap_method="sequential")
         return call(x, **_pool_attrs(window, strides, padding))
 
-    return jax.lax.platform_dependent(x, cpu=on_cpu, default=lambda x: max_pool_reference(x, window, strides, padding))
+    return jax.lax.platform_dependent(x, cpu=on_cpu, default=lambda x: reduce_window_max(x, window, strides, padding))
 
 
 def _max_pool_fwd(x, window, strides, padding):
@@ -276,7 +281,7 @@ def _max_pool_bwd(window, strides, padding, x, g):
         return call(x, g, **_pool_attrs(window, strides, padding))
 
     def default(x, g):
-        return jax.vjp(lambda x: max_pool_reference(x, window, strides, padding), x)[1](g)[0]
+        return jax.vjp(lambda x: reduce_window_max(x, window, strides, padding), x)[1](g)[0]
 
     return (jax.lax.platform_dependent(x, g, cpu=on_cpu, default=default),)
 
@@ -307,11 +312,7 @@ def conv_bias_leaky_relu(
             f"bias {bias.dtype}{tuple(bias.shape)}, padding {padding!r}"
         )
     _require("convolution")
-    return _conv_act(x, kernel, bias, float(negative_slope), _pads(x, kernel, padding))
-
-
-def _leaky(z: jax.Array, negative_slope: float) -> jax.Array:
-    return jnp.where(z >= 0, z, negative_slope * z)  # as deepsea.layers.leaky_relu
+    return _conv_act(x, kernel, bias, float(negative_slope), conv_pads(x, kernel, padding))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -322,7 +323,7 @@ def _conv_act(x: jax.Array, kernel: jax.Array, bias: jax.Array, negative_slope: 
         return call(x, kernel, bias, padding=_pad_attr(padding), negative_slope=np.float32(negative_slope))
 
     def default(x, kernel, bias):
-        return _leaky(conv_reference(x, kernel, padding) + bias, negative_slope)
+        return leaky_relu(conv_reference(x, kernel, padding) + bias, negative_slope)
 
     return jax.lax.platform_dependent(x, kernel, bias, cpu=on_cpu, default=default)
 
@@ -337,8 +338,7 @@ def _conv_act_bwd(negative_slope, padding, res, g):
     # for a slope > 0, y >= 0 exactly where conv + bias >= 0; for a ReLU, y > 0 where conv + bias > 0 (and the
     # derivative at 0 is taken as 0, as jax.nn.relu's)
     dz = jnp.where(y >= 0 if negative_slope > 0 else y > 0, g, negative_slope * g)
-    flat = dz.reshape(-1, dz.shape[-1])
-    db = jax.lax.dot_general(flat, jnp.ones((flat.shape[0],), dz.dtype), (((0,), (0,)), ((), ())))
+    db = bias_gradient(dz)
     dx, dw = _conv_bwd(padding, (x, kernel), dz)
     return dx, dw, db
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
-import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -21,8 +19,9 @@ import numpy as np
 
 from deepsea import ops
 from deepsea.groups import get_group
+from deepsea.tools.timing import fwd_bwd, time_call
 
-__all__ = ["OpCase", "convroll4_cases", "main", "run"]
+__all__ = ["OpCase", "convroll4_cases", "run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,26 +99,6 @@ def convroll4_cases(batch: int = 32, group: str = "c4") -> list[OpCase]:
     return cases
 
 
-def _time(fn: Callable[..., jax.Array], *args: jax.Array, repeats: int) -> float:
-    """Median wall time of ``fn(*args)`` in seconds, after compiling and one warm-up call."""
-    jax.block_until_ready(fn(*args))
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _fwd_bwd(fn: Callable[..., jax.Array], n_args: int) -> Callable[..., object]:
-    def step(*args):
-        y, vjp = jax.vjp(fn, *args[:n_args])
-        return y, vjp(args[n_args].astype(y.dtype))
-
-    return jax.jit(step)
-
-
 def run(
     batch: int = 32, group: str = "c4", repeats: int = 10, dtype: str = "float32", seed: int = 0
 ) -> list[dict[str, object]]:
@@ -135,10 +114,10 @@ def run(
         xn = jnp.asarray(rng.standard_normal(y.shape), dt)
         yn = jax.eval_shape(case.next_fn, xn, w)
         ctn = jnp.asarray(rng.standard_normal(yn.shape), dt)
-        op_f = _time(jax.jit(case.op), x, repeats=repeats)
-        op_fb = _time(_fwd_bwd(case.op, 1), x, ct, repeats=repeats)
-        nx_f = _time(jax.jit(case.next_fn), xn, w, repeats=repeats)
-        nx_fb = _time(_fwd_bwd(case.next_fn, 2), xn, w, ctn, repeats=repeats)
+        op_f = time_call(jax.jit(case.op), x, repeats=repeats)
+        op_fb = time_call(fwd_bwd(case.op, 1), x, ct, repeats=repeats)
+        nx_f = time_call(jax.jit(case.next_fn), xn, w, repeats=repeats)
+        nx_fb = time_call(fwd_bwd(case.next_fn, 2), xn, w, ctn, repeats=repeats)
         rows.append(
             {
                 "group": get_group(group).name,
@@ -199,13 +178,3 @@ def main_with_args(args: argparse.Namespace) -> None:
     if args.json:
         for r in rows:
             print(json.dumps(r))
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(p)
-    main_with_args(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -17,11 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepsea import bench_ops, ops
-from deepsea.bench_ops import _fwd_bwd, _time
 from deepsea.groups import get_group
+from deepsea.tools import bench_ops
+from deepsea.tools.timing import fwd_bwd, time_call
 
-__all__ = ["main", "run"]
+__all__ = ["run"]
 
 
 def _cases(batch: int, v: int) -> list[tuple[str, str, tuple[int, ...]]]:
@@ -38,23 +38,26 @@ def run(batch: int = 32, group: str = "c4", repeats: int = 5, dtype: str = "floa
     dt = jnp.dtype(dtype)
     rng = np.random.default_rng(0)
     rows = []
+    from deepsea_kernels import conv_roll, roll
     from deepsea_kernels._blocks import interpret_default
 
     for name, op, shape in _cases(batch, g.order):
         if op == "roll" and not interpret_default():
             continue  # the compiled dense roll kernel is disabled (kernels/roll.py)
-        fn = ops.group_conv_roll if op == "conv_roll" else ops.group_roll
+        module = conv_roll if op == "conv_roll" else roll
+        fn = module.reference
         x = jnp.asarray(rng.standard_normal(shape), dt)
         y_shape = jax.eval_shape(lambda z, fn=fn: fn(z, g), x).shape
         ct = jnp.asarray(rng.standard_normal(y_shape), dt)
         row: dict[str, object] = {"group": g.name, "op": name, "in_shape": list(shape), "dtype": dt.name}
         outs = {}
-        for impl in ("xla", "pallas"):
-            f = lambda z, fn=fn, impl=impl: fn(z, g, impl)  # noqa: E731
-            fb = _fwd_bwd(f, 1)
+        kernel = getattr(module, op)
+        for impl, impl_fn in (("xla", fn), ("pallas", kernel)):
+            f = lambda z, impl_fn=impl_fn: impl_fn(z, g)  # noqa: E731
+            fb = fwd_bwd(f, 1)
             outs[impl] = fb(x, ct)
-            row[f"{impl}_fwd_ms"] = _time(jax.jit(f), x, repeats=repeats) * 1e3
-            row[f"{impl}_fwdbwd_ms"] = _time(fb, x, ct, repeats=repeats) * 1e3
+            row[f"{impl}_fwd_ms"] = time_call(jax.jit(f), x, repeats=repeats) * 1e3
+            row[f"{impl}_fwdbwd_ms"] = time_call(fb, x, ct, repeats=repeats) * 1e3
         same = all(
             bool(jnp.array_equal(a, b))
             for a, b in zip(jax.tree.leaves(outs["xla"]), jax.tree.leaves(outs["pallas"]), strict=True)
@@ -101,13 +104,3 @@ def main_with_args(args: argparse.Namespace) -> None:
     if args.json:
         for r in rows:
             print(json.dumps(r | {"pallas_mode": mode}))
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(p)
-    main_with_args(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

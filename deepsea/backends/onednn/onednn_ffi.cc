@@ -1,0 +1,403 @@
+// XLA FFI handlers for stride-1 2-D convolutions and max pooling on the CPU through oneDNN (NHWC activations, HWIO
+// kernels, f32), written against oneDNN's C++ API (RAII objects; every failure is a dnnl::error).
+//
+// deepsea_conv_fwd(x, w) -> y, deepsea_conv_bwd_data(g, w) -> dx, deepsea_conv_bwd_weights(x, g) -> dw, with XLA's
+// explicit padding as the attribute `padding` = [lo_h, hi_h, lo_w, hi_w];
+// deepsea_conv_fwd_bias_leaky_relu(x, w, b) -> leaky_relu(conv(x, w) + b) (attribute `negative_slope`), the bias and
+// activation as oneDNN post-operations;
+// deepsea_max_pool(x) -> y and deepsea_max_pool_bwd(x, g) -> dx (attributes `window`, `strides`, `padding`; padded
+// cells never win; the gradient goes to the first maximum of each window, as XLA's select-and-scatter). The backward
+// call recomputes the forward with oneDNN's workspace (the argmax), so only the pooled map crosses into XLA.
+// Built and loaded by deepsea/backends/onednn/__init__.py, beside the pure-JAX references they are tested against.
+//
+// oneDNN picks its own blocked kernel layout ("any"); the HWIO kernel is reordered into it on each call. Primitives
+// are made once per shape and kept in a bounded least-recently-used cache. Scratchpads, workspaces and blocked
+// kernels are oneDNN memory objects allocated per call (an allocation failure is an error returned to XLA), so
+// concurrent calls share nothing mutable. Every handler turns any exception into an XLA FFI error.
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <utility>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using dnnl::algorithm;
+using dnnl::memory;
+using dnnl::prop_kind;
+using Args = std::unordered_map<int, memory>;
+using dt = memory::data_type;
+using tag = memory::format_tag;
+
+// At most this many primitives of one kind are kept; a network uses a few dozen shapes.
+constexpr size_t kMaxPlans = 256;
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::stream& Stream() {
+  thread_local dnnl::stream stream(Engine());
+  return stream;
+}
+
+// One primitive at a time: each uses all cores (OpenMP), and two teams at once would oversubscribe them.
+std::mutex& RunMutex() {
+  static std::mutex mu;
+  return mu;
+}
+
+// A least-recently-used cache of plans; plans are shared, so one evicted while in use stays alive until done.
+template <class K, class P>
+class PlanCache {
+ public:
+  std::shared_ptr<const P> Get(const K& key, const std::function<P()>& make) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = map_.find(key);
+    if (it != map_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second.second);
+      return it->second.first;
+    }
+    auto plan = std::make_shared<const P>(make());  // may throw: then nothing is inserted
+    lru_.push_front(key);
+    map_.emplace(key, std::make_pair(plan, lru_.begin()));
+    if (map_.size() > kMaxPlans) {
+      map_.erase(lru_.back());
+      lru_.pop_back();
+    }
+    return plan;
+  }
+
+ private:
+  std::mutex mu_;
+  std::list<K> lru_;
+  std::map<K, std::pair<std::shared_ptr<const P>, typename std::list<K>::iterator>> map_;
+};
+
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// Wraps an XLA buffer (no allocation, no ownership).
+memory Wrap(const memory::desc& md, const void* data) { return memory(md, Engine(), const_cast<void*>(data)); }
+
+// A oneDNN-allocated buffer for one call; added to `args` under `arg` when it is not empty.
+void AddOwned(Args* args, int arg, const memory::desc& md) {
+  if (md.get_size() > 0) args->emplace(arg, memory(md, Engine()));
+}
+
+void Execute(const dnnl::primitive& p, Args args) {
+  p.execute(Stream(), args);
+  Stream().wait();
+}
+
+// ---- convolutions ------------------------------------------------------------------------------------------------
+
+enum Kind { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
+
+struct ConvDims {
+  int64_t n, h, w, c, f, kh, kw, ho, wo, pt, pb, pl, pr;
+  bool bias_act = false;  // forward only: + bias, then leaky ReLU with `slope` (oneDNN post-op)
+  float slope = 0.f;
+  auto tie() const { return std::tie(n, h, w, c, f, kh, kw, ho, wo, pt, pb, pl, pr, bias_act, slope); }
+};
+
+struct ConvKey {
+  Kind kind;
+  ConvDims d;
+  bool operator<(const ConvKey& o) const { return kind != o.kind ? kind < o.kind : d.tie() < o.d.tie(); }
+};
+
+struct ConvPlan {
+  dnnl::primitive conv;
+  dnnl::primitive reorder;  // HWIO -> oneDNN's kernel layout (fwd, bwd data) or back (bwd weights); empty if equal
+  memory::desc src, dst, plain_w, blocked_w, bias, scratch, reorder_scratch;
+};
+
+ConvPlan MakeConvPlan(Kind kind, const ConvDims& d) {
+  dnnl::engine& eng = Engine();
+  ConvPlan p;
+  p.src = memory::desc({d.n, d.c, d.h, d.w}, dt::f32, tag::nhwc);
+  p.dst = memory::desc({d.n, d.f, d.ho, d.wo}, dt::f32, tag::nhwc);
+  p.plain_w = memory::desc({d.f, d.c, d.kh, d.kw}, dt::f32, tag::hwio);
+  memory::desc any_w({d.f, d.c, d.kh, d.kw}, dt::f32, tag::any);
+  memory::dims strides = {1, 1}, pad_l = {d.pt, d.pl}, pad_r = {d.pb, d.pr};
+  dnnl::primitive_attr attr = UserScratchpad();
+  dnnl::convolution_forward::primitive_desc fwd;
+  if (d.bias_act) {
+    p.bias = memory::desc({d.f}, dt::f32, tag::x);
+    dnnl::primitive_attr act_attr = UserScratchpad();
+    dnnl::post_ops ops;
+    ops.append_eltwise(algorithm::eltwise_relu, d.slope, 0.f);  // relu with alpha: leaky ReLU
+    act_attr.set_post_ops(ops);
+    fwd = dnnl::convolution_forward::primitive_desc(eng, prop_kind::forward_training, algorithm::convolution_direct,
+                                                    p.src, any_w, p.bias, p.dst, strides, pad_l, pad_r, act_attr);
+  } else {
+    fwd = dnnl::convolution_forward::primitive_desc(eng, prop_kind::forward_training, algorithm::convolution_direct,
+                                                    p.src, any_w, p.dst, strides, pad_l, pad_r, attr);
+  }
+  if (kind == kFwd) {
+    p.blocked_w = fwd.weights_desc();
+    p.scratch = fwd.scratchpad_desc();
+    p.conv = dnnl::convolution_forward(fwd);
+  } else if (kind == kBwdData) {
+    dnnl::convolution_backward_data::primitive_desc pd(eng, algorithm::convolution_direct, p.src, any_w, p.dst,
+                                                       strides, pad_l, pad_r, fwd, attr);
+    p.blocked_w = pd.weights_desc();
+    p.scratch = pd.scratchpad_desc();
+    p.conv = dnnl::convolution_backward_data(pd);
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc pd(eng, algorithm::convolution_direct, p.src, any_w, p.dst,
+                                                          strides, pad_l, pad_r, fwd, attr);
+    p.blocked_w = pd.diff_weights_desc();
+    p.scratch = pd.scratchpad_desc();
+    p.conv = dnnl::convolution_backward_weights(pd);
+  }
+  if (p.blocked_w != p.plain_w) {
+    const memory::desc& from = kind == kBwdWeights ? p.blocked_w : p.plain_w;
+    const memory::desc& to = kind == kBwdWeights ? p.plain_w : p.blocked_w;
+    dnnl::reorder::primitive_desc rpd(eng, from, eng, to, attr);
+    p.reorder_scratch = rpd.scratchpad_desc();
+    p.reorder = dnnl::reorder(rpd);
+  }
+  return p;
+}
+
+PlanCache<ConvKey, ConvPlan>& ConvPlans() {
+  static PlanCache<ConvKey, ConvPlan> cache;
+  return cache;
+}
+
+// a, b: the inputs (fwd: x, w; bwd data: g, w; bwd weights: x, g); out: the result; bias: the fused forward's.
+void RunConv(Kind kind, const ConvDims& d, const void* a, const void* b, void* out, const void* bias = nullptr) {
+  std::shared_ptr<const ConvPlan> p = ConvPlans().Get(ConvKey{kind, d}, [&] { return MakeConvPlan(kind, d); });
+  std::lock_guard<std::mutex> run_lock(RunMutex());
+  const bool reorder = static_cast<bool>(p->reorder);
+  memory plain_w = Wrap(p->plain_w, kind == kBwdWeights ? out : b);
+  memory w = reorder ? memory(p->blocked_w, Engine()) : plain_w;
+  if (kind != kBwdWeights && reorder) {
+    Args args = {{DNNL_ARG_FROM, plain_w}, {DNNL_ARG_TO, w}};
+    AddOwned(&args, DNNL_ARG_SCRATCHPAD, p->reorder_scratch);
+    Execute(p->reorder, std::move(args));
+  }
+  Args args;
+  AddOwned(&args, DNNL_ARG_SCRATCHPAD, p->scratch);
+  if (kind == kFwd) {
+    args.insert({{DNNL_ARG_SRC, Wrap(p->src, a)}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, Wrap(p->dst, out)}});
+    if (d.bias_act) args.insert({DNNL_ARG_BIAS, Wrap(p->bias, bias)});
+  } else if (kind == kBwdData) {
+    args.insert({{DNNL_ARG_DIFF_DST, Wrap(p->dst, a)}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, Wrap(p->src, out)}});
+  } else {
+    args.insert({{DNNL_ARG_SRC, Wrap(p->src, a)}, {DNNL_ARG_DIFF_DST, Wrap(p->dst, b)}, {DNNL_ARG_DIFF_WEIGHTS, w}});
+  }
+  Execute(p->conv, std::move(args));
+  if (kind == kBwdWeights && reorder) {
+    Args back = {{DNNL_ARG_FROM, w}, {DNNL_ARG_TO, plain_w}};
+    AddOwned(&back, DNNL_ARG_SCRATCHPAD, p->reorder_scratch);
+    Execute(p->reorder, std::move(back));
+  }
+}
+
+// ---- max pooling -------------------------------------------------------------------------------------------------
+
+struct PoolDims {
+  int64_t n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pb, pl, pr;
+  bool backward;
+  auto tie() const { return std::tie(n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pb, pl, pr, backward); }
+  bool operator<(const PoolDims& o) const { return tie() < o.tie(); }
+};
+
+struct PoolPlan {
+  dnnl::primitive fwd, bwd;  // fwd: inference (the forward call) or training (the backward call, for the workspace)
+  memory::desc src, dst, workspace, fwd_scratch, bwd_scratch;
+};
+
+PoolPlan MakePoolPlan(const PoolDims& d) {
+  dnnl::engine& eng = Engine();
+  PoolPlan p;
+  p.src = memory::desc({d.n, d.c, d.h, d.w}, dt::f32, tag::nhwc);
+  p.dst = memory::desc({d.n, d.c, d.ho, d.wo}, dt::f32, tag::nhwc);
+  memory::dims strides = {d.sh, d.sw}, kernel = {d.kh, d.kw}, dilation = {0, 0}, pad_l = {d.pt, d.pl},
+               pad_r = {d.pb, d.pr};
+  dnnl::primitive_attr attr = UserScratchpad();
+  dnnl::pooling_forward::primitive_desc fwd(eng, d.backward ? prop_kind::forward_training : prop_kind::forward_inference,
+                                            algorithm::pooling_max, p.src, p.dst, strides, kernel, dilation, pad_l,
+                                            pad_r, attr);
+  p.fwd_scratch = fwd.scratchpad_desc();
+  p.fwd = dnnl::pooling_forward(fwd);
+  if (d.backward) {
+    p.workspace = fwd.workspace_desc();
+    dnnl::pooling_backward::primitive_desc bwd(eng, algorithm::pooling_max, p.src, p.dst, strides, kernel, dilation,
+                                               pad_l, pad_r, fwd, attr);
+    p.bwd_scratch = bwd.scratchpad_desc();
+    p.bwd = dnnl::pooling_backward(bwd);
+  }
+  return p;
+}
+
+PlanCache<PoolDims, PoolPlan>& PoolPlans() {
+  static PlanCache<PoolDims, PoolPlan> cache;
+  return cache;
+}
+
+void RunPool(const PoolDims& d, const void* x, const void* g, void* out) {
+  std::shared_ptr<const PoolPlan> p = PoolPlans().Get(d, [&] { return MakePoolPlan(d); });
+  std::lock_guard<std::mutex> run_lock(RunMutex());
+  memory src = Wrap(p->src, x);
+  memory dst = d.backward ? memory(p->dst, Engine()) : Wrap(p->dst, out);
+  Args fwd = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}};
+  AddOwned(&fwd, DNNL_ARG_WORKSPACE, p->workspace);
+  AddOwned(&fwd, DNNL_ARG_SCRATCHPAD, p->fwd_scratch);
+  Execute(p->fwd, fwd);
+  if (!d.backward) return;
+  Args bwd = {{DNNL_ARG_DIFF_DST, Wrap(p->dst, g)}, {DNNL_ARG_DIFF_SRC, Wrap(p->src, out)},
+              {DNNL_ARG_WORKSPACE, fwd.at(DNNL_ARG_WORKSPACE)}};
+  AddOwned(&bwd, DNNL_ARG_SCRATCHPAD, p->bwd_scratch);
+  Execute(p->bwd, std::move(bwd));
+}
+
+// ---- the handlers ------------------------------------------------------------------------------------------------
+
+// Runs `body`, turning every exception into an FFI error that names the operation.
+template <class F>
+ffi::Error Guard(const char* what, F body) {
+  try {
+    body();
+    return ffi::Error::Success();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("deepsea oneDNN ") + what + ": " + e.what() + " (oneDNN status " +
+                                std::to_string(static_cast<int>(e.status)) + ")");
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, std::string("deepsea oneDNN ") + what + ": out of memory");
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("deepsea oneDNN ") + what + ": " + e.what());
+  }
+}
+
+ffi::Error ConvDimsFrom(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Span<const int64_t> y,
+                        ffi::Span<const int64_t> padding, ConvDims* d) {
+  if (x.size() != 4 || w.size() != 4 || y.size() != 4 || padding.size() != 4)
+    return ffi::Error::InvalidArgument("deepsea oneDNN convolution: expects rank-4 NHWC/HWIO arrays and 4 paddings");
+  *d = ConvDims{x[0], x[1], x[2], x[3], w[3], w[0], w[1], y[1], y[2], padding[0], padding[1], padding[2], padding[3]};
+  if (w[2] != x[3] || y[0] != x[0] || y[3] != w[3] || d->ho != d->h + d->pt + d->pb - d->kh + 1 ||
+      d->wo != d->w + d->pl + d->pr - d->kw + 1 || d->pt < 0 || d->pb < 0 || d->pl < 0 || d->pr < 0)
+    return ffi::Error::InvalidArgument("deepsea oneDNN convolution: inconsistent shapes or negative padding");
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+                   ffi::Span<const int64_t> padding) {
+  ConvDims d;
+  if (auto e = ConvDimsFrom(x.dimensions(), w.dimensions(), y->dimensions(), padding, &d); e.failure()) return e;
+  return Guard("convolution", [&] { RunConv(kFwd, d, x.untyped_data(), w.untyped_data(), y->untyped_data()); });
+}
+
+ffi::Error ConvFwdBiasAct(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                          ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> padding, float negative_slope) {
+  ConvDims d;
+  if (auto e = ConvDimsFrom(x.dimensions(), w.dimensions(), y->dimensions(), padding, &d); e.failure()) return e;
+  if (b.dimensions().size() != 1 || b.dimensions()[0] != d.f)
+    return ffi::Error::InvalidArgument("deepsea oneDNN convolution: the bias must have one value per output channel");
+  d.bias_act = true;
+  d.slope = negative_slope;
+  return Guard("convolution", [&] {
+    RunConv(kFwd, d, x.untyped_data(), w.untyped_data(), y->untyped_data(), b.untyped_data());
+  });
+}
+
+ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+                       ffi::Span<const int64_t> padding) {
+  ConvDims d;
+  if (auto e = ConvDimsFrom(dx->dimensions(), w.dimensions(), g.dimensions(), padding, &d); e.failure()) return e;
+  return Guard("convolution input gradient",
+               [&] { RunConv(kBwdData, d, g.untyped_data(), w.untyped_data(), dx->untyped_data()); });
+}
+
+ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dw,
+                          ffi::Span<const int64_t> padding) {
+  ConvDims d;
+  if (auto e = ConvDimsFrom(x.dimensions(), dw->dimensions(), g.dimensions(), padding, &d); e.failure()) return e;
+  return Guard("convolution kernel gradient",
+               [&] { RunConv(kBwdWeights, d, x.untyped_data(), g.untyped_data(), dw->untyped_data()); });
+}
+
+ffi::Error PoolDimsFrom(ffi::Span<const int64_t> x, ffi::Span<const int64_t> y, ffi::Span<const int64_t> window,
+                        ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, bool backward,
+                        PoolDims* d) {
+  if (x.size() != 4 || y.size() != 4 || window.size() != 2 || strides.size() != 2 || padding.size() != 4)
+    return ffi::Error::InvalidArgument(
+        "deepsea oneDNN max pooling: expects rank-4 NHWC arrays, 2 window sizes, 2 strides and 4 paddings");
+  *d = PoolDims{x[0],       x[1],       x[2],       x[3],       y[1],       y[2],       window[0], window[1],
+                strides[0], strides[1], padding[0], padding[1], padding[2], padding[3], backward};
+  if (y[0] != x[0] || y[3] != x[3] || d->sh < 1 || d->sw < 1 || d->kh < 1 || d->kw < 1 ||
+      d->ho != (d->h + d->pt + d->pb - d->kh) / d->sh + 1 || d->wo != (d->w + d->pl + d->pr - d->kw) / d->sw + 1)
+    return ffi::Error::InvalidArgument("deepsea oneDNN max pooling: inconsistent shapes");
+  return ffi::Error::Success();
+}
+
+ffi::Error MaxPool(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> window,
+                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
+  PoolDims d;
+  if (auto e = PoolDimsFrom(x.dimensions(), y->dimensions(), window, strides, padding, false, &d); e.failure())
+    return e;
+  return Guard("max pooling", [&] { RunPool(d, x.untyped_data(), nullptr, y->untyped_data()); });
+}
+
+ffi::Error MaxPoolBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dx,
+                      ffi::Span<const int64_t> window, ffi::Span<const int64_t> strides,
+                      ffi::Span<const int64_t> padding) {
+  PoolDims d;
+  if (auto e = PoolDimsFrom(x.dimensions(), g.dimensions(), window, strides, padding, true, &d); e.failure())
+    return e;
+  return Guard("max pooling gradient", [&] { RunPool(d, x.untyped_data(), g.untyped_data(), dx->untyped_data()); });
+}
+
+}  // namespace
+
+#define DEEPSEA_CONV_BINDING                        \
+  ffi::Ffi::Bind()                                  \
+      .Arg<ffi::Buffer<ffi::F32>>()                 \
+      .Arg<ffi::Buffer<ffi::F32>>()                 \
+      .Ret<ffi::Buffer<ffi::F32>>()                 \
+      .Attr<ffi::Span<const int64_t>>("padding")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_conv_fwd, ConvFwd, DEEPSEA_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_conv_bwd_data, ConvBwdData, DEEPSEA_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_conv_bwd_weights, ConvBwdWeights, DEEPSEA_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_conv_fwd_bias_leaky_relu, ConvFwdBiasAct,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("padding")
+                                  .Attr<float>("negative_slope"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_max_pool, MaxPool,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("window")
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_max_pool_bwd, MaxPoolBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("window")
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));

@@ -1,0 +1,449 @@
+"""Inference: restore a run, predict with or without test-time augmentation, evaluate, blend ensembles.
+
+Everything returns named results (dataclasses).  Predictions under each
+checkpoint, image list and transform set are cached in the run folder
+(``predictions/<key>.npz``), so a second evaluation, a prediction or an
+ensemble reuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from deepsea import metrics as M
+from deepsea import rundir
+from deepsea.data import (
+    AugmentParams,
+    AugmentRanges,
+    Preprocess,
+    check_images,
+    eval_batches,
+    scan_flat_folder,
+    scan_labelled_folder,
+)
+from deepsea.models import build_model, network_layers
+from deepsea.tta import TTA_RANGES, Combine, combine_probs, transforms_for, tta_ranges_for
+
+__all__ = [
+    "EnsembleError",
+    "EnsembleResult",
+    "Evaluation",
+    "Prediction",
+    "Run",
+    "RunEvaluation",
+    "ValidationSet",
+    "cached_tta_probs",
+    "data_mesh",
+    "ensemble_runs",
+    "evaluate_images",
+    "evaluate_probs",
+    "evaluate_run",
+    "predict_folder",
+    "predict_probs",
+    "put_batch",
+    "read_submission",
+    "restore_run",
+    "run_probs",
+    "tta_probs",
+    "validation_set",
+    "write_submission",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Log loss (as Kaggle scored it), accuracy and top-5 accuracy of one set of predictions."""
+
+    log_loss: float
+    accuracy: float
+    top5: float
+    step: int | None = None
+    label: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "label"}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Evaluation:
+        return cls(d["log_loss"], d["accuracy"], d["top5"], d.get("step"))
+
+    def __str__(self) -> str:
+        return f"log loss {self.log_loss:.4f}, accuracy {self.accuracy:.4f}, top-5 {self.top5:.4f}"
+
+
+def evaluate_probs(probs: np.ndarray, labels: np.ndarray, label: str = "") -> Evaluation:
+    """Log loss, accuracy and top-5 accuracy of ``probs (N, K)`` against integer ``labels``."""
+    return Evaluation(
+        M.log_loss(probs, labels), M.accuracy(probs, labels), M.top_k_accuracy(probs, labels, 5), None, label
+    )
+
+
+def data_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh over every device (of every process), the batch axis split over it."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+_MODEL_INPUTS = ("image", "image2", "label", "raw_size")
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """Places a batch's model inputs on the mesh, split over the batch axis; with several processes, ``batch``
+    is this process's slice of the global batch."""
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    if jax.process_count() > 1:
+        return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in _MODEL_INPUTS if k in batch}
+    return {k: jax.device_put(batch[k], sharding) for k in _MODEL_INPUTS if k in batch}
+
+
+@functools.lru_cache(maxsize=8)
+def _predict_fn(model: nn.Module):
+    """One jitted prediction function per model (Linen modules hash by value), so every validation pass
+    of a run reuses the same compiled code instead of tracing anew."""
+    from deepsea.step import forward
+
+    @jax.jit
+    def fn(variables, batch):
+        logits, _ = forward(model, variables, batch, False)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    return fn
+
+
+def predict_probs(
+    model: nn.Module, variables: Any, batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh | None = None
+) -> np.ndarray:
+    """Softmax probabilities for every unmasked example of ``batches``, in order (float64)."""
+    mesh = mesh or data_mesh()
+    fn = _predict_fn(model)
+    out = []
+    for batch in batches:
+        probs = np.asarray(fn(variables, put_batch(batch, mesh)), np.float64)
+        out.append(probs[batch["mask"] > 0])
+    return np.concatenate(out)
+
+
+def evaluate_images(
+    model: nn.Module, variables: Any, paths: Sequence[str], labels: np.ndarray, pp: Preprocess, batch_size: int
+) -> Evaluation:
+    """The plain (untransformed) predictions for ``paths`` scored against ``labels``."""
+    return evaluate_probs(predict_probs(model, variables, eval_batches(paths, labels, pp, batch_size)), labels)
+
+
+def tta_probs(
+    model: Any,
+    variables: Any,
+    paths: Sequence[str],
+    pp: Preprocess,
+    transforms: Sequence[AugmentParams],
+    batch_size: int = 64,
+    progress: bool = True,
+    workers: int = 0,
+) -> np.ndarray:
+    """Per-transform probabilities ``(T, N, K)`` for ``paths`` (combine them with :func:`combine_probs`)."""
+    from tqdm.auto import tqdm
+
+    out = []
+    with tqdm(total=len(transforms) * len(paths), desc="TTA", unit="img", disable=not progress) as bar:
+        for params in transforms:
+            batches = eval_batches(paths, None, pp, batch_size, params=params, workers=workers)
+
+            def counted(it):
+                for b in it:
+                    bar.update(int(b["mask"].sum()))
+                    yield b
+
+            out.append(predict_probs(model, variables, counted(batches)))
+    return np.stack(out)
+
+
+def _key(paths: Sequence[str], transforms: Sequence[AugmentParams], checkpoint: str) -> str:
+    h = hashlib.sha256()
+    h.update(checkpoint.encode())
+    for p in paths:
+        h.update(os.path.abspath(p).encode() + b"\0")
+    h.update(json.dumps([dataclasses.asdict(t) for t in transforms]).encode())
+    return h.hexdigest()[:16]
+
+
+def cached_tta_probs(
+    workdir: str,
+    checkpoint: str,
+    model: Any,
+    variables: Any,
+    paths: Sequence[str],
+    pp: Preprocess,
+    n_transforms: int | str,
+    batch_size: int = 64,
+    progress: bool = True,
+    ranges: AugmentRanges = TTA_RANGES,
+) -> np.ndarray:
+    """Per-transform probabilities for ``n_transforms`` Halton transforms in ``ranges`` (0: the plain rescale;
+    ``"tencrop"``: TenCrop), cached.
+
+    The cache file is ``<workdir>/predictions/<key>.npz``, where the key hashes
+    the checkpoint, the image paths and the transforms.
+    """
+    transforms = transforms_for(n_transforms, pp.size, ranges)
+    folder = os.path.join(workdir, "predictions")
+    path = os.path.join(folder, f"{_key(paths, transforms, checkpoint)}.npz")
+    if os.path.exists(path):
+        with np.load(path) as f:
+            return f["probs"]
+    probs = tta_probs(model, variables, paths, pp, transforms, batch_size, progress).astype(np.float32)
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}.npz"
+    np.savez_compressed(tmp, probs=probs)
+    os.replace(tmp, path)
+    return probs
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A trained run restored for prediction."""
+
+    workdir: str
+    model: nn.Module
+    variables: Any
+    preprocess: Preprocess
+    classes: tuple[str, ...]
+    config: Any
+    checkpoint: str  # "best" or "latest"
+    step: int
+    orbit_average: str | None = None  # None: as trained; "" (none), "c4" or "d4": evaluated with another
+
+    @property
+    def key(self) -> str:
+        """Names the predictions of this checkpoint (and orbit average) in the run's prediction cache."""
+        orbit = "" if self.orbit_average is None else f":orbit={self.orbit_average or 'none'}"
+        return f"{self.checkpoint}:{self.step}{orbit}"
+
+    @property
+    def tta_ranges(self) -> AugmentRanges:
+        """The default TTA ranges, capped at the run's own training augmentation."""
+        from deepsea.train import augment_ranges
+
+        return tta_ranges_for(augment_ranges(self.config.aug))
+
+
+def restore_run(workdir: str, which: str = "best", orbit_average: str | None = None) -> Run:
+    """Loads a run's model and variables (``best`` or ``latest`` checkpoint), preprocessing, classes and config.
+
+    ``orbit_average`` (``"c4"``, ``"d4"`` or ``""`` for none) evaluates the trained network with another
+    :class:`~deepsea.models.OrbitAverage` than it was trained with (the wrapper has no parameters of its own).
+    """
+    from deepsea.step import create_train_state
+
+    if which not in ("best", "latest"):
+        raise ValueError(f"checkpoint must be 'best' or 'latest', got {which!r}")
+    config = rundir.load_config(workdir)
+    classes = tuple(rundir.load_json(os.path.join(workdir, "classes.json")))
+    setup = create_train_state(config, len(classes))
+    latest, best = rundir.checkpoint_managers(workdir, config.train.keep_checkpoints)
+    manager = best if which == "best" and best.latest_step() is not None else latest
+    step = manager.latest_step()
+    if step is None:
+        latest.close()
+        best.close()
+        raise FileNotFoundError(f"no checkpoint in {workdir!r}")
+    state = rundir.restore_state(manager, step, setup.state)
+    latest.close()
+    best.close()
+    model, variables = setup.model, state.variables()
+    trained = config.model.get("orbit_average", "")
+    if orbit_average is not None and orbit_average != trained:
+        variables = {k: network_layers(v) for k, v in variables.items()}  # the wrapper has no parameters
+        config.model.orbit_average = orbit_average
+        model = build_model(config.model, len(classes))
+        if orbit_average:
+            variables = {k: {"inner": v} for k, v in variables.items()}
+    else:
+        orbit_average = None
+    pp = rundir.load_preprocess(workdir)
+    return Run(workdir, model, variables, pp, classes, config, which, int(step), orbit_average)
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationSet:
+    """A run's validation images and labels, read back against its data folder."""
+
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+
+def validation_set(workdir: str) -> ValidationSet:
+    """The validation split of ``workdir``; the folder's classes must match the run's."""
+    split = rundir.load_json(os.path.join(workdir, "split.json"))
+    folder = scan_labelled_folder(split["root"])
+    _, val_idx, _ = rundir.load_run_data(workdir, folder)
+    return ValidationSet(tuple(folder.paths[i] for i in val_idx), folder.labels[val_idx], tuple(folder.classes))
+
+
+def run_probs(
+    run: Run, paths: Sequence[str], tta: int | str = 0, combine: Combine = "mean", progress: bool = True
+) -> np.ndarray:
+    """``(N, K)`` probabilities of ``run`` for ``paths``, combined over ``tta`` transforms (cached)."""
+    per = cached_tta_probs(
+        run.workdir,
+        run.key,
+        run.model,
+        run.variables,
+        paths,
+        run.preprocess,
+        tta,
+        run.config.train.eval_batch_size,
+        progress,
+        run.tta_ranges,
+    )
+    return combine_probs(per, combine)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunEvaluation:
+    """A run's validation scores, plain and with each TTA setting asked for, and the last setting's predictions."""
+
+    run: Run
+    rows: tuple[Evaluation, ...]
+    probs: np.ndarray
+    labels: np.ndarray
+
+
+def evaluate_run(run: Run, tta: int | str = 0, combine: Combine = "mean", progress: bool = True) -> RunEvaluation:
+    """Scores ``run`` on its validation split without TTA and, if ``tta`` is given, with it."""
+    val = validation_set(run.workdir)
+    rows, probs = [], None
+    for n in [0] + ([tta] if tta else []):
+        probs = run_probs(run, val.paths, n, combine, progress)
+        label = "plain" if n == 0 else "TenCrop" if n == "tencrop" else f"TTA {n}"
+        rows.append(dataclasses.replace(evaluate_probs(probs, val.labels, label), step=run.step))
+    assert probs is not None
+    return RunEvaluation(run, tuple(rows), probs, val.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """Probabilities for the images of a folder, and the images that were skipped as unreadable."""
+
+    names: tuple[str, ...]
+    classes: tuple[str, ...]
+    probs: np.ndarray
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+def _checked_images(images: str, skip_bad: bool) -> tuple[Any, tuple[tuple[str, str], ...]]:
+    folder, _, skipped = check_images(scan_flat_folder(images), skip_bad=skip_bad)
+    return folder, tuple(skipped)
+
+
+def predict_folder(
+    run: Run, images: str, tta: int | str = 0, combine: Combine = "mean", skip_bad: bool = False
+) -> Prediction:
+    """Predicts every image of a flat folder (decoded once first: a bad file is an error naming it, or skipped
+    and listed with ``skip_bad``)."""
+    folder, skipped = _checked_images(images, skip_bad)
+    return Prediction(folder.names, run.classes, run_probs(run, list(folder.paths), tta, combine), skipped)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleResult:
+    """The runs, each one's validation log loss, the chosen models and weights, the blend's validation scores
+    (when the runs share a split) and the blended predictions for a folder (when one was given)."""
+
+    workdirs: tuple[str, ...]
+    single_log_loss: tuple[float, ...] | None
+    chosen: tuple[int, ...]
+    weights: np.ndarray
+    validation: Evaluation | None
+    cv_log_loss: float | None
+    test: Prediction | None
+
+
+class EnsembleError(ValueError):
+    """Runs that cannot be blended as asked."""
+
+
+def ensemble_runs(
+    workdirs: Sequence[str],
+    checkpoint: str = "best",
+    tta: int | str = 0,
+    combine: Combine = "mean",
+    uniform: bool = False,
+    folds: int = 5,
+    images: str | None = None,
+    skip_bad: bool = False,
+) -> EnsembleResult:
+    """Blends runs: weights fitted on their shared validation split with models chosen by cross-validated greedy
+    selection, or (``uniform``) equal weights (bagging, runs on different splits); optionally predicts ``images``."""
+    from deepsea.ensemble import blend, cross_validated_selection
+
+    runs = [restore_run(w, checkpoint) for w in workdirs]
+    if any(r.classes != runs[0].classes for r in runs):
+        raise EnsembleError("the runs were trained on different class lists")
+    vals = [validation_set(w) for w in workdirs]
+    same_split = all(v.paths == vals[0].paths for v in vals)
+    if not same_split and not uniform:
+        raise EnsembleError(
+            "the runs have different validation splits, so blend weights cannot be fitted; "
+            "use --uniform to average them (bagging)"
+        )
+    chosen = tuple(range(len(runs)))
+    weights = np.full(len(runs), 1 / len(runs))
+    singles = validation = cv = None
+    if same_split:
+        probs = np.stack([run_probs(r, vals[0].paths, tta, combine) for r in runs])
+        labels = vals[0].labels
+        selection = cross_validated_selection(probs, labels, folds=folds, uniform=uniform)
+        chosen, weights, singles, cv = (
+            selection.models,
+            selection.weights,
+            selection.single_log_loss,
+            selection.cv_log_loss,
+        )
+        validation = evaluate_probs(blend(probs[list(chosen)], weights), labels)
+    test = None
+    if images:
+        folder, skipped = _checked_images(images, skip_bad)
+        probs = np.stack([run_probs(runs[i], list(folder.paths), tta, combine) for i in chosen])
+        test = Prediction(folder.names, runs[0].classes, blend(probs, weights), skipped)
+    return EnsembleResult(tuple(workdirs), singles, tuple(chosen), weights, validation, cv, test)
+
+
+def write_submission(path: str, names: Sequence[str], classes: Sequence[str], probs: np.ndarray) -> None:
+    """The Kaggle NDSB format: header ``image,<class>,...``, one row per image, rows renormalised to sum to 1."""
+    import csv
+
+    probs = np.asarray(probs, np.float64)
+    if probs.shape != (len(names), len(classes)):
+        raise ValueError(f"probabilities {probs.shape} do not match {len(names)} images x {len(classes)} classes")
+    probs = probs / probs.sum(1, keepdims=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", *classes])
+        for name, row in zip(names, probs, strict=True):
+            w.writerow([name, *(f"{p:.6g}" for p in row)])
+    os.replace(tmp, path)
+
+
+def read_submission(path: str) -> tuple[list[str], list[str], np.ndarray]:
+    """``(image names, classes, probabilities)`` from a submission CSV."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0][0] != "image":
+        raise ValueError(f"{path!r} is not a submission: its header must start with 'image'")
+    names = [r[0] for r in rows[1:]]
+    return names, rows[0][1:], np.array([[float(x) for x in r[1:]] for r in rows[1:]], np.float64)

@@ -1,0 +1,196 @@
+"""Every figure the project draws, as PNG files (matplotlib, Agg backend, imported on first use).
+
+- :func:`plot_metrics`: a run's training loss and validation log loss and accuracy (``metrics.png``);
+- :func:`save_confusion_png`: a row-normalised confusion matrix readable for 121 classes;
+- :func:`plot_rounds`: ``deepsea bench``'s images/s per round, ours beside the variants and PyTorch;
+- :func:`save_preview`: raw, rescaled and augmented images side by side (``deepsea preview``);
+- :func:`plot_views`: the dihedral slice of an image and the conv roll of one view (``deepsea demo``).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from deepsea.data.folders import ImageFolder
+from deepsea.data.pipeline import AugmentedSource, Preprocess, preprocess_image, read_input
+from deepsea.data.transforms import TRAIN_RANGES, AugmentRanges
+from deepsea.metrics import accuracy, confusion_matrix
+from deepsea.rundir import read_metrics
+
+__all__ = ["plot_metrics", "plot_rounds", "plot_views", "save_confusion_png", "save_preview"]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metrics(workdir: str) -> str:
+    """Training loss, validation log loss and accuracy against steps, as ``workdir/metrics.png``."""
+    plt = _pyplot()
+
+    rows = read_metrics(workdir)
+    tr = [r for r in rows if r["split"] == "train"]
+    va = [r for r in rows if r["split"] == "validation"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    if tr:
+        ax1.plot([r["step"] for r in tr], [r["loss"] for r in tr], label="training loss (cross-entropy)", alpha=0.7)
+    if va:
+        ax1.plot([r["step"] for r in va], [r["log_loss"] for r in va], "o-", label="validation log loss")
+        ax2.plot([r["step"] for r in va], [r["accuracy"] for r in va], "o-", label="validation accuracy")
+        ax2.plot([r["step"] for r in va], [r["top5"] for r in va], "s--", label="validation top-5")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("accuracy")
+    ax2.set_ylim(0, 1)
+    ax2.legend()
+    ax2.grid(alpha=0.3)
+    fig.suptitle(os.path.basename(os.path.abspath(workdir)))
+    fig.tight_layout()
+    out = os.path.join(workdir, "metrics.png")
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def save_confusion_png(probs: np.ndarray, labels: np.ndarray, classes: list[str], path: str, title: str = "") -> str:
+    """A row-normalised confusion matrix readable for 121 classes: log colour scale, every class labelled."""
+    from matplotlib.colors import LogNorm
+
+    plt = _pyplot()
+    m = confusion_matrix(probs, labels, len(classes)).astype(np.float64)
+    rows = m.sum(1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    k = len(classes)
+    size = max(6.0, 0.16 * k + 3)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(np.where(norm > 0, norm, np.nan), cmap="viridis", norm=LogNorm(vmin=1e-3, vmax=1))
+    fs = max(3.0, min(9.0, 600 / k / 6))
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xticklabels(classes, rotation=90, fontsize=fs)
+    ax.set_yticklabels(classes, fontsize=fs)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or f"confusion (row-normalised), accuracy {accuracy(probs, labels):.3f}")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_rounds(lines: Sequence[dict[str, Any]], path: str) -> list[str]:
+    """Images/s per round for ours, each ``--compare`` variant and PyTorch, from ``bench``'s JSON lines; returns
+    the legend's labels."""
+    plt = _pyplot()
+
+    summary = next((rec for rec in lines if rec.get("summary")), None)
+    if summary is None:
+        raise ValueError("plot_rounds needs bench's JSON lines with their summary line")
+    series: dict[str, list[tuple[int, float]]] = {}
+    for rec in lines:
+        if rec.get("summary"):
+            continue
+        name = "PyTorch" if rec.get("impl") == "torch" else rec.get("variant") or "deepsea"
+        series.setdefault(name, []).append((rec["round"], rec["images_per_s"]))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, points in series.items():
+        rounds, ips = zip(*points, strict=True)
+        median = statistics.median(ips)
+        ax.plot(rounds, ips, "o-", label=f"{name}: median {median:.1f} images/s")
+    ax.set_xticks(sorted({r for points in series.values() for r, _ in points}))
+    ax.set_xlabel("round (interleaved)")
+    ax.set_ylabel("training images/s")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    size, width, batch = summary["size"], summary["width"], summary["batch"]
+    title = f"{summary['experiment']} {size}x{size}, width {width}, batch {batch}"
+    if "ratio_vs_torch" in summary:
+        title += f": {summary['ratio_vs_torch']:.2f}x PyTorch"
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def save_preview(
+    folder: ImageFolder,
+    out: str,
+    pp: Preprocess = Preprocess(),
+    ranges: AugmentRanges = TRAIN_RANGES,
+    n_images: int = 8,
+    n_augmented: int = 6,
+    seed: int = 0,
+) -> str:
+    """Writes ``out`` (PNG): one row per image, the raw image, its plain preprocessing, then augmentations.
+
+    Images are drawn from different classes where the dataset has labels.
+    """
+    plt = _pyplot()
+
+    rng = np.random.default_rng(seed)
+    if folder.labels is not None:
+        classes = rng.permutation(len(folder.classes))[:n_images]
+        picks = [int(rng.choice(np.flatnonzero(folder.labels == c))) for c in classes]
+    else:
+        picks = [int(i) for i in rng.permutation(len(folder))[:n_images]]
+    src = AugmentedSource([folder.paths[i] for i in picks], None, pp, ranges, seed=seed, shuffle=False)
+    cols = 2 + n_augmented
+    fig, axes = plt.subplots(len(picks), cols, figsize=(1.6 * cols, 1.7 * len(picks)), squeeze=False)
+    for row, i in enumerate(picks):
+        raw = read_input(folder.paths[i], pp.channels)
+        plain = preprocess_image(raw, pp)
+        panels = [raw, plain] + [src.example(epoch, row)["image"] for epoch in range(n_augmented)]
+        for col, img in enumerate(panels):
+            ax = axes[row, col]
+            cmap = "gray_r" if col == 0 else "gray"
+            ax.imshow(img if img.ndim == 2 or img.shape[-1] == 3 else img[..., 0], cmap=cmap)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                label = folder.classes[folder.labels[i]] if folder.labels is not None else folder.names[i]
+                ax.set_ylabel(f"{label}\n{raw.shape[0]}x{raw.shape[1]}", fontsize=7)
+            if row == 0:
+                ax.set_title(["raw", f"rescaled {pp.size}"][col] if col < 2 else f"augmented {col - 1}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def plot_views(path: str, views: Any) -> str:
+    """The 8 views of a dihedral slice ``(8, H, W, 1)`` (top) and the conv roll of view r3 (bottom), whose every
+    block is the image aligned to that view."""
+    from deepsea import ops
+    from deepsea.groups import D4
+
+    rolled = ops.dihedral_conv_roll(views)  # (8, H, W, 8): block h of view g is g(img)
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 8, figsize=(16, 5.0))
+    for v in range(8):
+        axes[0, v].imshow(views[v, :, :, 0], cmap="gray")
+        axes[0, v].set_title(f"slice view {D4.label(v)}")
+        axes[1, v].imshow(rolled[3, :, :, v], cmap="gray")
+        axes[1, v].set_title(f"view r3, block {D4.label(v)}")
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    fig.suptitle("dihedral slice (top) and the conv roll of view r3 (bottom): every block is aligned to the view")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -1,0 +1,214 @@
+"""A run folder: what ``deepsea train`` writes and everything else reads back.
+
+- ``config.json``: the experiment's configuration; ``classes.json``: the class names, in label order;
+  ``split.json``: the data root, the training and validation images (relative paths) and what was skipped;
+  ``preprocess.json``: the patch size, rescale and global statistics;
+- ``metrics.jsonl``: one JSON line per logged training step and per validation pass; ``best.json``: the best
+  validation pass;
+- ``checkpoints/`` (the latest few) and ``best/`` (the lowest validation log loss): orbax checkpoints of the
+  :class:`~deepsea.step.TrainState`.
+
+Every JSON file is written atomically (a temporary file renamed over it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from deepsea.data.folders import ImageFolder
+from deepsea.data.pipeline import Preprocess
+from deepsea.data.transforms import Rescale
+
+__all__ = [
+    "RunDataMismatch",
+    "append_metrics",
+    "checkpoint_managers",
+    "load_config",
+    "load_json",
+    "load_preprocess",
+    "load_run_data",
+    "read_metrics",
+    "restore_state",
+    "save_json",
+    "save_run_data",
+    "save_state",
+    "truncate_metrics",
+]
+
+
+class RunDataMismatch(ValueError):
+    """A dataset that does not match what a run was trained with (classes or split images)."""
+
+
+def save_json(path: str, obj: Any) -> None:
+    """Writes ``obj`` as JSON atomically (a temporary file renamed over ``path``)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_config(run_dir: str) -> Any:
+    """The run's configuration as a ``ConfigDict``."""
+    import ml_collections
+
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{run_dir!r} is not a run folder: it has no config.json")
+    return ml_collections.ConfigDict(load_json(path))
+
+
+def save_run_data(
+    run_dir: str,
+    folder: ImageFolder,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    pp: Preprocess,
+    seed: int,
+    fraction: float,
+    skipped: Sequence[tuple[str, str]] = (),
+) -> None:
+    """Writes ``classes.json``, ``split.json`` (image ids, relative paths) and ``preprocess.json``."""
+    os.makedirs(run_dir, exist_ok=True)
+    rel = [os.path.relpath(p, folder.root) for p in folder.paths]
+    save_json(os.path.join(run_dir, "classes.json"), list(folder.classes))
+    save_json(
+        os.path.join(run_dir, "split.json"),
+        {
+            "root": os.path.abspath(folder.root),
+            "seed": seed,
+            "validation_fraction": fraction,
+            "train": [rel[i] for i in train_idx],
+            "validation": [rel[i] for i in val_idx],
+            "validation_ids": [folder.ids[i] for i in val_idx],
+            "skipped": [{"path": p, "reason": r} for p, r in skipped],
+            "ignored": list(folder.ignored),
+        },
+    )
+    save_json(
+        os.path.join(run_dir, "preprocess.json"),
+        {
+            "size": pp.size,
+            "rescale": {"kind": pp.rescale.kind, "value": pp.rescale.value},
+            "channels": pp.channels,
+            "mean": pp.mean,
+            "std": pp.std,
+            "extra_rotations": list(pp.extra_rotations),
+            "second_size": pp.second_size,
+            "second_rescale": {"kind": pp.second_rescale.kind, "value": pp.second_rescale.value},
+        },
+    )
+
+
+def load_run_data(run_dir: str, folder: ImageFolder) -> tuple[np.ndarray, np.ndarray, Preprocess]:
+    """Reads a run's split and preprocessing back against ``folder``.
+
+    Raises :class:`RunDataMismatch` naming the difference when the class list
+    differs or split images are missing from the folder.
+    """
+    classes = load_json(os.path.join(run_dir, "classes.json"))
+    if list(folder.classes) != classes:
+        missing = sorted(set(classes) - set(folder.classes))
+        extra = sorted(set(folder.classes) - set(classes))
+        raise RunDataMismatch(
+            f"the classes of {folder.root!r} do not match run {run_dir!r} "
+            f"({len(folder.classes)} vs {len(classes)} classes; missing {missing[:5]}, extra {extra[:5]})"
+        )
+    split = load_json(os.path.join(run_dir, "split.json"))
+    index = {os.path.relpath(p, folder.root): i for i, p in enumerate(folder.paths)}
+    lost = [p for p in split["train"] + split["validation"] if p not in index]
+    if lost:
+        raise RunDataMismatch(f"{len(lost)} image(s) of run {run_dir!r} are not in {folder.root!r}: {lost[:5]}")
+    train = np.array([index[p] for p in split["train"]], np.int64)
+    val = np.array([index[p] for p in split["validation"]], np.int64)
+    return train, val, load_preprocess(run_dir)
+
+
+def load_preprocess(run_dir: str) -> Preprocess:
+    """The preprocessing (patch, rescale, global statistics) a run was trained with."""
+    meta = load_json(os.path.join(run_dir, "preprocess.json"))
+    return Preprocess(
+        size=meta["size"],
+        rescale=Rescale(meta["rescale"]["kind"], meta["rescale"]["value"]),
+        channels=meta["channels"],
+        mean=meta["mean"],
+        std=meta["std"],
+        extra_rotations=tuple(meta.get("extra_rotations", ())),
+        second_size=meta.get("second_size", 0),
+        second_rescale=Rescale(**meta.get("second_rescale", {"kind": "factor", "value": 0.2})),
+    )
+
+
+def append_metrics(run_dir: str, record: dict[str, Any]) -> None:
+    """Appends one record to ``metrics.jsonl``."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir: str) -> list[dict[str, Any]]:
+    """Every record of ``metrics.jsonl`` (none if it does not exist)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(ln) for ln in f if ln.strip()]
+
+
+def truncate_metrics(run_dir: str, step: int) -> None:
+    """Drops the records after ``step`` (a resumed run logs them again)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if os.path.exists(path):
+        rows = [r for r in read_metrics(run_dir) if r["step"] <= step]
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def checkpoint_managers(run_dir: str, keep: int) -> tuple[Any, Any]:
+    """Orbax managers of ``checkpoints/`` (the latest ``keep``) and ``best/`` (one)."""
+    import orbax.checkpoint as ocp
+
+    root = os.path.abspath(run_dir)
+    latest = ocp.CheckpointManager(
+        os.path.join(root, "checkpoints"), options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    )
+    best = ocp.CheckpointManager(
+        os.path.join(root, "best"), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    )
+    return latest, best
+
+
+def _as_tree(state: Any) -> dict[str, Any]:
+    tree = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    if state.model_state:  # absent for models without batch statistics: checkpoints stay as they were
+        tree["model_state"] = state.model_state
+    return tree
+
+
+def save_state(manager: Any, step: int, state: Any) -> None:
+    """Saves a :class:`~deepsea.step.TrainState` as checkpoint ``step`` and waits for it."""
+    import orbax.checkpoint as ocp
+
+    manager.save(step, args=ocp.args.StandardSave(_as_tree(state)), force=True)
+    manager.wait_until_finished()
+
+
+def restore_state(manager: Any, step: int, template: Any) -> Any:
+    """Restores checkpoint ``step`` into the structure, shapes and placement of the state ``template``."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from deepsea.step import TrainState
+
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _as_tree(template))
+    return TrainState(**manager.restore(step, args=ocp.args.StandardRestore(abstract)))

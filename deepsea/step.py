@@ -1,0 +1,192 @@
+"""The training step and what it needs: the train state, example inputs, the optimizer and schedule.
+
+:func:`create_train_state` and :func:`example_inputs` are the one way to build a model's variables and dummy
+inputs from an experiment config: training, restoring, benchmarks, ``deepsea params`` and the tests use them.
+:func:`make_train_step` is the pure jitted step ``(state, batch, rng) -> (state, metrics)``, donating its state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from deepsea.models import build_model
+
+__all__ = [
+    "TrainSetup",
+    "TrainState",
+    "create_train_state",
+    "example_inputs",
+    "forward",
+    "make_optimizer",
+    "make_train_step",
+]
+
+Batch = dict[str, jax.Array]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    model_state: Any = dataclasses.field(default_factory=dict)  # e.g. {"batch_stats": ...}; {} for most models
+
+    def variables(self) -> dict[str, Any]:
+        """The model's variables: ``{"params": ..., **model_state}``."""
+        return {"params": self.params, **self.model_state}
+
+
+def _schedule(cfg: Any, total_steps: int) -> optax.Schedule:
+    kind = cfg.get("schedule", "step")
+    if kind == "cosine":
+        if cfg.get("warmup_steps", 0) >= total_steps:
+            raise ValueError(
+                f"optim.warmup_steps={cfg.warmup_steps} must be smaller than the {total_steps} training steps"
+            )
+        return optax.warmup_cosine_decay_schedule(
+            0.0, cfg.lr, cfg.get("warmup_steps", 0), total_steps, cfg.lr * cfg.get("end_factor", 0.0)
+        )
+    if kind != "step":
+        raise ValueError(f"unknown learning-rate schedule {kind!r}; expected 'step' or 'cosine'")
+    boundaries: dict[int, float] = {}
+    for b in cfg.decay_steps:
+        step = round(b * total_steps) if isinstance(b, float) and b < 1 else int(b)
+        boundaries[step] = boundaries.get(step, 1.0) * cfg.decay_factor
+    sched = optax.piecewise_constant_schedule(cfg.lr, boundaries)
+    if cfg.get("warmup_steps", 0):
+        warm = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
+        return optax.join_schedules([warm, lambda s: sched(s + cfg.warmup_steps)], [cfg.warmup_steps])
+    return sched
+
+
+def make_optimizer(cfg: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Nesterov SGD (or Adam) on a piecewise-constant (or cosine) schedule, with L2 decay on kernels only.
+
+    ``decay_steps`` entries below 1.0 are fractions of ``total_steps``.  ``schedule="cosine"``: a linear
+    warm-up to ``lr``, then a cosine decay to ``end_factor * lr`` at ``total_steps``.
+    """
+    sched = _schedule(cfg, total_steps)
+
+    def kernels(params: Any) -> Any:
+        return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", "") == "kernel", params)
+
+    parts = []
+    if cfg.get("grad_clip", 0.0):
+        parts.append(optax.clip_by_global_norm(cfg.grad_clip))
+    if cfg.weight_decay:
+        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=kernels))
+    if cfg.name == "sgd":
+        parts.append(optax.sgd(sched, momentum=cfg.momentum, nesterov=True))
+    elif cfg.name == "adam":
+        parts.append(optax.adam(sched))
+    else:
+        raise ValueError(f"unknown optimizer {cfg.name!r}; expected 'sgd' or 'adam'")
+    return optax.chain(*parts), sched
+
+
+def example_inputs(config: Any, batch_size: int = 1, seed: int | None = None) -> dict[str, np.ndarray]:
+    """A batch of a model's inputs as the data pipeline makes them for ``config.data``: ``image`` (with the cp8
+    copies in channels), ``image2`` (multiscale), ``raw_size`` and ``label``; zeros, or random with ``seed``."""
+    data = config.data
+    channels = data.get("channels", 1)
+    size, second = data.size, data.get("second_size", 0)
+    shapes = {"image": (batch_size, size, size, channels * (1 + len(data.get("extra_rotations", ()))))}
+    if second:
+        shapes["image2"] = (batch_size, second, second, channels)
+    rng = None if seed is None else np.random.default_rng(seed)
+    batch = {
+        k: np.zeros(s, np.float32) if rng is None else rng.standard_normal(s, np.float32) for k, s in shapes.items()
+    }
+    batch["raw_size"] = (
+        np.full((batch_size, 2), 64, np.float32)
+        if rng is None
+        else rng.integers(20, 200, (batch_size, 2)).astype(np.float32)
+    )
+    batch["label"] = np.zeros(batch_size, np.int32)
+    return batch
+
+
+def forward(
+    model: nn.Module, variables: Any, batch: Batch, train: bool, rng: jax.Array | None = None
+) -> tuple[jax.Array, dict[str, Any]]:
+    """Logits and, in training, the updated non-parameter collections (batch statistics; ``{}`` otherwise)."""
+    rngs = {"dropout": rng} if rng is not None else None
+    mutable = [k for k in variables if k != "params"] if train else False
+    out = model.apply(
+        variables,
+        batch["image"],
+        train=train,
+        raw_size=batch["raw_size"],
+        x2=batch.get("image2"),
+        rngs=rngs,
+        mutable=mutable,
+    )
+    return out if train else (out, {})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+    """A model, its optimizer and schedule, and a fresh train state (abstract shapes with ``abstract=True``)."""
+
+    model: nn.Module
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    state: TrainState
+
+
+def create_train_state(
+    config: Any, num_classes: int, *, steps: int | None = None, abstract: bool = False
+) -> TrainSetup:
+    """Builds ``config.model`` for ``num_classes``, its optimizer for ``steps`` (default ``config.train.steps``)
+    and the initial state from ``config.seed``; ``abstract=True`` gives the state's shapes without computing it."""
+    model = build_model(config.model, num_classes)
+    tx, schedule = make_optimizer(config.optim, config.train.steps if steps is None else steps)
+    inputs = {k: jnp.asarray(v) for k, v in example_inputs(config).items()}
+
+    def init() -> TrainState:
+        variables = dict(
+            model.init(
+                jax.random.key(config.seed), inputs["image"], raw_size=inputs["raw_size"], x2=inputs.get("image2")
+            )
+        )
+        params = variables.pop("params")
+        return TrainState(jnp.asarray(0, jnp.int32), params, tx.init(params), variables)
+
+    return TrainSetup(model, tx, schedule, jax.eval_shape(init) if abstract else init())
+
+
+def make_train_step(
+    model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """``(state, batch, rng) -> (state, metrics)``, jitted, donating the state."""
+
+    def step(state: TrainState, batch: Batch, rng: jax.Array):
+        dropout_rng = jax.random.fold_in(rng, state.step)
+
+        def loss_fn(params):
+            logits, model_state = forward(model, {"params": params, **state.model_state}, batch, True, dropout_rng)
+            logits = logits.astype(jnp.float32)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+            return ce, (logits, model_state)
+
+        (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "grad_norm": optax.tree.norm(grads),
+            "lr": jnp.asarray(schedule(state.step), jnp.float32),
+        }
+        return TrainState(state.step + 1, params, opt_state, dict(model_state)), metrics
+
+    return jax.jit(step, donate_argnums=0)
