@@ -1,56 +1,83 @@
 """deepsea: exact rotation-symmetric networks for plankton (NDSB 2015) and beyond.
 
-The public API: the groups (:data:`C4`, :data:`D4`), the exact group operations (:mod:`deepsea.ops`), their
-Flax layers and the seed's blocks (:mod:`deepsea.layers`), the equivariance checks, and the modules
-:mod:`~deepsea.models`, :mod:`~deepsea.backends`, :mod:`~deepsea.configs`, :mod:`~deepsea.step`,
-:mod:`~deepsea.train`, :mod:`~deepsea.inference` and :mod:`~deepsea.data`, imported on use.
+The public API: the groups (``C4``, ``D4``), the exact group operations (:mod:`deepsea.ops` and their named
+forms here), their Flax layers and the seed's blocks (:mod:`deepsea.layers`), the equivariance checks, and the
+modules ``models``, ``backends``, ``configs``, ``step``, ``train``, ``inference`` and ``data``.  Names are
+imported on first use, so the command line starts without loading JAX.
 """
 
-from deepsea import layers, ops
-from deepsea.backends import max_pool
-from deepsea.equivariance import check_equivariance, check_invariance
-from deepsea.groups import C4, D4, Group, get_group
-from deepsea.ops import (
-    cyclic_conv_roll,
-    cyclic_pool,
-    cyclic_roll,
-    cyclic_slice,
-    dihedral_conv_roll,
-    dihedral_pool,
-    dihedral_roll,
-    dihedral_slice,
-    group_conv_roll,
-    group_pool,
-    group_roll,
-    group_slice,
-    permute_views,
-    pooling_is_symmetric,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "C4",
-    "D4",
-    "Group",
-    "check_equivariance",
-    "check_invariance",
-    "cyclic_conv_roll",
-    "cyclic_pool",
-    "cyclic_roll",
-    "cyclic_slice",
-    "dihedral_conv_roll",
-    "dihedral_pool",
-    "dihedral_roll",
-    "dihedral_slice",
-    "get_group",
-    "group_conv_roll",
-    "group_pool",
-    "group_roll",
-    "group_slice",
-    "layers",
-    "max_pool",
-    "ops",
-    "permute_views",
-    "pooling_is_symmetric",
-]
+_FROM = {
+    "C4": "deepsea.groups",
+    "D4": "deepsea.groups",
+    "Group": "deepsea.groups",
+    "get_group": "deepsea.groups",
+    "check_equivariance": "deepsea.equivariance",
+    "check_invariance": "deepsea.equivariance",
+    "max_pool": "deepsea.backends",
+    **{
+        name: "deepsea.ops"
+        for name in (
+            "cyclic_conv_roll",
+            "cyclic_pool",
+            "cyclic_roll",
+            "cyclic_slice",
+            "dihedral_conv_roll",
+            "dihedral_pool",
+            "dihedral_roll",
+            "dihedral_slice",
+            "group_conv_roll",
+            "group_pool",
+            "group_roll",
+            "group_slice",
+            "permute_views",
+            "pooling_is_symmetric",
+        )
+    },
+}
+_MODULES = ("backends", "configs", "data", "inference", "layers", "models", "ops", "step", "train")
+
+__all__ = sorted([*_FROM, *_MODULES])
+
+if TYPE_CHECKING:  # pragma: no cover
+    from deepsea import backends, configs, data, inference, layers, models, ops, step, train  # noqa: F401
+    from deepsea.backends import max_pool  # noqa: F401
+    from deepsea.equivariance import check_equivariance, check_invariance  # noqa: F401
+    from deepsea.groups import C4, D4, Group, get_group  # noqa: F401
+    from deepsea.ops import (  # noqa: F401
+        cyclic_conv_roll,
+        cyclic_pool,
+        cyclic_roll,
+        cyclic_slice,
+        dihedral_conv_roll,
+        dihedral_pool,
+        dihedral_roll,
+        dihedral_slice,
+        group_conv_roll,
+        group_pool,
+        group_roll,
+        group_slice,
+        permute_views,
+        pooling_is_symmetric,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        value = importlib.import_module(f"deepsea.{name}")
+    elif name in _FROM:
+        value = getattr(importlib.import_module(_FROM[name]), name)
+    else:
+        raise AttributeError(f"module 'deepsea' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

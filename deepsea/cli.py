@@ -164,14 +164,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except Exception as e:
-        if not _is_user_error(e):
+        if not _is_user_error(e) or os.environ.get("DEEPSEA_TRACEBACK") == "1":
             raise
-        print(f"deepsea {args.command}: error: {e}", file=sys.stderr)
+        print(f"deepsea {args.command}: error: {_first_line(e)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
+def _first_line(e: Exception) -> str:
+    """The message without the notes JAX appends to exceptions raised under tracing."""
+    return str(e).split("\n--------------------")[0].strip()
+
+
 def _is_user_error(e: Exception) -> bool:
-    """Errors about the input (files, folders, configs, runs) rather than bugs: printed as one line."""
+    """Errors about the input (files, folders, configs, runs, settings that do not fit a model) rather than bugs:
+    printed as one line (``DEEPSEA_TRACEBACK=1`` shows the traceback)."""
     from deepsea.configs import ConfigError
     from deepsea.data import BadImageError, FolderError
     from deepsea.rundir import RunDataMismatch
@@ -184,6 +190,7 @@ def _is_user_error(e: Exception) -> bool:
         RunDataMismatch,
         FileNotFoundError,
         NotADirectoryError,
+        ValueError,  # a setting that does not fit (a model's input, a schedule longer than the run, ...)
     )
     if "deepsea.inference" in sys.modules:
         known += (sys.modules["deepsea.inference"].EnsembleError,)

@@ -10,7 +10,10 @@ from typing import Any
 
 __all__ = ["collect", "cpu_features", "format_info"]
 
-_PACKAGES = ("deepsea", "jax", "jaxlib", "flax", "optax", "numpy", "grain", "orbax-checkpoint", "onednn-cpu-gomp", "onednn-devel-cpu-gomp")
+_PACKAGES = (
+    "deepsea", "jax", "jaxlib", "flax", "optax", "numpy", "grain", "orbax-checkpoint", "onednn-cpu-gomp",
+    "onednn-devel-cpu-gomp",
+)  # fmt: skip
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma")
 
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from deepsea import backends, ops
-from deepsea.backends.xla import leaky_relu
+from deepsea.backends.xla import DEFAULT_NEGATIVE_SLOPE, leaky_relu
 from deepsea.groups import Group
 
 __all__ = [
@@ -41,8 +41,6 @@ __all__ = [
 
 Initializer = Callable[..., jax.Array]
 RollImplementation = Literal["xla", "pallas"]
-
-DEFAULT_NEGATIVE_SLOPE = 1.0 / 3.0
 
 
 class Slice(nn.Module):

@@ -1,28 +1,174 @@
+"""The command line, run in-process (``deepsea.cli.main``), and one subprocess smoke test of the installed entry."""
+
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
-from deepsea import bench_ops, demo
+from deepsea.cli import main
 from deepsea.groups import D4
+from deepsea.tools import bench_ops, demo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_demo_via_the_command_line(tmp_path):
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path_factory):
+    """``cli(*args, rc=0)``: runs ``deepsea ARGS`` in this process from the repository root, checks the exit
+    status and returns what it printed (stdout and stderr)."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("DEEPSEA_DATA", str(tmp_path_factory.getbasetemp() / "deepsea-data"))
+
+    def run(*args: str, rc: int = 0) -> str:
+        code = 0
+        try:
+            main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        assert code == rc, out.out + out.err
+        return out.out + out.err
+
+    return run
+
+
+def _flat_test_folder(tmp_path: Path) -> Path:
+    """A flat folder of 12 generated images (one per class) and a stray file: the NDSB test layout."""
+    from deepsea.data.synthetic import make_synthetic
+
+    images = make_synthetic(tmp_path / "t", per_class=1, progress=False)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for cls in os.listdir(images):
+        for f in os.listdir(os.path.join(images, cls)):
+            os.rename(os.path.join(images, cls, f), flat / f)
+    (flat / "Thumbs.db").write_bytes(b"")
+    return flat
+
+
+def test_the_installed_command_answers_help_fast_without_importing_jax():
+    """The one subprocess test: the entry point runs, and --help and a bad argument answer before any
+    JAX import."""
+    t0 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "deepsea", "demo", "--size", "47", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
+        [sys.executable, "-X", "importtime", "-m", "deepsea", "--help"], capture_output=True, text=True, timeout=60
     )
-    assert "D4 convroll4" in out.stdout
-    png = tmp_path / "views.png"
-    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    seconds = time.perf_counter() - t0
+    assert out.returncode == 0 and "train" in out.stdout and "bench-kernels" in out.stdout
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert "jax" not in imported and "flax" not in imported and "numpy" not in imported
+    assert seconds < 5  # typically 0.1 s; generous for a loaded machine
+    bad = subprocess.run([sys.executable, "-m", "deepsea", "trian"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "invalid choice: 'trian'" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_demo_results_are_exactly_invariant():
+def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
+    run = str(tmp_path / "run")
+    assert "best validation log loss" in cli("train", "synthetic", "--small", "--workdir", run)
+    out = cli("evaluate", "--workdir", run, "--tta", "2")
+    assert "plain" in out and "TTA 2" in out and os.path.exists(os.path.join(run, "confusion.png"))
+    assert "TenCrop" in cli("evaluate", "--workdir", run, "--tta", "tencrop")
+    assert "tencrop" in cli("evaluate", "--workdir", run, "--tta", "ten", rc=2)
+    assert "plain" in cli("evaluate", "--workdir", run, "--orbit-average", "d4")  # the C4 run, D4-averaged
+    flat = _flat_test_folder(tmp_path)
+    cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "sub.csv"))
+    lines = (tmp_path / "sub.csv").read_text().splitlines()
+    classes = json.loads(Path(run, "classes.json").read_text())
+    assert lines[0].split(",") == ["image", *classes] and len(lines) == 1 + 12
+    for line in lines[1:]:
+        name, *probs = line.split(",")
+        assert name.endswith(".jpg") and abs(sum(map(float, probs)) - 1) < 1e-4
+    cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "tta.csv"), "--tta", "3")
+    assert len((tmp_path / "tta.csv").read_text().splitlines()) == 13
+    out = cli("ensemble", run, run, "--images", str(flat), "--out", str(tmp_path / "ens.csv"), "--folds", "2")
+    assert "blend of" in out and (tmp_path / "ens.csv").exists()
+    # a corrupt image: an error naming it, or skipped and listed when asked
+    (flat / "broken.jpg").write_bytes(b"not a jpeg")
+    out = cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "x.csv"), rc=2)
+    assert "broken.jpg" in out and "Traceback" not in out
+    out = cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "x.csv"), "--skip-bad-images")
+    assert "skipped" in out and "broken.jpg" in out
+    assert len((tmp_path / "x.csv").read_text().splitlines()) == 13
+    out = cli("predict", "--workdir", run, "--images", str(tmp_path / "nowhere"), "--out", "y.csv", rc=2)
+    assert "nowhere" in out
+    assert "no config.json" in cli("evaluate", "--workdir", str(tmp_path / "flat"), rc=2)
+
+
+def test_bag_trains_copies_on_different_splits_and_averages_them(cli, tmp_path):
+    prefix = str(tmp_path / "bag")
+    out = cli("bag", "synthetic", "--small", "-k", "2", "--workdir", prefix, "--set", "train.steps=2")
+    runs = [f"{prefix}_0", f"{prefix}_1"]
+    assert "--uniform" in out and all(r in out for r in runs)
+    splits = [json.loads(Path(r, "split.json").read_text()) for r in runs]
+    assert splits[0]["validation"] != splits[1]["validation"]
+    assert [json.loads(Path(r, "config.json").read_text())["data"]["split_seed"] for r in runs] == [0, 1]
+    # different splits: blend weights cannot be fitted, averaging can
+    assert "--uniform" in cli("ensemble", *runs, rc=2)
+    flat = _flat_test_folder(tmp_path)
+    cli("ensemble", *runs, "--uniform", "--images", str(flat), "--out", str(tmp_path / "bag.csv"))
+    assert len((tmp_path / "bag.csv").read_text().splitlines()) == 13
+
+
+def test_every_error_is_a_message_not_a_traceback(cli, tmp_path):
+    assert "unknown config key 'model.dropuot'" in cli("params", "convroll4", "--set", "model.dropuot=0.1", rc=2)
+    assert "model.width" in cli("params", "convroll4", "--set", "model.width=wide", rc=2)
+    assert "no experiment module" in cli("train", "nonexistent", rc=2)
+    assert "does not exist" in cli("train", "synthetic", "--small", "--data", str(tmp_path / "nowhere"), rc=2)
+    assert "nowhere" in cli("preview", "--data", str(tmp_path / "nowhere"), rc=2)
+    assert "--copies must be at least 1" in cli("bag", "synthetic", "-k", "0", rc=2)
+    assert "unrecognized arguments: --bogus" in cli("info", "--bogus", rc=2)
+
+
+@pytest.mark.parametrize(
+    "experiment", sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "experiments")) if f.endswith(".py"))
+)
+def test_params_for_every_experiment(cli, experiment):
+    out = cli("params", experiment)
+    total = int(out.strip().splitlines()[-1].split()[-1].replace(",", ""))
+    assert total > 0
+    if experiment == "convroll4":
+        assert total == 15_600_105  # the published table
+
+
+@pytest.mark.parametrize("model", ["resnet50", "resnext50", "plain", "rollnet"])  # cp8, multiscale: experiments
+def test_params_for_every_model(cli, model):
+    out = cli("params", "convroll4", "--set", f"model.name={model}", "--set", "model.width=0.25")
+    assert out.strip().splitlines()[-1].startswith("total")
+
+
+def test_a_model_that_does_not_fit_its_inputs_is_a_message(cli):
+    out = cli("params", "convroll4", "--set", "model.name=cp8", rc=2)
+    assert "2 rotated inputs need a channel count divisible by 2" in out and "Traceback" not in out
+
+
+def test_info_names_versions_and_backends(cli):
+    out = cli("info")
+    for key in ("jax: 0.10.2", "flax:", "optax:", "onednn-cpu-gomp:", "cpu:", "avx512_bf16", "devices: cpu:0"):
+        assert key in out, key
+    assert "convolution: oneDNN" in out or "convolution: XLA (" in out
+    assert "pallas kernels: interpret mode" in out and "XLA_FLAGS:" in out
+
+
+def test_make_synthetic_preview_and_bench_data(cli, tmp_path):
+    cli("make-synthetic", str(tmp_path / "syn"), "--per-class", "6")
+    assert len(os.listdir(tmp_path / "syn")) == 12
+    png = tmp_path / "grid.png"
+    cli("preview", "--data", str(tmp_path / "syn"), "--out", str(png), "--images", "3", "--augmented", "2")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    out = cli("bench-data", "--data", str(tmp_path / "syn"), "--batches", "2", "--steps", "0")
+    assert "95x95 (largest side 85)" in out and '"size_47"' in out
+
+
+def test_demo_writes_its_views_and_its_results_are_exactly_invariant(cli, tmp_path):
+    out = cli("demo", "--size", "47", "--out", str(tmp_path))
+    assert "D4 convroll4" in out
+    assert (tmp_path / "views.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = demo.run(size=47)
     assert max(results["d4"].values()) <= 1e-5
     assert max(results["c4"][k] for k in ("e", "r", "r2", "r3")) <= 1e-5
@@ -46,34 +192,10 @@ def test_bench_ops_smoke(capsys):
     assert "conv_roll 5x5x128" in capsys.readouterr().out
 
 
-def _run(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "deepsea", *args], capture_output=True, text=True, timeout=600, env=env
-    )
-
-
-def test_make_synthetic_preview_and_bench_data(tmp_path):
-    import os
-
-    out = _run("make-synthetic", str(tmp_path / "syn"), "--per-class", "6")
-    assert out.returncode == 0, out.stderr
-    assert len(os.listdir(tmp_path / "syn")) == 12
-    png = tmp_path / "grid.png"
-    out = _run("preview", "--data", str(tmp_path / "syn"), "--out", str(png), "--images", "3", "--augmented", "2")
-    assert out.returncode == 0, out.stderr
-    assert png.read_bytes()[:4] == b"\x89PNG"
-    out = _run("bench-data", "--data", str(tmp_path / "syn"), "--batches", "2", "--steps", "0")
-    assert out.returncode == 0, out.stderr
-    assert "95x95 (largest side 85)" in out.stdout and '"size_47"' in out.stdout
-    # a bad folder fails with a message naming it, not a traceback
-    out = _run("preview", "--data", str(tmp_path / "nowhere"))
-    assert out.returncode == 2 and "nowhere" in out.stderr and "Traceback" not in out.stderr
-
-
 def test_flop_count_is_analytic():
     import jax.numpy as jnp
 
-    from deepsea.bench import count_flops
+    from deepsea.tools.bench import count_flops
 
     x, w = jnp.zeros((2, 7, 7, 3)), jnp.zeros((3, 3, 3, 5))
     conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
@@ -84,27 +206,14 @@ def test_flop_count_is_analytic():
     assert count_flops(jax.jit(lambda a, b: a @ b), jnp.zeros((4, 6)), jnp.zeros((6, 8))) == 2 * 4 * 6 * 8
 
 
-def test_bench_training_step_and_kernels_via_the_command_line(tmp_path):
-    out = tmp_path / "bench.jsonl"
-    r = _run(
-        "bench",
-        "experiments/synthetic.py",
-        "--small",
-        "--batch",
-        "4",
-        "--steps",
-        "1",
-        "--rounds",
-        "2",
-        "--compare",
-        "model.conv_impl=xla",
-        "--out",
-        str(out),
-        "--plot",
-        str(tmp_path / "bench.png"),
-    )
-    assert r.returncode == 0, r.stderr
-    lines = [json.loads(s) for s in r.stdout.strip().splitlines() if s.startswith("{")]
+@pytest.mark.slow
+def test_bench_training_step_and_kernels(cli, tmp_path):
+    out_path = tmp_path / "bench.jsonl"
+    out = cli(
+        "bench", "experiments/synthetic.py", "--small", "--batch", "4", "--steps", "1", "--rounds", "2",
+        "--compare", "model.conv_impl=xla", "--out", str(out_path), "--plot", str(tmp_path / "bench.png"),
+    )  # fmt: skip
+    lines = [json.loads(s) for s in out.strip().splitlines() if s.startswith("{")]
     assert [(rec.get("round"), rec.get("variant")) for rec in lines[:4]] == [
         (0, None),
         (0, "model.conv_impl=xla"),
@@ -116,17 +225,16 @@ def test_bench_training_step_and_kernels_via_the_command_line(tmp_path):
     assert summary["variants"]["model.conv_impl=xla"]["images_per_s"] > 0
     assert 0 < summary["symmetry_share"] < 1
     assert {op["layer"] for op in summary["symmetry_ops"]} >= {"Slice", "ConvRoll", "Pool"}
-    assert len(out.read_text().strip().splitlines()) == 5
+    assert len(out_path.read_text().strip().splitlines()) == 5
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    r = _run("bench-kernels", "--batch", "1", "--repeats", "1")
-    assert r.returncode == 0, r.stderr
-    assert "conv_roll 47x47x16" in r.stdout and "pallas=interpret" in r.stdout
-    rows = [line for line in r.stdout.splitlines() if line.startswith(("conv_roll", "roll"))]
+    out = cli("bench-kernels", "--batch", "1", "--repeats", "1")
+    assert "conv_roll 47x47x16" in out and "pallas=interpret" in out
+    rows = [line for line in out.splitlines() if line.startswith(("conv_roll", "roll"))]
     assert len(rows) == 5 and all(line.split()[-1] == "True" for line in rows)  # bitwise equal
 
 
 def test_bench_plot_draws_every_series(tmp_path):
-    from deepsea.bench import plot_rounds
+    from deepsea.plots import plot_rounds
 
     lines = [
         {"round": r, "images_per_s": 100.0 + r} | extra
@@ -147,10 +255,10 @@ def test_bench_plot_draws_every_series(tmp_path):
 
 
 def test_bench_counts_the_training_steps_flops_not_the_orbit_averaged_evaluation():
-    from deepsea.bench import _OurStep
     from deepsea.configs import load_experiment
+    from deepsea.tools.bench import _OurStep
 
-    cfg = load_experiment("experiments/synthetic.py", small=True)
+    cfg = load_experiment(os.path.join(ROOT, "experiments", "synthetic.py"), small=True)
     cfg.model.symmetry = None
     plain = _OurStep(cfg, batch_size=2)
     cfg.model.orbit_average = "d4"
@@ -158,3 +266,4 @@ def test_bench_counts_the_training_steps_flops_not_the_orbit_averaged_evaluation
     assert averaged.train_flops == plain.train_flops > 0
     cfg.model.conv_impl = "xla"  # "auto" computes the first layer without a convolution: counted all the same
     assert _OurStep(cfg, batch_size=2).train_flops == plain.train_flops
+    assert np.isfinite(plain.compile_s)

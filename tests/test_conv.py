@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from numpy_reference import conv_ref
 
-from deepsea import layers, onednn
+from deepsea import layers
+from deepsea.backends import onednn, xla
 from deepsea.models import build_model
 
 CASES = [
@@ -25,7 +26,7 @@ def test_conv_taps_matches_numpy(xs, ws, padding, rng):
     x = rng.standard_normal(xs).astype(np.float32)
     w = rng.standard_normal(ws).astype(np.float32)
     y_ref, grads = conv_ref(x, w, padding)
-    y, vjp = jax.vjp(lambda x, w: layers.conv_taps(x, w, padding), jnp.asarray(x), jnp.asarray(w))
+    y, vjp = jax.vjp(lambda x, w: xla.conv_taps(x, w, padding), jnp.asarray(x), jnp.asarray(w))
     np.testing.assert_allclose(np.asarray(y), y_ref, rtol=1e-5, atol=1e-5)
     g = rng.standard_normal(y_ref.shape).astype(np.float32)
     dx, dw = vjp(jnp.asarray(g))
@@ -38,7 +39,7 @@ def test_bias_add_matches_numpy(rng):
     x = rng.standard_normal((3, 6, 5, 7)).astype(np.float32)
     b = rng.standard_normal(7).astype(np.float32)
     g = rng.standard_normal(x.shape).astype(np.float32)
-    y, vjp = jax.vjp(layers.bias_add, jnp.asarray(x), jnp.asarray(b))
+    y, vjp = jax.vjp(xla.bias_add, jnp.asarray(x), jnp.asarray(b))
     np.testing.assert_array_equal(np.asarray(y), x + b)
     dx, db = vjp(jnp.asarray(g))
     np.testing.assert_array_equal(np.asarray(dx), g)
@@ -97,7 +98,7 @@ def test_conv_layer_rejects_an_unknown_implementation():
 
 def test_model_conv_impl_switch_is_the_same_function(rng):
     x = jnp.asarray(rng.standard_normal((2, 23, 23, 1)), jnp.float32)
-    cfg = {"name": "convroll4", "stages": ((4, 3), (6,)), "dense_features": 8, "dropout": 0.0}
+    cfg = {"name": "convroll4", "stages": ((4, 3), (6,)), "dense_features": 8, "dropout_rate": 0.0}
     fast, ref = (build_model({**cfg, "conv_impl": impl}, 5) for impl in ("auto", "xla"))
     variables = fast.init(jax.random.key(0), x)
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(ref.init(jax.random.key(0), x)), strict=True):

@@ -10,7 +10,6 @@ from deepsea.data import (
     BadImageError,
     Preprocess,
     Rescale,
-    bagging_splits,
     compute_stats,
     eval_batches,
     preprocess_image,
@@ -19,8 +18,8 @@ from deepsea.data import (
     stratified_split,
     train_batches,
 )
-from deepsea.data.pipeline import load_json, save_json
 from deepsea.data.synthetic import make_synthetic
+from deepsea.rundir import RunDataMismatch, load_json, load_run_data, save_json, save_run_data
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +43,7 @@ def test_stratified_split_properties():
     _check_split(labels, train, val, 0.1)
     _t2, v2 = stratified_split(labels, 0.1, seed=3)
     np.testing.assert_array_equal(val, v2)
-    bags = bagging_splits(labels, 4, 0.1, seed=3)
-    np.testing.assert_array_equal(bags[0][1], val)  # the first bag is the seed's own split
+    bags = [stratified_split(labels, 0.1, seed=3 + i) for i in range(4)]  # deepsea bag: split seed + i
     for t, v in bags:
         _check_split(labels, t, v, 0.1)
     assert all(not np.array_equal(bags[0][1], b[1]) for b in bags[1:])
@@ -166,7 +164,6 @@ def test_eval_batches_cover_every_image_once_and_pad(synth):
 def test_run_data_round_trips_and_mismatches_are_named(synth, tmp_path):
     import shutil
 
-    from deepsea.data import RunDataMismatch, load_run_data, save_run_data
 
     train, val = stratified_split(synth.labels, 0.2, seed=4)
     pp = Preprocess(size=47, rescale=Rescale("factor", 0.5), mean=0.1, std=0.2)

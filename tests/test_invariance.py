@@ -52,8 +52,9 @@ def test_plain_network_is_not_invariant(rng):
 def test_dihedral_network_with_a_wrong_roll_is_not_invariant(rng):
     """The competition code's dihedral conv roll took view g.h instead of h.g; ours catches that."""
 
-    class WrongConvRoll(nn.Module):
+    class WrongConvRoll(nn.Module):  # called as the conv roll factory is: with group= and implementation=
         group: object = "d4"
+        implementation: str = "xla"
 
         def __call__(self, x):
             return wrong_dihedral_conv_roll(x)

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepsea import layers, onednn, ops
+from deepsea import backends, layers, ops
+from deepsea.backends import onednn
 from deepsea.groups import D4
 
 
@@ -118,43 +119,41 @@ def test_max_pool_implementations_match_numpy_and_each_other(shape, window, stri
     from deepsea import ops
 
     x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
-    lo, hi = ops._pad_amounts(shape[1], window, stride, padding)
+    lo, hi = ops.pad_amounts(shape[1], window, stride, padding)
     want = _numpy_max_pool(np.asarray(x), window, stride, lo, hi)
     ct = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
-    g_windows = jax.vjp(lambda z: ops.max_pool(z, window, stride, padding, "reduce_window"), x)[1](ct)[0]
+    g_windows = jax.vjp(lambda z: backends.max_pool(z, window, stride, padding, "reduce_window"), x)[1](ct)[0]
     for impl in ("reduce_window", "slices", "onednn", "auto"):
         if impl == "onednn" and not onednn.available():
             continue  # tests/test_onednn.py says why (and fails in CI)
-        np.testing.assert_array_equal(np.asarray(ops.max_pool(x, window, stride, padding, impl)), want)
+        np.testing.assert_array_equal(np.asarray(backends.max_pool(x, window, stride, padding, impl)), want)
         # Random normal data has no ties, where all gradients route each cotangent to the window's maximum.
-        g = jax.vjp(lambda z, impl=impl: ops.max_pool(z, window, stride, padding, impl), x)[1](ct)[0]
+        g = jax.vjp(lambda z, impl=impl: backends.max_pool(z, window, stride, padding, impl), x)[1](ct)[0]
         np.testing.assert_allclose(np.asarray(g), np.asarray(g_windows), rtol=1e-6, atol=1e-6)
 
 
 def test_max_pool_gradient_at_ties_goes_to_one_input():
-    from deepsea import ops
 
     x = jnp.zeros((1, 5, 5, 1))
-    g = jax.grad(lambda z: jnp.sum(ops.max_pool(z)))(x)
+    g = jax.grad(lambda z: jnp.sum(backends.max_pool(z)))(x)
     # each of the 4 windows sends its cotangent to exactly one of its (all tied) inputs
     assert float(g.sum()) == 4.0 and set(np.unique(np.asarray(g)).tolist()) <= {0.0, 1.0, 2.0, 3.0, 4.0}
 
 
 def test_max_pool_errors():
-    from deepsea import ops
 
     with pytest.raises(ValueError, match="does not fit"):
-        ops.max_pool(jnp.zeros((1, 2, 2, 1)))
+        backends.max_pool(jnp.zeros((1, 2, 2, 1)))
     with pytest.raises(ValueError, match="implementation"):
-        ops.max_pool(jnp.zeros((1, 5, 5, 1)), implementation="fast")
+        backends.max_pool(jnp.zeros((1, 5, 5, 1)), implementation="fast")
 
 
 def test_model_max_pool_implementation_switch(rng):
     from deepsea.models import build_model
 
     x = jnp.asarray(rng.standard_normal((2, 23, 23, 1)), jnp.float32)
-    cfg = {"name": "rollnet", "stages": ((4,), (8,)), "dense_features": 8, "dropout": 0.0}
+    cfg = {"name": "rollnet", "stages": ((4,), (8,)), "dense_features": 8, "dropout_rate": 0.0}
     fast, slow = (build_model({**cfg, "max_pool_impl": impl}, 5) for impl in ("slices", "reduce_window"))
     variables = fast.init(jax.random.key(0), x)
     np.testing.assert_array_equal(np.asarray(fast.apply(variables, x)), np.asarray(slow.apply(variables, x)))
-    assert slow.downsample.keywords["implementation"] == "reduce_window"
+    assert slow.max_pool_impl == "reduce_window"

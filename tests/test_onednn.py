@@ -1,17 +1,17 @@
 """oneDNN convolutions and max pooling (deepsea.onednn) against float64 numpy and XLA: values, gradients, dispatch."""
 
-import functools
 import os
 import pathlib
+import warnings
 
-import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from numpy_reference import conv_ref, max_pool_ref
 
-from deepsea import layers, onednn, ops
+from deepsea import backends, layers
+from deepsea.backends import onednn, xla
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,7 +59,7 @@ def test_conv_matches_xla_under_jit_grad_and_vmap(rng):
         return lambda x, w: jnp.sum(jnp.tanh(jax.vmap(conv)(x, w)))
 
     ours = jax.jit(jax.value_and_grad(loss(onednn.conv), argnums=(0, 1)))(x, w)
-    ref = jax.jit(jax.value_and_grad(loss(onednn.conv_reference), argnums=(0, 1)))(x, w)
+    ref = jax.jit(jax.value_and_grad(loss(xla.conv_reference), argnums=(0, 1)))(x, w)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
@@ -132,9 +132,31 @@ def test_switched_off_or_unbuildable_onednn_says_why(monkeypatch, tmp_path):
     assert onednn.available()
     monkeypatch.setenv("DEEPSEA_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CXX", "/bin/false")
-    with pytest.raises(RuntimeError, match=r"compiling .*onednn_conv\.cc failed"):
+    with pytest.raises(RuntimeError, match=r"compiling .*onednn_ffi\.cc failed"):
         onednn._build()
     assert not list(pathlib.Path(tmp_path).glob("*.so"))
+    onednn._load.cache_clear()
+    try:  # a build that fails is said once, loudly, and everything falls back to XLA
+        with pytest.warns(RuntimeWarning, match=r"oneDNN .* not available \(compiling .*failed"):
+            assert not onednn.available()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert "compiling" in onednn.unavailable_reason()
+        assert backends.status()["convolution"].startswith("XLA (compiling")
+    finally:
+        onednn._load.cache_clear()
+
+
+@pytest.mark.slow
+def test_a_new_build_removes_stale_ones(monkeypatch, tmp_path):
+    monkeypatch.setenv("DEEPSEA_CACHE_DIR", str(tmp_path))
+    stale = tmp_path / "onednn_ffi-0123456789abcdef.so"
+    stale.write_bytes(b"an old build")
+    other = tmp_path / "unrelated.so"
+    other.write_bytes(b"not ours")
+    built = onednn._build()
+    assert built.exists() and built.parent == tmp_path
+    assert not stale.exists() and other.exists()
 
 
 POOL_CASES = [
@@ -163,7 +185,7 @@ def test_max_pool_gradient_at_ties_is_select_and_scatters(shape, rng):
     for x in (jnp.zeros(shape), jnp.asarray(rng.integers(0, 3, shape), jnp.float32)):
         g = jnp.asarray(rng.standard_normal((shape[0], (shape[1] - 3) // 2 + 1, (shape[2] - 3) // 2 + 1, shape[3])))
         ours = jax.vjp(lambda x: onednn.max_pool(x, (3, 3), (2, 2), ((0, 0), (0, 0))), x)[1](g)[0]
-        ref = jax.vjp(lambda x: onednn.max_pool_reference(x, (3, 3), (2, 2), ((0, 0), (0, 0))), x)[1](g)[0]
+        ref = jax.vjp(lambda x: xla.reduce_window_max(x, (3, 3), (2, 2), ((0, 0), (0, 0))), x)[1](g)[0]
         # the same cells get the cotangents; overlapping windows may add them in another order
         np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-6, atol=1e-7)
         _, grad = max_pool_ref(np.asarray(x), 3, 2, ((0, 0), (0, 0)))
@@ -172,14 +194,14 @@ def test_max_pool_gradient_at_ties_is_select_and_scatters(shape, rng):
 
 def test_max_pool_auto_is_onednn_on_the_cpu_and_refuses_bad_input():
     x = jnp.zeros((2, 9, 9, 3))
-    step = jax.jit(jax.grad(lambda x: jnp.sum(ops.max_pool(x) ** 2)))
+    step = jax.jit(jax.grad(lambda x: jnp.sum(backends.max_pool(x) ** 2)))
     hlo = step.lower(x).compile().as_text()
     assert "deepsea_max_pool" in hlo and "deepsea_max_pool_bwd" in hlo and "select-and-scatter" not in hlo
-    assert "deepsea_max_pool" not in jax.jit(lambda x: ops.max_pool(x, implementation="slices")).lower(x).as_text()
+    assert "deepsea_max_pool" not in jax.jit(lambda x: backends.max_pool(x, implementation="slices")).lower(x).as_text()
     with pytest.raises(ValueError, match=r"float32 NHWC x .* got x int32\(1, 5, 5, 1\)"):
         onednn.max_pool(jnp.zeros((1, 5, 5, 1), jnp.int32), (3, 3), (2, 2), ((0, 0), (0, 0)))
     with pytest.raises(ValueError, match="does not fit"):
-        ops.max_pool(jnp.zeros((1, 2, 2, 1)), implementation="onednn")
+        backends.max_pool(jnp.zeros((1, 2, 2, 1)), implementation="onednn")
 
 
 @pytest.mark.parametrize("xs, ws, padding", CASES[:4])
@@ -223,16 +245,13 @@ def test_conv_layer_with_a_slope_fuses_it_and_is_the_same_function(rng):
     )
 
 
-def test_models_fuse_the_default_leaky_relu_into_their_convolutions():
-    from deepsea.models import _fusable_leaky_relu, build_model
+def test_models_fuse_their_leaky_relu_into_their_convolutions():
+    from deepsea.models import build_model
 
-    assert _fusable_leaky_relu(layers.Conv, layers.LeakyReLU) == pytest.approx(1 / 3)
-    assert _fusable_leaky_relu(layers.Conv, functools.partial(layers.LeakyReLU, negative_slope=0.1)) == 0.1
-    assert _fusable_leaky_relu(layers.Conv, flax.linen.relu) is None
-    assert _fusable_leaky_relu(flax.linen.Conv, layers.LeakyReLU) is None
     x = jnp.zeros((2, 23, 23, 1))
-    cfg = {"name": "convroll4", "stages": ((4, 3), (6,)), "dense_features": 8, "dropout": 0.0}
-    for extra, fused in (({"batch_norm": True}, False), ({"conv_impl": "xla"}, False), ({}, True)):
+    cfg = {"name": "convroll4", "stages": ((4, 3), (6,)), "dense_features": 8, "dropout_rate": 0.0}
+    cases = (({"batch_norm": True}, False), ({"conv_impl": "xla"}, False), ({"negative_slope": 0.0}, True), ({}, True))
+    for extra, fused in cases:
         model = build_model({**cfg, **extra}, 5)
         variables = model.init(jax.random.key(0), x)
         hlo = jax.jit(lambda v, x, model=model: model.apply(v, x)).lower(variables, x).compile().as_text()

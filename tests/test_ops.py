@@ -34,29 +34,7 @@ def test_slice_matches_reference(group, shape, dtype, rng):
     np.testing.assert_array_equal(np.asarray(out, np.float64), slice_ref(np.asarray(x, np.float64), group.name))
 
 
-@pytest.mark.parametrize("group", GROUPS, ids=gid)
-@pytest.mark.parametrize("shape", MAP_SHAPES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
-def test_conv_roll_matches_reference(group, shape, dtype, rng):
-    b, h, w, c = shape
-    x = _random(rng, (group.order * b, h, w, c), dtype)
-    out = jax.jit(ops.group_conv_roll, static_argnums=1)(x, group)
-    assert out.dtype == dtype and out.shape == (group.order * b, h, w, group.order * c)
-    np.testing.assert_array_equal(
-        np.asarray(out, np.float64), roll_ref(np.asarray(x, np.float64), group.name, conv=True)
-    )
-
-
-@pytest.mark.parametrize("group", GROUPS, ids=gid)
-@pytest.mark.parametrize("shape", [(1, 1), (2, 7), (3, 16), (2, 3, 5)])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
-def test_dense_roll_matches_reference(group, shape, dtype, rng):
-    x = _random(rng, (group.order * shape[0], *shape[1:]), dtype)
-    out = jax.jit(ops.group_roll, static_argnums=1)(x, group)
-    assert out.dtype == dtype and out.shape == (*x.shape[:-1], group.order * shape[-1])
-    np.testing.assert_array_equal(
-        np.asarray(out, np.float64), roll_ref(np.asarray(x, np.float64), group.name, conv=False)
-    )
+# the rolls against the numpy reference, forward and gradient: test_kernels.py (with the kernels)
 
 
 @pytest.mark.parametrize("group", GROUPS, ids=gid)
@@ -266,7 +244,7 @@ def _linear_op_matrix(ref, in_shape):
     ],
     ids=["slice", "conv_roll", "roll"],
 )
-def test_linear_op_gradients_are_the_transposed_reference(group, op, ref, in_shape, rng):
+def test_linear_op_jvp_and_vjp_are_the_reference_matrix(group, op, ref, in_shape, rng):
     fn = {"slice": ops.group_slice, "conv_roll": ops.group_conv_roll, "roll": ops.group_roll}[op]
     shape = in_shape(group.order)
     x = _random(rng, shape)

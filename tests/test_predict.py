@@ -11,16 +11,10 @@ from deepsea import metrics as M
 from deepsea.data import AugmentParams, Preprocess, Rescale, eval_batches, scan_labelled_folder
 from deepsea.data.synthetic import make_synthetic
 from deepsea.ensemble import blend, cross_validated_selection, fit_blend_weights
+from deepsea.inference import cached_tta_probs, predict_probs, read_submission, tta_probs, write_submission
 from deepsea.models import tiny_rollnet
-from deepsea.predict import (
-    cached_tta_probs,
-    combine_probs,
-    identity_transforms,
-    read_submission,
-    tta_probs,
-    write_submission,
-)
-from deepsea.train import predict_probs
+from deepsea.plots import save_confusion_png
+from deepsea.tta import combine_probs, identity_transforms
 
 
 def _random_probs(rng, n=200, k=7):
@@ -56,7 +50,7 @@ def test_accuracy_top_k_confusion_and_per_class(rng, tmp_path):
     np.testing.assert_allclose(M.per_class_accuracy(p, y), np.diag(cm) / cm.sum(1))
     classes = [f"class_with_a_long_name_{i}" for i in range(121)]
     p121, y121 = _random_probs(rng, 500, 121)
-    png = M.save_confusion_png(p121, y121, classes, str(tmp_path / "c.png"))
+    png = save_confusion_png(p121, y121, classes, str(tmp_path / "c.png"))
     assert Path(png).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -146,7 +140,7 @@ def test_tta_predictions_are_cached(tiny_run, tmp_path):
 
 def test_tta_ranges_never_exceed_the_training_ranges():
     from deepsea.data import TTA_RANGES, AugmentRanges
-    from deepsea.predict import tta_ranges_for
+    from deepsea.tta import tta_ranges_for
 
     r = tta_ranges_for(AugmentRanges(rotation=360, shift=10, zoom=1.3, shear=20, stretch=1.15, flip=True))
     assert (r.zoom, r.stretch, r.shift, r.shear, r.rotation, r.flip) == (1.3, 1.15, 8.0, 10.0, 360.0, True)
@@ -157,7 +151,7 @@ def test_tta_ranges_never_exceed_the_training_ranges():
 
 def test_repeated_predictions_reuse_one_compiled_function(tiny_run):
     """Validation runs every few thousand steps: it must not trace and compile anew each time."""
-    from deepsea.train import _predict_fn
+    from deepsea.inference import _predict_fn
 
     folder, model, variables, pp = tiny_run
     for _ in range(3):
@@ -167,7 +161,7 @@ def test_repeated_predictions_reuse_one_compiled_function(tiny_run):
 
 def test_tencrop_is_five_crops_of_the_enlarged_image_and_their_mirrors(rng):
     from deepsea.data.transforms import affine_matrix, warp
-    from deepsea.predict import tencrop_params
+    from deepsea.tta import tencrop_params
 
     img = rng.random((13, 9)).astype(np.float32)
     size, frac = 16, 0.8  # the enlarged image is 20 pixels; crops are 16
@@ -190,7 +184,7 @@ def test_tencrop_is_five_crops_of_the_enlarged_image_and_their_mirrors(rng):
 
 
 def test_tencrop_predictions_through_the_cache(tiny_run, tmp_path):
-    from deepsea.predict import transforms_for
+    from deepsea.tta import transforms_for
 
     folder, model, variables, pp = tiny_run
     per = cached_tta_probs(str(tmp_path), "best:1", model, variables, folder.paths, pp, "tencrop", 8, progress=False)

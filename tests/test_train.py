@@ -1,20 +1,19 @@
-import functools
 import json
 import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepsea.configs import apply_overrides, load_experiment
-from deepsea.data import Preprocess
+from deepsea.configs import ConfigError, apply_overrides, base_config, load_experiment
+from deepsea.inference import restore_run
 from deepsea.models import build_model, count_params
-from deepsea.train import TrainingDiverged, _init_state, make_optimizer, make_train_step, restore_run, train
+from deepsea.step import create_train_state, example_inputs, make_optimizer, make_train_step
+from deepsea.train import TrainingDiverged, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,10 +25,8 @@ def small_config(tmp_path_factory, monkeypatch):
 
 
 def _tiny_setup(config):
-    model = build_model(config.model, 12)
-    tx, sched = make_optimizer(config.optim, config.train.steps)
-    state = _init_state(model, tx, Preprocess(size=config.data.size), config.seed)
-    return model, tx, sched, state
+    setup = create_train_state(config, 12)
+    return setup.model, setup.optimizer, setup.schedule, setup.state
 
 
 def _batch(n=8, size=47, seed=0):
@@ -42,7 +39,7 @@ def _batch(n=8, size=47, seed=0):
 
 
 def test_loss_falls_and_the_step_compiles_once_and_donates(small_config):
-    apply_overrides(small_config, ["model.dropout=0.0", "optim.lr=0.003"])
+    apply_overrides(small_config, ["model.dropout_rate=0.0", "optim.lr=0.003"])
     model, tx, sched, state = _tiny_setup(small_config)
     step = make_train_step(model, tx, sched)
     batch, rng = _batch(), jax.random.key(0)
@@ -58,7 +55,7 @@ def test_loss_falls_and_the_step_compiles_once_and_donates(small_config):
 
 
 def test_weight_decay_touches_kernels_not_biases(small_config):
-    apply_overrides(small_config, ["optim.weight_decay=0.5", "optim.name='sgd'", "optim.momentum=0.0"])
+    apply_overrides(small_config, ["optim.weight_decay=0.5", "optim.name=sgd", "optim.momentum=0.0"])
     _model, tx, _sched, state = _tiny_setup(small_config)
     zero_grads = jax.tree.map(jnp.zeros_like, state.params)
     state.params = jax.tree.map(jnp.ones_like, state.params)
@@ -79,16 +76,16 @@ def test_schedule_has_two_tenfold_drops(small_config):
 def test_resume_equals_uninterrupted_and_checkpoints_round_trip(small_config, tmp_path):
     full = train(small_config, str(tmp_path / "full"), progress=False)
     stopped = train(small_config, str(tmp_path / "resumed"), stop_after=3, progress=False)  # "killed" after 3
-    assert int(stopped["state"].step) == 3
+    assert int(stopped.state.step) == 3
     resumed = train(small_config, str(tmp_path / "resumed"), progress=False)
-    assert int(resumed["state"].step) == small_config.train.steps
-    for a, b in zip(jax.tree.leaves(full["state"].params), jax.tree.leaves(resumed["state"].params), strict=True):
+    assert int(resumed.state.step) == small_config.train.steps
+    for a, b in zip(jax.tree.leaves(full.state.params), jax.tree.leaves(resumed.state.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # the latest checkpoint holds exactly the final parameters
-    _, variables, pp, classes, _ = restore_run(str(tmp_path / "full"), "latest")
-    for a, b in zip(jax.tree.leaves(full["state"].params), jax.tree.leaves(variables["params"]), strict=True):
+    run = restore_run(str(tmp_path / "full"), "latest")
+    for a, b in zip(jax.tree.leaves(full.state.params), jax.tree.leaves(run.variables["params"]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert len(classes) == 12 and pp.size == small_config.data.size
+    assert len(run.classes) == 12 and run.preprocess.size == small_config.data.size and run.step == 6
     rows = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert sorted(r["step"] for r in rows if r["split"] == "validation") == [3, 6]  # no duplicates after resume
     assert (tmp_path / "full" / "metrics.png").exists() and (tmp_path / "full" / "best.json").exists()
@@ -101,12 +98,15 @@ def test_orbit_averaged_run_restores_with_and_without_the_average(small_config, 
     from deepsea.equivariance import check_invariance
     from deepsea.models import OrbitAverage
 
-    apply_overrides(small_config, ["model.symmetry=None", "model.orbit_average=d4", "train.steps=4"])
+    apply_overrides(small_config, ["model.symmetry=none", "model.orbit_average=d4", "train.steps=4"])
     result = train(small_config, str(tmp_path / "run"), progress=False)
-    model, variables, _, _, _ = restore_run(str(tmp_path / "run"), "latest")
-    plain, plain_vars, _, _, config = restore_run(str(tmp_path / "run"), "latest", orbit_average="")
-    assert isinstance(model, OrbitAverage) and not isinstance(plain, OrbitAverage) and config.model.orbit_average == ""
-    for a, b in zip(jax.tree.leaves(result["state"].params), jax.tree.leaves(plain_vars["params"]), strict=True):
+    averaged = restore_run(str(tmp_path / "run"), "latest")
+    model, variables = averaged.model, averaged.variables
+    plain_run = restore_run(str(tmp_path / "run"), "latest", orbit_average="")
+    plain, plain_vars = plain_run.model, plain_run.variables
+    assert isinstance(model, OrbitAverage) and not isinstance(plain, OrbitAverage)
+    assert plain_run.config.model.orbit_average == "" and plain_run.key == "latest:4:orbit=none"
+    for a, b in zip(jax.tree.leaves(result.state.params), jax.tree.leaves(plain_vars["params"]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     size = small_config.data.size
     x = jnp.asarray(rng.standard_normal((2, size, size, 1)), jnp.float32)
@@ -119,7 +119,7 @@ def test_orbit_averaged_run_restores_with_and_without_the_average(small_config, 
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(small_config, tmp_path):
     apply_overrides(
         small_config,
-        ["optim.lr=1e4", "optim.name='sgd'", "train.checkpoint_every=1", "train.steps=30", "train.eval_every=100"],
+        ["optim.lr=1e4", "optim.name=sgd", "train.checkpoint_every=1", "train.steps=30", "train.eval_every=100"],
     )
     with pytest.raises(TrainingDiverged, match=r"at step (\d+).*last good checkpoint is step") as err:
         train(small_config, str(tmp_path / "run"), progress=False)
@@ -172,13 +172,10 @@ def test_four_devices_give_the_same_parameters_as_one(tmp_path):
         import jax, jax.numpy as jnp, numpy as np
         from jax.sharding import NamedSharding, PartitionSpec as P
         from deepsea.configs import load_experiment
-        from deepsea.models import build_model
-        from deepsea.data import Preprocess
-        from deepsea.train import _init_state, make_optimizer, make_train_step
+        from deepsea.step import create_train_state, make_train_step
         assert jax.local_device_count() == 4, jax.devices()
         c = load_experiment(sys.argv[1], small=True)
-        model = build_model(c.model, 12)
-        tx, sched = make_optimizer(c.optim, c.train.steps)
+        setup = create_train_state(c, 12)
         rng = np.random.default_rng(0)
         batches = [{"image": rng.standard_normal((8, 47, 47, 1)).astype(np.float32),
                     "label": rng.integers(0, 12, 8).astype(np.int32),
@@ -186,8 +183,8 @@ def test_four_devices_give_the_same_parameters_as_one(tmp_path):
         finals = []
         for n in (1, 4):
             mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:n])
-            state = jax.device_put(_init_state(model, tx, Preprocess(size=47), 0), NamedSharding(mesh, P()))
-            step = make_train_step(model, tx, sched)
+            state = jax.device_put(create_train_state(c, 12).state, NamedSharding(mesh, P()))
+            step = make_train_step(setup.model, setup.optimizer, setup.schedule)
             for b in batches:
                 b = {k: jax.device_put(v, NamedSharding(mesh, P("data"))) for k, v in b.items()}
                 state, m = step(state, b, jax.random.key(0))
@@ -208,58 +205,6 @@ def test_four_devices_give_the_same_parameters_as_one(tmp_path):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "max difference" in out.stdout
-
-
-def _cli(tmp_path, *args, rc=0):
-    """Runs ``python -m deepsea ARGS`` with the synthetic data under ``tmp_path``; checks the exit status."""
-    env = {**os.environ, "DEEPSEA_DATA": str(tmp_path / "data")}
-    out = subprocess.run(
-        [sys.executable, "-m", "deepsea", *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT
-    )
-    assert out.returncode == rc, out.stdout + out.stderr
-    return out.stdout + out.stderr
-
-
-def test_cli_train_evaluate_predict(tmp_path):
-    cli = functools.partial(_cli, tmp_path)
-    run = str(tmp_path / "run")
-
-    assert "best validation log loss" in cli("train", "synthetic", "--small", "--workdir", run)
-    out = cli("evaluate", "--workdir", run, "--tta", "2")
-    assert "plain" in out and "TTA 2" in out and os.path.exists(os.path.join(run, "confusion.png"))
-    assert "TenCrop" in cli("evaluate", "--workdir", run, "--tta", "tencrop")
-    assert "tencrop" in cli("evaluate", "--workdir", run, "--tta", "ten", rc=2)
-    # a flat folder of test images, with a stray file
-    from deepsea.data.synthetic import make_synthetic
-
-    make_synthetic(tmp_path / "t", per_class=1, progress=False)
-    flat = tmp_path / "test"
-    flat.mkdir()
-    for cls in os.listdir(tmp_path / "t"):
-        for f in os.listdir(tmp_path / "t" / cls):
-            os.rename(tmp_path / "t" / cls / f, flat / f)
-    (flat / "Thumbs.db").write_bytes(b"")
-    cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "sub.csv"))
-    lines = (tmp_path / "sub.csv").read_text().splitlines()
-    header = lines[0].split(",")
-    classes = json.loads(Path(run, "classes.json").read_text())
-    assert header == ["image", *classes] and len(lines) == 1 + 12
-    for line in lines[1:]:
-        name, *probs = line.split(",")
-        assert name.endswith(".jpg") and abs(sum(map(float, probs)) - 1) < 1e-4
-    # with TTA, and as a two-model ensemble (the same run twice: one is enough)
-    cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "tta.csv"), "--tta", "3")
-    assert len((tmp_path / "tta.csv").read_text().splitlines()) == 13
-    out = cli("ensemble", run, run, "--images", str(flat), "--out", str(tmp_path / "ens.csv"), "--folds", "2")
-    assert "blend of" in out and (tmp_path / "ens.csv").exists()
-    # a corrupt image: an error naming it, or skipped and listed when asked
-    (flat / "broken.jpg").write_bytes(b"not a jpeg")
-    out = cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "x.csv"), rc=2)
-    assert "broken.jpg" in out and "Traceback" not in out
-    out = cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "x.csv"), "--skip-bad-images")
-    assert "skipped" in out and "broken.jpg" in out
-    assert len((tmp_path / "x.csv").read_text().splitlines()) == 13
-    cli("predict", "--workdir", run, "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y.csv"), rc=2)
 
 
 @pytest.mark.parametrize("name", ["cp8", "multiscale"])
@@ -289,7 +234,7 @@ def test_cp8_and_multiscale_are_exactly_invariant_to_quarter_turns(name, rng):
 
 
 def test_cp8_and_multiscale_inputs_from_the_pipeline(rng):
-    from deepsea.data import Rescale, preprocess_image
+    from deepsea.data import Preprocess, Rescale, preprocess_image
     from deepsea.data.pipeline import preprocess_inputs
     from deepsea.data.transforms import AugmentParams
 
@@ -311,7 +256,7 @@ def test_resnet_parameter_counts_match_the_reference_architectures(name, count):
 
 
 def test_batch_norm_models_train_with_their_statistics(small_config):
-    apply_overrides(small_config, ["model.name='resnet50'", "model.width=0.125", "optim.lr=0.003"])
+    apply_overrides(small_config, ["model.name=resnet50", "model.width=0.125", "optim.lr=0.003"])
     model, tx, sched, state = _tiny_setup(small_config)
     assert "batch_stats" in state.model_state
     step = make_train_step(model, tx, sched)
@@ -331,7 +276,7 @@ def test_batch_norm_rollnet_stays_exactly_invariant(rng):
     """Batch norm normalises each channel over all views, so in inference mode the net stays exact."""
     from deepsea.equivariance import check_invariance
 
-    model = build_model({"name": "rollnet", "width": 0.25, "batch_norm": True, "dropout": 0.0}, 10)
+    model = build_model({"name": "rollnet", "width": 0.25, "batch_norm": True, "dropout_rate": 0.0}, 10)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 47, 47, 1)))
     x = jnp.asarray(rng.standard_normal((2, 47, 47, 1)), jnp.float32)
     # give the running statistics non-trivial values first
@@ -344,38 +289,14 @@ def test_batch_norm_rollnet_stays_exactly_invariant(rng):
 
 
 def test_cosine_schedule_warms_up_and_decays(small_config):
-    apply_overrides(small_config, ["optim.schedule='cosine'", "optim.warmup_steps=10", "optim.lr=0.1"])
+    apply_overrides(small_config, ["optim.schedule=cosine", "optim.warmup_steps=10", "optim.lr=0.1"])
     _, sched = make_optimizer(small_config.optim, 110)
     assert [float(sched(s)) for s in (0, 5, 10, 60, 110)] == pytest.approx([0.0, 0.05, 0.1, 0.05, 0.0], abs=1e-7)
     with pytest.raises(ValueError, match="warmup_steps=10 must be smaller than the 10 training steps"):
         make_optimizer(small_config.optim, 10)
-    apply_overrides(small_config, ["optim.schedule='linear'"])
+    apply_overrides(small_config, ["optim.schedule=linear"])
     with pytest.raises(ValueError, match="schedule"):
         make_optimizer(small_config.optim, 110)
-
-
-def test_cli_bag_trains_copies_on_different_splits_and_averages_them(tmp_path):
-    cli = functools.partial(_cli, tmp_path)
-    prefix = str(tmp_path / "bag")
-
-    out = cli("bag", "synthetic", "--small", "-k", "2", "--workdir", prefix, "--set", "train.steps=4")
-    runs = [f"{prefix}_0", f"{prefix}_1"]
-    assert "--uniform" in out and all(r in out for r in runs)
-    splits = [json.loads(Path(r, "split.json").read_text()) for r in runs]
-    assert splits[0]["validation"] != splits[1]["validation"]
-    assert [json.loads(Path(r, "config.json").read_text())["data"]["split_seed"] for r in runs] == [0, 1]
-    # different splits: blend weights cannot be fitted, averaging can
-    assert "--uniform" in cli("ensemble", *runs, rc=1)
-    from deepsea.data.synthetic import make_synthetic
-
-    images = make_synthetic(tmp_path / "t", per_class=1, progress=False)
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    for cls in os.listdir(images):
-        for f in os.listdir(os.path.join(images, cls)):
-            os.rename(os.path.join(images, cls, f), flat / f)
-    cli("ensemble", *runs, "--uniform", "--images", str(flat), "--out", str(tmp_path / "bag.csv"))
-    assert len((tmp_path / "bag.csv").read_text().splitlines()) == 13
 
 
 @pytest.mark.parametrize(
@@ -385,13 +306,111 @@ def test_every_experiment_builds_in_full_and_small(name):
     """Each experiment module loads, its model builds at its input size, and its schedule fits its steps."""
     for small in (False, True):
         config = load_experiment(os.path.join(ROOT, "experiments", f"{name}.py"), small=small)
-        make_optimizer(config.optim, config.train.steps)
-        model = build_model(config.model, 121)
-        size = config.data.size
-        inputs = {"raw_size": jnp.ones((1, 2))}
-        if config.data.get("second_size", 0):
-            inputs["x2"] = jnp.zeros((1, config.data.second_size, config.data.second_size, 1))
-        channels = 1 + len(config.data.get("extra_rotations", ()))
-        x = jnp.zeros((1, size, size, channels))
-        params = jax.eval_shape(lambda: model.init(jax.random.key(0), x, **inputs))["params"]  # noqa: B023
-        assert sum(count_params(params).values()) > 0
+        state = create_train_state(config, 121, abstract=True).state
+        assert sum(count_params(state.params).values()) > 0
+
+
+def test_the_seeds_recipe_is_the_default():
+    """convroll4's published recipe: Nesterov momentum 0.9, lr 0.003, 10x drops at steps 180k and 205k of 215k,
+    batch 32, 95x95 patches (largest side 85), dropout 0.5, leaky ReLU 1/3, RMS view pool."""
+    c = base_config()
+    assert (c.optim.name, c.optim.momentum, c.optim.lr) == ("sgd", 0.9, 0.003)
+    assert tuple(c.optim.decay_steps) == (180_000, 205_000) and c.optim.decay_factor == 0.1
+    assert (c.train.steps, c.train.batch_size, c.data.size, c.data.rescale) == (215_000, 32, 95, "max_side:85")
+    assert (c.model.dropout_rate, c.model.negative_slope, c.model.view_pool_mode) == (0.5, 1 / 3, "rms")
+    tx, sched = make_optimizer(c.optim, c.train.steps)
+    assert [float(sched(s)) for s in (0, 179_999, 180_000, 205_000)] == pytest.approx([3e-3, 3e-3, 3e-4, 3e-5])
+    # Nesterov: the update is -lr * (g + momentum * v) with v = momentum * v + g (optax's form)
+    params = {"w": jnp.zeros(2)}
+    state = tx.init(params)
+    g = {"w": jnp.asarray([1.0, -2.0])}
+    c.optim.weight_decay = 0.0
+    tx, _ = make_optimizer(c.optim, c.train.steps)
+    state = tx.init(params)
+    u1, state = tx.update(g, state, params)
+    u2, state = tx.update(g, state, params)
+    np.testing.assert_allclose(u1["w"], -3e-3 * (1 + 0.9) * g["w"], rtol=1e-6)
+    np.testing.assert_allclose(u2["w"], -3e-3 * (1 + 0.9 * 1.9) * g["w"], rtol=1e-6)
+
+
+def test_the_view_pool_comes_after_the_first_dense_layer():
+    """The seed pools the views after the first maxout layer (the rolled 5x5 maps flattened), before the second."""
+    import flax.linen as nn
+
+    model = build_model({"name": "convroll4", "width": 0.125}, 5)
+    order = []
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and context.module.name:
+            order.append(context.module.name)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 95, 95, 1))))
+    top = [n for n in order if n in ("slice", "conv_roll3", "dense0", "view_pool", "dense1", "logits")]
+    assert top[:6] == ["slice", "conv_roll3", "dense0", "view_pool", "dense1", "logits"]
+
+
+def test_cp8_depends_on_its_45_degree_input(rng):
+    model = build_model({"name": "cp8", "stages": ((4,), (8,)), "dense_features": 8, "dropout_rate": 0.0}, 5)
+    x = jnp.asarray(rng.standard_normal((2, 23, 23, 2)), jnp.float32)
+    params = model.init(jax.random.key(0), x)
+    y = model.apply(params, x)
+    zeroed = x.at[..., 1].set(0.0)
+    swapped = x[..., ::-1]
+    assert float(jnp.abs(model.apply(params, zeroed) - y).max()) > 1e-3
+    # the two copies go through the same layers and are pooled symmetrically: swapping them changes nothing,
+    # so the 45-degree copy matters as an input of its own, not by its channel position
+    np.testing.assert_allclose(model.apply(params, swapped), y, atol=1e-5)
+
+
+def test_multiscale_merges_its_branches_before_the_softmax_layer(rng):
+    stages, small = ((4,), (8,)), ((3,),)
+    model = build_model(
+        {"name": "multiscale", "stages": stages, "small_stages": small, "dense_features": 8, "dropout_rate": 0.0}, 5
+    )
+    x = jnp.asarray(rng.standard_normal((2, 23, 23, 1)), jnp.float32)
+    x2 = jnp.asarray(rng.standard_normal((2, 11, 11, 1)), jnp.float32)
+    params = model.init(jax.random.key(0), x, x2=x2)["params"]
+    assert set(params) == {"large", "small", "logits"}
+    assert "logits" not in params["large"] and "logits" not in params["small"]  # no softmax layer per branch
+    assert params["logits"]["kernel"].shape == (8 + 8, 5)  # the two branches' last hidden layers, concatenated
+    assert params["small"]["conv0_0"]["kernel"].shape[-1] == 3 and "conv1_0" not in params["small"]
+    y = model.apply({"params": params}, x, x2=x2)
+    assert float(jnp.abs(model.apply({"params": params}, x, x2=2 * x2) - y).max()) > 1e-4
+
+
+def test_the_config_is_locked_and_overrides_are_typed(tmp_path):
+    c = base_config()
+    with pytest.raises(AttributeError, match="dropuot"):
+        c.model.dropuot = 0.1
+    apply_overrides(c, ["model.width=0.5", "train.steps=10", "model.symmetry=none", "aug.flip=false"])
+    assert (c.model.width, c.train.steps, c.model.symmetry, c.aug.flip) == (0.5, 10, None, False)
+    apply_overrides(c, ["model.stages=((4, 3), (6,))", "optim.name=adam"])
+    assert c.model.stages == ((4, 3), (6,)) and c.optim.name == "adam"
+    for bad, match in [
+        ("train.steps=1.5", "train.steps"),
+        ("aug.flip=maybe", "true or false"),
+        ("model.stages=4", "tuple"),
+        ("model.dropuot=0.1", "unknown config key"),
+        ("optim", "key=value"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            apply_overrides(c, [bad])
+    module = tmp_path / "typo.py"
+    module.write_text(
+        "from deepsea.configs import base_config\n\n\ndef get_config(small=False):\n"
+        "    c = base_config()\n    c.model.dropuot = 0.1\n    return c\n"
+    )
+    with pytest.raises(ConfigError, match=r"typo\.py.*dropuot"):
+        load_experiment(str(module))
+
+
+def test_example_inputs_match_every_experiments_pipeline():
+    for name in ("cp8", "multiscale", "synthetic"):
+        config = load_experiment(os.path.join(ROOT, "experiments", f"{name}.py"))
+        batch = example_inputs(config, 3, seed=0)
+        channels = 1 + len(config.data.extra_rotations)
+        assert batch["image"].shape == (3, config.data.size, config.data.size, channels)
+        assert ("image2" in batch) == bool(config.data.second_size)
+        assert batch["raw_size"].shape == (3, 2) and batch["label"].shape == (3,)

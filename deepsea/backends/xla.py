@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from deepsea.ops import pad_amounts
 
 __all__ = [
+    "DEFAULT_NEGATIVE_SLOPE",
     "TAPS_MAX_INPUT_CHANNELS",
     "Padding",
     "bias_add",
@@ -42,7 +43,11 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-def leaky_relu(x: jax.Array, negative_slope: float) -> jax.Array:
+DEFAULT_NEGATIVE_SLOPE = 1.0 / 3.0
+"""The seed's leaky ReLU slope."""
+
+
+def leaky_relu(x: jax.Array, negative_slope: float = DEFAULT_NEGATIVE_SLOPE) -> jax.Array:
     """``max(x, a x)`` for ``0 <= a <= 1`` (``a = 0``: ReLU); the seed used ``a = 1/3``."""
     return jnp.where(x >= 0, x, jnp.asarray(negative_slope, x.dtype) * x)
 

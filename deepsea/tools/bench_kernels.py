@@ -38,20 +38,26 @@ def run(batch: int = 32, group: str = "c4", repeats: int = 5, dtype: str = "floa
     dt = jnp.dtype(dtype)
     rng = np.random.default_rng(0)
     rows = []
-    from deepsea_kernels import conv_roll, roll
+    from deepsea_kernels import conv_roll as conv_roll_kernel
     from deepsea_kernels._blocks import interpret_default
+    from deepsea_kernels.conv_roll import reference as conv_roll_reference
+    from deepsea_kernels.roll import reference as roll_reference
+    from deepsea_kernels.roll import roll as roll_kernel
+
+    implementations = {
+        "conv_roll": (conv_roll_reference, conv_roll_kernel),
+        "roll": (roll_reference, roll_kernel),
+    }
 
     for name, op, shape in _cases(batch, g.order):
         if op == "roll" and not interpret_default():
             continue  # the compiled dense roll kernel is disabled (kernels/roll.py)
-        module = conv_roll if op == "conv_roll" else roll
-        fn = module.reference
+        fn, kernel = implementations[op]
         x = jnp.asarray(rng.standard_normal(shape), dt)
         y_shape = jax.eval_shape(lambda z, fn=fn: fn(z, g), x).shape
         ct = jnp.asarray(rng.standard_normal(y_shape), dt)
         row: dict[str, object] = {"group": g.name, "op": name, "in_shape": list(shape), "dtype": dt.name}
         outs = {}
-        kernel = getattr(module, op)
         for impl, impl_fn in (("xla", fn), ("pallas", kernel)):
             f = lambda z, impl_fn=impl_fn: impl_fn(z, g)  # noqa: E731
             fb = fwd_bwd(f, 1)
