@@ -10,7 +10,7 @@ __all__ = [
     "confusion_matrix",
     "log_loss",
     "per_class_accuracy",
-        "top_k_accuracy",
+    "top_k_accuracy",
 ]
 
 KAGGLE_EPS = 1e-15

@@ -164,7 +164,6 @@ def test_eval_batches_cover_every_image_once_and_pad(synth):
 def test_run_data_round_trips_and_mismatches_are_named(synth, tmp_path):
     import shutil
 
-
     train, val = stratified_split(synth.labels, 0.2, seed=4)
     pp = Preprocess(size=47, rescale=Rescale("factor", 0.5), mean=0.1, std=0.2)
     run = str(tmp_path / "run")
