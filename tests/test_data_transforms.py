@@ -161,8 +161,21 @@ def test_halton_points():
     from scipy.stats import qmc
 
     assert qmc.discrepancy(pts) < qmc.discrepancy(rand)
-    with pytest.raises(ImportError, match="ghalton is not installed"):
-        halton(5, engine="ghalton")
+
+
+def test_ghalton_gives_scipys_points_or_a_clear_error():
+    """ghalton is optional (it needs clang): where installed, its points are scipy's; where not, asking for it
+    says how to install it and the default falls back to scipy."""
+    scipy_pts = halton(70, engine="scipy")
+    np.testing.assert_array_equal(halton(70), halton(70, engine="auto"))
+    try:
+        import ghalton  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"ghalton is not installed: pip install 'deepsea\[ghalton\]'"):
+            halton(5, engine="ghalton")
+        np.testing.assert_array_equal(halton(70), scipy_pts)
+    else:
+        np.testing.assert_allclose(halton(70, engine="ghalton"), scipy_pts, rtol=0, atol=1e-12)
 
 
 def test_tta_transforms_use_the_milder_ranges():

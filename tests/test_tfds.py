@@ -46,3 +46,27 @@ def test_builds_from_the_competition_zip_and_names_bad_files(synth, tmp_path):
         z.writestr("train/disc_small/999.jpg", b"not a jpeg")
     with pytest.raises(BadImageError, match=r"train\.zip:disc_small/999"):
         build_tfds(str(zpath), str(tmp_path / "bad"))
+
+
+def test_training_reads_a_built_dataset_as_its_folder(synth, tmp_path, monkeypatch):
+    """``deepsea train --data tfds:DIR``: the built dataset is exported once to a labelled folder, the same
+    images (losslessly) under the same classes, and reused on the next call."""
+    from deepsea.configs import base_config
+    from deepsea.train import resolve_data
+
+    monkeypatch.setenv("DEEPSEA_DATA", str(tmp_path / "cache"))
+    path = build_tfds(synth.root, str(tmp_path / "tfds"))
+    config = base_config()
+    config.data.path = f"tfds:{path}"
+    folder = scan_labelled_folder(resolve_data(config))
+    assert folder.classes == synth.classes and len(folder) == len(synth)
+    by_id = dict(zip(synth.ids, synth.paths, strict=True))
+    for p, label in zip(folder.paths, folder.labels, strict=True):
+        original = by_id[os.path.splitext(os.path.basename(p))[0]]
+        assert os.path.basename(os.path.dirname(original)) == folder.classes[label]
+        np.testing.assert_array_equal(read_image(p), read_image(original))
+    mtime = os.path.getmtime(folder.paths[0])
+    assert resolve_data(config) == folder.root and os.path.getmtime(folder.paths[0]) == mtime  # exported once
+    config.data.path = f"tfds:{tmp_path / 'nowhere'}"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        resolve_data(config)

@@ -235,7 +235,7 @@ class AugmentedSource:
 
     ``cache``: keep every decoded image (uint8, raw size) in memory after its
     first read, so later epochs only warp; each worker process holds its own
-    copy (about 170 MB for the NDSB training images).
+    copy of the decoded images.
     """
 
     def __init__(
