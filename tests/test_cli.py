@@ -68,6 +68,7 @@ def test_the_installed_command_answers_help_fast_without_importing_jax():
     assert bad.returncode == 2 and "invalid choice: 'trian'" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
     run = str(tmp_path / "run")
     assert "best validation log loss" in cli("train", "synthetic", "--small", "--workdir", run)
@@ -155,6 +156,7 @@ def test_info_names_versions_and_backends(cli):
     assert "pallas kernels: interpret mode" in out and "XLA_FLAGS:" in out
 
 
+@pytest.mark.slow
 def test_make_synthetic_preview_and_bench_data(cli, tmp_path):
     cli("make-synthetic", str(tmp_path / "syn"), "--per-class", "6")
     assert len(os.listdir(tmp_path / "syn")) == 12
@@ -165,6 +167,7 @@ def test_make_synthetic_preview_and_bench_data(cli, tmp_path):
     assert "95x95 (largest side 85)" in out and '"size_47"' in out
 
 
+@pytest.mark.slow
 def test_demo_writes_its_views_and_its_results_are_exactly_invariant(cli, tmp_path):
     out = cli("demo", "--size", "47", "--out", str(tmp_path))
     assert (tmp_path / "views.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

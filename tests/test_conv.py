@@ -96,6 +96,7 @@ def test_conv_layer_rejects_an_unknown_implementation():
         layers.Conv(2, implementation="fast").init(jax.random.key(0), jnp.zeros((1, 5, 5, 1)))
 
 
+@pytest.mark.slow
 def test_model_conv_impl_switch_is_the_same_function(rng):
     x = jnp.asarray(rng.standard_normal((2, 23, 23, 1)), jnp.float32)
     cfg = {"name": "convroll4", "stages": ((4, 3), (6,)), "dense_features": 8, "dropout_rate": 0.0}

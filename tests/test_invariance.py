@@ -29,6 +29,7 @@ def test_small_rolled_network_is_invariant(group, size, dense_roll, rng):
     assert set(errors) == {"e", "r", "r2", "r3"} | ({"m", "rm", "r2m", "r3m"} if group == "d4" else set())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("group", "width"), [("c4", 1.0), ("d4", 0.25)])
 def test_convroll4_shaped_network_is_invariant_at_95(group, width, rng):
     """convroll4's stages (maps 95 -> 47 -> 23 -> 11 -> 5) with a dense roll: the published network itself

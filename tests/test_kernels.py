@@ -119,6 +119,7 @@ def test_gradients_are_the_transposed_reference_and_bitwise_equal(group, op, in_
         np.testing.assert_array_equal(np.asarray(grads["pallas"]), np.asarray(grads["xla"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", GROUPS, ids=gid)
 @pytest.mark.parametrize(("channels", "block"), [(5, 16), (3, 8)])
 def test_blocks_that_do_not_divide_the_maps(group, channels, block, rng):
@@ -191,6 +192,7 @@ def test_the_package_exports_only_what_runs_compiled():
     assert deepsea_kernels.roll is sys.modules["deepsea_kernels.roll"]  # the module (interpret only), not the op
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("symmetry", ["c4", "d4"])
 def test_whole_convroll4_network_is_the_same_with_either_implementation(symmetry, rng):
     """convroll4's stages at a quarter of its widths on 47x47 inputs (maps of 47, 23, 11 and 5: odd and

@@ -73,6 +73,7 @@ def test_schedule_has_two_tenfold_drops(small_config):
     assert [float(sched(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_and_checkpoints_round_trip(small_config, tmp_path):
     full = train(small_config, str(tmp_path / "full"), progress=False)
     stopped = train(small_config, str(tmp_path / "resumed"), stop_after=3, progress=False)  # "killed" after 3
@@ -162,6 +163,7 @@ def test_models_invariance_where_they_should_be(name, rng):
             check_invariance(fn, "c4", x, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_four_devices_give_the_same_parameters_as_one(tmp_path):
     # Two steps (the second applies the first's momentum), to 1e-6 (measured: 6e-8).  A third step is chaotic
     # here: a leaky ReLU input or pooling window near a tie turns rounding into a different gradient, so even two
