@@ -53,9 +53,16 @@ class Slice(nn.Module):
         return ops.group_slice(x, self.group)
 
 
-def _check_roll_implementation(implementation: str) -> None:
-    if implementation not in ("xla", "pallas"):
+def _roll(x: jax.Array, group: str | Group, implementation: str, conv: bool) -> jax.Array:
+    if implementation == "xla":
+        return (ops.group_conv_roll if conv else ops.group_roll)(x, group)
+    if implementation != "pallas":
         raise ValueError(f"unknown roll implementation {implementation!r}; expected 'xla' or 'pallas'")
+    if conv:
+        from deepsea_kernels import conv_roll as kernel
+    else:
+        from deepsea_kernels.roll import roll as kernel
+    return kernel(x, group)
 
 
 class Roll(nn.Module):
@@ -69,12 +76,7 @@ class Roll(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        _check_roll_implementation(self.implementation)
-        if self.implementation == "pallas":
-            from deepsea_kernels.roll import roll
-
-            return roll(x, self.group)
-        return ops.group_roll(x, self.group)
+        return _roll(x, self.group, self.implementation, conv=False)
 
 
 class ConvRoll(nn.Module):
@@ -88,12 +90,7 @@ class ConvRoll(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        _check_roll_implementation(self.implementation)
-        if self.implementation == "pallas":
-            from deepsea_kernels import conv_roll
-
-            return conv_roll(x, self.group)
-        return ops.group_conv_roll(x, self.group)
+        return _roll(x, self.group, self.implementation, conv=True)
 
 
 class Pool(nn.Module):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepsea.groups import get_group
-from deepsea.tools import bench_ops
+from deepsea.tools import bench_ops, timing
 from deepsea.tools.timing import fwd_bwd, time_call
 
 __all__ = ["run"]
@@ -78,17 +78,19 @@ def run(batch: int = 32, group: str = "c4", repeats: int = 5, dtype: str = "floa
 
 
 def format_table(rows: Sequence[dict[str, object]]) -> str:
-    head = (
-        f"{'op':<22} {'xla fwd':>9} {'xla f+b':>9} {'pallas fwd':>11} {'pallas f+b':>11} "
-        f"{'fwd ratio':>9} {'f+b ratio':>9} {'equal':>6}"
+    return timing.format_table(
+        rows,
+        [
+            ("op", "op", "<22s"),
+            ("xla fwd", "xla_fwd_ms", "9.3f"),
+            ("xla f+b", "xla_fwdbwd_ms", "9.3f"),
+            ("pallas fwd", "pallas_fwd_ms", "11.3f"),
+            ("pallas f+b", "pallas_fwdbwd_ms", "11.3f"),
+            ("fwd ratio", "ratio_fwd", "9.2f"),
+            ("f+b ratio", "ratio_fwdbwd", "9.2f"),
+            ("equal", "bitwise_equal", ">6s"),
+        ],
     )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['op']:<22} {r['xla_fwd_ms']:9.3f} {r['xla_fwdbwd_ms']:9.3f} {r['pallas_fwd_ms']:11.3f} "
-            f"{r['pallas_fwdbwd_ms']:11.3f} {r['ratio_fwd']:9.2f} {r['ratio_fwdbwd']:9.2f} {r['bitwise_equal']!s:>6}"
-        )
-    return "\n".join(lines)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

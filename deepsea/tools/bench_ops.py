@@ -19,6 +19,7 @@ import numpy as np
 
 from deepsea import ops
 from deepsea.groups import get_group
+from deepsea.tools import timing
 from deepsea.tools.timing import fwd_bwd, time_call
 
 __all__ = ["OpCase", "convroll4_cases", "run"]
@@ -140,18 +141,20 @@ def run(
 
 
 def format_table(rows: Sequence[dict[str, object]]) -> str:
-    head = (
-        f"{'op':<22} {'fwd ms':>8} {'f+b ms':>8} {'GB/s':>6} | {'next layer':<28} "
-        f"{'fwd ms':>8} {'f+b ms':>8} | {'fwd ratio':>9} {'f+b ratio':>9}"
+    return timing.format_table(
+        rows,
+        [
+            ("op", "op", "<22s"),
+            ("fwd ms", "op_fwd_ms", "8.3f"),
+            ("f+b ms", "op_fwdbwd_ms", "8.3f"),
+            ("GB/s", "op_gb_per_s_fwd", "6.2f"),
+            ("next layer", "next_layer", ">28s"),
+            ("fwd ms", "next_fwd_ms", "8.3f"),
+            ("f+b ms", "next_fwdbwd_ms", "8.3f"),
+            ("fwd ratio", "ratio_fwd", "9.3f"),
+            ("f+b ratio", "ratio_fwdbwd", "9.3f"),
+        ],
     )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['op']:<22} {r['op_fwd_ms']:8.3f} {r['op_fwdbwd_ms']:8.3f} {r['op_gb_per_s_fwd']:6.2f} | "
-            f"{r['next_layer']:<28} {r['next_fwd_ms']:8.3f} {r['next_fwdbwd_ms']:8.3f} | "
-            f"{r['ratio_fwd']:9.3f} {r['ratio_fwdbwd']:9.3f}"
-        )
-    return "\n".join(lines)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

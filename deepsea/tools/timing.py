@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 
-__all__ = ["fwd_bwd", "time_call"]
+__all__ = ["format_table", "fwd_bwd", "time_call"]
 
 
 def time_call(fn: Callable[..., object], *args: object, repeats: int) -> float:
@@ -31,3 +31,20 @@ def fwd_bwd(fn: Callable[..., jax.Array], n_args: int) -> Callable[..., object]:
         return y, vjp(args[n_args].astype(y.dtype))
 
     return jax.jit(step)
+
+
+def format_table(rows: Sequence[dict[str, object]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A fixed-width text table; ``columns`` are ``(title, key, format spec)``, e.g. ``("fwd ms", "fwd", "9.3f")``."""
+
+    def width(spec: str) -> int:
+        return int("".join(c for c in spec.split(".")[0] if c.isdigit()) or 0)
+
+    head = " ".join(
+        f"{title:>{width(spec)}}" if i else f"{title:<{width(spec)}}" for i, (title, _, spec) in enumerate(columns)
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            " ".join(f"{r[key]!s:{spec}}" if spec.endswith("s") else f"{r[key]:{spec}}" for _, key, spec in columns)
+        )
+    return "\n".join(lines)
