@@ -232,9 +232,7 @@ class Run:
     @property
     def tta_ranges(self) -> AugmentRanges:
         """The default TTA ranges, capped at the run's own training augmentation."""
-        from deepsea.train import augment_ranges
-
-        return tta_ranges_for(augment_ranges(self.config.aug))
+        return tta_ranges_for(AugmentRanges.from_config(self.config.aug))
 
 
 def restore_run(workdir: str, which: str = "best", orbit_average: str | None = None) -> Run:
@@ -251,15 +249,15 @@ def restore_run(workdir: str, which: str = "best", orbit_average: str | None = N
     classes = tuple(rundir.load_json(os.path.join(workdir, "classes.json")))
     setup = create_train_state(config, len(classes))
     latest, best = rundir.checkpoint_managers(workdir, config.train.keep_checkpoints)
-    manager = best if which == "best" and best.latest_step() is not None else latest
-    step = manager.latest_step()
-    if step is None:
+    try:
+        manager = best if which == "best" and best.latest_step() is not None else latest
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir!r}")
+        state = rundir.restore_state(manager, step, setup.state)
+    finally:
         latest.close()
         best.close()
-        raise FileNotFoundError(f"no checkpoint in {workdir!r}")
-    state = rundir.restore_state(manager, step, setup.state)
-    latest.close()
-    best.close()
     model, variables = setup.model, state.variables()
     trained = config.model.get("orbit_average", "")
     if orbit_average is not None and orbit_average != trained:

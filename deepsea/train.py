@@ -34,7 +34,7 @@ from deepsea.data import (
 from deepsea.inference import Evaluation, data_mesh, evaluate_images, put_batch
 from deepsea.step import TrainState, create_train_state, make_train_step
 
-__all__ = ["TrainResult", "TrainingDiverged", "augment_ranges", "resolve_data", "train"]
+__all__ = ["TrainResult", "TrainingDiverged", "resolve_data", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,6 @@ class TrainResult:
     final: Evaluation | None
     best: Evaluation | None
     state: TrainState
-
-
-def augment_ranges(cfg: Any) -> AugmentRanges:
-    """An experiment's ``config.aug`` as :class:`~deepsea.data.AugmentRanges`."""
-    return AugmentRanges(cfg.rotation, cfg.shift, cfg.zoom, cfg.shear, cfg.stretch, bool(cfg.flip))
 
 
 def resolve_data(config: Any) -> str:
@@ -142,7 +137,7 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
         [folder.paths[i] for i in train_idx],
         folder.labels[train_idx],
         pp,
-        augment_ranges(config.aug),
+        AugmentRanges.from_config(config.aug),
         seed=config.seed,
         cache=config.data.cache_images,
     )
@@ -176,10 +171,15 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
             loss = float(m["loss"])
             if not np.isfinite(loss) or loss > config.train.divergence_loss:
                 ckpt.wait_until_finished()
+                last = ckpt.latest_step()
+                where = (
+                    f"The last good checkpoint is step {last} in {os.path.join(workdir, 'checkpoints')}"
+                    if last is not None
+                    else "No checkpoint was saved before it"
+                )
                 raise TrainingDiverged(
                     f"training loss is {loss} at step {done} (limit {config.train.divergence_loss}); stopped. "
-                    f"The last good checkpoint is step {ckpt.latest_step()} in {os.path.join(workdir, 'checkpoints')}; "
-                    "lower optim.lr or check the data."
+                    f"{where}; lower optim.lr, set optim.grad_clip, or check the data."
                 )
             n_last += bs
             bar.update(1)

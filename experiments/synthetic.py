@@ -23,6 +23,7 @@ def get_config(small: bool = False):
     c.model.dropout_rate = 0.3
     c.model.size_features = True
     c.optim.lr = 0.01
+    c.optim.grad_clip = 2.0  # without it a single large step around step 140 diverged the run (lr 0.01)
     c.optim.decay_steps = (0.7, 0.9)
     c.train.batch_size = 32
     c.train.steps = 600

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.ndimage
@@ -60,6 +60,11 @@ class AugmentRanges:
         for name in ("zoom", "stretch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"augmentation range {name}={getattr(self, name)} must be >= 1 (log-uniform)")
+
+    @classmethod
+    def from_config(cls, aug: Any) -> AugmentRanges:
+        """An experiment's ``config.aug`` (a ConfigDict or dict with these keys) as ranges."""
+        return cls(aug["rotation"], aug["shift"], aug["zoom"], aug["shear"], aug["stretch"], bool(aug["flip"]))
 
 
 TRAIN_RANGES = AugmentRanges()
