@@ -88,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32
     c.train.steps = 215_000
+    c.train.budget_minutes = 0.0  # > 0: choose train.steps to fill this many minutes, measured on this machine
+    c.train.budget_probe_steps = 20  # timed steps (after one compiling step) that measure the step time
     c.train.eval_every = 5000
     c.train.checkpoint_every = 5000
     c.train.log_every = 100
@@ -101,6 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
 def small_run(c: ml_collections.ConfigDict, steps: int = 20) -> ml_collections.ConfigDict:
     """The common part of every experiment's small-run switch: few steps, frequent evaluation and checkpoints."""
     c.train.steps = steps
+    c.train.budget_minutes = 0.0
     c.optim.warmup_steps = min(c.optim.warmup_steps, steps // 4)
     c.train.eval_every = max(1, steps // 2)
     c.train.checkpoint_every = max(1, steps // 2)

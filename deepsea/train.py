@@ -1,4 +1,5 @@
-"""The training loop: data-parallel over local devices, checkpoints, exact resume, divergence detection.
+"""The training loop: data-parallel over local devices, checkpoints, exact resume, divergence detection, and
+runs sized by a time budget (``train.budget_minutes``: the step time is measured on the machine that trains).
 
 ``train(config, workdir)`` writes the run folder (:mod:`deepsea.rundir`).  A
 killed run started again with the same ``workdir`` resumes from its last
@@ -34,7 +35,7 @@ from deepsea.data import (
 from deepsea.inference import Evaluation, data_mesh, evaluate_images, put_batch
 from deepsea.step import TrainState, create_train_state, make_train_step
 
-__all__ = ["TrainResult", "TrainingDiverged", "resolve_data", "train"]
+__all__ = ["Budget", "TrainResult", "TrainingDiverged", "resolve_data", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,55 @@ def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool)
         rundir.save_run_data(
             workdir, folder, train_idx, val_idx, pp, data.split_seed, data.validation_fraction, skipped
         )
-        rundir.save_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
     return folder, train_idx, val_idx, pp
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """How a run with ``train.budget_minutes`` chose its steps: the time spent before training (setup and this
+    measurement), one training step's and one validation pass's measured time, and the steps that fill the
+    budget with them (``budget.json`` in the run folder)."""
+
+    minutes: float
+    setup_s: float
+    step_s: float
+    eval_s: float
+    steps: int
+
+    @staticmethod
+    def fit(minutes: float, setup_s: float, step_s: float, eval_s: float, eval_every: int) -> Budget:
+        """The most steps whose training, validation every ``eval_every`` steps and final validation fit."""
+        per_step = step_s + eval_s / eval_every
+        steps = max(1, int((60.0 * minutes - setup_s - eval_s) / per_step))
+        return Budget(minutes, setup_s, step_s, eval_s, steps)
+
+
+def _measure_budget(
+    config: Any, num_classes: int, source: Any, val_paths: list, val_labels: Any, pp: Preprocess, t_start: float
+) -> Budget:
+    """Times the training step (after one compiling step) on real batches from a loader of its own and a fresh
+    state, and a validation pass from its first batches; the run itself starts afresh afterwards."""
+    probe = create_train_state(config, num_classes)
+    mesh = data_mesh()
+    step = make_train_step(probe.model, probe.optimizer, probe.schedule)
+    state = jax.device_put(probe.state, NamedSharding(mesh, PartitionSpec()))
+    rng = jax.random.key(config.seed)
+    with train_batches(source, config.train.batch_size, workers=config.data.workers) as batches:
+        state, metrics = step(state, put_batch(next(batches), mesh), rng)
+        jax.block_until_ready(metrics)
+        t0 = time.perf_counter()
+        for _ in range(config.train.budget_probe_steps):
+            state, metrics = step(state, put_batch(next(batches), mesh), rng)
+            jax.block_until_ready(metrics)
+        step_s = (time.perf_counter() - t0) / config.train.budget_probe_steps
+    bs = config.train.eval_batch_size
+    head = min(len(val_paths), 2 * bs)
+    evaluate_images(probe.model, state.variables(), val_paths[:bs], val_labels[:bs], pp, bs)  # compiles
+    t0 = time.perf_counter()
+    evaluate_images(probe.model, state.variables(), val_paths[:head], val_labels[:head], pp, bs)
+    eval_s = (time.perf_counter() - t0) * len(val_paths) / head
+    setup_s = time.perf_counter() - t_start
+    return Budget.fit(config.train.budget_minutes, setup_s, step_s, eval_s, config.train.eval_every)
 
 
 def train(config: Any, workdir: str, stop_after: int | None = None, progress: bool = True) -> TrainResult:
@@ -106,6 +154,7 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
 
     from deepsea.plots import plot_metrics
 
+    t_start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     lead = jax.process_index() == 0  # with several hosts, only the first writes files and shows progress
     progress = progress and lead
@@ -116,7 +165,30 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
         train_idx, val_idx, pp = rundir.load_run_data(workdir, folder)
     else:
         folder, train_idx, val_idx, pp = _new_run(config, workdir, folder, lead, progress)
+    source = AugmentedSource(
+        [folder.paths[i] for i in train_idx],
+        folder.labels[train_idx],
+        pp,
+        AugmentRanges.from_config(config.aug),
+        seed=config.seed,
+        cache=config.data.cache_images,
+    )
+    val_paths = [folder.paths[i] for i in val_idx]
+    val_labels = folder.labels[val_idx]
     steps = config.train.steps
+    if config.train.budget_minutes > 0:
+        if resuming:  # the steps chosen when the run started, so that the schedule continues unchanged
+            steps = int(rundir.load_config(workdir).train.steps)
+        else:
+            budget = _measure_budget(config, len(folder.classes), source, val_paths, val_labels, pp, t_start)
+            steps = budget.steps
+            log.info("budget of %.1f minutes: %d steps of %.3f s", budget.minutes, budget.steps, budget.step_s)
+            if lead:
+                rundir.save_json(os.path.join(workdir, "budget.json"), dataclasses.asdict(budget))
+    if lead and not resuming:
+        saved = json.loads(config.to_json_best_effort())
+        saved["train"]["steps"] = steps  # what the run trains for, also when a budget chose it
+        rundir.save_json(os.path.join(workdir, "config.json"), saved)
     setup = create_train_state(config, len(folder.classes), steps=steps)
     mesh = data_mesh()
     if config.train.batch_size % mesh.size:
@@ -133,16 +205,6 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
 
     train_step = make_train_step(setup.model, setup.optimizer, setup.schedule)
     rng = jax.random.key(config.seed)
-    source = AugmentedSource(
-        [folder.paths[i] for i in train_idx],
-        folder.labels[train_idx],
-        pp,
-        AugmentRanges.from_config(config.aug),
-        seed=config.seed,
-        cache=config.data.cache_images,
-    )
-    val_paths = [folder.paths[i] for i in val_idx]
-    val_labels = folder.labels[val_idx]
 
     def run_eval(step: int) -> Evaluation:
         res = evaluate_images(setup.model, state.variables(), val_paths, val_labels, pp, config.train.eval_batch_size)

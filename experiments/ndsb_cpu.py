@@ -11,7 +11,9 @@ log-probabilities of the eight D4 copies of each input.  47x47 patches (largest
 side 42), no batch norm (on this CPU it costs more steps than it saves), the raw
 image size late-fused (sorted, so rotation-invariant), mild augmentation,
 decoded images kept in memory, and Adam (batch 128) with a short warm-up and a
-cosine decay, sized to fill about 30 minutes on 2 cores.  Results:
+cosine decay over as many steps as fill 30 minutes on the machine that trains it
+(``train.budget_minutes``: the step time is measured before the run starts, and
+the steps chosen are in the run's ``config.json`` and ``budget.json``).  Results:
 ``docs/results.md``.
 
 Launch: deepsea train experiments/ndsb_cpu.py --data ../shared/data/ndsb/train --workdir runs/ndsb_cpu
@@ -48,7 +50,8 @@ def get_config(small: bool = False):
     c.optim.warmup_steps = 200
     c.optim.weight_decay = 1e-5
     c.train.batch_size = 128
-    c.train.steps = 10_400  # about 54 epochs
+    c.train.steps = 10_400  # about 54 epochs on the machine it was tuned on; the budget below decides
+    c.train.budget_minutes = 30.0  # the steps that fill 30 minutes on the machine that trains
     c.train.eval_every = 5200
     c.train.checkpoint_every = 500
     c.train.log_every = 50

@@ -13,7 +13,7 @@ from deepsea.configs import ConfigError, apply_overrides, base_config, load_expe
 from deepsea.inference import restore_run
 from deepsea.models import build_model, count_params
 from deepsea.step import create_train_state, example_inputs, make_optimizer, make_train_step
-from deepsea.train import TrainingDiverged, train
+from deepsea.train import Budget, TrainingDiverged, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -426,3 +426,28 @@ def test_example_inputs_match_every_experiments_pipeline():
         assert batch["image"].shape == (3, config.data.size, config.data.size, channels)
         assert ("image2" in batch) == bool(config.data.second_size)
         assert batch["raw_size"].shape == (3, 2) and batch["label"].shape == (3,)
+
+
+def test_budget_fits_the_most_steps_that_fill_the_minutes():
+    b = Budget.fit(1.0, setup_s=10.0, step_s=0.5, eval_s=5.0, eval_every=20)
+    assert b.steps == 60  # 60 s - 10 s setup - 5 s final validation = 45 s at 0.5 + 5/20 s a step
+    assert Budget.fit(0.1, setup_s=30.0, step_s=0.5, eval_s=5.0, eval_every=20).steps == 1  # at least one
+
+
+@pytest.mark.slow
+def test_a_time_budget_chooses_the_steps_and_resume_keeps_them(small_config, tmp_path):
+    apply_overrides(
+        small_config,
+        ["train.budget_minutes=0.08", "train.budget_probe_steps=3", "train.steps=100000", "train.eval_every=1000"],
+    )
+    run = tmp_path / "run"
+    train(small_config, str(run), stop_after=1, progress=False)  # "killed" after its first step
+    budget = json.loads((run / "budget.json").read_text())
+    assert budget["steps"] == json.loads((run / "config.json").read_text())["train"]["steps"] >= 1
+    assert budget["step_s"] > 0 and budget["eval_s"] > 0 and budget["minutes"] == 0.08
+    fitted = Budget.fit(0.08, budget["setup_s"], budget["step_s"], budget["eval_s"], 1000)
+    assert budget["steps"] == fitted.steps < 100000
+    resumed = train(small_config, str(run), progress=False)  # resumes with the steps chosen at the start
+    assert int(resumed.state.step) == budget["steps"]
+    assert json.loads((run / "budget.json").read_text()) == budget  # not measured again
+    assert small_config.train.steps == 100000  # the caller's config is not changed
