@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dense_roll = False
     c.model.view_pool_mode = "rms"
     c.model.negative_slope = 1.0 / 3.0  # the leaky ReLU after every convolution (0: ReLU)
+    c.model.precision = "float32"  # or bfloat16: activations and products (float32 accumulation); params float32
     c.model.max_pool_impl = "auto"  # auto | onednn | slices | reduce_window: deepsea.backends.max_pool
     c.model.conv_impl = "auto"  # auto | onednn | xla: deepsea.backends.conv; the same function
     c.model.roll_impl = "xla"  # xla | pallas (kernels/, interpret mode off-GPU): bitwise the same function

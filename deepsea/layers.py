@@ -214,7 +214,7 @@ class Conv(nn.Module):
         dtype = self.dtype or x.dtype
         return backends.conv(
             x.astype(dtype),
-            kernel.astype(dtype),
+            kernel,  # float32: the backend converts it to the computation's dtype
             bias,
             strides=self.strides,
             padding=self.padding,

@@ -56,7 +56,7 @@ class RollNet(nn.Module):
     Every convolution is followed by a leaky ReLU of slope ``negative_slope`` (0: a ReLU), passed to the
     ``conv`` factory (which may fuse it) unless ``batch_norm`` puts a batch norm in between.  The factories are
     called as ``conv(features, negative_slope=, implementation=conv_impl, kernel_init=, name=)``,
-    ``downsample(check_symmetry=, implementation=max_pool_impl, name=)``, ``dense(features, pieces, name=)``,
+    ``downsample(check_symmetry=, implementation=max_pool_impl, name=)``, ``dense(features, pieces, dtype=, name=)``,
     ``classifier(num_classes, name=)``, the symmetry layers with ``group=`` (the rolls also with
     ``implementation=roll_impl``) and ``norm(use_running_average=, name=)``.
     """
@@ -70,6 +70,7 @@ class RollNet(nn.Module):
     dense_roll: bool = False
     view_pool_mode: str = "rms"
     negative_slope: float = layers.DEFAULT_NEGATIVE_SLOPE
+    precision: str = "float32"  # or "bfloat16": the computation's dtype; parameters and logits stay float32
     batch_norm: bool = False  # not in the seed; per-channel statistics over all views keep the invariance
     size_features: bool = False
     rotated_inputs: int = 1
@@ -106,6 +107,8 @@ class RollNet(nn.Module):
             if x.shape[-1] % k:
                 raise ValueError(f"{k} rotated inputs need a channel count divisible by {k}, got {x.shape}")
             x = jnp.concatenate(jnp.split(x, k, axis=-1), axis=0)  # (k * B, H, W, C)
+        compute = jnp.dtype(self.precision)
+        x = x.astype(compute)
         if sym:
             x = self.slice_layer(group=self.symmetry, name="slice")(x)
         init = layers.orthogonal("leaky_relu", self.negative_slope)
@@ -117,14 +120,14 @@ class RollNet(nn.Module):
                 )
                 x = conv(x)
                 if self.batch_norm:
-                    x = self.norm(use_running_average=not train, name=f"norm{i}_{j}")(x)
+                    x = self.norm(use_running_average=not train, dtype=compute, name=f"norm{i}_{j}")(x)
                     x = layers.leaky_relu(x, self.negative_slope)
             x = self.downsample(check_symmetry=sym, implementation=self.max_pool_impl, name=f"pool{i}")(x)
             if sym:
                 x = self.conv_roll_layer(group=self.symmetry, implementation=self.roll_impl, name=f"conv_roll{i}")(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = self.dense(self.dense_features, self.maxout_pieces, name="dense0")(x)
+        x = self.dense(self.dense_features, self.maxout_pieces, dtype=compute, name="dense0")(x)
         if sym:
             if self.dense_roll:
                 x = self.roll_layer(group=self.symmetry, implementation=self.roll_impl, name="roll")(x)
@@ -136,11 +139,11 @@ class RollNet(nn.Module):
                 raise ValueError("this model late-fuses the raw image size: pass raw_size=(B, 2) heights and widths")
             x = jnp.concatenate([x, size_features(raw_size).astype(x.dtype)], axis=-1)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = self.dense(self.dense_features, self.maxout_pieces, name="dense1")(x)
+        x = self.dense(self.dense_features, self.maxout_pieces, dtype=compute, name="dense1")(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         if self.features_only:
             return x
-        return self.classifier(self.num_classes, name="logits")(x)
+        return self.classifier(self.num_classes, name="logits")(x.astype(jnp.float32))
 
 
 def size_features(raw_size: jax.Array) -> jax.Array:

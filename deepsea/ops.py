@@ -188,14 +188,15 @@ def group_pool(
 
     ``mode`` is ``"mean"``, ``"max"`` or ``"rms"`` (``sqrt(mean(x**2) + eps)``).
     The result is bitwise invariant to permuting the views by any group element.
-    RMS is accumulated in at least float32 and returned in the input dtype.
+    The mean and RMS are accumulated in at least float32 and returned in the input dtype.
     """
     g = get_group(group)
     y = _split_views(x, g, f"{g.name}_pool")
     if mode == "max":
         return _view_max(y)
     if mode == "mean":
-        return _view_sum(y) / jnp.asarray(g.order, x.dtype)
+        acc = jnp.promote_types(x.dtype, jnp.float32)
+        return (_view_sum(y.astype(acc)) / jnp.asarray(g.order, acc)).astype(x.dtype)
     if mode == "rms":
         acc = jnp.promote_types(x.dtype, jnp.float32)
         y = y.astype(acc)

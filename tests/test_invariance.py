@@ -130,3 +130,23 @@ def test_size_features_ignore_a_swap_of_height_and_width():
     raw = jnp.asarray([[30.0, 200.0], [54.6, 54.6]])
     np.testing.assert_array_equal(np.asarray(models.size_features(raw)), np.asarray(models.size_features(raw[:, ::-1])))
     np.testing.assert_allclose(np.asarray(models.size_features(raw))[0], np.log([200.0, 30.0]) - 4.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("group", ["c4", "d4"])
+@pytest.mark.parametrize("size", [23, 47])
+def test_bfloat16_rolled_network_is_exactly_as_invariant(group, size, rng):
+    """In bfloat16 the ops are still permutations and the pools sort before summing, so the output is
+    invariant to every group element as in float32."""
+    net = models.tiny_rollnet(symmetry=group, dense_roll=True, precision="bfloat16")
+    fn = _net_fn(net, size)
+    x = jnp.asarray(rng.standard_normal((3, size, size, 1)), jnp.float32)
+    assert fn(x).dtype == jnp.float32  # the logits (and the loss, softmax and parameters) stay float32
+    check_invariance(fn, group, x, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bfloat16_convroll4_shaped_network_is_invariant_at_95(rng):
+    net = models.rollnet(121, 0.25, symmetry="d4", dense_roll=True, precision="bfloat16")
+    fn = _net_fn(net, 95)
+    x = jnp.asarray(rng.standard_normal((2, 95, 95, 1)), jnp.float32)
+    check_invariance(fn, "d4", x, atol=1e-5)

@@ -87,7 +87,7 @@ def test_conv_is_a_custom_call_in_the_compiled_cpu_step():
 def test_unsupported_arguments_are_refused_by_name(x, w, strides, padding):
     assert not onednn.supports(x, w, strides, padding)
     if strides == (1, 1):
-        with pytest.raises(ValueError, match=r"deepsea\.onednn\.conv takes float32 NHWC"):
+        with pytest.raises(ValueError, match=r"deepsea\.onednn\.conv takes float32 or bfloat16 NHWC x, a float32 HWIO"):
             onednn.conv(x, w, padding)
 
 
@@ -198,7 +198,7 @@ def test_max_pool_auto_is_onednn_on_the_cpu_and_refuses_bad_input():
     hlo = step.lower(x).compile().as_text()
     assert "deepsea_max_pool" in hlo and "deepsea_max_pool_bwd" in hlo and "select-and-scatter" not in hlo
     assert "deepsea_max_pool" not in jax.jit(lambda x: backends.max_pool(x, implementation="slices")).lower(x).as_text()
-    with pytest.raises(ValueError, match=r"float32 NHWC x .* got x int32\(1, 5, 5, 1\)"):
+    with pytest.raises(ValueError, match=r"float32 or bfloat16 NHWC x .* got x int32\(1, 5, 5, 1\)"):
         onednn.max_pool(jnp.zeros((1, 5, 5, 1), jnp.int32), (3, 3), (2, 2), ((0, 0), (0, 0)))
     with pytest.raises(ValueError, match="does not fit"):
         backends.max_pool(jnp.zeros((1, 2, 2, 1)), implementation="onednn")
@@ -261,3 +261,65 @@ def test_models_fuse_their_leaky_relu_into_their_convolutions():
     hlo = jax.jit(jax.grad(loss)).lower(variables, x).compile().as_text()
     assert hlo.count('custom_call_target="deepsea_conv_bwd_weights"') == 3
     assert hlo.count('custom_call_target="deepsea_conv_bwd_data"') == 2
+
+
+def _bf16(a) -> np.ndarray:
+    """``a`` rounded to bfloat16, as float64."""
+    return np.asarray(jnp.asarray(a, jnp.bfloat16), np.float64)
+
+
+HALF_BF16_ULP = 2.0**-8  # rounding to bfloat16 (8 significant bits) moves a value by at most this, relatively
+
+
+@pytest.mark.parametrize("xs, ws, padding", CASES[:4])
+def test_bfloat16_conv_is_the_float64_convolution_of_its_rounded_operands(xs, ws, padding, rng):
+    """bfloat16 activations and a float32 kernel that oneDNN rounds to bfloat16 as it reorders it; products
+    accumulate in float32, the output and the input gradient are rounded to bfloat16 once, and the kernel
+    gradient stays float32."""
+    x = _bf16(rng.standard_normal(xs))
+    w = rng.standard_normal(ws).astype(np.float32)
+    y_ref, grads = conv_ref(x, _bf16(w), padding)
+    y, vjp = jax.vjp(jax.jit(lambda x, w: onednn.conv(x, w, padding)), jnp.asarray(x, jnp.bfloat16), jnp.asarray(w))
+    assert y.dtype == jnp.bfloat16
+    scale = np.abs(y_ref).max()
+    np.testing.assert_allclose(np.asarray(y, np.float64), y_ref, rtol=HALF_BF16_ULP, atol=1e-5 * scale)
+    g = _bf16(rng.standard_normal(y_ref.shape))
+    dx, dw = vjp(jnp.asarray(g, jnp.bfloat16))
+    assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
+    dx_ref, dw_ref = grads(g)
+    np.testing.assert_allclose(np.asarray(dx, np.float64), dx_ref, rtol=HALF_BF16_ULP, atol=1e-5 * np.abs(dx_ref).max())
+    np.testing.assert_allclose(np.asarray(dw), dw_ref, rtol=1e-5, atol=1e-5 * np.abs(dw_ref).max())
+
+
+def test_bfloat16_conv_bias_leaky_relu_and_pooling(rng):
+    x = _bf16(rng.standard_normal((2, 9, 9, 6)))
+    w = rng.standard_normal((3, 3, 6, 5)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    z_ref, grads = conv_ref(x, _bf16(w), "SAME")
+    z_ref = z_ref + b
+    fn = jax.jit(lambda x, w, b: onednn.conv_bias_leaky_relu(x, w, b, 0.25))
+    y, vjp = jax.vjp(fn, jnp.asarray(x, jnp.bfloat16), jnp.asarray(w), jnp.asarray(b))
+    want = np.where(z_ref >= 0, z_ref, 0.25 * z_ref)
+    np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=HALF_BF16_ULP, atol=1e-5 * np.abs(want).max())
+    g = _bf16(rng.standard_normal(z_ref.shape))
+    dx, dw, db = vjp(jnp.asarray(g, jnp.bfloat16))
+    assert (dx.dtype, dw.dtype, db.dtype) == (jnp.bfloat16, jnp.float32, jnp.float32)
+    dz = np.where(np.asarray(y, np.float64) >= 0, g, 0.25 * g)  # the derivative from the output's sign, as documented
+    dx_ref, dw_ref = grads(dz)
+    np.testing.assert_allclose(np.asarray(dx, np.float64), dx_ref, rtol=HALF_BF16_ULP, atol=1e-5 * np.abs(dx_ref).max())
+    np.testing.assert_allclose(np.asarray(dw), dw_ref, rtol=1e-5, atol=1e-5 * np.abs(dw_ref).max())
+    np.testing.assert_allclose(np.asarray(db), dz.sum((0, 1, 2)), rtol=1e-5, atol=1e-5 * np.abs(dz).sum())
+    # max pooling selects, so in bfloat16 its value is exact; a pixel's gradient sums the entries of the (at most
+    # four) 3x3 stride-2 windows it wins, each addition rounded to bfloat16
+    p = _bf16(rng.standard_normal((2, 11, 11, 4)))
+    pooled, pool_vjp = jax.vjp(lambda a: backends.max_pool(a), jnp.asarray(p, jnp.bfloat16))
+    want, pool_grad = max_pool_ref(p, 3, 2, ((0, 0), (0, 0)))
+    np.testing.assert_array_equal(np.asarray(pooled, np.float64), want)
+    gp = _bf16(rng.standard_normal(want.shape))
+    np.testing.assert_allclose(
+        np.asarray(pool_vjp(jnp.asarray(gp, jnp.bfloat16))[0], np.float64), pool_grad(gp), rtol=3 * HALF_BF16_ULP
+    )
+    hlo = jax.jit(jax.grad(lambda a: jnp.sum(backends.max_pool(a).astype(jnp.float32)))).lower(
+        jnp.asarray(p, jnp.bfloat16)
+    )
+    assert "deepsea_max_pool_bwd_bf16" in hlo.as_text()

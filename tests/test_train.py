@@ -438,7 +438,13 @@ def test_budget_fits_the_most_steps_that_fill_the_minutes():
 def test_a_time_budget_chooses_the_steps_and_resume_keeps_them(small_config, tmp_path):
     apply_overrides(
         small_config,
-        ["train.budget_minutes=0.08", "train.budget_probe_steps=3", "train.steps=100000", "train.eval_every=1000"],
+        [
+            "train.budget_minutes=0.08",
+            "train.budget_probe_steps=3",
+            "train.steps=100000",
+            "train.eval_every=1000",
+            "train.checkpoint_every=1",
+        ],
     )
     run = tmp_path / "run"
     train(small_config, str(run), stop_after=1, progress=False)  # "killed" after its first step

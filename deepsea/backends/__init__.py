@@ -2,12 +2,12 @@
 elsewhere, all computing the same functions.
 
 - :func:`conv`: a convolution with an optional bias and leaky ReLU.  ``implementation="auto"`` (the default)
-  takes oneDNN (:mod:`deepsea.backends.onednn`) for float32 stride-1 convolutions on the CPU, with the bias and
-  activation fused into it; elsewhere XLA's convolution, with :func:`deepsea.backends.xla.conv_taps` for layers
-  of few input channels and :func:`deepsea.backends.xla.bias_add`.  ``"onednn"`` insists (an error where it does
-  not apply); ``"xla"`` is the reference.
-- :func:`max_pool`: ``"auto"`` takes oneDNN's pooling for float32 maps on the CPU, else the slices formulation;
-  ``"slices"``, ``"reduce_window"`` and ``"onednn"`` choose.
+  takes oneDNN (:mod:`deepsea.backends.onednn`) for float32 and bfloat16 stride-1 convolutions on the CPU, with
+  the bias and activation fused into it; elsewhere XLA's convolution, with :func:`deepsea.backends.xla.conv_taps`
+  for layers of few input channels and :func:`deepsea.backends.xla.bias_add`.  ``"onednn"`` insists (an error
+  where it does not apply); ``"xla"`` is the reference.
+- :func:`max_pool`: ``"auto"`` takes oneDNN's pooling for float32 and bfloat16 maps on the CPU, else the slices
+  formulation; ``"slices"``, ``"reduce_window"`` and ``"onednn"`` choose.
 - :func:`status`: which backend is active and, if not oneDNN, why.
 """
 
@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import jax
-import jax.numpy as jnp
 
 from deepsea.backends import onednn, xla
 
@@ -38,24 +37,29 @@ def conv(
     implementation: ConvImplementation = "auto",
 ) -> jax.Array:
     """``leaky_relu(conv(x, kernel) + bias)`` for NHWC ``x`` and an HWIO ``kernel``; no bias if ``bias`` is None,
-    no activation if ``negative_slope`` is None."""
+    no activation if ``negative_slope`` is None.
+
+    The computation runs in ``x``'s dtype (bfloat16 for mixed precision, products accumulated in float32 by
+    oneDNN); a float32 kernel and bias stay float32 parameters, and so do their gradients.
+    """
     if implementation not in ("auto", "xla", "onednn"):
         raise ValueError(f"unknown convolution implementation {implementation!r}; expected 'auto', 'xla' or 'onednn'")
     fits = onednn.supports(x, kernel, strides, padding)
     if implementation == "onednn" and not fits:
         raise ValueError(
-            f"the oneDNN convolution computes float32 NHWC, stride-1 convolutions with non-negative padding; "
-            f"got x {x.dtype}{tuple(x.shape)}, strides {tuple(strides)}, padding {padding!r}"
+            f"the oneDNN convolution computes stride-1 convolutions of float32 or bfloat16 NHWC maps with a float32 "
+            f"kernel and non-negative padding; got x {x.dtype}{tuple(x.shape)}, kernel {kernel.dtype}, "
+            f"strides {tuple(strides)}, padding {padding!r}"
         )
     use_onednn = implementation == "onednn" or (implementation == "auto" and fits and onednn.available())
     if use_onednn:
         if bias is not None and negative_slope is not None and negative_slope >= 0:
-            return onednn.conv_bias_leaky_relu(x, kernel, bias.astype(x.dtype), negative_slope, padding)
+            return onednn.conv_bias_leaky_relu(x, kernel, bias, negative_slope, padding)
         y = onednn.conv(x, kernel, padding)
     elif implementation == "auto" and tuple(strides) == (1, 1) and x.shape[-1] <= xla.TAPS_MAX_INPUT_CHANNELS:
-        y = xla.conv_taps(x, kernel, padding)
+        y = xla.conv_taps(x, kernel.astype(x.dtype), padding)
     else:
-        y = xla.conv_reference(x, kernel, padding, strides)
+        y = xla.conv_reference(x, kernel.astype(x.dtype), padding, strides)
     if bias is not None:
         y = xla.bias_add(y, bias) if implementation != "xla" else y + bias.astype(y.dtype)
     return y if negative_slope is None else xla.leaky_relu(y, negative_slope)
@@ -74,7 +78,8 @@ def max_pool(
     (``"slices"``: to one of the tied inputs).
     """
     if implementation == "auto":
-        implementation = "onednn" if x.dtype == jnp.float32 and x.ndim == 4 and onednn.available() else "slices"
+        fits = x.dtype in onednn.ACTIVATION_DTYPES and x.ndim == 4
+        implementation = "onednn" if fits and onednn.available() else "slices"
     if implementation == "onednn":
         pads = xla.pool_pads(x, window, stride, padding)
         xla.check_pool_fits(x, window, pads)

@@ -152,6 +152,7 @@ def run_ours(step: _OurStep, steps: int) -> dict[str, Any]:
         "symmetry": cfg.model.get("symmetry"),
         "roll_impl": cfg.model.get("roll_impl", "xla"),
         "max_pool_impl": cfg.model.get("max_pool_impl", "auto"),
+        "precision": cfg.model.get("precision", "float32"),
         "size": cfg.data.size,
         "width": cfg.model.width,
         "batch": step.batch_size,
@@ -167,9 +168,13 @@ def run_ours(step: _OurStep, steps: int) -> dict[str, Any]:
     }
 
 
-def run_torch(python: str, script: str, size: int, width: float, batch: int, steps: int) -> dict[str, Any]:
-    """One round of the PyTorch reference (its last stdout line is JSON)."""
+def run_torch(
+    python: str, script: str, size: int, width: float, batch: int, steps: int, bf16: bool = False
+) -> dict[str, Any]:
+    """One round of the PyTorch reference (its last stdout line is JSON); ``bf16``: with bfloat16 autocast, the
+    fair reference for our bfloat16 step."""
     cmd = [python, script, "--size", str(size), "--width", str(width), "--batch", str(batch), "--steps", str(steps)]
+    cmd += ["--bf16"] if bf16 else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -217,7 +222,8 @@ def main_with_args(args: argparse.Namespace) -> None:
             lines.append(rec)
             print(json.dumps(rec), flush=True)
         if args.torch:
-            t = run_torch(args.torch, args.torch_script, cfg.data.size, cfg.model.width, batch, args.steps)
+            bf16 = cfg.model.get("precision", "float32") == "bfloat16"
+            t = run_torch(args.torch, args.torch_script, cfg.data.size, cfg.model.width, batch, args.steps, bf16)
             t["round"] = r
             theirs.append(t["step_s"])
             lines.append(t)

@@ -51,10 +51,25 @@ log = logging.getLogger(__name__)
 
 _SOURCE = pathlib.Path(__file__).with_name("onednn_ffi.cc")
 _BUILD_PREFIX = "onednn_ffi-"
-_TARGETS = (
-    "deepsea_conv_fwd", "deepsea_conv_bwd_data", "deepsea_conv_bwd_weights", "deepsea_conv_fwd_bias_leaky_relu",
-    "deepsea_max_pool", "deepsea_max_pool_bwd",
+_TARGETS = tuple(
+    name + suffix
+    for name in (
+        "deepsea_conv_fwd", "deepsea_conv_bwd_data", "deepsea_conv_bwd_weights", "deepsea_conv_fwd_bias_leaky_relu",
+        "deepsea_max_pool", "deepsea_max_pool_bwd",
+    )
+    for suffix in ("", "_bf16")
 )  # fmt: skip
+ACTIVATION_DTYPES = (jnp.float32, jnp.bfloat16)
+"""The activations' dtypes the handlers take; kernels, kernel gradients and biases are float32 either way."""
+
+
+def _target(name: str, dtype: jnp.dtype) -> str:
+    return name + ("_bf16" if dtype == jnp.bfloat16 else "")
+
+
+def _reference_conv(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
+    """XLA's convolution accumulated in float32, in the activations' dtype: what other platforms run."""
+    return conv_reference(x.astype(jnp.float32), kernel, padding).astype(x.dtype)
 
 
 def _distribution_file(package: str, name: str) -> pathlib.Path:
@@ -152,24 +167,29 @@ def unavailable_reason() -> str | None:
 
 
 def supports(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: str | Sequence[tuple[int, int]]) -> bool:
-    """Whether :func:`conv` computes this convolution: float32 NHWC, stride 1, non-negative padding."""
+    """Whether :func:`conv` computes this convolution: float32 or bfloat16 NHWC ``x``, a float32 kernel, stride 1,
+    non-negative padding."""
     if x.ndim != 4 or kernel.ndim != 4 or tuple(strides) != (1, 1):
         return False
-    if x.dtype != jnp.float32 or kernel.dtype != jnp.float32 or kernel.shape[2] != x.shape[3]:
+    if x.dtype not in ACTIVATION_DTYPES or kernel.dtype != jnp.float32 or kernel.shape[2] != x.shape[3]:
         return False
     return all(lo >= 0 and hi >= 0 for lo, hi in conv_pads(x, kernel, padding))
 
 
 def conv(x: jax.Array, kernel: jax.Array, padding: str | Sequence[tuple[int, int]] = "SAME") -> jax.Array:
-    """A stride-1 convolution of ``x (N, H, W, C)`` with ``kernel (kh, kw, C, F)``, float32, through oneDNN on the
-    CPU (forward, input and kernel gradients) and XLA's convolution on other platforms.
+    """A stride-1 convolution of ``x (N, H, W, C)`` with ``kernel (kh, kw, C, F)`` through oneDNN on the CPU
+    (forward, input and kernel gradients) and XLA's convolution on other platforms.
+
+    ``x`` is float32 or bfloat16 (the output and the input gradient too; products accumulate in float32); the
+    kernel and its gradient are float32 (oneDNN converts the kernel to ``x``'s dtype as it reorders it).
 
     Raises RuntimeError where oneDNN is not :func:`available`, ValueError where it does not :func:`supports` the
     arguments.
     """
     if not supports(x, kernel, (1, 1), padding):
         raise ValueError(
-            f"deepsea.onednn.conv takes float32 NHWC x and HWIO kernel with matching channels and non-negative "
+            f"deepsea.onednn.conv takes float32 or bfloat16 NHWC x, a float32 HWIO kernel with matching channels and "
+            f"non-negative "
             f"padding; got x {x.dtype}{tuple(x.shape)}, kernel {kernel.dtype}{tuple(kernel.shape)}, padding {padding!r}"
         )
     _require("convolution")
@@ -187,15 +207,12 @@ def _pad_attr(padding: Padding) -> np.ndarray:
     return np.asarray([*padding[0], *padding[1]], np.int64)
 
 
-def _ffi(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, padding: Padding) -> jax.Array:
-    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="sequential")
-    return call(a, b, padding=_pad_attr(padding))
+def _on_cpu(target: str, out: jax.ShapeDtypeStruct, a: jax.Array, b: jax.Array, padding: Padding, default):
+    def ffi(a, b):
+        call = jax.ffi.ffi_call(_target(target, a.dtype), out, vmap_method="sequential")
+        return call(a, b, padding=_pad_attr(padding))
 
-
-def _on_cpu(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, padding: Padding, default) -> jax.Array:
-    return jax.lax.platform_dependent(
-        a, b, cpu=lambda a, b: _ffi(target, shape, a, b, padding), default=lambda a, b: default(a, b)
-    )
+    return jax.lax.platform_dependent(a, b, cpu=ffi, default=lambda a, b: default(a, b))
 
 
 def _out_shape(x: jax.Array, kernel: jax.Array, padding: Padding) -> tuple[int, ...]:
@@ -206,10 +223,8 @@ def _out_shape(x: jax.Array, kernel: jax.Array, padding: Padding) -> tuple[int, 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
-    return _on_cpu(
-        "deepsea_conv_fwd", _out_shape(x, kernel, padding), x, kernel, padding,
-        lambda x, k: conv_reference(x, k, padding),
-    )  # fmt: skip
+    out = jax.ShapeDtypeStruct(_out_shape(x, kernel, padding), x.dtype)
+    return _on_cpu("deepsea_conv_fwd", out, x, kernel, padding, lambda x, k: _reference_conv(x, k, padding))
 
 
 def _conv_fwd(x, kernel, padding):
@@ -220,10 +235,16 @@ def _conv_bwd(padding, res, g):
     x, kernel = res
 
     def xla_vjp(x, kernel, g):
-        return jax.vjp(lambda x, k: conv_reference(x, k, padding), x, kernel)[1](g)
+        dx, dk = jax.vjp(lambda x, k: conv_reference(x, k, padding), x.astype(jnp.float32), kernel)[1](
+            g.astype(jnp.float32)
+        )
+        return dx.astype(g.dtype), dk
 
-    dx = _on_cpu("deepsea_conv_bwd_data", x.shape, g, kernel, padding, lambda g, k: xla_vjp(x, k, g)[0])
-    dw = _on_cpu("deepsea_conv_bwd_weights", kernel.shape, x, g, padding, lambda x, g: xla_vjp(x, kernel, g)[1])
+    g = g.astype(x.dtype)
+    dx_out = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    dw_out = jax.ShapeDtypeStruct(kernel.shape, jnp.float32)
+    dx = _on_cpu("deepsea_conv_bwd_data", dx_out, g, kernel, padding, lambda g, k: xla_vjp(x, k, g)[0])
+    dw = _on_cpu("deepsea_conv_bwd_weights", dw_out, x, g, padding, lambda x, g: xla_vjp(x, kernel, g)[1])
     return dx, dw
 
 
@@ -231,20 +252,21 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], padding: Padding) -> jax.Array:
-    """Max pooling of float32 ``x (N, H, W, C)`` over ``window`` windows every ``strides`` pixels, with explicit
-    ``padding ((top, bottom), (left, right))`` whose cells never win, through oneDNN on the CPU.
+    """Max pooling of float32 or bfloat16 ``x (N, H, W, C)`` over ``window`` windows every ``strides`` pixels, with
+    explicit ``padding ((top, bottom), (left, right))`` whose cells never win, through oneDNN on the CPU.
 
     The same value as :func:`deepsea.backends.xla.reduce_window_max` and the same gradient, which goes to the
     first maximum of each window (row-major), as XLA's select-and-scatter does.  Raises RuntimeError where oneDNN is not
-    :func:`available`, ValueError for other than float32 NHWC input or a window that does not fit.
+    :func:`available`, ValueError for other NHWC input or a window that does not fit.
     """
     window = (int(window[0]), int(window[1]))
     strides = (int(strides[0]), int(strides[1]))
     padding = ((int(padding[0][0]), int(padding[0][1])), (int(padding[1][0]), int(padding[1][1])))
     out = [(x.shape[1 + i] + sum(padding[i]) - window[i]) // strides[i] + 1 for i in range(2)] if x.ndim == 4 else [0]
-    if x.ndim != 4 or x.dtype != jnp.float32 or min(out) < 1 or min(strides) < 1 or min(map(min, padding)) < 0:
+    bad = x.ndim != 4 or x.dtype not in ACTIVATION_DTYPES
+    if bad or min(out) < 1 or min(strides) < 1 or min(map(min, padding)) < 0:
         raise ValueError(
-            f"deepsea.onednn.max_pool takes float32 NHWC x whose padded size fits the window; got x "
+            f"deepsea.onednn.max_pool takes float32 or bfloat16 NHWC x whose padded size fits the window; got x "
             f"{x.dtype}{tuple(x.shape)}, window {window}, strides {strides}, padding {padding}"
         )
     _require("max pooling")
@@ -263,7 +285,7 @@ def _pool_attrs(window, strides, padding) -> dict[str, np.ndarray]:
 def _max_pool(x: jax.Array, window, strides, padding) -> jax.Array:
     def on_cpu(x):
         shape = jax.eval_shape(lambda x: reduce_window_max(x, window, strides, padding), x)
-        call = jax.ffi.ffi_call("deepsea_max_pool", shape, vmap_method="sequential")
+        call = jax.ffi.ffi_call(_target("deepsea_max_pool", x.dtype), shape, vmap_method="sequential")
         return call(x, **_pool_attrs(window, strides, padding))
 
     return jax.lax.platform_dependent(x, cpu=on_cpu, default=lambda x: reduce_window_max(x, window, strides, padding))
@@ -276,14 +298,14 @@ def _max_pool_fwd(x, window, strides, padding):
 def _max_pool_bwd(window, strides, padding, x, g):
     def on_cpu(x, g):
         call = jax.ffi.ffi_call(
-            "deepsea_max_pool_bwd", jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method="sequential"
+            _target("deepsea_max_pool_bwd", x.dtype), jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method="sequential"
         )
         return call(x, g, **_pool_attrs(window, strides, padding))
 
     def default(x, g):
         return jax.vjp(lambda x: reduce_window_max(x, window, strides, padding), x)[1](g)[0]
 
-    return (jax.lax.platform_dependent(x, g, cpu=on_cpu, default=default),)
+    return (jax.lax.platform_dependent(x, g.astype(x.dtype), cpu=on_cpu, default=default),)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
@@ -307,7 +329,8 @@ def conv_bias_leaky_relu(
         raise ValueError(f"negative_slope must be >= 0 (the output's sign gives the gradient); got {negative_slope}")
     if not supports(x, kernel, (1, 1), padding) or bias.shape != (kernel.shape[3],) or bias.dtype != jnp.float32:
         raise ValueError(
-            f"deepsea.onednn.conv_bias_leaky_relu takes float32 NHWC x, HWIO kernel and a bias per output channel "
+            f"deepsea.onednn.conv_bias_leaky_relu takes float32 or bfloat16 NHWC x, a float32 HWIO kernel and a "
+            f"float32 bias per output channel "
             f"with non-negative padding; got x {x.dtype}{tuple(x.shape)}, kernel {kernel.dtype}{tuple(kernel.shape)}, "
             f"bias {bias.dtype}{tuple(bias.shape)}, padding {padding!r}"
         )
@@ -318,12 +341,13 @@ def conv_bias_leaky_relu(
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _conv_act(x: jax.Array, kernel: jax.Array, bias: jax.Array, negative_slope: float, padding: Padding) -> jax.Array:
     def on_cpu(x, kernel, bias):
-        out = jax.ShapeDtypeStruct(_out_shape(x, kernel, padding), jnp.float32)
-        call = jax.ffi.ffi_call("deepsea_conv_fwd_bias_leaky_relu", out, vmap_method="sequential")
+        out = jax.ShapeDtypeStruct(_out_shape(x, kernel, padding), x.dtype)
+        call = jax.ffi.ffi_call(_target("deepsea_conv_fwd_bias_leaky_relu", x.dtype), out, vmap_method="sequential")
         return call(x, kernel, bias, padding=_pad_attr(padding), negative_slope=np.float32(negative_slope))
 
     def default(x, kernel, bias):
-        return leaky_relu(conv_reference(x, kernel, padding) + bias, negative_slope)
+        z = conv_reference(x.astype(jnp.float32), kernel, padding) + bias
+        return leaky_relu(z, negative_slope).astype(x.dtype)
 
     return jax.lax.platform_dependent(x, kernel, bias, cpu=on_cpu, default=default)
 
@@ -337,7 +361,8 @@ def _conv_act_bwd(negative_slope, padding, res, g):
     x, kernel, y = res
     # for a slope > 0, y >= 0 exactly where conv + bias >= 0; for a ReLU, y > 0 where conv + bias > 0 (and the
     # derivative at 0 is taken as 0, as jax.nn.relu's)
-    dz = jnp.where(y >= 0 if negative_slope > 0 else y > 0, g, negative_slope * g)
+    g = g.astype(y.dtype)
+    dz = jnp.where(y >= 0 if negative_slope > 0 else y > 0, g, jnp.asarray(negative_slope, g.dtype) * g)
     db = bias_gradient(dz)
     dx, dw = _conv_bwd(padding, (x, kernel), dz)
     return dx, dw, db

@@ -113,7 +113,9 @@ struct ConvDims {
   int64_t n, h, w, c, f, kh, kw, ho, wo, pt, pb, pl, pr;
   bool bias_act = false;  // forward only: + bias, then leaky ReLU with `slope` (oneDNN post-op)
   float slope = 0.f;
-  auto tie() const { return std::tie(n, h, w, c, f, kh, kw, ho, wo, pt, pb, pl, pr, bias_act, slope); }
+  bool bf16 = false;  // activations (and the primitive's kernel) in bfloat16; the HWIO kernel, its gradient and
+                      // the bias stay float32 (the reorders convert)
+  auto tie() const { return std::tie(n, h, w, c, f, kh, kw, ho, wo, pt, pb, pl, pr, bias_act, slope, bf16); }
 };
 
 struct ConvKey {
@@ -131,11 +133,14 @@ struct ConvPlan {
 ConvPlan MakeConvPlan(Kind kind, const ConvDims& d) {
   dnnl::engine& eng = Engine();
   ConvPlan p;
-  p.src = memory::desc({d.n, d.c, d.h, d.w}, dt::f32, tag::nhwc);
-  p.dst = memory::desc({d.n, d.f, d.ho, d.wo}, dt::f32, tag::nhwc);
+  const dt act = d.bf16 ? dt::bf16 : dt::f32;
+  p.src = memory::desc({d.n, d.c, d.h, d.w}, act, tag::nhwc);
+  p.dst = memory::desc({d.n, d.f, d.ho, d.wo}, act, tag::nhwc);
   p.plain_w = memory::desc({d.f, d.c, d.kh, d.kw}, dt::f32, tag::hwio);
-  memory::desc any_w({d.f, d.c, d.kh, d.kw}, dt::f32, tag::any);
+  // the kernel as the primitive reads it (the activations' type) and its gradient as it writes it (float32)
+  memory::desc any_w({d.f, d.c, d.kh, d.kw}, kind == kBwdWeights ? dt::f32 : act, tag::any);
   memory::dims strides = {1, 1}, pad_l = {d.pt, d.pl}, pad_r = {d.pb, d.pr};
+  memory::desc fwd_w({d.f, d.c, d.kh, d.kw}, act, tag::any);
   dnnl::primitive_attr attr = UserScratchpad();
   dnnl::convolution_forward::primitive_desc fwd;
   if (d.bias_act) {
@@ -145,10 +150,10 @@ ConvPlan MakeConvPlan(Kind kind, const ConvDims& d) {
     ops.append_eltwise(algorithm::eltwise_relu, d.slope, 0.f);  // relu with alpha: leaky ReLU
     act_attr.set_post_ops(ops);
     fwd = dnnl::convolution_forward::primitive_desc(eng, prop_kind::forward_training, algorithm::convolution_direct,
-                                                    p.src, any_w, p.bias, p.dst, strides, pad_l, pad_r, act_attr);
+                                                    p.src, fwd_w, p.bias, p.dst, strides, pad_l, pad_r, act_attr);
   } else {
     fwd = dnnl::convolution_forward::primitive_desc(eng, prop_kind::forward_training, algorithm::convolution_direct,
-                                                    p.src, any_w, p.dst, strides, pad_l, pad_r, attr);
+                                                    p.src, fwd_w, p.dst, strides, pad_l, pad_r, attr);
   }
   if (kind == kFwd) {
     p.blocked_w = fwd.weights_desc();
@@ -217,7 +222,8 @@ void RunConv(Kind kind, const ConvDims& d, const void* a, const void* b, void* o
 struct PoolDims {
   int64_t n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pb, pl, pr;
   bool backward;
-  auto tie() const { return std::tie(n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pb, pl, pr, backward); }
+  bool bf16 = false;
+  auto tie() const { return std::tie(n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pb, pl, pr, backward, bf16); }
   bool operator<(const PoolDims& o) const { return tie() < o.tie(); }
 };
 
@@ -229,8 +235,9 @@ struct PoolPlan {
 PoolPlan MakePoolPlan(const PoolDims& d) {
   dnnl::engine& eng = Engine();
   PoolPlan p;
-  p.src = memory::desc({d.n, d.c, d.h, d.w}, dt::f32, tag::nhwc);
-  p.dst = memory::desc({d.n, d.c, d.ho, d.wo}, dt::f32, tag::nhwc);
+  const dt act = d.bf16 ? dt::bf16 : dt::f32;
+  p.src = memory::desc({d.n, d.c, d.h, d.w}, act, tag::nhwc);
+  p.dst = memory::desc({d.n, d.c, d.ho, d.wo}, act, tag::nhwc);
   memory::dims strides = {d.sh, d.sw}, kernel = {d.kh, d.kw}, dilation = {0, 0}, pad_l = {d.pt, d.pl},
                pad_r = {d.pb, d.pr};
   dnnl::primitive_attr attr = UserScratchpad();
@@ -299,38 +306,46 @@ ffi::Error ConvDimsFrom(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, 
   return ffi::Error::Success();
 }
 
-ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+template <ffi::DataType T>
+ffi::Error ConvFwd(ffi::Buffer<T> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<T> y,
                    ffi::Span<const int64_t> padding) {
   ConvDims d;
   if (auto e = ConvDimsFrom(x.dimensions(), w.dimensions(), y->dimensions(), padding, &d); e.failure()) return e;
+  d.bf16 = T == ffi::BF16;
   return Guard("convolution", [&] { RunConv(kFwd, d, x.untyped_data(), w.untyped_data(), y->untyped_data()); });
 }
 
-ffi::Error ConvFwdBiasAct(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
-                          ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> padding, float negative_slope) {
+template <ffi::DataType T>
+ffi::Error ConvFwdBiasAct(ffi::Buffer<T> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<T> y,
+                          ffi::Span<const int64_t> padding, float negative_slope) {
   ConvDims d;
   if (auto e = ConvDimsFrom(x.dimensions(), w.dimensions(), y->dimensions(), padding, &d); e.failure()) return e;
   if (b.dimensions().size() != 1 || b.dimensions()[0] != d.f)
     return ffi::Error::InvalidArgument("deepsea oneDNN convolution: the bias must have one value per output channel");
   d.bias_act = true;
   d.slope = negative_slope;
+  d.bf16 = T == ffi::BF16;
   return Guard("convolution", [&] {
     RunConv(kFwd, d, x.untyped_data(), w.untyped_data(), y->untyped_data(), b.untyped_data());
   });
 }
 
-ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
+template <ffi::DataType T>
+ffi::Error ConvBwdData(ffi::Buffer<T> g, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<T> dx,
                        ffi::Span<const int64_t> padding) {
   ConvDims d;
   if (auto e = ConvDimsFrom(dx->dimensions(), w.dimensions(), g.dimensions(), padding, &d); e.failure()) return e;
+  d.bf16 = T == ffi::BF16;
   return Guard("convolution input gradient",
                [&] { RunConv(kBwdData, d, g.untyped_data(), w.untyped_data(), dx->untyped_data()); });
 }
 
-ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dw,
+template <ffi::DataType T>
+ffi::Error ConvBwdWeights(ffi::Buffer<T> x, ffi::Buffer<T> g, ffi::ResultBuffer<ffi::F32> dw,
                           ffi::Span<const int64_t> padding) {
   ConvDims d;
   if (auto e = ConvDimsFrom(x.dimensions(), dw->dimensions(), g.dimensions(), padding, &d); e.failure()) return e;
+  d.bf16 = T == ffi::BF16;
   return Guard("convolution kernel gradient",
                [&] { RunConv(kBwdWeights, d, x.untyped_data(), g.untyped_data(), dw->untyped_data()); });
 }
@@ -349,55 +364,61 @@ ffi::Error PoolDimsFrom(ffi::Span<const int64_t> x, ffi::Span<const int64_t> y, 
   return ffi::Error::Success();
 }
 
-ffi::Error MaxPool(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> window,
+template <ffi::DataType T>
+ffi::Error MaxPool(ffi::Buffer<T> x, ffi::ResultBuffer<T> y, ffi::Span<const int64_t> window,
                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
   PoolDims d;
   if (auto e = PoolDimsFrom(x.dimensions(), y->dimensions(), window, strides, padding, false, &d); e.failure())
     return e;
+  d.bf16 = T == ffi::BF16;
   return Guard("max pooling", [&] { RunPool(d, x.untyped_data(), nullptr, y->untyped_data()); });
 }
 
-ffi::Error MaxPoolBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dx,
-                      ffi::Span<const int64_t> window, ffi::Span<const int64_t> strides,
-                      ffi::Span<const int64_t> padding) {
+template <ffi::DataType T>
+ffi::Error MaxPoolBwd(ffi::Buffer<T> x, ffi::Buffer<T> g, ffi::ResultBuffer<T> dx, ffi::Span<const int64_t> window,
+                      ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
   PoolDims d;
   if (auto e = PoolDimsFrom(x.dimensions(), g.dimensions(), window, strides, padding, true, &d); e.failure())
     return e;
+  d.bf16 = T == ffi::BF16;
   return Guard("max pooling gradient", [&] { RunPool(d, x.untyped_data(), g.untyped_data(), dx->untyped_data()); });
 }
 
 }  // namespace
 
-#define DEEPSEA_CONV_BINDING                        \
-  ffi::Ffi::Bind()                                  \
-      .Arg<ffi::Buffer<ffi::F32>>()                 \
-      .Arg<ffi::Buffer<ffi::F32>>()                 \
-      .Ret<ffi::Buffer<ffi::F32>>()                 \
-      .Attr<ffi::Span<const int64_t>>("padding")
+// Each handler twice: float32 activations (the plain names) and bfloat16 activations (`_bf16`); kernels, kernel
+// gradients and biases are float32 in both.
+#define DEEPSEA_CONV(NAME, FN, A, B, R)                                                                \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN, ffi::Ffi::Bind().Arg<A>().Arg<B>().Ret<R>().Attr<ffi::Span<const int64_t>>("padding"))
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_conv_fwd, ConvFwd, DEEPSEA_CONV_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_conv_bwd_data, ConvBwdData, DEEPSEA_CONV_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_conv_bwd_weights, ConvBwdWeights, DEEPSEA_CONV_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_conv_fwd_bias_leaky_relu, ConvFwdBiasAct,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("padding")
-                                  .Attr<float>("negative_slope"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_max_pool, MaxPool,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("window")
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("padding"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(deepsea_max_pool_bwd, MaxPoolBwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<ffi::Span<const int64_t>>("window")
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("padding"));
+#define DEEPSEA_CONV_BOTH(NAME, FN, A, B, R, A16, B16, R16) \
+  DEEPSEA_CONV(NAME, FN<ffi::F32>, A, B, R);                 \
+  DEEPSEA_CONV(NAME##_bf16, FN<ffi::BF16>, A16, B16, R16)
+
+using F32Buf = ffi::Buffer<ffi::F32>;
+using BF16Buf = ffi::Buffer<ffi::BF16>;
+
+DEEPSEA_CONV_BOTH(deepsea_conv_fwd, ConvFwd, F32Buf, F32Buf, F32Buf, BF16Buf, F32Buf, BF16Buf);
+DEEPSEA_CONV_BOTH(deepsea_conv_bwd_data, ConvBwdData, F32Buf, F32Buf, F32Buf, BF16Buf, F32Buf, BF16Buf);
+DEEPSEA_CONV_BOTH(deepsea_conv_bwd_weights, ConvBwdWeights, F32Buf, F32Buf, F32Buf, BF16Buf, BF16Buf, F32Buf);
+
+#define DEEPSEA_CONV_ACT(NAME, FN, A)                                                                          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN, ffi::Ffi::Bind().Arg<A>().Arg<F32Buf>().Arg<F32Buf>().Ret<A>()     \
+                                              .Attr<ffi::Span<const int64_t>>("padding").Attr<float>("negative_slope"))
+DEEPSEA_CONV_ACT(deepsea_conv_fwd_bias_leaky_relu, ConvFwdBiasAct<ffi::F32>, F32Buf);
+DEEPSEA_CONV_ACT(deepsea_conv_fwd_bias_leaky_relu_bf16, ConvFwdBiasAct<ffi::BF16>, BF16Buf);
+
+#define DEEPSEA_POOL(NAME, FN, A)                                                                           \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN, ffi::Ffi::Bind().Arg<A>().Ret<A>()                              \
+                                              .Attr<ffi::Span<const int64_t>>("window")                    \
+                                              .Attr<ffi::Span<const int64_t>>("strides")                   \
+                                              .Attr<ffi::Span<const int64_t>>("padding"))
+#define DEEPSEA_POOL_BWD(NAME, FN, A)                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN, ffi::Ffi::Bind().Arg<A>().Arg<A>().Ret<A>()                     \
+                                              .Attr<ffi::Span<const int64_t>>("window")                    \
+                                              .Attr<ffi::Span<const int64_t>>("strides")                   \
+                                              .Attr<ffi::Span<const int64_t>>("padding"))
+DEEPSEA_POOL(deepsea_max_pool, MaxPool<ffi::F32>, F32Buf);
+DEEPSEA_POOL(deepsea_max_pool_bf16, MaxPool<ffi::BF16>, BF16Buf);
+DEEPSEA_POOL_BWD(deepsea_max_pool_bwd, MaxPoolBwd<ffi::F32>, F32Buf);
+DEEPSEA_POOL_BWD(deepsea_max_pool_bwd_bf16, MaxPoolBwd<ffi::BF16>, BF16Buf);
