@@ -127,7 +127,13 @@ def _measure_budget(
     step = make_train_step(probe.model, probe.optimizer, probe.schedule)
     state = jax.device_put(probe.state, NamedSharding(mesh, PartitionSpec()))
     rng = jax.random.key(config.seed)
-    with train_batches(source, config.train.batch_size, workers=config.data.workers) as batches:
+    with train_batches(
+        source,
+        config.train.batch_size,
+        workers=config.data.workers,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    ) as batches:
         state, metrics = step(state, put_batch(next(batches), mesh), rng)
         jax.block_until_ready(metrics)
         t0 = time.perf_counter()
@@ -142,7 +148,13 @@ def _measure_budget(
     evaluate_images(probe.model, state.variables(), val_paths[:head], val_labels[:head], pp, bs)
     eval_s = (time.perf_counter() - t0) * len(val_paths) / head
     setup_s = time.perf_counter() - t_start
-    return Budget.fit(config.train.budget_minutes, setup_s, step_s, eval_s, config.train.eval_every)
+    budget = Budget.fit(config.train.budget_minutes, setup_s, step_s, eval_s, config.train.eval_every)
+    if jax.process_count() > 1:  # every host trains the steps the first one measured
+        from jax.experimental import multihost_utils
+
+        steps = int(multihost_utils.broadcast_one_to_all(np.int32(budget.steps)))
+        budget = dataclasses.replace(budget, steps=steps)
+    return budget
 
 
 def train(config: Any, workdir: str, stop_after: int | None = None, progress: bool = True) -> TrainResult:
