@@ -66,7 +66,15 @@ def load_config(run_dir: str) -> Any:
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{run_dir!r} is not a run folder: it has no config.json")
-    return ml_collections.ConfigDict(load_json(path))
+    config = load_json(path)
+    model = config.get("model", {})
+    for old, new in _RENAMED_MODEL_KEYS.items():  # runs written before the keys took the builders' names
+        if old in model:
+            model.setdefault(new, model.pop(old))
+    return ml_collections.ConfigDict(config)
+
+
+_RENAMED_MODEL_KEYS = {"dropout": "dropout_rate", "view_pool": "view_pool_mode"}
 
 
 def save_run_data(

@@ -457,3 +457,16 @@ def test_a_time_budget_chooses_the_steps_and_resume_keeps_them(small_config, tmp
     assert int(resumed.state.step) == budget["steps"]
     assert json.loads((run / "budget.json").read_text()) == budget  # not measured again
     assert small_config.train.steps == 100000  # the caller's config is not changed
+
+
+def test_run_folders_written_before_the_key_renames_still_load(tmp_path):
+    from deepsea.rundir import load_config
+
+    old = {"model": {"name": "rollnet", "dropout": 0.2, "view_pool": "mean"}, "train": {"steps": 3}}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = load_config(str(tmp_path))
+    assert (config.model.dropout_rate, config.model.view_pool_mode) == (0.2, "mean")
+    assert "dropout" not in config.model and "view_pool" not in config.model
+    assert build_model(config.model, 5).view_pool_mode == "mean"
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_config(str(tmp_path / "missing"))
