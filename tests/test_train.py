@@ -468,5 +468,5 @@ def test_run_folders_written_before_the_key_renames_still_load(tmp_path):
     assert (config.model.dropout_rate, config.model.view_pool_mode) == (0.2, "mean")
     assert "dropout" not in config.model and "view_pool" not in config.model
     assert build_model(config.model, 5).view_pool_mode == "mean"
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         load_config(str(tmp_path / "missing"))
