@@ -169,7 +169,7 @@ def test_make_synthetic_preview_and_bench_data(cli, tmp_path):
 
 @pytest.mark.slow
 def test_demo_writes_its_views_and_its_results_are_exactly_invariant(cli, tmp_path):
-    out = cli("demo", "--size", "47", "--out", str(tmp_path))
+    out = cli("demo", "--size", "47", "--width", "0.25", "--out", str(tmp_path))
     assert (tmp_path / "views.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [line.split() for line in out.splitlines() if "4 convroll4" in line]
     table = {row[0]: [float(v) for v in row[2:]] for row in rows}
@@ -211,7 +211,7 @@ def test_flop_count_is_analytic():
 
 
 @pytest.mark.slow
-def test_bench_training_step_and_kernels(cli, tmp_path):
+def test_bench_training_step(cli, tmp_path):
     out_path = tmp_path / "bench.jsonl"
     out = cli(
         "bench", "experiments/synthetic.py", "--small", "--batch", "4", "--steps", "1", "--rounds", "2",
@@ -231,6 +231,10 @@ def test_bench_training_step_and_kernels(cli, tmp_path):
     assert {op["layer"] for op in summary["symmetry_ops"]} >= {"Slice", "ConvRoll", "Pool"}
     assert len(out_path.read_text().strip().splitlines()) == 5
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_bench_kernels(cli):
     out = cli("bench-kernels", "--batch", "1", "--repeats", "1")
     assert "conv_roll 47x47x16" in out and "pallas=interpret" in out
     rows = [line for line in out.splitlines() if line.startswith(("conv_roll", "roll"))]

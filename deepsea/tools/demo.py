@@ -17,7 +17,7 @@ import numpy as np
 
 from deepsea import ops
 from deepsea.groups import D4
-from deepsea.models import RollNet
+from deepsea.models import rollnet
 from deepsea.plots import plot_views
 
 __all__ = ["draw_organism", "run"]
@@ -42,14 +42,14 @@ def draw_organism(size: int = 95, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 1).astype(np.float32)
 
 
-def run(size: int = 95, seed: int = 0) -> dict[str, dict[str, float]]:
+def run(size: int = 95, seed: int = 0, width: float = 1.0) -> dict[str, dict[str, float]]:
     """Max |logit change| under each D4 element for the cyclic and dihedral convroll4."""
     img = jnp.asarray(draw_organism(size, seed))[None, :, :, None]
     img = (img - img.mean()) / img.std()
     variants = jnp.concatenate([D4.act(a, img, axes=(1, 2)) for a in range(8)])
     results = {}
     for group in ("c4", "d4"):
-        net = RollNet(num_classes=121, symmetry=group)
+        net = rollnet(121, width, symmetry=group)
         params = net.init(jax.random.key(seed), img)
         logits = np.asarray(jax.jit(net.apply)(params, variants), np.float64)
         results[group] = {D4.label(a): float(np.abs(logits[a] - logits[0]).max()) for a in range(8)}
@@ -59,12 +59,14 @@ def run(size: int = 95, seed: int = 0) -> dict[str, dict[str, float]]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=95, help="input size (odd, so that pooling stays symmetric)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=float, default=1.0, help="convroll4's channel counts times this")
     p.add_argument("--out", default=os.path.join("runs", "demo"), help="folder for the PNG")
 
 
 def main_with_args(args: argparse.Namespace) -> None:
-    print(f"convroll4 ({args.size}x{args.size}, random weights) on a drawn organism under the 8 D4 elements")
-    results = run(args.size, args.seed)
+    width = "" if args.width == 1.0 else f", width {args.width}"
+    print(f"convroll4 ({args.size}x{args.size}{width}, random weights) on a drawn organism under the 8 D4 elements")
+    results = run(args.size, args.seed, args.width)
     labels = [D4.label(a) for a in range(8)]
     print("max |logit change|  " + " ".join(f"{lab:>9}" for lab in labels))
     for group, errs in results.items():
