@@ -8,6 +8,8 @@ All operations are reshapes, flips, transposes and concatenations, so they are
 exact (bit for bit) for every dtype, differentiable, and ``jit``/``vmap``-able.
 Pooling sums the views in sorted order, which makes the mean and RMS bitwise
 invariant to any permutation of the views, not merely invariant up to rounding.
+16-bit floats (bfloat16, float16) are rolled as their bit patterns, and their
+roll gradients sum the copies in float32 and round once.
 
 The key identity: for view ``g`` and block ``h``, :func:`group_conv_roll`
 takes the maps of view ``h . g`` and transforms them by ``h**-1``.  Applied to
@@ -18,6 +20,7 @@ the rolled views as ``g -> g . a``.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -80,7 +83,31 @@ def group_slice(x: jax.Array, group: str | Group) -> jax.Array:
     """
     g = get_group(group)
     _check_nhwc(x, f"{g.name}_slice")
+    if _is_half(x):
+        return _slice_half(x, g)
+    return _slice_values(x, g)
+
+
+def _slice_values(x: jax.Array, g: Group) -> jax.Array:
     return jnp.concatenate([g.act(v, x, axes=(1, 2)) for v in range(g.order)], axis=0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _slice_half(x: jax.Array, g: Group) -> jax.Array:
+    return _on_bits(lambda u: _slice_values(u, g), x)
+
+
+def _slice_half_fwd(x: jax.Array, g: Group) -> tuple[jax.Array, None]:
+    return _slice_half(x, g), None
+
+
+def _slice_half_bwd(g: Group, _: None, ct: jax.Array) -> tuple[jax.Array]:
+    y = _split_views(ct, g, f"{g.name}_slice")
+    terms = _on_bits(lambda u: jnp.stack([g.act(int(g.inverse[v]), u[v], axes=(1, 2)) for v in range(g.order)]), y)
+    return (jnp.sum(terms.astype(jnp.float32), axis=0).astype(ct.dtype),)
+
+
+_slice_half.defvjp(_slice_half_fwd, _slice_half_bwd)
 
 
 def permute_views(x: jax.Array, group: str | Group, a: int) -> jax.Array:
@@ -95,8 +122,8 @@ def permute_views(x: jax.Array, group: str | Group, a: int) -> jax.Array:
     return y.reshape(x.shape)
 
 
-def _roll(x: jax.Array, g: Group, transform: bool, what: str) -> jax.Array:
-    y = _split_views(x, g, what)
+def _roll_values(x: jax.Array, g: Group, transform: bool) -> jax.Array:
+    y = x.reshape((g.order, x.shape[0] // g.order, *x.shape[1:]))
     blocks = []
     for h in range(g.order):
         block = jnp.stack([y[g.compose(h, v)] for v in range(g.order)])
@@ -108,6 +135,64 @@ def _roll(x: jax.Array, g: Group, transform: bool, what: str) -> jax.Array:
     return out.reshape((*x.shape[:-1], g.order * x.shape[-1]))
 
 
+def _unroll_terms(ct: jax.Array, g: Group, transform: bool) -> jax.Array:
+    """The roll's transpose before its sum: ``(V*B, ..., V*F) -> (V, V*B, ..., F)``.
+
+    Term ``h`` of view ``u`` is block ``h`` of view ``h**-1 . u`` (transformed back by ``h``): the one
+    place where the roll copied view ``u``'s features into block ``h``.
+    """
+    v = g.order
+    f = ct.shape[-1] // v
+    y = ct.reshape((v, ct.shape[0] // v, *ct.shape[1:-1], v, f))
+    terms = []
+    for h in range(v):
+        hinv = int(g.inverse[h])
+        term = jnp.stack([y[g.compose(hinv, u), ..., h, :] for u in range(v)])
+        if transform:
+            term = g.act(h, term, axes=(2, 3))
+        terms.append(term)
+    return jnp.stack(terms).reshape((v, *ct.shape[:-1], f))
+
+
+_BITS = {2: jnp.uint16, 4: jnp.uint32}
+
+
+def _on_bits(f, x: jax.Array) -> jax.Array:
+    """``f`` (a pure permutation of elements) applied to the bit patterns of ``x``: XLA:CPU moves 16-bit
+    floats element by element through float conversions, and 16-bit integers as they are."""
+    u = jax.lax.bitcast_convert_type(x, _BITS[x.dtype.itemsize])
+    return jax.lax.bitcast_convert_type(f(u), x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _roll_half(x: jax.Array, g: Group, transform: bool) -> jax.Array:
+    """The roll of a 16-bit float array, moved as bits; its gradient sums the roll's copies in float32."""
+    return _on_bits(lambda u: _roll_values(u, g, transform), x)
+
+
+def _roll_half_fwd(x: jax.Array, g: Group, transform: bool) -> tuple[jax.Array, None]:
+    return _roll_half(x, g, transform), None
+
+
+def _roll_half_bwd(g: Group, transform: bool, _: None, ct: jax.Array) -> tuple[jax.Array]:
+    terms = _on_bits(lambda u: _unroll_terms(u, g, transform), ct)
+    return (jnp.sum(terms.astype(jnp.float32), axis=0).astype(ct.dtype),)
+
+
+_roll_half.defvjp(_roll_half_fwd, _roll_half_bwd)
+
+
+def _is_half(x: jax.Array) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize == 2
+
+
+def _roll(x: jax.Array, g: Group, transform: bool, what: str) -> jax.Array:
+    _split_views(x, g, what)
+    if _is_half(x):
+        return _roll_half(x, g, transform)
+    return _roll_values(x, g, transform)
+
+
 def group_roll(x: jax.Array, group: str | Group) -> jax.Array:
     """Dense roll: ``(V*B, ..., F) -> (V*B, ..., V*F)``.
 
@@ -117,9 +202,7 @@ def group_roll(x: jax.Array, group: str | Group) -> jax.Array:
     This is the reference; ``deepsea_kernels.roll`` is a fused Pallas kernel of it.
     """
     g = get_group(group)
-    what = f"{g.name}_roll"
-    _split_views(x, g, what)
-    return _roll(x, g, False, what)
+    return _roll(x, g, False, f"{g.name}_roll")
 
 
 def group_conv_roll(x: jax.Array, group: str | Group) -> jax.Array:
@@ -133,7 +216,6 @@ def group_conv_roll(x: jax.Array, group: str | Group) -> jax.Array:
     g = get_group(group)
     what = f"{g.name}_conv_roll"
     _check_nhwc(x, what)
-    _split_views(x, g, what)
     return _roll(x, g, True, what)
 
 
