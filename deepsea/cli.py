@@ -63,6 +63,12 @@ def _prediction_args(p: argparse.ArgumentParser) -> None:
         "--tta", type=_tta_arg, default=0, help="N quasi-random test-time transforms (seed: 70), or 'tencrop'"
     )
     p.add_argument("--combine", default="mean", choices=["mean", "logits", "geometric"])
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="predict in this precision (default: the run's model.precision)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -248,7 +254,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from deepsea.plots import save_confusion_png
 
     orbit = None if args.orbit_average is None else "" if args.orbit_average == "none" else args.orbit_average
-    run = restore_run(args.workdir, args.checkpoint, orbit)
+    run = restore_run(args.workdir, args.checkpoint, orbit, args.precision)
     result = evaluate_run(run, args.tta, args.combine)
     print(f"{args.workdir} ({run.checkpoint} checkpoint, step {run.step}), {len(result.labels)} validation images")
     print(f"{'transforms':<12} {'log loss':>9} {'accuracy':>9} {'top-5':>7}")
@@ -270,7 +276,7 @@ def _report_skipped(skipped) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from deepsea.inference import predict_folder, restore_run, write_submission
 
-    run = restore_run(args.workdir, args.checkpoint)
+    run = restore_run(args.workdir, args.checkpoint, precision=args.precision)
     pred = predict_folder(run, args.images, args.tta, args.combine, args.skip_bad_images)
     _report_skipped(pred.skipped)
     write_submission(args.out, pred.names, pred.classes, pred.probs)
@@ -285,7 +291,15 @@ def _ensemble(args: argparse.Namespace) -> None:
     from deepsea.inference import ensemble_runs, write_submission
 
     res = ensemble_runs(
-        args.runs, args.checkpoint, args.tta, args.combine, args.uniform, args.folds, args.images, args.skip_bad_images
+        args.runs,
+        args.checkpoint,
+        args.tta,
+        args.combine,
+        args.uniform,
+        args.folds,
+        args.images,
+        args.skip_bad_images,
+        args.precision,
     )
     if res.single_log_loss is not None:
         for w, loss in zip(res.workdirs, res.single_log_loss, strict=True):

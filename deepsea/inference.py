@@ -32,8 +32,9 @@ from deepsea.data import (
     eval_batches,
     scan_flat_folder,
     scan_labelled_folder,
+    tta_batches,
 )
-from deepsea.models import build_model, network_layers
+from deepsea.models import PRECISIONS, build_model, network_layers
 from deepsea.tta import TTA_RANGES, Combine, combine_probs, transforms_for, tta_ranges_for
 
 __all__ = [
@@ -149,23 +150,30 @@ def tta_probs(
     transforms: Sequence[AugmentParams],
     batch_size: int = 64,
     progress: bool = True,
-    workers: int = 0,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> np.ndarray:
-    """Per-transform probabilities ``(T, N, K)`` for ``paths`` (combine them with :func:`combine_probs`)."""
+    """Per-transform probabilities ``(T, N, K)`` for ``paths`` (combine them with :func:`combine_probs`).
+
+    Each image is decoded once for all transforms, and the warps run on a thread beside the predictions
+    (:func:`deepsea.data.tta_batches`).
+    """
     from tqdm.auto import tqdm
 
-    out = []
+    if not paths or not transforms:
+        raise ValueError(f"nothing to predict: {len(paths)} images, {len(transforms)} transforms")
+    mesh = mesh or data_mesh()
+    fn = _predict_fn(model)
+    out: np.ndarray | None = None
     with tqdm(total=len(transforms) * len(paths), desc="TTA", unit="img", disable=not progress) as bar:
-        for params in transforms:
-            batches = eval_batches(paths, None, pp, batch_size, params=params, workers=workers)
-
-            def counted(it):
-                for b in it:
-                    bar.update(int(b["mask"].sum()))
-                    yield b
-
-            out.append(predict_probs(model, variables, counted(batches)))
-    return np.stack(out)
+        for t, start, batch in tta_batches(paths, pp, transforms, batch_size):
+            probs = np.asarray(fn(variables, put_batch(batch, mesh)))
+            if out is None:
+                out = np.empty((len(transforms), len(paths), probs.shape[-1]), np.float32)
+            k = int(batch["mask"].sum())
+            out[t, start : start + k] = probs[:k]
+            bar.update(k)
+    assert out is not None
+    return out
 
 
 def _key(paths: Sequence[str], transforms: Sequence[AugmentParams], checkpoint: str) -> str:
@@ -222,12 +230,14 @@ class Run:
     checkpoint: str  # "best" or "latest"
     step: int
     orbit_average: str | None = None  # None: as trained; "" (none), "c4" or "d4": evaluated with another
+    precision: str | None = None  # None: as trained; "float32" or "bfloat16": predicted in another
 
     @property
     def key(self) -> str:
-        """Names the predictions of this checkpoint (and orbit average) in the run's prediction cache."""
+        """Names the predictions of this checkpoint (orbit average, precision) in the run's prediction cache."""
         orbit = "" if self.orbit_average is None else f":orbit={self.orbit_average or 'none'}"
-        return f"{self.checkpoint}:{self.step}{orbit}"
+        precision = "" if self.precision is None else f":precision={self.precision}"
+        return f"{self.checkpoint}:{self.step}{orbit}{precision}"
 
     @property
     def tta_ranges(self) -> AugmentRanges:
@@ -235,16 +245,22 @@ class Run:
         return tta_ranges_for(AugmentRanges.from_config(self.config.aug))
 
 
-def restore_run(workdir: str, which: str = "best", orbit_average: str | None = None) -> Run:
+def restore_run(
+    workdir: str, which: str = "best", orbit_average: str | None = None, precision: str | None = None
+) -> Run:
     """Loads a run's model and variables (``best`` or ``latest`` checkpoint), preprocessing, classes and config.
 
     ``orbit_average`` (``"c4"``, ``"d4"`` or ``""`` for none) evaluates the trained network with another
     :class:`~deepsea.models.OrbitAverage` than it was trained with (the wrapper has no parameters of its own).
+    ``precision`` (``"float32"`` or ``"bfloat16"``) predicts in another precision than the run trained in (the
+    parameters are float32 either way).
     """
     from deepsea.step import create_train_state
 
     if which not in ("best", "latest"):
         raise ValueError(f"checkpoint must be 'best' or 'latest', got {which!r}")
+    if precision not in (None, *PRECISIONS):
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     config = rundir.load_config(workdir)
     classes = tuple(rundir.load_json(os.path.join(workdir, "classes.json")))
     setup = create_train_state(config, len(classes))
@@ -268,8 +284,13 @@ def restore_run(workdir: str, which: str = "best", orbit_average: str | None = N
             variables = {k: {"inner": v} for k, v in variables.items()}
     else:
         orbit_average = None
+    if precision is not None and precision != config.model.get("precision", "float32"):
+        config.model.precision = precision
+        model = build_model(config.model, len(classes))
+    else:
+        precision = None
     pp = rundir.load_preprocess(workdir)
-    return Run(workdir, model, variables, pp, classes, config, which, int(step), orbit_average)
+    return Run(workdir, model, variables, pp, classes, config, which, int(step), orbit_average, precision)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,12 +402,13 @@ def ensemble_runs(
     folds: int = 5,
     images: str | None = None,
     skip_bad: bool = False,
+    precision: str | None = None,
 ) -> EnsembleResult:
     """Blends runs: weights fitted on their shared validation split with models chosen by cross-validated greedy
     selection, or (``uniform``) equal weights (bagging, runs on different splits); optionally predicts ``images``."""
     from deepsea.ensemble import blend, cross_validated_selection
 
-    runs = [restore_run(w, checkpoint) for w in workdirs]
+    runs = [restore_run(w, checkpoint, precision=precision) for w in workdirs]
     if any(r.classes != runs[0].classes for r in runs):
         raise EnsembleError("the runs were trained on different class lists")
     vals = [validation_set(w) for w in workdirs]

@@ -26,6 +26,7 @@ from deepsea.groups import Group, get_group
 __all__ = [
     "CONVROLL4_STAGES",
     "MODELS",
+    "PRECISIONS",
     "MultiscaleNet",
     "OrbitAverage",
     "ResNet",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 ModuleDef = Any
+
+PRECISIONS = ("float32", "bfloat16")
+"""The computation dtypes a model may run in (``model.precision``); parameters and logits are float32 in both."""
 
 CONVROLL4_STAGES: tuple[tuple[int, ...], ...] = ((32, 16), (64, 32), (128, 128, 64), (256, 256, 128))
 """Output channels of the convolutions in each stage of the published convroll4."""
@@ -364,6 +368,8 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
     orbit = items.pop("orbit_average", "")
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+    if items.get("precision", "float32") not in PRECISIONS:
+        raise ValueError(f"model.precision must be one of {PRECISIONS}, got {items['precision']!r}")
     builder = MODELS[name]
     accepted = _accepted(builder)
     model = builder(num_classes, **{k: v for k, v in items.items() if k in accepted})

@@ -104,7 +104,7 @@ def _slice_half_fwd(x: jax.Array, g: Group) -> tuple[jax.Array, None]:
 def _slice_half_bwd(g: Group, _: None, ct: jax.Array) -> tuple[jax.Array]:
     y = _split_views(ct, g, f"{g.name}_slice")
     terms = _on_bits(lambda u: jnp.stack([g.act(int(g.inverse[v]), u[v], axes=(1, 2)) for v in range(g.order)]), y)
-    return (jnp.sum(terms.astype(jnp.float32), axis=0).astype(ct.dtype),)
+    return (_sum_terms(terms),)
 
 
 _slice_half.defvjp(_slice_half_fwd, _slice_half_bwd)
@@ -174,9 +174,17 @@ def _roll_half_fwd(x: jax.Array, g: Group, transform: bool) -> tuple[jax.Array, 
     return _roll_half(x, g, transform), None
 
 
+def _sum_terms(terms: jax.Array) -> jax.Array:
+    """``(V, ...)`` 16-bit terms summed in float32 in the fixed order ``V-1, ..., 0`` (the order the Pallas
+    kernels' gradients use too), rounded once to the terms' dtype."""
+    acc = terms[-1].astype(jnp.float32)
+    for i in reversed(range(terms.shape[0] - 1)):
+        acc = acc + terms[i].astype(jnp.float32)
+    return acc.astype(terms.dtype)
+
+
 def _roll_half_bwd(g: Group, transform: bool, _: None, ct: jax.Array) -> tuple[jax.Array]:
-    terms = _on_bits(lambda u: _unroll_terms(u, g, transform), ct)
-    return (jnp.sum(terms.astype(jnp.float32), axis=0).astype(ct.dtype),)
+    return (_sum_terms(_on_bits(lambda u: _unroll_terms(u, g, transform), ct)),)
 
 
 _roll_half.defvjp(_roll_half_fwd, _roll_half_bwd)

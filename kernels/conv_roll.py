@@ -10,8 +10,9 @@
   A program owns ``block`` consecutive input elements of every view (a power of two, as Pallas' Triton backend
   requires; the last program's lanes wrap around to the start and recompute elements another program writes too,
   with the same values, so no masks are needed).
-- Gradient: ``jax.custom_vjp``; the backward kernel sums the cotangents in the order ``h = V-1 .. 0`` in the input
-  dtype, the order in which JAX's autodiff of the reference accumulates them, so both gradients are bitwise equal.
+- Gradient: ``jax.custom_vjp``; the backward kernel sums the cotangents in the order ``h = V-1 .. 0``, the order in
+  which JAX's autodiff of the float32 reference accumulates them (16-bit floats: in float32, rounded once, as the
+  reference's own gradient does), so both gradients are bitwise equal.
 """
 
 from __future__ import annotations
@@ -72,13 +73,14 @@ def backward_kernel(dy_ref, *refs, group: Group, length: int, pixels: int, chann
     *dest, dx_ref = refs
     dest_ref = dest[0] if dest else None
     e, row, p, ch = _positions(block, length, pixels, channels)
+    acc_dtype = jnp.float32 if dx_ref.dtype.itemsize == 2 else dx_ref.dtype  # as deepsea.ops' 16-bit gradients
     for k in range(group.order):
         acc = None
         for h in reversed(range(group.order)):
             idx = _out_index(dest_ref, h, row, p, ch, group=group, pixels=pixels, channels=channels, block=block)
-            term = dy_ref[_lanes(block, group.compose(int(group.inverse[h]), k)), idx]
+            term = dy_ref[_lanes(block, group.compose(int(group.inverse[h]), k)), idx].astype(acc_dtype)
             acc = term if acc is None else acc + term
-        dx_ref[_lanes(block, k), e] = acc
+        dx_ref[_lanes(block, k), e] = acc.astype(dx_ref.dtype)
 
 
 def _call(backward: bool, x: jax.Array, group: Group, h: int, w: int, c: int, block: int, interpret: bool):

@@ -276,3 +276,33 @@ def test_rms_pool_gradient_is_finite_at_zero():
     for dtype in DTYPES:
         g = jax.grad(lambda z: jnp.sum(ops.cyclic_pool(z, "rms").astype(jnp.float32)))(jnp.zeros((4, 3), dtype))
         assert np.all(np.isfinite(np.asarray(g, np.float32)))
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=gid)
+@pytest.mark.parametrize(
+    ("op", "ref", "in_shape"),
+    [
+        ("slice", lambda x, g: slice_ref(x, g), lambda v: (2, 5, 5, 3)),
+        ("conv_roll", lambda x, g: roll_ref(x, g, conv=True), lambda v: (v * 2, 4, 4, 3)),
+        ("roll", lambda x, g: roll_ref(x, g, conv=False), lambda v: (v * 3, 5)),
+    ],
+    ids=["slice", "conv_roll", "roll"],
+)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=lambda d: jnp.dtype(d).name)
+def test_16_bit_gradients_sum_in_float32_and_round_once(group, op, ref, in_shape, dtype, rng):
+    """16-bit slices and rolls move bit patterns; the gradient of each input element is the sum of its ``V``
+    copies' cotangents rounded once.  With integer cotangents below ``2**(mantissa bits + 1)`` every term is exact
+    in the dtype and every sum exact in float32, but the sums need more bits than the dtype has: a sum rounded
+    after every add would differ from the float64 sum rounded once."""
+    fn = {"slice": ops.group_slice, "conv_roll": ops.group_conv_roll, "roll": ops.group_roll}[op]
+    shape = in_shape(group.order)
+    x = jnp.asarray(rng.standard_normal(shape), dtype)
+    y, vjp = jax.vjp(lambda z: fn(z, group), x)
+    np.testing.assert_array_equal(np.asarray(y, np.float64), ref(np.asarray(x, np.float64), group.name))
+    exact = 2 ** (jnp.finfo(dtype).nmant + 1)
+    ct = rng.integers(-exact + 1, exact, y.shape).astype(np.float64)
+    (got,) = vjp(jnp.asarray(ct, dtype))
+    assert got.dtype == dtype
+    want = (_linear_op_matrix(functools.partial(ref, g=group.name), shape).T @ ct.ravel()).reshape(shape)
+    assert np.abs(want).max() > exact  # sums beyond the dtype's exact integers
+    np.testing.assert_array_equal(np.asarray(got, np.float64), np.asarray(jnp.asarray(want, dtype), np.float64))

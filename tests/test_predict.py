@@ -125,6 +125,46 @@ def test_tta_with_the_identity_equals_plain_prediction(tiny_run):
     np.testing.assert_array_equal(combine_probs(per), plain / plain.sum(1, keepdims=True))
 
 
+def test_tta_batches_decode_each_image_once_and_cover_every_transform(tiny_run, monkeypatch):
+    from deepsea.data import pipeline
+    from deepsea.tta import transforms_for
+
+    folder, _, _, pp = tiny_run
+    transforms = transforms_for(3, pp.size)
+    reads = []
+    real = pipeline.read_input
+    monkeypatch.setattr(pipeline, "read_input", lambda path, channels: reads.append(path) or real(path, channels))
+    seen = {}
+    for t, start, batch in pipeline.tta_batches(folder.paths, pp, transforms, batch_size=4, chunk=8):
+        k = int(batch["mask"].sum())
+        assert batch["image"].shape == (4, 23, 23, 1) and 0 < k <= 4 and batch["mask"][k:].sum() == 0
+        for j in range(k):
+            seen[t, start + j] = batch["image"][j]
+    assert sorted(reads) == sorted(folder.paths)  # once each, not once per transform
+    assert set(seen) == {(t, i) for t in range(3) for i in range(len(folder))}
+    for t, params in enumerate(transforms):  # the same images as the one-transform loader's
+        for batch in eval_batches(folder.paths, None, pp, 4, params=params):
+            for j in range(int(batch["mask"].sum())):
+                np.testing.assert_array_equal(seen[t, int(batch["index"][j])], batch["image"][j])
+
+
+def test_tta_batches_name_an_unreadable_image_and_stop(tiny_run, tmp_path):
+    from deepsea.data import BadImageError, pipeline
+
+    folder, _, _, pp = tiny_run
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    paths = [*folder.paths[:5], str(bad)]
+    with pytest.raises(BadImageError, match="broken.jpg"):
+        list(pipeline.tta_batches(paths, pp, identity_transforms(), batch_size=2, chunk=4))
+    it = pipeline.tta_batches(folder.paths, pp, identity_transforms() * 50, batch_size=2, prefetch=1)
+    next(it)
+    it.close()  # stops the producer thread instead of leaving it blocked on a full queue
+    import threading
+
+    assert not [t for t in threading.enumerate() if t.name == "tta-batches"]
+
+
 def test_tta_predictions_are_cached(tiny_run, tmp_path):
     folder, model, variables, pp = tiny_run
     first = cached_tta_probs(str(tmp_path), "best:1", model, variables, folder.paths, pp, 3, 8, progress=False)

@@ -11,6 +11,7 @@ from deepsea.data.pipeline import (
     preprocess_image,
     stratified_split,
     train_batches,
+    tta_batches,
 )
 from deepsea.data.transforms import (
     NO_AUGMENTATION,
@@ -53,6 +54,7 @@ __all__ = [
     "scan_labelled_folder",
     "stratified_split",
     "train_batches",
+    "tta_batches",
     "tta_params",
     "warp",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -43,6 +44,7 @@ __all__ = [
     "read_input",
     "stratified_split",
     "train_batches",
+    "tta_batches",
 ]
 
 log = logging.getLogger(__name__)
@@ -411,6 +413,86 @@ def eval_batches(
         done += k
         yield batch
     assert done == n
+
+
+def _padded(examples: list[dict[str, Any]], batch_size: int) -> dict[str, np.ndarray]:
+    """Stacks ``examples`` into a batch of ``batch_size`` (the last example repeated) with its ``"mask"``."""
+    k = len(examples)
+    batch = {key: np.stack([e[key] for e in examples] + [examples[-1][key]] * (batch_size - k)) for key in examples[0]}
+    batch["mask"] = (np.arange(batch_size) < k).astype(np.float32)
+    return batch
+
+
+def _tta_example(
+    paths: Sequence[str], pp: Preprocess, params: AugmentParams, idx: range, images: list[np.ndarray], j: int
+) -> dict[str, Any]:
+    return _example(paths, None, idx[j], pp, params, images[j])
+
+
+def tta_batches(
+    paths: Sequence[str],
+    pp: Preprocess,
+    transforms: Sequence[AugmentParams],
+    batch_size: int,
+    chunk: int = 1024,
+    threads: int = 2,
+    prefetch: int = 4,
+) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+    """Every image of ``paths`` under every transform, each image decoded once.
+
+    The images go in chunks of ``chunk`` (memory stays bounded at any folder
+    size): a chunk is decoded once, in ``threads`` threads, then warped under
+    each transform in turn.  Yields ``(transform index, index of the batch's
+    first image, batch)``, each batch padded and masked like
+    :func:`eval_batches`'.  A background thread builds the batches up to
+    ``prefetch`` ahead, so the warps overlap the predictions that consume them;
+    an error there (an unreadable image, named) is raised here.
+    """
+    import queue
+    import threading
+
+    if chunk < batch_size:
+        raise ValueError(f"chunk ({chunk}) must hold at least one batch ({batch_size})")
+    done = object()
+    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+                for start in range(0, len(paths), chunk):
+                    idx = range(start, min(start + chunk, len(paths)))
+                    images = list(pool.map(lambda i: read_input(paths[i], pp.channels), idx))
+                    for t, params in enumerate(transforms):
+                        for b in range(0, len(idx), batch_size):
+                            part = range(b, min(b + batch_size, len(idx)))
+                            warp_one = functools.partial(_tta_example, paths, pp, params, idx, images)
+                            examples = list(pool.map(warp_one, part))
+                            if not put((t, start + b, _padded(examples, batch_size))):
+                                return
+            put(done)
+        except BaseException as e:  # handed to the consumer, which raises it
+            put(e)
+
+    thread = threading.Thread(target=produce, name="tta-batches", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 class _FixedSource:
