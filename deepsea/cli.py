@@ -109,7 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ensemble", help="blend runs with weights fitted on their shared validation split")
     p.add_argument("runs", nargs="+", help="run folders")
     _prediction_args(p)
-    p.add_argument("--uniform", action="store_true", help="equal weights (bagging: runs on different splits)")
+    p.add_argument(
+        "--uniform",
+        action="store_true",
+        help="every run with equal weight, no selection (bagging; with --tta tencrop: m x 10 averaging)",
+    )
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds for choosing the models")
     p.add_argument("--images", default=None, help="also write a blended submission for this folder")
     p.add_argument("--out", default="ensemble.csv")
@@ -304,9 +308,10 @@ def _ensemble(args: argparse.Namespace) -> None:
     if res.single_log_loss is not None:
         for w, loss in zip(res.workdirs, res.single_log_loss, strict=True):
             print(f"{w:<40} validation log loss {loss:.4f}")
+        cv = "" if res.cv_log_loss is None else f" (cross-validated log loss {res.cv_log_loss:.4f})"
         print(
             f"blend of {[res.workdirs[i] for i in res.chosen]} with weights {np.round(res.weights, 3).tolist()}: "
-            f"validation {res.validation} (cross-validated log loss {res.cv_log_loss:.4f})"
+            f"validation {res.validation}{cv}"
         )
     if res.test is not None:
         _report_skipped(res.test.skipped)

@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.extra_rotations = ()  # cp8: (45.0,)
     c.data.second_size = 0  # multiscale: 47
     c.data.second_rescale = "factor:0.2"
+    c.data.channels = 1  # 1: grayscale (colour images read as luma) | 3: RGB
+    c.data.background = "white"  # white (transmitted light, photographs) | black (dark field): the warp's fill
+    c.data.gray_to_rgb = False  # channels 3: read grayscale files as three equal channels instead of refusing them
 
     c.aug = ml_collections.ConfigDict()
     c.aug.rotation = 360.0
@@ -54,6 +57,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.aug.shear = 20.0
     c.aug.stretch = 1.3
     c.aug.flip = True
+    c.aug.brightness = 0.0  # colour jitter (torchvision's ColorJitter ranges; 0: off): factor in [1 - b, 1 + b]
+    c.aug.contrast = 0.0
+    c.aug.saturation = 0.0
+    c.aug.hue = 0.0  # shift in turns, in [-hue, hue], at most 0.5
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "convroll4"
@@ -95,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 5000
     c.train.log_every = 100
     c.train.eval_batch_size = 64
+    c.train.eval_tta = ""  # validation during training: "" plain | "tencrop" | "N" Halton transforms
     c.train.keep_checkpoints = 2
     c.train.divergence_loss = 50.0  # stop when the training loss exceeds this (or is not finite)
     c.lock()

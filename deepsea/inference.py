@@ -361,8 +361,10 @@ class Prediction:
     skipped: tuple[tuple[str, str], ...] = ()
 
 
-def _checked_images(images: str, skip_bad: bool) -> tuple[Any, tuple[tuple[str, str], ...]]:
-    folder, _, skipped = check_images(scan_flat_folder(images), skip_bad=skip_bad)
+def _checked_images(
+    images: str, skip_bad: bool, pp: Preprocess | None = None
+) -> tuple[Any, tuple[tuple[str, str], ...]]:
+    folder, _, skipped = check_images(scan_flat_folder(images), skip_bad=skip_bad, pp=pp)
     return folder, tuple(skipped)
 
 
@@ -371,7 +373,7 @@ def predict_folder(
 ) -> Prediction:
     """Predicts every image of a flat folder (decoded once first: a bad file is an error naming it, or skipped
     and listed with ``skip_bad``)."""
-    folder, skipped = _checked_images(images, skip_bad)
+    folder, skipped = _checked_images(images, skip_bad, run.preprocess)
     return Prediction(folder.names, run.classes, run_probs(run, list(folder.paths), tta, combine), skipped)
 
 
@@ -405,7 +407,8 @@ def ensemble_runs(
     precision: str | None = None,
 ) -> EnsembleResult:
     """Blends runs: weights fitted on their shared validation split with models chosen by cross-validated greedy
-    selection, or (``uniform``) equal weights (bagging, runs on different splits); optionally predicts ``images``."""
+    selection, or (``uniform``) every run with equal weight, whether or not the runs share a split (bagging;
+    with ``tta="tencrop"`` the second reference's m x 10 averaging); optionally predicts ``images``."""
     from deepsea.ensemble import blend, cross_validated_selection
 
     runs = [restore_run(w, checkpoint, precision=precision) for w in workdirs]
@@ -424,17 +427,22 @@ def ensemble_runs(
     if same_split:
         probs = np.stack([run_probs(r, vals[0].paths, tta, combine) for r in runs])
         labels = vals[0].labels
-        selection = cross_validated_selection(probs, labels, folds=folds, uniform=uniform)
-        chosen, weights, singles, cv = (
-            selection.models,
-            selection.weights,
-            selection.single_log_loss,
-            selection.cv_log_loss,
-        )
+        if uniform:  # every run, no selection
+            singles = tuple(evaluate_probs(p, labels).log_loss for p in probs)
+        else:
+            selection = cross_validated_selection(probs, labels, folds=folds)
+            chosen, weights, singles, cv = (
+                selection.models,
+                selection.weights,
+                selection.single_log_loss,
+                selection.cv_log_loss,
+            )
         validation = evaluate_probs(blend(probs[list(chosen)], weights), labels)
     test = None
     if images:
-        folder, skipped = _checked_images(images, skip_bad)
+        folder, skipped = _checked_images(
+            images, skip_bad, max((r.preprocess for r in runs), key=lambda pp: pp.channels)
+        )
         probs = np.stack([run_probs(runs[i], list(folder.paths), tta, combine) for i in chosen])
         test = Prediction(folder.names, runs[0].classes, blend(probs, weights), skipped)
     return EnsembleResult(tuple(workdirs), singles, tuple(chosen), weights, validation, cv, test)

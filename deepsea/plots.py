@@ -153,7 +153,7 @@ def save_preview(
     cols = 2 + n_augmented
     fig, axes = plt.subplots(len(picks), cols, figsize=(1.6 * cols, 1.7 * len(picks)), squeeze=False)
     for row, i in enumerate(picks):
-        raw = read_input(folder.paths[i], pp.channels)
+        raw = read_input(folder.paths[i], pp)
         plain = preprocess_image(raw, pp)
         panels = [raw, plain] + [src.example(epoch, row)["image"] for epoch in range(n_augmented)]
         for col, img in enumerate(panels):

@@ -115,6 +115,8 @@ def save_run_data(
             "extra_rotations": list(pp.extra_rotations),
             "second_size": pp.second_size,
             "second_rescale": {"kind": pp.second_rescale.kind, "value": pp.second_rescale.value},
+            "background": pp.background,
+            "gray_to_rgb": pp.gray_to_rgb,
         },
     )
 
@@ -155,6 +157,8 @@ def load_preprocess(run_dir: str) -> Preprocess:
         extra_rotations=tuple(meta.get("extra_rotations", ())),
         second_size=meta.get("second_size", 0),
         second_rescale=Rescale(**meta.get("second_rescale", {"kind": "factor", "value": 0.2})),
+        background=meta.get("background", "white"),
+        gray_to_rgb=meta.get("gray_to_rgb", False),
     )
 
 

@@ -32,8 +32,9 @@ from deepsea.data import (
     stratified_split,
     train_batches,
 )
-from deepsea.inference import Evaluation, data_mesh, evaluate_images, put_batch
+from deepsea.inference import Evaluation, data_mesh, evaluate_probs, put_batch, tta_probs
 from deepsea.step import TrainState, create_train_state, make_train_step
+from deepsea.tta import combine_probs, transforms_for, tta_ranges_for
 
 __all__ = ["Budget", "TrainResult", "TrainingDiverged", "resolve_data", "train"]
 
@@ -78,15 +79,18 @@ def resolve_data(config: Any) -> str:
 
 
 def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool) -> tuple[Any, Any, Any, Preprocess]:
-    folder, _, skipped = check_images(folder, skip_bad=config.data.skip_bad_images, progress=progress)
-    train_idx, val_idx = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
     pp = Preprocess(
         size=config.data.size,
         rescale=Rescale.parse(config.data.rescale),
+        channels=config.data.channels,
         extra_rotations=tuple(config.data.extra_rotations),
         second_size=config.data.second_size,
         second_rescale=Rescale.parse(config.data.second_rescale),
+        background=config.data.background,
+        gray_to_rgb=config.data.gray_to_rgb,
     )
+    folder, _, skipped = check_images(folder, skip_bad=config.data.skip_bad_images, progress=progress, pp=pp)
+    train_idx, val_idx = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
     mean, std = compute_stats(folder.subset(train_idx), pp, config.data.stats_images, config.seed)
     pp = pp.with_stats(mean, std)
     if lead:
@@ -117,6 +121,23 @@ class Budget:
         return Budget(minutes, setup_s, step_s, eval_s, steps)
 
 
+def _eval_transforms(config: Any, pp: Preprocess) -> list:
+    """The transforms of validation during training (``train.eval_tta``): the plain rescale, TenCrop or N
+    Halton transforms within the training ranges, so the best checkpoint is chosen on the predictions users
+    will make."""
+    tta = str(config.train.get("eval_tta", "") or "0")
+    n: int | str = tta if tta == "tencrop" else int(tta)
+    return transforms_for(n, pp.size, tta_ranges_for(AugmentRanges.from_config(config.aug)))
+
+
+def validate(
+    model: Any, variables: Any, paths: list, labels: Any, pp: Preprocess, batch_size: int, transforms: list
+) -> Evaluation:
+    """Scores ``model`` on ``paths`` under ``transforms`` (mean probability over them)."""
+    per = tta_probs(model, variables, paths, pp, transforms, batch_size, progress=False)
+    return evaluate_probs(combine_probs(per), labels)
+
+
 def _measure_budget(
     config: Any, num_classes: int, source: Any, val_paths: list, val_labels: Any, pp: Preprocess, t_start: float
 ) -> Budget:
@@ -143,10 +164,11 @@ def _measure_budget(
         step_s = (time.perf_counter() - t0) / config.train.budget_probe_steps
     bs = config.train.eval_batch_size
     head = min(len(val_paths), 2 * bs)
-    evaluate_images(probe.model, state.variables(), val_paths[:bs], val_labels[:bs], pp, bs)  # compiles
+    transforms = _eval_transforms(config, pp)
+    validate(probe.model, state.variables(), val_paths[:bs], val_labels[:bs], pp, bs, transforms[:1])  # compiles
     t0 = time.perf_counter()
-    evaluate_images(probe.model, state.variables(), val_paths[:head], val_labels[:head], pp, bs)
-    eval_s = (time.perf_counter() - t0) * len(val_paths) / head
+    validate(probe.model, state.variables(), val_paths[:head], val_labels[:head], pp, bs, transforms[:1])
+    eval_s = (time.perf_counter() - t0) * len(val_paths) / head * len(transforms)
     setup_s = time.perf_counter() - t_start
     budget = Budget.fit(config.train.budget_minutes, setup_s, step_s, eval_s, config.train.eval_every)
     if jax.process_count() > 1:  # every host trains the steps the first one measured
@@ -218,8 +240,12 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
     train_step = make_train_step(setup.model, setup.optimizer, setup.schedule)
     rng = jax.random.key(config.seed)
 
+    eval_transforms = _eval_transforms(config, pp)
+
     def run_eval(step: int) -> Evaluation:
-        res = evaluate_images(setup.model, state.variables(), val_paths, val_labels, pp, config.train.eval_batch_size)
+        res = validate(
+            setup.model, state.variables(), val_paths, val_labels, pp, config.train.eval_batch_size, eval_transforms
+        )
         res = dataclasses.replace(res, step=step)
         if lead:
             rundir.append_metrics(workdir, {**res.to_dict(), "split": "validation"})

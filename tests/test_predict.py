@@ -133,7 +133,7 @@ def test_tta_batches_decode_each_image_once_and_cover_every_transform(tiny_run, 
     transforms = transforms_for(3, pp.size)
     reads = []
     real = pipeline.read_input
-    monkeypatch.setattr(pipeline, "read_input", lambda path, channels: reads.append(path) or real(path, channels))
+    monkeypatch.setattr(pipeline, "read_input", lambda path, pp: reads.append(path) or real(path, pp))
     seen = {}
     for t, start, batch in pipeline.tta_batches(folder.paths, pp, transforms, batch_size=4, chunk=8):
         k = int(batch["mask"].sum())
@@ -155,7 +155,7 @@ def test_tta_batches_name_an_unreadable_image_and_stop(tiny_run, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 not a jpeg")
     paths = [*folder.paths[:5], str(bad)]
-    with pytest.raises(BadImageError, match="broken.jpg"):
+    with pytest.raises(BadImageError, match=r"broken\.jpg"):
         list(pipeline.tta_batches(paths, pp, identity_transforms(), batch_size=2, chunk=4))
     it = pipeline.tta_batches(folder.paths, pp, identity_transforms() * 50, batch_size=2, prefetch=1)
     next(it)

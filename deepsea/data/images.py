@@ -12,7 +12,7 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "BadImageError", "invert", "read_image"]
+__all__ = ["GRAYSCALE_MODES", "IMAGE_EXTENSIONS", "BadImageError", "invert", "read_image"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 
@@ -26,13 +26,20 @@ class BadImageError(ValueError):
         self.reason = reason
 
 
-def read_image(path: str | os.PathLike, mode: str = "L") -> np.ndarray:
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+"""PIL modes without colour: an RGB model (``data.channels = 3``) refuses them rather than invent colour."""
+
+
+def read_image(path: str | os.PathLike, mode: str = "L", gray_to_rgb: bool = False) -> np.ndarray:
     """Decodes ``path`` fully into a uint8 array: ``(H, W)`` for ``mode="L"``, ``(H, W, 3)`` for ``"RGB"``.
 
     RGB, palette, 16-bit and transparent images are converted (transparency is
-    composited on white, the background of plankton images).  Corrupt,
-    truncated, empty or unreadable files raise :class:`BadImageError` naming
-    the file.
+    composited on white, the background of plankton images); a colour image
+    read as ``"L"`` becomes its luma.  A grayscale file read as ``"RGB"`` is
+    refused (a model of colour images would see three equal channels it never
+    trained on) unless ``gray_to_rgb`` replicates it into three channels, as a
+    model trained so expects.  Corrupt, truncated, empty or unreadable files
+    raise :class:`BadImageError` naming the file.
     """
     path = os.fspath(path)
     if mode not in ("L", "RGB"):
@@ -40,6 +47,12 @@ def read_image(path: str | os.PathLike, mode: str = "L") -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()  # decodes everything now: a truncated file fails here, not later
+            if mode == "RGB" and not gray_to_rgb and im.mode in GRAYSCALE_MODES:
+                raise BadImageError(
+                    path,
+                    f"a grayscale image ({im.mode}) where colour (RGB) images are expected "
+                    "(data.gray_to_rgb = true trains on grayscale images as three equal channels)",
+                )
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 rgba = im.convert("RGBA")
                 background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -49,6 +62,8 @@ def read_image(path: str | os.PathLike, mode: str = "L") -> np.ndarray:
                 top = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
                 im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
             out = np.asarray(im.convert(mode), dtype=np.uint8)
+    except BadImageError:
+        raise
     except FileNotFoundError:
         raise BadImageError(path, "no such file") from None
     except PermissionError as e:

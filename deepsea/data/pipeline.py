@@ -20,13 +20,14 @@ import grain
 import numpy as np
 
 from deepsea.data.folders import ImageFolder
-from deepsea.data.images import BadImageError, invert, read_image
+from deepsea.data.images import BadImageError, read_image
 from deepsea.data.transforms import (
     NO_AUGMENTATION,
     AugmentParams,
     AugmentRanges,
     Rescale,
     affine_matrix,
+    colour_jitter,
     sample_params,
     warp,
 )
@@ -58,8 +59,13 @@ class Preprocess:
 
     ``size``: the square patch (95 for convroll4, 47 for the multiscale
     branch).  ``rescale``: see :class:`~deepsea.data.transforms.Rescale`.
-    ``channels``: 1 (grayscale) or 3 (RGB).  ``mean``/``std``: the global
-    statistics (from :func:`compute_stats`), applied after the warp.
+    ``channels``: 1 (grayscale) or 3 (RGB).  ``background``: the colour around
+    the objects, ``"white"`` (plankton photographed in transmitted light, the
+    seed's images, and most photographs) or ``"black"`` (dark-field images).
+    Grayscale images on white are inverted (bright organism on zero, the
+    seed's input); other images are not, and the warp fills outside the image
+    with the background colour.  ``mean``/``std``: the global statistics (from
+    :func:`compute_stats`; one per channel for RGB), applied after the warp.
     ``extra_rotations`` and ``second_size`` add the cp8 and multiscale inputs
     (same augmentation, one warp each).
     """
@@ -67,51 +73,90 @@ class Preprocess:
     size: int = 95
     rescale: Rescale = Rescale("max_side", 85.0)
     channels: int = 1
-    mean: float = 0.0
-    std: float = 1.0
+    mean: float | tuple[float, ...] = 0.0
+    std: float | tuple[float, ...] = 1.0
     extra_rotations: tuple[float, ...] = ()  # cp8: (45.0,) adds a copy rotated by 45 degrees, in channels
     second_size: int = 0  # multiscale: a second patch "image2" of this size (0: none)
     second_rescale: Rescale = Rescale("factor", 0.2)
+    background: str = "white"
+    gray_to_rgb: bool = False  # RGB: read grayscale files as three equal channels (else they are refused)
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.size < 1:
             raise ValueError(f"patch size must be positive, got {self.size}")
-        if not self.std > 0:
+        if self.background not in ("white", "black"):
+            raise ValueError(f"background must be 'white' or 'black', got {self.background!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                if len(value) not in (1, self.channels):
+                    raise ValueError(f"{name} has {len(value)} values for {self.channels} channel(s)")
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+        if not np.all(np.asarray(self.std) > 0):
             raise ValueError(f"std must be > 0, got {self.std}")
 
-    def with_stats(self, mean: float, std: float) -> Preprocess:
-        return dataclasses.replace(self, mean=float(mean), std=float(std))
+    @property
+    def inverted(self) -> bool:
+        """Whether pixel values are inverted (``1 - x / 255``): grayscale images on a white background."""
+        return self.channels == 1 and self.background == "white"
+
+    @property
+    def fill(self) -> float:
+        """The value outside the image after inversion: 0 for the dark background (or inverted white), else 1."""
+        return 1.0 if self.background == "white" and not self.inverted else 0.0
+
+    def with_stats(self, mean: float | Sequence[float], std: float | Sequence[float]) -> Preprocess:
+        as_stat = lambda v: float(v) if np.ndim(v) == 0 else tuple(float(x) for x in v)  # noqa: E731
+        return dataclasses.replace(self, mean=as_stat(mean), std=as_stat(std))
+
+
+def _unnormalised(image: np.ndarray, pp: Preprocess, params: AugmentParams) -> np.ndarray:
+    """The warped float patch before the global statistics: jitter (on the image as displayed), inversion, warp."""
+    h, w = image.shape[:2]
+    x = image.astype(np.float32) / np.float32(255)
+    if params.jitters:
+        x = colour_jitter(x, params)
+    if pp.inverted:
+        x = np.float32(1) - x
+    forward = affine_matrix((h, w), pp.size, pp.rescale.factor(h, w), params)
+    x = warp(x, forward, pp.size, pp.fill)
+    return x[:, :, None] if x.ndim == 2 else x
 
 
 def preprocess_image(image: np.ndarray, pp: Preprocess, params: AugmentParams = AugmentParams()) -> np.ndarray:
     """uint8 ``(H, W)`` or ``(H, W, 3)`` -> normalised float32 ``(size, size, channels)``: one warp."""
-    h, w = image.shape[:2]
-    forward = affine_matrix((h, w), pp.size, pp.rescale.factor(h, w), params)
-    x = warp(invert(image), forward, pp.size)
-    if x.ndim == 2:
-        x = x[:, :, None]
-    return ((x - np.float32(pp.mean)) / np.float32(pp.std)).astype(np.float32)
+    if image.ndim != (2 if pp.channels == 1 else 3):
+        raise ValueError(f"a {pp.channels}-channel preprocessing got an image of shape {image.shape}")
+    x = _unnormalised(image, pp, params)
+    return ((x - np.asarray(pp.mean, np.float32)) / np.asarray(pp.std, np.float32)).astype(np.float32)
 
 
-def read_input(path: str, channels: int) -> np.ndarray:
-    """An image file decoded as a model's input expects it: grayscale (``channels=1``) or RGB uint8."""
-    return read_image(path, "L" if channels == 1 else "RGB")
+def read_input(path: str, pp: Preprocess) -> np.ndarray:
+    """An image file decoded as ``pp`` expects it: grayscale (``channels=1``) or RGB uint8."""
+    return read_image(path, "L" if pp.channels == 1 else "RGB", pp.gray_to_rgb)
 
 
-def _check_one(path: str) -> tuple[str, tuple[int, int] | None, str | None]:
+def _check_one(path: str, pp: Preprocess) -> tuple[str, tuple[int, int] | None, str | None]:
     try:
-        img = read_image(path, "L")
+        img = read_input(path, pp)
         return path, (int(img.shape[0]), int(img.shape[1])), None
     except BadImageError as e:
         return path, None, e.reason
 
 
 def check_images(
-    folder: ImageFolder, skip_bad: bool = False, workers: int | None = None, progress: bool = True
+    folder: ImageFolder,
+    skip_bad: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+    pp: Preprocess | None = None,
 ) -> tuple[ImageFolder, np.ndarray, list[tuple[str, str]]]:
     """Decodes every image once, before training starts, so that a bad file fails now and by name.
+
+    Images are read as ``pp`` reads them (default: grayscale): an RGB ``pp`` also refuses grayscale files
+    unless it has ``gray_to_rgb`` (see :func:`deepsea.data.images.read_image`).
 
     Returns the folder (without the bad files if ``skip_bad``), each kept
     image's raw ``(height, width)`` and the list of ``(path, reason)`` skipped.
@@ -123,7 +168,8 @@ def check_images(
     workers = workers or min(4, os.cpu_count() or 1)
     results: list[tuple[str, tuple[int, int] | None, str | None]] = []
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        it = pool.map(_check_one, folder.paths, chunksize=64) if workers > 1 else map(_check_one, folder.paths)
+        check = functools.partial(_check_one, pp=pp or Preprocess())
+        it = pool.map(check, folder.paths, chunksize=64) if workers > 1 else map(check, folder.paths)
         for r in tqdm(it, total=len(folder), desc="checking images", unit="img", disable=not progress):
             results.append(r)
     bad = [(p, reason) for p, _, reason in results if reason is not None]
@@ -165,26 +211,32 @@ def stratified_split(
     return train_idx, val_idx
 
 
-def compute_stats(folder: ImageFolder, pp: Preprocess, max_images: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Global mean and standard deviation of the plainly rescaled patches (float64 accumulation).
+def compute_stats(
+    folder: ImageFolder, pp: Preprocess, max_images: int = 2000, seed: int = 0
+) -> tuple[float | tuple[float, ...], float | tuple[float, ...]]:
+    """Global mean and standard deviation of the plainly rescaled patches (float64 accumulation): floats for
+    grayscale, one per channel for RGB.
 
     Uses at most ``max_images`` images drawn at random with ``seed``.
     """
     rng = np.random.default_rng(seed)
     n = len(folder)
     idx = rng.permutation(n)[: min(n, max_images)]
-    plain = dataclasses.replace(pp, mean=0.0, std=1.0)
-    total, total_sq, count = 0.0, 0.0, 0
+    total = np.zeros(pp.channels)
+    total_sq = np.zeros(pp.channels)
+    count = 0
     for i in idx:
-        x = preprocess_image(read_input(folder.paths[i], pp.channels), plain).astype(np.float64)
-        total += x.sum()
-        total_sq += (x * x).sum()
-        count += x.size
+        x = _unnormalised(read_input(folder.paths[i], pp), pp, AugmentParams()).astype(np.float64)
+        total += x.sum((0, 1))
+        total_sq += (x * x).sum((0, 1))
+        count += x.shape[0] * x.shape[1]
     mean = total / count
-    std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
-    if not std > 0:
+    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    if not np.all(std > 0):
         raise ValueError(f"the images of {folder.root!r} have zero variance after preprocessing")
-    return float(mean), std
+    if pp.channels == 1:
+        return float(mean[0]), float(std[0])
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
 def preprocess_inputs(image: np.ndarray, pp: Preprocess, params: AugmentParams = AugmentParams()) -> dict[str, Any]:
@@ -216,7 +268,7 @@ def _example(
 
     ``image``: the decoded ``paths[index]``, when the caller has it already.
     """
-    img = read_input(paths[index], pp.channels) if image is None else image
+    img = read_input(paths[index], pp) if image is None else image
     out: dict[str, Any] = {
         **preprocess_inputs(img, pp, params),
         "raw_size": np.array(img.shape[:2], np.float32),
@@ -277,7 +329,7 @@ class AugmentedSource:
         params = sample_params(np.random.default_rng([self.seed, epoch, index]), self.ranges)
         image = self._decoded.get(index)
         if image is None:
-            image = read_input(self.paths[index], self.pp.channels)
+            image = read_input(self.paths[index], self.pp)
             if self.cache:
                 self._decoded[index] = image
         return _example(self.paths, self.labels, index, self.pp, params, image)
@@ -471,7 +523,7 @@ def tta_batches(
             with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
                 for start in range(0, len(paths), chunk):
                     idx = range(start, min(start + chunk, len(paths)))
-                    images = list(pool.map(lambda i: read_input(paths[i], pp.channels), idx))
+                    images = list(pool.map(lambda i: read_input(paths[i], pp), idx))
                     for t, params in enumerate(transforms):
                         for b in range(0, len(idx), batch_size):
                             part = range(b, min(b + batch_size, len(idx)))

@@ -34,6 +34,7 @@ __all__ = [
     "AugmentRanges",
     "Rescale",
     "affine_matrix",
+    "colour_jitter",
     "halton",
     "params_from_unit",
     "sample_params",
@@ -52,19 +53,39 @@ class AugmentRanges:
     shear: float = 20.0  # degrees, uniform in [-shear, shear]
     stretch: float = 1.3  # log-uniform in [1/stretch, stretch]
     flip: bool = True  # mirror with probability 1/2
+    # colour jitter (torchvision's ColorJitter ranges): factors uniform in [1 - b, 1 + b] etc., hue shift
+    # uniform in [-hue, hue] turns (at most 0.5); 0 turns each off
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("rotation", "shift", "shear"):
+        for name in ("rotation", "shift", "shear", "brightness", "contrast", "saturation", "hue"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augmentation range {name}={getattr(self, name)} must be >= 0")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"augmentation range {name}={getattr(self, name)} must be <= 1 (a factor >= 0)")
+        if self.hue > 0.5:
+            raise ValueError(f"augmentation range hue={self.hue} must be <= 0.5 (turns)")
         for name in ("zoom", "stretch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"augmentation range {name}={getattr(self, name)} must be >= 1 (log-uniform)")
 
+    @property
+    def jitters(self) -> bool:
+        """Whether any colour jitter is on."""
+        return any((self.brightness, self.contrast, self.saturation, self.hue))
+
     @classmethod
     def from_config(cls, aug: Any) -> AugmentRanges:
-        """An experiment's ``config.aug`` (a ConfigDict or dict with these keys) as ranges."""
-        return cls(aug["rotation"], aug["shift"], aug["zoom"], aug["shear"], aug["stretch"], bool(aug["flip"]))
+        """An experiment's ``config.aug`` (a ConfigDict or dict with these keys; the jitter keys may be absent,
+        as in runs written before they existed) as ranges."""
+        jitter = {k: float(aug.get(k, 0.0)) for k in ("brightness", "contrast", "saturation", "hue")}
+        return cls(
+            aug["rotation"], aug["shift"], aug["zoom"], aug["shear"], aug["stretch"], bool(aug["flip"]), **jitter
+        )
 
 
 TRAIN_RANGES = AugmentRanges()
@@ -83,6 +104,14 @@ class AugmentParams:
     shear: float = 0.0
     stretch: float = 1.0
     flip: bool = False
+    brightness: float = 1.0  # colour jitter: factors (1: unchanged) and a hue shift in turns
+    contrast: float = 1.0
+    saturation: float = 1.0
+    hue: float = 0.0
+
+    @property
+    def jitters(self) -> bool:
+        return (self.brightness, self.contrast, self.saturation, self.hue) != (1.0, 1.0, 1.0, 0.0)
 
 
 def params_from_unit(u: Sequence[float], ranges: AugmentRanges) -> AugmentParams:
@@ -105,8 +134,48 @@ def params_from_unit(u: Sequence[float], ranges: AugmentRanges) -> AugmentParams
 
 
 def sample_params(rng: np.random.Generator, ranges: AugmentRanges) -> AugmentParams:
-    """A random draw (uniform point of the unit cube through :func:`params_from_unit`)."""
-    return params_from_unit(rng.random(7), ranges)
+    """A random draw: a uniform point of the unit cube through :func:`params_from_unit`, then, when ``ranges``
+    jitter colours, four more uniforms for brightness, contrast, saturation and hue (drawn after the affine
+    part, which is therefore the same draw with or without jitter)."""
+    params = params_from_unit(rng.random(7), ranges)
+    if not ranges.jitters:
+        return params
+    b, c, s, h = rng.random(4)
+    return dataclasses.replace(
+        params,
+        brightness=float(1 + (2 * b - 1) * ranges.brightness),
+        contrast=float(1 + (2 * c - 1) * ranges.contrast),
+        saturation=float(1 + (2 * s - 1) * ranges.saturation),
+        hue=float((2 * h - 1) * ranges.hue),
+    )
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2, as PIL's and torchvision's grayscale
+
+
+def colour_jitter(image: np.ndarray, params: AugmentParams) -> np.ndarray:
+    """Brightness, contrast, saturation and hue of a float image in ``[0, 1]`` (``(H, W)`` or ``(H, W, 3)``,
+    as displayed), in that order, each clipped to ``[0, 1]`` as torchvision's ``ColorJitter`` does (which
+    applies them in a random order).  Grayscale images take brightness and contrast only.  Factors of 1 and a
+    hue shift of 0 leave the image exactly as it was.
+    """
+    x = np.asarray(image, np.float32)
+    colour = x.ndim == 3
+    if params.brightness != 1:
+        x = np.clip(x * np.float32(params.brightness), 0, 1)
+    if params.contrast != 1:
+        mean = np.float32((x @ _LUMA).mean() if colour else x.mean())
+        x = np.clip(mean + (x - mean) * np.float32(params.contrast), 0, 1)
+    if colour and params.saturation != 1:
+        gray = (x @ _LUMA)[..., None]
+        x = np.clip(gray + (x - gray) * np.float32(params.saturation), 0, 1)
+    if colour and params.hue != 0:
+        from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
+
+        hsv = rgb_to_hsv(x)
+        hsv[..., 0] = np.mod(hsv[..., 0] + params.hue, 1.0)
+        x = hsv_to_rgb(hsv).astype(np.float32)
+    return x
 
 
 def halton(n: int, dims: int = 7, engine: Literal["auto", "scipy", "ghalton"] = "auto") -> np.ndarray:
@@ -208,12 +277,12 @@ def affine_matrix(
     )
 
 
-def warp(image: np.ndarray, forward: np.ndarray, out_size: int) -> np.ndarray:
+def warp(image: np.ndarray, forward: np.ndarray, out_size: int, fill: float = 0.0) -> np.ndarray:
     """Samples ``image`` (``(H, W)`` or ``(H, W, C)``) at ``forward^-1`` of each output pixel.
 
     Pixels are squares: input pixel ``(i, j)`` covers ``[i - 1/2, i + 1/2] x
     [j - 1/2, j + 1/2]``.  Inside the image, values are interpolated bilinearly
-    (clamped at the border); outside, they are 0, the inverted background.  So
+    (clamped at the border); outside, they are ``fill`` (0: the inverted white background).  So
     a 1x1 image scales to a uniform square, like any other image.  Returns
     float32 ``(S, S[, C])``.
     """
@@ -236,5 +305,5 @@ def warp(image: np.ndarray, forward: np.ndarray, out_size: int) -> np.ndarray:
             mode="nearest",
             prefilter=False,
         )
-        out.append(np.where(inside, warped, 0.0).astype(np.float32))
+        out.append(np.where(inside, warped, fill).astype(np.float32))
     return out[0] if image.ndim == 2 else np.stack(out, axis=-1)
