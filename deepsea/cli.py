@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="CSV file to write")
     _prediction_args(p)
     p.add_argument("--skip-bad-images", action="store_true", help="skip (and list) unreadable images")
+    p.add_argument("--top", type=int, default=0, metavar="N", help="also the N most probable classes per image")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("ensemble", help="blend runs with weights fitted on their shared validation split")
@@ -132,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="folder to write <class>/<id>.jpg into")
     p.add_argument("--per-class", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--colour", action="store_true", help="RGB images; some classes differ only in colour")
     p.set_defaults(func=_make_synthetic)
 
     p = sub.add_parser("preview", help="write a PNG grid of preprocessed and augmented images")
@@ -141,6 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rescale", default="max_side:85", help="max_side:N, factor:F or none")
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--augmented", type=int, default=6)
+    p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1: grayscale, 3: RGB")
+    p.add_argument("--background", default="white", choices=["white", "black"])
+    p.add_argument("--jitter", default="", metavar="B,C,S,H", help="colour jitter ranges, e.g. 0.4,0.4,0.4,0.1")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_preview)
 
@@ -283,7 +288,7 @@ def _predict(args: argparse.Namespace) -> None:
     run = restore_run(args.workdir, args.checkpoint, precision=args.precision)
     pred = predict_folder(run, args.images, args.tta, args.combine, args.skip_bad_images)
     _report_skipped(pred.skipped)
-    write_submission(args.out, pred.names, pred.classes, pred.probs)
+    write_submission(args.out, pred.names, pred.classes, pred.probs, top=args.top)
     print(
         f"wrote {args.out}: {len(pred.names)} images x {len(pred.classes)} classes ({args.tta or 'no'} TTA transforms)"
     )
@@ -344,11 +349,13 @@ def _info(args: argparse.Namespace) -> None:
 def _make_synthetic(args: argparse.Namespace) -> None:
     from deepsea.data.synthetic import make_synthetic
 
-    print(f"wrote {make_synthetic(args.out, per_class=args.per_class, seed=args.seed)}")
+    print(f"wrote {make_synthetic(args.out, per_class=args.per_class, seed=args.seed, colour=args.colour)}")
 
 
 def _preview(args: argparse.Namespace) -> None:
-    from deepsea.data import Preprocess, Rescale, scan_flat_folder, scan_labelled_folder
+    import dataclasses
+
+    from deepsea.data import TRAIN_RANGES, Preprocess, Rescale, scan_flat_folder, scan_labelled_folder
     from deepsea.data.synthetic import default_synthetic_dir
     from deepsea.plots import save_preview
 
@@ -358,10 +365,21 @@ def _preview(args: argparse.Namespace) -> None:
     has_dirs = any(os.path.isdir(os.path.join(data, e)) for e in os.listdir(data))
     folder = scan_labelled_folder(data) if has_dirs else scan_flat_folder(data)
     try:
-        pp = Preprocess(size=args.size, rescale=Rescale.parse(args.rescale))
+        pp = Preprocess(
+            size=args.size,
+            rescale=Rescale.parse(args.rescale),
+            channels=args.channels,
+            background=args.background,
+            gray_to_rgb=True,
+        )
+        jitter = [float(v) for v in args.jitter.split(",")] if args.jitter else [0.0] * 4
+        if len(jitter) != 4:
+            raise ValueError(f"--jitter takes 4 values (brightness,contrast,saturation,hue), got {args.jitter!r}")
+        names = ("brightness", "contrast", "saturation", "hue")
+        ranges = dataclasses.replace(TRAIN_RANGES, **dict(zip(names, jitter, strict=True)))
     except ValueError as e:
         raise CommandError(str(e)) from None
-    out = save_preview(folder, args.out, pp, n_images=args.images, n_augmented=args.augmented, seed=args.seed)
+    out = save_preview(folder, args.out, pp, ranges, n_images=args.images, n_augmented=args.augmented, seed=args.seed)
     print(f"wrote {out}")
 
 

@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # labelled folder; empty: the generated synthetic dataset
     c.data.synthetic_per_class = 150
+    c.data.synthetic_colour = False  # the generated dataset's colour mode (RGB; some classes differ only in colour)
     c.data.validation_fraction = 0.1
     c.data.split_seed = 0
     c.data.size = 95

@@ -448,30 +448,43 @@ def ensemble_runs(
     return EnsembleResult(tuple(workdirs), singles, tuple(chosen), weights, validation, cv, test)
 
 
-def write_submission(path: str, names: Sequence[str], classes: Sequence[str], probs: np.ndarray) -> None:
-    """The Kaggle NDSB format: header ``image,<class>,...``, one row per image, rows renormalised to sum to 1."""
+def write_submission(path: str, names: Sequence[str], classes: Sequence[str], probs: np.ndarray, top: int = 0) -> None:
+    """The Kaggle NDSB format: header ``image,<class>,...``, one row per image, rows renormalised to sum to 1.
+
+    ``top``: also the ``top`` most probable classes of each image and their probabilities, after the class
+    columns (``top1,top1_prob,top2,...``; not Kaggle's format any more).
+    """
     import csv
 
     probs = np.asarray(probs, np.float64)
     if probs.shape != (len(names), len(classes)):
         raise ValueError(f"probabilities {probs.shape} do not match {len(names)} images x {len(classes)} classes")
+    if not 0 <= top <= len(classes):
+        raise ValueError(f"top must be between 0 and the {len(classes)} classes, got {top}")
     probs = probs / probs.sum(1, keepdims=True)
+    best = np.argsort(-probs, axis=1, kind="stable")[:, :top]
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", *classes])
-        for name, row in zip(names, probs, strict=True):
-            w.writerow([name, *(f"{p:.6g}" for p in row)])
+        w.writerow(["image", *classes, *(c for k in range(1, top + 1) for c in (f"top{k}", f"top{k}_prob"))])
+        for name, row, order in zip(names, probs, best, strict=True):
+            ranked = (v for i in order for v in (classes[i], f"{row[i]:.6g}"))
+            w.writerow([name, *(f"{p:.6g}" for p in row), *ranked])
     os.replace(tmp, path)
 
 
 def read_submission(path: str) -> tuple[list[str], list[str], np.ndarray]:
-    """``(image names, classes, probabilities)`` from a submission CSV."""
+    """``(image names, classes, probabilities)`` from a submission CSV (top-n columns, if any, are left out)."""
     import csv
+    import re
 
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows or rows[0][0] != "image":
         raise ValueError(f"{path!r} is not a submission: its header must start with 'image'")
+    header = rows[0]
+    end = len(header)
+    while end > 1 and re.fullmatch(r"top\d+(_prob)?", header[end - 1]):
+        end -= 1
     names = [r[0] for r in rows[1:]]
-    return names, rows[0][1:], np.array([[float(x) for x in r[1:]] for r in rows[1:]], np.float64)
+    return names, header[1:end], np.array([[float(x) for x in r[1:end]] for r in rows[1:]], np.float64)

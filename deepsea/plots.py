@@ -158,7 +158,9 @@ def save_preview(
         panels = [raw, plain] + [src.example(epoch, row)["image"] for epoch in range(n_augmented)]
         for col, img in enumerate(panels):
             ax = axes[row, col]
-            cmap = "gray_r" if col == 0 else "gray"
+            cmap = "gray_r" if col == 0 and pp.inverted else "gray"
+            if col > 0 and img.shape[-1] == 3:  # normalised colour: back to [0, 1] to show it as it is
+                img = np.clip(img * np.asarray(pp.std) + np.asarray(pp.mean), 0, 1)
             ax.imshow(img if img.ndim == 2 or img.shape[-1] == 3 else img[..., 0], cmap=cmap)
             ax.set_xticks([])
             ax.set_yticks([])

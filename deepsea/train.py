@@ -75,7 +75,7 @@ def resolve_data(config: Any) -> str:
         return path
     from deepsea.data.synthetic import default_synthetic_dir
 
-    return default_synthetic_dir(per_class=config.data.synthetic_per_class)
+    return default_synthetic_dir(per_class=config.data.synthetic_per_class, colour=config.data.synthetic_colour)
 
 
 def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool) -> tuple[Any, Any, Any, Preprocess]:

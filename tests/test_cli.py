@@ -13,6 +13,7 @@ import pytest
 
 from deepsea.cli import main
 from deepsea.groups import D4
+from deepsea.inference import read_submission
 from deepsea.tools import bench_ops, demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,6 +90,17 @@ def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
     assert len((tmp_path / "tta.csv").read_text().splitlines()) == 13
     out = cli("ensemble", run, run, "--images", str(flat), "--out", str(tmp_path / "ens.csv"), "--folds", "2")
     assert "blend of" in out and (tmp_path / "ens.csv").exists()
+    # --uniform keeps every run (no selection), on one split as on several
+    assert f"blend of {[run, run]} with weights [0.5, 0.5]" in cli("ensemble", run, run, "--uniform")
+    cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "top.csv"), "--top", "3")
+    header, first = (tmp_path / "top.csv").read_text().splitlines()[:2]
+    assert header.split(",")[-6:] == ["top1", "top1_prob", "top2", "top2_prob", "top3", "top3_prob"]
+    cells = first.split(",")
+    probs = dict(zip(classes, map(float, cells[1 : 1 + len(classes)]), strict=True))
+    ranked = sorted(probs, key=lambda c: -probs[c])[:3]
+    assert cells[-6::2] == ranked and [float(p) for p in cells[-5::2]] == [probs[c] for c in ranked]
+    assert read_submission(str(tmp_path / "top.csv"))[1] == classes
+    assert "plain" in cli("evaluate", "--workdir", run, "--precision", "bfloat16")
     # a corrupt image: an error naming it, or skipped and listed when asked
     (flat / "broken.jpg").write_bytes(b"not a jpeg")
     out = cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "x.csv"), rc=2)

@@ -480,3 +480,15 @@ def test_run_folders_written_before_the_key_renames_still_load(tmp_path):
     assert build_model(config.model, 5).view_pool_mode == "mean"
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         load_config(str(tmp_path / "missing"))
+
+
+def test_validation_during_training_can_use_the_test_time_transforms(small_config, tmp_path):
+    """``train.eval_tta``: the best checkpoint is chosen on the predictions ``evaluate --tta`` will make."""
+    from deepsea.inference import evaluate_run
+
+    apply_overrides(small_config, ["train.eval_tta=2", "train.steps=2", "train.eval_every=2"])
+    result = train(small_config, str(tmp_path / "run"), progress=False)
+    rows = evaluate_run(restore_run(str(tmp_path / "run")), tta=2, progress=False).rows
+    assert [r.label for r in rows] == ["plain", "TTA 2"]
+    assert result.best.log_loss == pytest.approx(rows[1].log_loss, rel=1e-5)
+    assert abs(result.best.log_loss - rows[0].log_loss) > 1e-6  # not the plain predictions

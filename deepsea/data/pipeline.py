@@ -113,15 +113,16 @@ class Preprocess:
 
 
 def _unnormalised(image: np.ndarray, pp: Preprocess, params: AugmentParams) -> np.ndarray:
-    """The warped float patch before the global statistics: jitter (on the image as displayed), inversion, warp."""
+    """The warped float patch before the global statistics: inversion, warp, then colour jitter of the patch as
+    displayed (the background the warp filled in too, as torchvision jitters a whole crop)."""
     h, w = image.shape[:2]
     x = image.astype(np.float32) / np.float32(255)
-    if params.jitters:
-        x = colour_jitter(x, params)
     if pp.inverted:
         x = np.float32(1) - x
     forward = affine_matrix((h, w), pp.size, pp.rescale.factor(h, w), params)
     x = warp(x, forward, pp.size, pp.fill)
+    if params.jitters:
+        x = np.float32(1) - colour_jitter(np.float32(1) - x, params) if pp.inverted else colour_jitter(x, params)
     return x[:, :, None] if x.ndim == 2 else x
 
 

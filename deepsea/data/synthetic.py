@@ -6,6 +6,13 @@ position, with noise, as JPEGs of varying size (cropped around the organism
 with a random margin, as NDSB images are).  Telling the classes apart needs
 rotation invariance (every class appears at every angle) and size (two pairs
 of classes share a shape and differ only in size, like real plankton).
+
+``colour=True`` writes RGB images: every organism is tinted with a colour drawn
+from :data:`PALETTE` (the same for every class, so it carries no label), except
+the classes of :data:`COLOUR_PAIRS`, each split into a red and a green class of
+the same shape.  Red and green have the same luma, so the grayscale versions
+of a pair's images are identically distributed: only a model that sees colour
+can tell those classes apart.
 """
 
 from __future__ import annotations
@@ -17,7 +24,16 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-__all__ = ["SYNTHETIC_CLASSES", "data_cache_dir", "default_synthetic_dir", "draw", "make_synthetic"]
+__all__ = [
+    "COLOUR_PAIRS",
+    "PALETTE",
+    "SYNTHETIC_CLASSES",
+    "colour_classes",
+    "data_cache_dir",
+    "default_synthetic_dir",
+    "draw",
+    "make_synthetic",
+]
 
 Shape = Callable[[np.ndarray, np.ndarray, np.random.Generator, float], np.ndarray]
 
@@ -100,8 +116,39 @@ SYNTHETIC_CLASSES: dict[str, tuple[Shape, tuple[float, float]]] = {
 }
 
 
-def draw(name: str, rng: np.random.Generator) -> np.ndarray:
-    """One uint8 image of class ``name``: dark organism on white, cropped with a random margin."""
+_LUMA = np.array([0.299, 0.587, 0.114])  # PIL's conversion to grayscale
+
+
+def _with_luma(r: float, b: float, luma: float) -> tuple[float, float, float]:
+    """The colour ``(r, g, b)`` whose luma is ``luma``."""
+    return (r, (luma - _LUMA[0] * r - _LUMA[2] * b) / _LUMA[1], b)
+
+
+_PAIR_LUMA = 110.0
+RED = _with_luma(225.0, 55.0, _PAIR_LUMA)
+GREEN = _with_luma(30.0, 95.0, _PAIR_LUMA)
+PALETTE: tuple[tuple[float, float, float], ...] = (RED, GREEN, (60.0, 90.0, 200.0), (150.0, 105.0, 40.0))
+"""The colours of organisms whose colour carries no label (one drawn per image)."""
+
+COLOUR_PAIRS = ("ring", "cross", "star")
+"""Shapes split into a ``_red`` and a ``_green`` class in the colour mode."""
+
+
+def colour_classes() -> dict[str, tuple[str, tuple[float, float, float] | None]]:
+    """The colour mode's classes: name -> (shape class, fixed colour or None for a palette colour)."""
+    out: dict[str, tuple[str, tuple[float, float, float] | None]] = {}
+    for name in SYNTHETIC_CLASSES:
+        if name in COLOUR_PAIRS:
+            out[f"{name}_red"] = (name, RED)
+            out[f"{name}_green"] = (name, GREEN)
+        else:
+            out[name] = (name, None)
+    return out
+
+
+def draw(name: str, rng: np.random.Generator, colour: tuple[float, float, float] | None = None) -> np.ndarray:
+    """One uint8 image of class ``name``: dark organism on white, cropped with a random margin; with ``colour``
+    an RGB image whose organism has that colour where it is fully inked (its luma is the grayscale image's)."""
     shape, (r_lo, r_hi) = SYNTHETIC_CLASSES[name]
     r = rng.uniform(r_lo, r_hi)
     margin = rng.uniform(0.15, 0.6) * r + 3
@@ -123,8 +170,12 @@ def draw(name: str, rng: np.random.Generator) -> np.ndarray:
     blotch = 1 + 0.15 * np.sin(yy[::ss, ::ss] / rng.uniform(2, 5) + rng.uniform(0, 6)) * np.cos(
         xx[::ss, ::ss] / rng.uniform(2, 5)
     )
-    ink = darkness * mask * blotch
-    img = 255.0 * (1 - np.clip(ink, 0, 1)) + rng.normal(0, rng.uniform(2, 7), ink.shape)
+    ink = np.clip(darkness * mask * blotch, 0, 1)
+    noise = rng.normal(0, rng.uniform(2, 7), ink.shape)
+    if colour is None:
+        return np.clip(255.0 * (1 - ink) + noise, 0, 255).astype(np.uint8)
+    tint = 255.0 - np.asarray(colour, np.float64)  # how far each channel falls from white at full ink
+    img = 255.0 - ink[..., None] * tint + noise[..., None]
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -134,19 +185,22 @@ def make_synthetic(
     seed: int = 0,
     classes: list[str] | None = None,
     progress: bool = True,
+    colour: bool = False,
 ) -> str:
     """Writes ``per_class`` JPEGs for each class under ``out/<class>/``; returns ``out``.
 
     Image ids are unique across classes.  The output is a function of
-    ``(per_class, seed, classes)`` alone.
+    ``(per_class, seed, classes, colour)`` alone.  ``colour``: RGB images and the colour mode's classes
+    (:func:`colour_classes`).
     """
     from tqdm.auto import tqdm
 
     out = os.fspath(out)
-    names = classes or list(SYNTHETIC_CLASSES)
-    unknown = [n for n in names if n not in SYNTHETIC_CLASSES]
+    table = colour_classes() if colour else {n: (n, None) for n in SYNTHETIC_CLASSES}
+    names = classes or list(table)
+    unknown = [n for n in names if n not in table]
     if unknown:
-        raise ValueError(f"unknown synthetic classes {unknown}; choose from {sorted(SYNTHETIC_CLASSES)}")
+        raise ValueError(f"unknown synthetic classes {unknown}; choose from {sorted(table)}")
     if per_class < 1:
         raise ValueError(f"per_class must be positive, got {per_class}")
     total = len(names) * per_class
@@ -154,11 +208,18 @@ def make_synthetic(
         for ci, name in enumerate(names):
             folder = os.path.join(out, name)
             os.makedirs(folder, exist_ok=True)
+            shape, fixed = table[name]
             for i in range(per_class):
                 rng = np.random.default_rng([seed, ci, i])
-                img = draw(name, rng)
+                if colour:
+                    tint = fixed if fixed is not None else PALETTE[int(rng.integers(len(PALETTE)))]
+                    img = draw(shape, rng, tint)
+                else:
+                    img = draw(shape, rng)
                 image_id = ci * per_class + i + 1
-                Image.fromarray(img, mode="L").save(os.path.join(folder, f"{image_id}.jpg"), quality=92)
+                Image.fromarray(img, mode="RGB" if colour else "L").save(
+                    os.path.join(folder, f"{image_id}.jpg"), quality=92
+                )
                 bar.update()
     return out
 
@@ -172,18 +233,20 @@ def data_cache_dir() -> str:
     return os.environ.get("DEEPSEA_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "deepsea")
 
 
-def default_synthetic_dir(per_class: int = DEFAULT_PER_CLASS, seed: int = 0, generate: bool = True) -> str:
+def default_synthetic_dir(
+    per_class: int = DEFAULT_PER_CLASS, seed: int = 0, generate: bool = True, colour: bool = False
+) -> str:
     """The default generated dataset, made on first use under ``$DEEPSEA_DATA`` (or ``~/.cache/deepsea``).
 
     Generation writes to a temporary folder renamed into place, so an
     interrupted run never leaves a half-written dataset behind.
     """
     base = data_cache_dir()
-    path = os.path.join(base, f"synthetic-v{SYNTHETIC_VERSION}-{per_class}-{seed}")
+    path = os.path.join(base, f"synthetic-v{SYNTHETIC_VERSION}{'-colour' if colour else ''}-{per_class}-{seed}")
     if generate and not os.path.isdir(path):
         os.makedirs(base, exist_ok=True)
         tmp = f"{path}.tmp.{os.getpid()}"
-        make_synthetic(tmp, per_class=per_class, seed=seed)
+        make_synthetic(tmp, per_class=per_class, seed=seed, colour=colour)
         try:
             os.rename(tmp, path)
         except OSError:  # another process finished first
