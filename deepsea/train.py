@@ -91,6 +91,12 @@ def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool)
     )
     folder, _, skipped = check_images(folder, skip_bad=config.data.skip_bad_images, progress=progress, pp=pp)
     train_idx, val_idx = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
+    if len(val_idx) == 0:
+        raise ValueError(
+            f"the validation split of {folder.root!r} is empty: {len(folder)} images in {len(folder.classes)} "
+            f"classes give none at data.validation_fraction={config.data.validation_fraction} (a class of 10 or "
+            "more images always gives one)"
+        )
     mean, std = compute_stats(folder.subset(train_idx), pp, config.data.stats_images, config.seed)
     pp = pp.with_stats(mean, std)
     if lead:

@@ -39,7 +39,7 @@ def get_config(small: bool = False):
     c.data.stats_images = 500
     if small:
         small_run(c, steps=4)
-        c.data.synthetic_per_class = 4
+        c.data.synthetic_per_class = 10
         c.model.width = 0.125
         c.train.batch_size = 8
         c.train.eval_batch_size = 16
