@@ -348,8 +348,12 @@ def resnet50(num_classes: int, width: float = 1.0) -> ResNet:
 
 @register("resnext50")
 def resnext50(num_classes: int, width: float = 1.0) -> ResNet:
-    """ResNeXt-50 32x4d (the second reference), ``width`` scaling the filters."""
-    return ResNet(num_classes, num_filters=max(1, round(64 * width)), groups=32, width_per_group=4)
+    """ResNeXt-50 32x4d (the second reference), ``width`` scaling the filters (a multiple of 1/4, so that every
+    grouped convolution keeps its 32 groups of at least 4 channels)."""
+    filters = round(64 * width)
+    if filters < 16 or filters % 16:
+        raise ValueError(f"resnext50 needs model.width a multiple of 0.25 (32 groups of 4 channels), got {width}")
+    return ResNet(num_classes, num_filters=filters, groups=32, width_per_group=4)
 
 
 def _accepted(builder: ModelBuilder) -> frozenset[str]:

@@ -11,4 +11,6 @@ def get_config(small: bool = False):
     c = resnet50.get_config(small)
     c.name = "resnext50"
     c.model.name = "resnext50"
+    if small:
+        c.model.width = 0.25  # the smallest width that keeps 32 groups of 4 channels
     return c
