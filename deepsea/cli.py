@@ -105,7 +105,23 @@ def _parser() -> argparse.ArgumentParser:
     _prediction_args(p)
     p.add_argument("--skip-bad-images", action="store_true", help="skip (and list) unreadable images")
     p.add_argument("--top", type=int, default=0, metavar="N", help="also the N most probable classes per image")
+    p.add_argument(
+        "--thresholds",
+        action="store_true",
+        help="add a label column: the top class, or 'unclassified' below the run's thresholds (deepsea thresholds)",
+    )
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("calibrate", help="fit temperature scaling on a run's validation split (reliability.png)")
+    p.add_argument("--workdir", required=True)
+    _prediction_args(p)
+    p.set_defaults(func=_calibrate)
+
+    p = sub.add_parser("thresholds", help="per-class thresholds for a target precision; the rest is 'unclassified'")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--target-precision", type=float, required=True, metavar="P", help="e.g. 0.9")
+    _prediction_args(p)
+    p.set_defaults(func=_thresholds)
 
     p = sub.add_parser("ensemble", help="blend runs with weights fitted on their shared validation split")
     p.add_argument("runs", nargs="+", help="run folders")
@@ -283,15 +299,67 @@ def _report_skipped(skipped) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    from deepsea.calibration import UNCLASSIFIED, Thresholds, apply_thresholds
     from deepsea.inference import predict_folder, restore_run, write_submission
 
     run = restore_run(args.workdir, args.checkpoint, precision=args.precision)
+    thresholds = None
+    if args.thresholds:
+        if run.thresholds is None:
+            raise CommandError(f"{args.workdir} has no thresholds.json: run deepsea thresholds first")
+        if (run.thresholds["tta"], run.thresholds["combine"]) != (args.tta, args.combine):
+            raise CommandError(
+                f"the thresholds of {args.workdir} were chosen for --tta {run.thresholds['tta']} --combine "
+                f"{run.thresholds['combine']}; predict with those (or choose thresholds for these)"
+            )
+        thresholds = Thresholds.from_dict(run.thresholds)
     pred = predict_folder(run, args.images, args.tta, args.combine, args.skip_bad_images)
     _report_skipped(pred.skipped)
-    write_submission(args.out, pred.names, pred.classes, pred.probs, top=args.top)
+    labels = None if thresholds is None else apply_thresholds(pred.probs, pred.classes, thresholds)
+    write_submission(args.out, pred.names, pred.classes, pred.probs, top=args.top, labels=labels)
+    if labels is not None:
+        share = sum(lab != UNCLASSIFIED for lab in labels) / max(1, len(labels))
+        print(f"{share:.1%} of the images labelled at target precision {thresholds.target_precision}")
     print(
         f"wrote {args.out}: {len(pred.names)} images x {len(pred.classes)} classes ({args.tta or 'no'} TTA transforms)"
     )
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from deepsea.inference import calibrate_run, restore_run
+
+    run = restore_run(args.workdir, args.checkpoint, precision=args.precision)
+    res = calibrate_run(run, args.tta, args.combine)
+    cal = res.calibration
+    kind = "temperature" + (" and per-class bias" if cal.bias is not None else "")
+    cv = ", ".join(f"{k} {v:.4f}" for k, v in res.cv_log_loss.items())
+    print(f"{args.workdir}: {kind}, T = {cal.temperature:.3f} (5-fold cross-validated log loss: {cv})")
+    print(f"{'':<8} {'log loss':>9} {'ECE':>7} {'accuracy':>9}")
+    for ev, ece in ((res.before, res.ece_before), (res.after, res.ece_after)):
+        print(f"{ev.label:<8} {ev.log_loss:9.4f} {ece:7.4f} {ev.accuracy:9.4f}")
+    print(f"wrote {os.path.join(args.workdir, 'calibration.json')} and {res.png}")
+
+
+def _thresholds(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from deepsea.inference import restore_run, threshold_run
+
+    run = restore_run(args.workdir, args.checkpoint, precision=args.precision)
+    try:
+        res = threshold_run(run, args.target_precision, args.tta, args.combine)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    never = int(np.sum(~np.isfinite(res.thresholds.values)))
+    print(
+        f"{args.workdir}: at target precision {args.target_precision}, {res.classified:.1%} of the validation images "
+        f"are labelled, with precision {res.precision:.4f}; {never} of {len(run.classes)} classes never are"
+    )
+    print(
+        f"cross-validated (thresholds from the other 4 of 5 folds): {res.cv_classified:.1%} labelled, precision "
+        f"{res.cv_precision:.4f}"
+    )
+    print(f"wrote {os.path.join(args.workdir, 'thresholds.json')}")
 
 
 def _ensemble(args: argparse.Namespace) -> None:

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from deepsea import metrics as M
 from deepsea import rundir
+from deepsea.calibration import Calibration, Thresholds
 from deepsea.data import (
     AugmentParams,
     AugmentRanges,
@@ -38,14 +40,17 @@ from deepsea.models import PRECISIONS, build_model, network_layers
 from deepsea.tta import TTA_RANGES, Combine, combine_probs, transforms_for, tta_ranges_for
 
 __all__ = [
+    "CalibrationResult",
     "EnsembleError",
     "EnsembleResult",
     "Evaluation",
     "Prediction",
     "Run",
     "RunEvaluation",
+    "ThresholdResult",
     "ValidationSet",
     "cached_tta_probs",
+    "calibrate_run",
     "data_mesh",
     "ensemble_runs",
     "evaluate_images",
@@ -56,11 +61,15 @@ __all__ = [
     "put_batch",
     "read_submission",
     "restore_run",
+    "run_calibration",
     "run_probs",
+    "threshold_run",
     "tta_probs",
     "validation_set",
     "write_submission",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +240,8 @@ class Run:
     step: int
     orbit_average: str | None = None  # None: as trained; "" (none), "c4" or "d4": evaluated with another
     precision: str | None = None  # None: as trained; "float32" or "bfloat16": predicted in another
+    calibration: dict | None = None  # calibration.json: {"calibration": ..., "tta": ..., "combine": ...}
+    thresholds: dict | None = None  # thresholds.json: {"thresholds": ..., "target_precision": ..., "tta": ...}
 
     @property
     def key(self) -> str:
@@ -290,7 +301,11 @@ def restore_run(
     else:
         precision = None
     pp = rundir.load_preprocess(workdir)
-    return Run(workdir, model, variables, pp, classes, config, which, int(step), orbit_average, precision)
+    extras = {}
+    for name in ("calibration", "thresholds"):
+        path = os.path.join(workdir, f"{name}.json")
+        extras[name] = rundir.load_json(path) if os.path.exists(path) else None
+    return Run(workdir, model, variables, pp, classes, config, which, int(step), orbit_average, precision, **extras)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,9 +326,15 @@ def validation_set(workdir: str) -> ValidationSet:
 
 
 def run_probs(
-    run: Run, paths: Sequence[str], tta: int | str = 0, combine: Combine = "mean", progress: bool = True
+    run: Run,
+    paths: Sequence[str],
+    tta: int | str = 0,
+    combine: Combine = "mean",
+    progress: bool = True,
+    calibrated: bool = True,
 ) -> np.ndarray:
-    """``(N, K)`` probabilities of ``run`` for ``paths``, combined over ``tta`` transforms (cached)."""
+    """``(N, K)`` probabilities of ``run`` for ``paths``, combined over ``tta`` transforms (cached), and
+    calibrated (``calibrated``) when the run has a calibration fitted for the same TTA setting."""
     per = cached_tta_probs(
         run.workdir,
         run.key,
@@ -326,7 +347,120 @@ def run_probs(
         progress,
         run.tta_ranges,
     )
-    return combine_probs(per, combine)
+    probs = combine_probs(per, combine)
+    calibration = run_calibration(run, tta, combine) if calibrated else None
+    return probs if calibration is None else calibration.apply(probs)
+
+
+def run_calibration(run: Run, tta: int | str = 0, combine: Combine = "mean", warn: bool = True) -> Calibration | None:
+    """The run's calibration if it was fitted for predictions made this way (a temperature fitted on plain
+    predictions does not fit 70-transform averages); None, with a warning, if it was fitted for another way."""
+    if run.calibration is None:
+        return None
+    fitted = (run.calibration["tta"], run.calibration["combine"], run.calibration["checkpoint"])
+    if fitted != (tta, combine, run.key):
+        if not warn:
+            return None
+        log.warning(
+            "%s: the calibration was fitted for tta=%s, combine=%s, checkpoint %s; these predictions use tta=%s, "
+            "combine=%s, checkpoint %s: not applied (run deepsea calibrate again)",
+            run.workdir,
+            *fitted,
+            tta,
+            combine,
+            run.key,
+        )
+        return None
+    return Calibration.from_dict(run.calibration["calibration"])
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationResult:
+    """What ``deepsea calibrate`` fitted, and the validation scores before and after."""
+
+    calibration: Calibration
+    cv_log_loss: dict[str, float]
+    before: Evaluation
+    after: Evaluation
+    ece_before: float
+    ece_after: float
+    png: str
+
+
+def calibrate_run(run: Run, tta: int | str = 0, combine: Combine = "mean", progress: bool = True) -> CalibrationResult:
+    """Fits temperature scaling (and a per-class bias when cross-validation says it helps) on the run's validation
+    split, stores it as ``calibration.json`` (used from then on by evaluate, predict and ensemble for the same
+    TTA setting) and draws ``reliability.png``."""
+    from deepsea.calibration import choose_calibration, expected_calibration_error
+    from deepsea.plots import save_reliability_png
+
+    val = validation_set(run.workdir)
+    raw = run_probs(run, val.paths, tta, combine, progress, calibrated=False)
+    calibration, scores = choose_calibration(raw, val.labels)
+    after = calibration.apply(raw)
+    record = {"calibration": calibration.to_dict(), "tta": tta, "combine": combine, "checkpoint": run.key}
+    rundir.save_json(os.path.join(run.workdir, "calibration.json"), {**record, "cv_log_loss": scores})
+    png = save_reliability_png(
+        {"before": (raw, val.labels), "after": (after, val.labels)}, os.path.join(run.workdir, "reliability.png")
+    )
+    return CalibrationResult(
+        calibration,
+        scores,
+        evaluate_probs(raw, val.labels, "before"),
+        evaluate_probs(after, val.labels, "after"),
+        expected_calibration_error(raw, val.labels),
+        expected_calibration_error(after, val.labels),
+        png,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdResult:
+    """Per-class thresholds fitted on the validation split, with the share they classify and the precision."""
+
+    thresholds: Thresholds
+    classified: float  # share of validation images given a label
+    precision: float  # of those labels
+    cv_classified: float  # the same with thresholds fitted on the other folds (5-fold): what new images get
+    cv_precision: float
+
+
+def threshold_run(
+    run: Run, target_precision: float, tta: int | str = 0, combine: Combine = "mean", progress: bool = True
+) -> ThresholdResult:
+    """Chooses per-class thresholds for ``target_precision`` on the run's (calibrated, if it is) validation
+    predictions and stores them as ``thresholds.json`` for ``predict --thresholds``."""
+    from deepsea.calibration import UNCLASSIFIED, apply_thresholds, fit_thresholds
+
+    val = validation_set(run.workdir)
+    probs = run_probs(run, val.paths, tta, combine, progress)
+    truth = np.asarray(run.classes)[val.labels]
+
+    def scored(idx: np.ndarray, thresholds: Thresholds) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.asarray(apply_thresholds(probs[idx], run.classes, thresholds))
+        kept = labels != UNCLASSIFIED
+        return kept, labels[kept] == truth[idx][kept]
+
+    thresholds = fit_thresholds(probs, val.labels, target_precision)
+    kept, right = scored(np.arange(len(truth)), thresholds)
+    order = np.random.default_rng(0).permutation(len(truth))
+    cv_kept, cv_right = [], []
+    for part in np.array_split(order, 5):
+        rest = np.setdiff1d(order, part)
+        k, r = scored(part, fit_thresholds(probs[rest], val.labels[rest], target_precision))
+        cv_kept.append(k)
+        cv_right.append(r)
+    cv_k, cv_r = np.concatenate(cv_kept), np.concatenate(cv_right)
+    record = {**thresholds.to_dict(), "tta": tta, "combine": combine, "checkpoint": run.key}
+    rundir.save_json(os.path.join(run.workdir, "thresholds.json"), record)
+    nan = float("nan")
+    return ThresholdResult(
+        thresholds,
+        float(kept.mean()),
+        float(right.mean()) if right.size else nan,
+        float(cv_k.mean()),
+        float(cv_r.mean()) if cv_r.size else nan,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,12 +474,16 @@ class RunEvaluation:
 
 
 def evaluate_run(run: Run, tta: int | str = 0, combine: Combine = "mean", progress: bool = True) -> RunEvaluation:
-    """Scores ``run`` on its validation split without TTA and, if ``tta`` is given, with it."""
+    """Scores ``run`` on its validation split without TTA and, if ``tta`` is given, with it; a setting the run
+    has a calibration for is scored calibrated (its label says so)."""
     val = validation_set(run.workdir)
     rows, probs = [], None
     for n in [0] + ([tta] if tta else []):
-        probs = run_probs(run, val.paths, n, combine, progress)
+        calibration = run_calibration(run, n, combine, warn=False)
+        probs = run_probs(run, val.paths, n, combine, progress, calibrated=False)
         label = "plain" if n == 0 else "TenCrop" if n == "tencrop" else f"TTA {n}"
+        if calibration is not None:
+            probs, label = calibration.apply(probs), f"{label} calibrated"
         rows.append(dataclasses.replace(evaluate_probs(probs, val.labels, label), step=run.step))
     assert probs is not None
     return RunEvaluation(run, tuple(rows), probs, val.labels)
@@ -448,11 +586,19 @@ def ensemble_runs(
     return EnsembleResult(tuple(workdirs), singles, tuple(chosen), weights, validation, cv, test)
 
 
-def write_submission(path: str, names: Sequence[str], classes: Sequence[str], probs: np.ndarray, top: int = 0) -> None:
+def write_submission(
+    path: str,
+    names: Sequence[str],
+    classes: Sequence[str],
+    probs: np.ndarray,
+    top: int = 0,
+    labels: Sequence[str] | None = None,
+) -> None:
     """The Kaggle NDSB format: header ``image,<class>,...``, one row per image, rows renormalised to sum to 1.
 
-    ``top``: also the ``top`` most probable classes of each image and their probabilities, after the class
-    columns (``top1,top1_prob,top2,...``; not Kaggle's format any more).
+    After the class columns (then no longer Kaggle's format): ``labels`` as a ``label`` column (a class or
+    ``unclassified``, from per-class thresholds), and the ``top`` most probable classes of each image with
+    their probabilities (``top1,top1_prob,top2,...``).
     """
     import csv
 
@@ -466,10 +612,15 @@ def write_submission(path: str, names: Sequence[str], classes: Sequence[str], pr
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", *classes, *(c for k in range(1, top + 1) for c in (f"top{k}", f"top{k}_prob"))])
-        for name, row, order in zip(names, probs, best, strict=True):
-            ranked = (v for i in order for v in (classes[i], f"{row[i]:.6g}"))
-            w.writerow([name, *(f"{p:.6g}" for p in row), *ranked])
+        if labels is not None and len(labels) != len(names):
+            raise ValueError(f"{len(labels)} labels for {len(names)} images")
+        label_col = ["label"] if labels is not None else []
+        w.writerow(
+            ["image", *classes, *label_col, *(c for k in range(1, top + 1) for c in (f"top{k}", f"top{k}_prob"))]
+        )
+        for i, (name, row, order) in enumerate(zip(names, probs, best, strict=True)):
+            ranked = (v for j in order for v in (classes[j], f"{row[j]:.6g}"))
+            w.writerow([name, *(f"{p:.6g}" for p in row), *([labels[i]] if labels is not None else []), *ranked])
     os.replace(tmp, path)
 
 
@@ -484,7 +635,7 @@ def read_submission(path: str) -> tuple[list[str], list[str], np.ndarray]:
         raise ValueError(f"{path!r} is not a submission: its header must start with 'image'")
     header = rows[0]
     end = len(header)
-    while end > 1 and re.fullmatch(r"top\d+(_prob)?", header[end - 1]):
+    while end > 1 and re.fullmatch(r"top\d+(_prob)?|label", header[end - 1]):
         end -= 1
     names = [r[0] for r in rows[1:]]
     return names, header[1:end], np.array([[float(x) for x in r[1:end]] for r in rows[1:]], np.float64)

@@ -22,7 +22,7 @@ from deepsea.data.transforms import TRAIN_RANGES, AugmentRanges
 from deepsea.metrics import accuracy, confusion_matrix
 from deepsea.rundir import read_metrics
 
-__all__ = ["plot_metrics", "plot_rounds", "plot_views", "save_confusion_png", "save_preview"]
+__all__ = ["plot_metrics", "plot_rounds", "plot_views", "save_confusion_png", "save_preview", "save_reliability_png"]
 
 
 def _pyplot() -> Any:
@@ -88,6 +88,33 @@ def save_confusion_png(probs: np.ndarray, labels: np.ndarray, classes: list[str]
     fig.colorbar(im, ax=ax, fraction=0.03)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_reliability_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str, bins: int = 15) -> str:
+    """Reliability diagrams: accuracy against confidence per bin for each ``name -> (probs, labels)``, with the
+    diagonal of perfect calibration and each curve's expected calibration error and log loss."""
+    from deepsea.calibration import expected_calibration_error, reliability
+    from deepsea.metrics import log_loss
+
+    plt = _pyplot()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=(3, 1), sharex=True)
+    ax.plot([0, 1], [0, 1], color="gray", lw=1, ls="--", label="perfectly calibrated")
+    for name, (probs, labels) in curves.items():
+        conf, acc, count = reliability(probs, labels, bins)
+        used = count > 0
+        ece = expected_calibration_error(probs, labels, bins)
+        label = f"{name}: ECE {ece:.3f}, log loss {log_loss(probs, labels):.3f}"
+        ax.plot(conf[used], acc[used], marker="o", ms=3, label=label)
+        hist.plot(conf[used], count[used], marker="o", ms=3)
+    ax.set_ylabel("accuracy")
+    ax.set_title("reliability (top-1 confidence, equal-width bins)")
+    ax.legend(fontsize=7)
+    hist.set_xlabel("confidence")
+    hist.set_ylabel("images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 

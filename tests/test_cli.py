@@ -101,6 +101,22 @@ def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
     assert cells[-6::2] == ranked and [float(p) for p in cells[-5::2]] == [probs[c] for c in ranked]
     assert read_submission(str(tmp_path / "top.csv"))[1] == classes
     assert "plain" in cli("evaluate", "--workdir", run, "--precision", "bfloat16")
+    # calibration and thresholds, stored in the run and used by evaluate and predict
+    out = cli("calibrate", "--workdir", run)
+    assert "T = " in out and "ECE" in out and Path(run, "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads(Path(run, "calibration.json").read_text())["tta"] == 0
+    assert "plain calibrated" in cli("evaluate", "--workdir", run)
+    assert "no thresholds.json" in cli(
+        "predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "t.csv"), "--thresholds", rc=2
+    )
+    assert "cross-validated" in cli("thresholds", "--workdir", run, "--target-precision", "0.5")
+    out = cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "t.csv"), "--thresholds")
+    assert "labelled at target precision 0.5" in out
+    rows = (tmp_path / "t.csv").read_text().splitlines()
+    assert rows[0].split(",")[-1] == "label" and all(r.split(",")[-1] in [*classes, "unclassified"] for r in rows[1:])
+    assert "were chosen for --tta 0" in cli(
+        "predict", "--workdir", run, "--images", str(flat), "--out", "t.csv", "--thresholds", "--tta", "2", rc=2
+    )
     # a corrupt image: an error naming it, or skipped and listed when asked
     (flat / "broken.jpg").write_bytes(b"not a jpeg")
     out = cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "x.csv"), rc=2)
