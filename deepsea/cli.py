@@ -54,7 +54,11 @@ def _experiment_args(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--small", action="store_true", help="the experiment's small-run configuration")
     if data:
-        p.add_argument("--data", default=None, help="labelled image folder (default: the experiment's, else synthetic)")
+        p.add_argument(
+            "--data",
+            default=None,
+            help="labelled image folder, tfds:DIR or ecotaxa:EXPORT.tsv (default: the experiment's, else synthetic)",
+        )
 
 
 def _prediction_args(p: argparse.ArgumentParser) -> None:
@@ -105,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     _prediction_args(p)
     p.add_argument("--skip-bad-images", action="store_true", help="skip (and list) unreadable images")
     p.add_argument("--top", type=int, default=0, metavar="N", help="also the N most probable classes per image")
+    p.add_argument("--ecotaxa", default="", metavar="TSV", help="also write the predictions as an EcoTaxa import TSV")
     p.add_argument(
         "--thresholds",
         action="store_true",
@@ -317,6 +322,17 @@ def _predict(args: argparse.Namespace) -> None:
     _report_skipped(pred.skipped)
     labels = None if thresholds is None else apply_thresholds(pred.probs, pred.classes, thresholds)
     write_submission(args.out, pred.names, pred.classes, pred.probs, top=args.top, labels=labels)
+    if args.ecotaxa:
+        import numpy as np
+
+        from deepsea.data.ecotaxa import category_name, write_ecotaxa
+
+        top = pred.probs.argmax(1)
+        names = labels if labels is not None else [pred.classes[i] for i in top]
+        categories = [None if n == UNCLASSIFIED else category_name(n) for n in names]
+        ids = [os.path.splitext(n)[0] for n in pred.names]
+        write_ecotaxa(args.ecotaxa, ids, list(pred.names), categories, np.max(pred.probs, axis=1))
+        print(f"wrote {args.ecotaxa} (EcoTaxa import: status 'predicted', score object_deepsea_score)")
     if labels is not None:
         share = sum(lab != UNCLASSIFIED for lab in labels) / max(1, len(labels))
         print(f"{share:.1%} of the images labelled at target precision {thresholds.target_precision}")

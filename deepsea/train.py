@@ -71,6 +71,15 @@ def resolve_data(config: Any) -> str:
             raise FileNotFoundError(f"no tensorflow-datasets dataset at {source!r} (from --data {path})")
         key = hashlib.sha256(source.encode()).hexdigest()[:12]
         return export_folder(source, os.path.join(data_cache_dir(), "tfds", key))
+    if path.startswith("ecotaxa:"):
+        import hashlib
+
+        from deepsea.data.ecotaxa import export_labelled_folder
+        from deepsea.data.synthetic import data_cache_dir
+
+        tsv = os.path.abspath(os.path.expanduser(path[len("ecotaxa:") :]))
+        key = hashlib.sha256(tsv.encode()).hexdigest()[:12]
+        return export_labelled_folder(tsv, os.path.join(data_cache_dir(), "ecotaxa", key))
     if path:
         return path
     from deepsea.data.synthetic import default_synthetic_dir

@@ -110,8 +110,13 @@ def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
         "predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "t.csv"), "--thresholds", rc=2
     )
     assert "cross-validated" in cli("thresholds", "--workdir", run, "--target-precision", "0.5")
-    out = cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "t.csv"), "--thresholds")
-    assert "labelled at target precision 0.5" in out
+    out = cli(
+        "predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "t.csv"), "--thresholds",
+        "--ecotaxa", str(tmp_path / "eco.tsv"),
+    )  # fmt: skip
+    assert "labelled at target precision 0.5" in out and "EcoTaxa import" in out
+    eco = (tmp_path / "eco.tsv").read_text().splitlines()
+    assert eco[1] == "[t]\t[t]\t[t]\t[t]\t[f]" and len(eco) == 2 + 12
     rows = (tmp_path / "t.csv").read_text().splitlines()
     assert rows[0].split(",")[-1] == "label" and all(r.split(",")[-1] in [*classes, "unclassified"] for r in rows[1:])
     assert "were chosen for --tta 0" in cli(
