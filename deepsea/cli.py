@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -102,14 +103,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("predict", help="write a Kaggle NDSB submission CSV for a folder of images")
+    p = sub.add_parser("predict", help="predict a folder (tree) of images into a CSV, streamed and resumable")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--images", required=True, help="flat folder of images (the NDSB test layout)")
+    p.add_argument("--images", required=True, help="folder of images, searched recursively (the NDSB test layout)")
     p.add_argument("--out", required=True, help="CSV file to write")
     _prediction_args(p)
     p.add_argument("--skip-bad-images", action="store_true", help="skip (and list) unreadable images")
     p.add_argument("--top", type=int, default=0, metavar="N", help="also the N most probable classes per image")
     p.add_argument("--ecotaxa", default="", metavar="TSV", help="also write the predictions as an EcoTaxa import TSV")
+    p.add_argument("--chunk", type=int, default=4096, help="images decoded and predicted at a time (memory)")
     p.add_argument(
         "--thresholds",
         action="store_true",
@@ -304,8 +306,9 @@ def _report_skipped(skipped) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from deepsea.calibration import UNCLASSIFIED, Thresholds, apply_thresholds
-    from deepsea.inference import predict_folder, restore_run, write_submission
+    from deepsea.calibration import UNCLASSIFIED, Thresholds
+    from deepsea.inference import restore_run
+    from deepsea.stream import predict_tree
 
     run = restore_run(args.workdir, args.checkpoint, precision=args.precision)
     thresholds = None
@@ -318,26 +321,37 @@ def _predict(args: argparse.Namespace) -> None:
                 f"{run.thresholds['combine']}; predict with those (or choose thresholds for these)"
             )
         thresholds = Thresholds.from_dict(run.thresholds)
-    pred = predict_folder(run, args.images, args.tta, args.combine, args.skip_bad_images)
-    _report_skipped(pred.skipped)
-    labels = None if thresholds is None else apply_thresholds(pred.probs, pred.classes, thresholds)
-    write_submission(args.out, pred.names, pred.classes, pred.probs, top=args.top, labels=labels)
-    if args.ecotaxa:
-        import numpy as np
+    res = predict_tree(
+        run, args.images, args.out, args.tta, args.combine, args.skip_bad_images, args.top, thresholds, args.chunk
+    )
+    _report_skipped(res.skipped)
+    if res.resumed_from:
+        print(f"resumed after {res.resumed_from} images already in {args.out}")
+    if args.ecotaxa or thresholds is not None:
+        import csv
 
         from deepsea.data.ecotaxa import category_name, write_ecotaxa
 
-        top = pred.probs.argmax(1)
-        names = labels if labels is not None else [pred.classes[i] for i in top]
-        categories = [None if n == UNCLASSIFIED else category_name(n) for n in names]
-        ids = [os.path.splitext(n)[0] for n in pred.names]
-        write_ecotaxa(args.ecotaxa, ids, list(pred.names), categories, np.max(pred.probs, axis=1))
-        print(f"wrote {args.ecotaxa} (EcoTaxa import: status 'predicted', score object_deepsea_score)")
-    if labels is not None:
-        share = sum(lab != UNCLASSIFIED for lab in labels) / max(1, len(labels))
-        print(f"{share:.1%} of the images labelled at target precision {thresholds.target_precision}")
+        k = len(run.classes)
+        names, categories, scores = [], [], []
+        with open(args.out, newline="") as f:
+            for row in itertools.islice(csv.reader(f), 1, None):
+                probs = [float(v) for v in row[1 : 1 + k]]
+                best = max(range(k), key=probs.__getitem__)
+                label = row[1 + k] if thresholds is not None else run.classes[best]
+                names.append(row[0])
+                categories.append(None if label == UNCLASSIFIED else category_name(label))
+                scores.append(probs[best])
+        if thresholds is not None:
+            share = sum(c is not None for c in categories) / max(1, len(categories))
+            print(f"{share:.1%} of the images labelled at target precision {thresholds.target_precision}")
+        if args.ecotaxa:
+            ids = [os.path.splitext(os.path.basename(n))[0] for n in names]
+            write_ecotaxa(args.ecotaxa, ids, names, categories, scores)
+            print(f"wrote {args.ecotaxa} (EcoTaxa import: status 'predicted', score object_deepsea_score)")
     print(
-        f"wrote {args.out}: {len(pred.names)} images x {len(pred.classes)} classes ({args.tta or 'no'} TTA transforms)"
+        f"wrote {args.out}: {res.images} images x {len(run.classes)} classes ({args.tta or 'no'} TTA transforms), "
+        f"{res.images_per_s:.0f} images/s"
     )
 
 

@@ -14,7 +14,7 @@ from deepsea.ensemble import blend, cross_validated_selection, fit_blend_weights
 from deepsea.inference import cached_tta_probs, predict_probs, read_submission, tta_probs, write_submission
 from deepsea.models import tiny_rollnet
 from deepsea.plots import save_confusion_png
-from deepsea.tta import combine_probs, identity_transforms
+from deepsea.tta import combine_probs, identity_transforms, transforms_for
 
 
 def _random_probs(rng, n=200, k=7):
@@ -233,3 +233,46 @@ def test_tencrop_predictions_through_the_cache(tiny_run, tmp_path):
     assert len(transforms_for(0, 23)) == 1 and len(transforms_for(5, 23)) == 5
     with pytest.raises(ValueError, match="tencrop"):
         transforms_for("tenfold", 23)
+
+
+def _tiny_run_object(tiny_run, workdir):
+    from deepsea.configs import base_config
+    from deepsea.inference import Run
+
+    folder, model, variables, pp = tiny_run
+    config = base_config()
+    config.train.eval_batch_size = 8
+    return Run(str(workdir), model, variables, pp, tuple(folder.classes), config, "best", 1)
+
+
+def test_streamed_prediction_resumes_after_a_kill_and_equals_one_pass(tiny_run, tmp_path):
+    import shutil
+
+    from deepsea.stream import list_images, predict_tree
+
+    folder, model, variables, pp = tiny_run
+    tree = tmp_path / "tree"
+    for i, p in enumerate(folder.paths):  # a nested tree: two levels, and a stray file
+        sub = tree / f"site{i % 2}" / f"cast{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, sub / f"{i}.jpg")
+    (tree / "notes.txt").write_text("not an image")
+    rel = list_images(str(tree))
+    assert len(rel) == len(folder) and rel == sorted(rel) and rel[0].startswith("site0/cast0/")
+    run = _tiny_run_object(tiny_run, tmp_path / "run")
+    whole = predict_tree(run, str(tree), str(tmp_path / "whole.csv"), tta=2, top=2, chunk=5, progress=False)
+    assert whole.images == len(folder) and whole.resumed_from == 0
+    killed = predict_tree(
+        run, str(tree), str(tmp_path / "part.csv"), tta=2, top=2, chunk=5, progress=False, stop_after_chunks=2
+    )
+    assert killed.images == 10
+    with open(tmp_path / "part.csv", "a") as f:
+        f.write("site1/cast2/half-written,0.1")  # what a kill in the middle of a chunk leaves
+    resumed = predict_tree(run, str(tree), str(tmp_path / "part.csv"), tta=2, top=2, chunk=5, progress=False)
+    assert resumed.resumed_from == 10 and resumed.images == len(folder)
+    assert (tmp_path / "part.csv").read_text() == (tmp_path / "whole.csv").read_text()
+    names, classes, probs = read_submission(str(tmp_path / "whole.csv"))
+    assert names == rel and classes == list(folder.classes)
+    # the same probabilities as the in-memory TTA path
+    per = tta_probs(model, variables, [str(tree / r) for r in rel], pp, transforms_for(2, 23), 8, progress=False)
+    np.testing.assert_allclose(probs, combine_probs(per), atol=2e-6)

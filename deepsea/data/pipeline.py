@@ -490,6 +490,7 @@ def tta_batches(
     chunk: int = 1024,
     threads: int = 2,
     prefetch: int = 4,
+    images: Sequence[np.ndarray] | None = None,
 ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
     """Every image of ``paths`` under every transform, each image decoded once.
 
@@ -499,13 +500,16 @@ def tta_batches(
     first image, batch)``, each batch padded and masked like
     :func:`eval_batches`'.  A background thread builds the batches up to
     ``prefetch`` ahead, so the warps overlap the predictions that consume them;
-    an error there (an unreadable image, named) is raised here.
+    an error there (an unreadable image, named) is raised here.  ``images``: the
+    decoded images of ``paths``, when the caller has them already.
     """
     import queue
     import threading
 
     if chunk < batch_size:
         raise ValueError(f"chunk ({chunk}) must hold at least one batch ({batch_size})")
+    if images is not None and len(images) != len(paths):
+        raise ValueError(f"{len(images)} decoded images for {len(paths)} paths")
     done = object()
     q: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
@@ -524,11 +528,14 @@ def tta_batches(
             with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
                 for start in range(0, len(paths), chunk):
                     idx = range(start, min(start + chunk, len(paths)))
-                    images = list(pool.map(lambda i: read_input(paths[i], pp), idx))
+                    if images is None:
+                        decoded = list(pool.map(lambda i: read_input(paths[i], pp), idx))
+                    else:
+                        decoded = [images[i] for i in idx]
                     for t, params in enumerate(transforms):
                         for b in range(0, len(idx), batch_size):
                             part = range(b, min(b + batch_size, len(idx)))
-                            warp_one = functools.partial(_tta_example, paths, pp, params, idx, images)
+                            warp_one = functools.partial(_tta_example, paths, pp, params, idx, decoded)
                             examples = list(pool.map(warp_one, part))
                             if not put((t, start + b, _padded(examples, batch_size))):
                                 return

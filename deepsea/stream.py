@@ -1,0 +1,179 @@
+"""Predicting a folder tree of any size in one pass: bounded memory, resumable, written as it goes.
+
+:func:`predict_tree` lists the images under a folder (recursively, sorted), then predicts them in chunks: each
+chunk is decoded once, in threads (a bad file is skipped and listed, or an error naming it), predicted under
+every test-time transform, combined, calibrated if the run has a calibration for that setting, and appended to
+the output CSV: ``image`` (the path relative to the folder; the file name for a flat folder, as a Kaggle
+submission has it), every class's probability, then the optional ``label`` and top-n columns.  After each
+chunk a state file beside the output records the chunks done and the CSV's length, so a killed run started
+again with the same arguments cuts the CSV back to its last finished chunk and continues from there.  Memory
+holds one chunk's images and probabilities whatever the folder's size.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from deepsea.calibration import Thresholds, apply_thresholds
+from deepsea.data import BadImageError, FolderError
+from deepsea.data.images import IMAGE_EXTENSIONS
+from deepsea.data.pipeline import read_input, tta_batches
+from deepsea.tta import combine_probs, transforms_for
+
+__all__ = ["StreamResult", "list_images", "predict_tree"]
+
+DEFAULT_CHUNK = 4096
+
+
+def list_images(root: str) -> list[str]:
+    """Every image file under ``root`` (recursively; hidden files and folders left out), as sorted paths
+    relative to ``root``."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FolderError(f"image folder {root!r} does not exist or is not a folder")
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = os.path.relpath(dirpath, root)
+        for f in sorted(filenames):
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                out.append(f if rel == "." else os.path.join(rel, f))
+    if not out:
+        raise FolderError(f"image folder {root!r} has no images")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamResult:
+    """What :func:`predict_tree` wrote: images predicted (this call and before a resume), skipped files, speed."""
+
+    out: str
+    images: int
+    resumed_from: int  # images already in the output when this call started
+    skipped: tuple[tuple[str, str], ...]
+    seconds: float  # this call's prediction time
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.images - self.resumed_from) / max(self.seconds, 1e-9)
+
+
+def _decode(root: str, rel: Sequence[str], pp: Any, skip_bad: bool, pool: Any) -> tuple[list, list, list]:
+    def one(r: str) -> tuple[str, np.ndarray | None, str | None]:
+        try:
+            return r, read_input(os.path.join(root, r), pp), None
+        except BadImageError as e:
+            if not skip_bad:
+                raise
+            return r, None, e.reason
+
+    good, images, bad = [], [], []
+    for r, img, reason in pool.map(one, rel):
+        if img is None:
+            bad.append((r, reason))
+        else:
+            good.append(r)
+            images.append(img)
+    return good, images, bad
+
+
+def _chunks(n: int, size: int, start: int) -> Iterator[tuple[int, int]]:
+    for lo in range(start * size, n, size):
+        yield lo // size, lo
+
+
+def predict_tree(
+    run: Any,
+    root: str,
+    out: str,
+    tta: int | str = 0,
+    combine: str = "mean",
+    skip_bad: bool = False,
+    top: int = 0,
+    thresholds: Thresholds | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    progress: bool = True,
+    stop_after_chunks: int | None = None,
+) -> StreamResult:
+    """Predicts every image under ``root`` with ``run`` (a :class:`deepsea.inference.Run`) into the CSV ``out``;
+    resumes a killed call with the same arguments.  ``stop_after_chunks``: stop as if killed (for tests)."""
+    from tqdm.auto import tqdm
+
+    from deepsea.inference import _predict_fn, data_mesh, put_batch, run_calibration
+
+    rel = list_images(root)
+    classes = list(run.classes)
+    transforms = transforms_for(tta, run.preprocess.size, run.tta_ranges)
+    calibration = run_calibration(run, tta, combine)
+    key = hashlib.sha256(
+        json.dumps([rel, run.workdir, run.key, str(tta), combine, top, thresholds is not None, chunk]).encode()
+    ).hexdigest()
+    state_path = f"{out}.state.json"
+    done_chunks, skipped, written = 0, [], 0
+    if os.path.exists(state_path) and os.path.exists(out):
+        with open(state_path) as f:
+            state = json.load(f)
+        if state.get("key") == key:
+            done_chunks, written = state["chunks"], state["images"]
+            skipped = [tuple(s) for s in state["skipped"]]
+            with open(out, "r+b") as f:
+                f.truncate(state["bytes"])  # whatever a killed chunk had begun to write
+    resumed_from = written
+    header = ["image", *classes]
+    header += ["label"] if thresholds is not None else []
+    header += [c for k in range(1, top + 1) for c in (f"top{k}", f"top{k}_prob")]
+    mode = "a" if done_chunks else "w"
+    fn = _predict_fn(run.model)
+    mesh = data_mesh()
+    bs = run.config.train.eval_batch_size
+    t0 = time.perf_counter()
+    with (
+        open(out, mode, newline="") as f,
+        concurrent.futures.ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool,
+        tqdm(total=len(rel), initial=done_chunks * chunk, desc="predict", unit="img", disable=not progress) as bar,
+    ):
+        w = csv.writer(f)
+        if not done_chunks:
+            w.writerow(header)
+        for c, lo in _chunks(len(rel), chunk, done_chunks):
+            part = rel[lo : lo + chunk]
+            good, images, bad = _decode(root, part, run.preprocess, skip_bad, pool)
+            skipped += bad
+            if good:
+                per = np.empty((len(transforms), len(good), len(classes)), np.float32)
+                paths = [os.path.join(root, r) for r in good]
+                for t, start, batch in tta_batches(paths, run.preprocess, transforms, bs, images=images):
+                    k = int(batch["mask"].sum())
+                    per[t, start : start + k] = np.asarray(fn(run.variables, put_batch(batch, mesh)))[:k]
+                probs = combine_probs(per, combine)  # type: ignore[arg-type]
+                if calibration is not None:
+                    probs = calibration.apply(probs)
+                labels = apply_thresholds(probs, classes, thresholds) if thresholds is not None else None
+                best = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+                for i, (name, row) in enumerate(zip(good, probs, strict=True)):
+                    cells = [name, *(f"{p:.6g}" for p in row)]
+                    cells += [labels[i]] if labels is not None else []
+                    cells += [v for j in best[i] for v in (classes[j], f"{row[j]:.6g}")]
+                    w.writerow(cells)
+            f.flush()
+            os.fsync(f.fileno())
+            written += len(good)
+            state = {"key": key, "chunks": c + 1, "images": written, "bytes": f.tell(), "skipped": skipped}
+            tmp = f"{state_path}.tmp"
+            with open(tmp, "w") as s:
+                json.dump(state, s)
+            os.replace(tmp, state_path)
+            bar.update(len(part))
+            if stop_after_chunks is not None and c + 1 - done_chunks >= stop_after_chunks:
+                break
+    return StreamResult(out, written, resumed_from, tuple(skipped), time.perf_counter() - t0)
