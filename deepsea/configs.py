@@ -49,6 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.second_rescale = "factor:0.2"
     c.data.channels = 1  # 1: grayscale (colour images read as luma) | 3: RGB
     c.data.background = "white"  # white (transmitted light, photographs) | black (dark field): the warp's fill
+    c.data.class_map = ""  # a file mapping classes to new names (merge) or to nothing (drop): JSON or old,new CSV
+    c.data.min_class_size = 0  # drop classes with fewer images (after the mapping)
     c.data.gray_to_rgb = False  # channels 3: read grayscale files as three equal channels instead of refusing them
 
     c.aug = ml_collections.ConfigDict()
@@ -103,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 5000
     c.train.log_every = 100
     c.train.eval_batch_size = 64
+    c.train.class_weight_power = 0.0  # loss weight of a class: (its share of the training images)^-power, mean 1
     c.train.eval_tta = ""  # validation during training: "" plain | "tencrop" | "N" Halton transforms
     c.train.keep_checkpoints = 2
     c.train.divergence_loss = 50.0  # stop when the training loss exceeds this (or is not finite)

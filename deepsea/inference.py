@@ -105,7 +105,7 @@ def data_mesh() -> jax.sharding.Mesh:
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-_MODEL_INPUTS = ("image", "image2", "label", "raw_size")
+_MODEL_INPUTS = ("image", "image2", "label", "raw_size", "weight")
 
 
 def put_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
@@ -320,7 +320,7 @@ class ValidationSet:
 def validation_set(workdir: str) -> ValidationSet:
     """The validation split of ``workdir``; the folder's classes must match the run's."""
     split = rundir.load_json(os.path.join(workdir, "split.json"))
-    folder = scan_labelled_folder(split["root"])
+    folder = rundir.apply_class_map(workdir, scan_labelled_folder(split["root"]))
     _, val_idx, _ = rundir.load_run_data(workdir, folder)
     return ValidationSet(tuple(folder.paths[i] for i in val_idx), folder.labels[val_idx], tuple(folder.classes))
 

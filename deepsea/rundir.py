@@ -145,6 +145,15 @@ def load_run_data(run_dir: str, folder: ImageFolder) -> tuple[np.ndarray, np.nda
     return train, val, load_preprocess(run_dir)
 
 
+def apply_class_map(run_dir: str, folder: ImageFolder) -> ImageFolder:
+    """``folder`` with the class mapping the run was trained with (``class_map.json``: every original class to its
+    name in the run, or null if dropped), if it had one."""
+    from deepsea.data import map_classes
+
+    path = os.path.join(run_dir, "class_map.json")
+    return map_classes(folder, load_json(path)) if os.path.exists(path) else folder
+
+
 def load_preprocess(run_dir: str) -> Preprocess:
     """The preprocessing (patch, rescale, global statistics) a run was trained with."""
     meta = load_json(os.path.join(run_dir, "preprocess.json"))

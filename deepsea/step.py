@@ -175,7 +175,9 @@ def make_train_step(
         def loss_fn(params):
             logits, model_state = forward(model, {"params": params, **state.model_state}, batch, True, dropout_rng)
             logits = logits.astype(jnp.float32)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+            # per-example loss weights (class weights) where the batch has them; a plain mean otherwise
+            ce = jnp.mean(ce * batch["weight"]) if "weight" in batch else jnp.mean(ce)
             return ce, (logits, model_state)
 
         (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

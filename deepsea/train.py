@@ -28,6 +28,8 @@ from deepsea.data import (
     Rescale,
     check_images,
     compute_stats,
+    map_classes,
+    read_class_map,
     scan_labelled_folder,
     stratified_split,
     train_batches,
@@ -85,6 +87,39 @@ def resolve_data(config: Any) -> str:
     from deepsea.data.synthetic import default_synthetic_dir
 
     return default_synthetic_dir(per_class=config.data.synthetic_per_class, colour=config.data.synthetic_colour)
+
+
+def class_weights(labels: np.ndarray, num_classes: int, power: float) -> np.ndarray | None:
+    """Loss weight of each class, ``(its share of the images) ** -power`` scaled so that the training images'
+    weights average 1 (``power`` 1: inverse frequency, every class counts as much in total; 0: None, no
+    weighting)."""
+    if power == 0:
+        return None
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    share = np.where(counts > 0, counts / counts.sum(), 1.0)
+    w = share**-power
+    return (w / (np.sum(counts * w) / counts.sum())).astype(np.float32)
+
+
+def _map_classes(config: Any, workdir: str, folder: Any, lead: bool) -> Any:
+    """A new run's classes: ``data.class_map`` applied, then classes under ``data.min_class_size`` dropped; the
+    resolved mapping (every original class to its name, or null) is saved as ``class_map.json`` for resuming,
+    evaluation and prediction."""
+    mapping = read_class_map(config.data.class_map) if config.data.get("class_map") else {}
+    resolved = {c: mapping.get(c, c) or None for c in folder.classes}
+    minimum = config.data.get("min_class_size", 0)
+    if minimum > 0:
+        mapped = map_classes(folder, resolved)
+        small = {c for c, n in zip(mapped.classes, mapped.class_counts(), strict=True) if n < minimum}
+        if small:
+            log.warning("dropping %d classes with fewer than %d images: %s", len(small), minimum, sorted(small)[:10])
+        resolved = {c: None if t in small else t for c, t in resolved.items()}
+    if all(c == t for c, t in resolved.items()):
+        return folder
+    if lead:
+        os.makedirs(workdir, exist_ok=True)
+        rundir.save_json(os.path.join(workdir, "class_map.json"), resolved)
+    return map_classes(folder, resolved)
 
 
 def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool) -> tuple[Any, Any, Any, Preprocess]:
@@ -210,6 +245,7 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
     folder = scan_labelled_folder(resolve_data(config))
     ckpt, best_mgr = rundir.checkpoint_managers(workdir, config.train.keep_checkpoints)
     resuming = ckpt.latest_step() is not None
+    folder = rundir.apply_class_map(workdir, folder) if resuming else _map_classes(config, workdir, folder, lead)
     if resuming:
         train_idx, val_idx, pp = rundir.load_run_data(workdir, folder)
     else:
@@ -221,6 +257,7 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
         AugmentRanges.from_config(config.aug),
         seed=config.seed,
         cache=config.data.cache_images,
+        class_weights=class_weights(folder.labels[train_idx], len(folder.classes), config.train.class_weight_power),
     )
     val_paths = [folder.paths[i] for i in val_idx]
     val_labels = folder.labels[val_idx]

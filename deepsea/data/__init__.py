@@ -1,6 +1,13 @@
 """Datasets, preprocessing, augmentation and loaders (NumPy/SciPy/grain; no JAX in the workers' path)."""
 
-from deepsea.data.folders import FolderError, ImageFolder, scan_flat_folder, scan_labelled_folder
+from deepsea.data.folders import (
+    FolderError,
+    ImageFolder,
+    map_classes,
+    read_class_map,
+    scan_flat_folder,
+    scan_labelled_folder,
+)
 from deepsea.data.images import BadImageError, invert, read_image
 from deepsea.data.pipeline import (
     AugmentedSource,
@@ -46,8 +53,10 @@ __all__ = [
     "eval_batches",
     "halton",
     "invert",
+    "map_classes",
     "params_from_unit",
     "preprocess_image",
+    "read_class_map",
     "read_image",
     "sample_params",
     "scan_flat_folder",

@@ -16,7 +16,14 @@ import numpy as np
 
 from deepsea.data.images import IMAGE_EXTENSIONS
 
-__all__ = ["FolderError", "ImageFolder", "scan_flat_folder", "scan_labelled_folder"]
+__all__ = [
+    "FolderError",
+    "ImageFolder",
+    "map_classes",
+    "read_class_map",
+    "scan_flat_folder",
+    "scan_labelled_folder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,53 @@ class ImageFolder:
             paths=tuple(self.paths[i] for i in idx),
             labels=None if self.labels is None else self.labels[idx],
         )
+
+
+def map_classes(folder: ImageFolder, mapping: dict[str, str | None]) -> ImageFolder:
+    """Renames, merges (several classes mapped to one name) or drops (mapped to ``None`` or ``""``) classes of a
+    labelled folder; classes not in ``mapping`` keep their name.  The classes are sorted again and the images
+    of dropped classes left out.  A mapping key that is not a class of the folder is an error naming it."""
+    if folder.labels is None:
+        raise FolderError(f"{folder.root!r} is not labelled: a class mapping needs class folders")
+    unknown = sorted(set(mapping) - set(folder.classes))
+    if unknown:
+        raise FolderError(f"the class mapping names classes that {folder.root!r} does not have: {unknown[:10]}")
+    target = [mapping.get(c, c) or None for c in folder.classes]
+    classes = tuple(sorted({t for t in target if t}))
+    if not classes:
+        raise FolderError(f"the class mapping drops every class of {folder.root!r}")
+    index = {c: i for i, c in enumerate(classes)}
+    new = np.array([index[t] if t else -1 for t in target], np.int64)[folder.labels]
+    keep = np.flatnonzero(new >= 0)
+    return ImageFolder(
+        folder.root,
+        tuple(folder.paths[i] for i in keep),
+        new[keep].astype(np.int32),
+        classes,
+        folder.ignored,
+    )
+
+
+def read_class_map(path: str) -> dict[str, str | None]:
+    """A class mapping file: JSON (``{"old": "new", "dropped": null}``) or two columns of CSV/TSV
+    (``old,new``; an empty ``new`` drops the class)."""
+    import csv
+    import json
+
+    if not os.path.isfile(path):
+        raise FolderError(f"no class mapping file at {path!r}")
+    if path.endswith(".json"):
+        with open(path) as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise FolderError(f"{path!r}: a JSON class mapping is an object {{old: new or null}}")
+        return {str(k): (None if v in (None, "") else str(v)) for k, v in data.items()}
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f, delimiter="\t" if path.endswith(".tsv") else ",") if r]
+    bad = [i + 1 for i, r in enumerate(rows) if len(r) not in (1, 2)]
+    if bad:
+        raise FolderError(f"{path!r} line(s) {bad[:5]}: a class mapping row is 'old,new' (empty new: drop)")
+    return {r[0].strip(): (r[1].strip() or None) if len(r) == 2 else None for r in rows}
 
 
 def _is_image(name: str) -> bool:

@@ -290,7 +290,8 @@ class AugmentedSource:
 
     ``cache``: keep every decoded image (uint8, raw size) in memory after its
     first read, so later epochs only warp; each worker process holds its own
-    copy of the decoded images.
+    copy of the decoded images.  ``class_weights``: each example gets its
+    class's loss ``weight``.
     """
 
     def __init__(
@@ -303,6 +304,7 @@ class AugmentedSource:
         shuffle: bool = True,
         epochs: int | None = None,
         cache: bool = False,
+        class_weights: np.ndarray | None = None,
     ):
         if not paths:
             raise ValueError("no images to load")
@@ -314,6 +316,9 @@ class AugmentedSource:
         self._perm: np.ndarray | None = None
         self.cache = cache
         self._decoded: dict[int, np.ndarray] = {}
+        self.class_weights = None if class_weights is None else np.asarray(class_weights, np.float32)
+        if self.class_weights is not None and self.labels is None:
+            raise ValueError("class weights need labels")
 
     def __len__(self) -> int:
         return len(self.paths) * self.epochs
@@ -333,7 +338,10 @@ class AugmentedSource:
             image = read_input(self.paths[index], self.pp)
             if self.cache:
                 self._decoded[index] = image
-        return _example(self.paths, self.labels, index, self.pp, params, image)
+        out = _example(self.paths, self.labels, index, self.pp, params, image)
+        if self.class_weights is not None:
+            out["weight"] = self.class_weights[out["label"]]
+        return out
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_decoded": {}}  # workers decode (and cache) for themselves
