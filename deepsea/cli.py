@@ -113,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ecotaxa", default="", metavar="TSV", help="also write the predictions as an EcoTaxa import TSV")
     p.add_argument("--chunk", type=int, default=4096, help="images decoded and predicted at a time (memory)")
     p.add_argument(
+        "--pixel-size",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="micrometres per pixel of these images (required when the run was trained with data.pixel_size)",
+    )
+    p.add_argument(
         "--thresholds",
         action="store_true",
         help="add a label column: the top class, or 'unclassified' below the run's thresholds (deepsea thresholds)",
@@ -305,6 +312,26 @@ def _report_skipped(skipped) -> None:
         print(f"skipped {len(skipped)} unreadable image(s); they are not in the submission", file=sys.stderr)
 
 
+def _with_pixel_size(run, pixel_size: float | None, workdir: str):
+    """The run predicting images of ``pixel_size`` micrometres: required when it learnt physical sizes, refused
+    when it learnt sizes in pixels."""
+    import dataclasses
+
+    trained = run.preprocess.pixel_size
+    if trained and pixel_size is None:
+        raise CommandError(
+            f"{workdir} learnt sizes in micrometres (its images: {trained} um per pixel): give these images' "
+            "pixel size with --pixel-size"
+        )
+    if pixel_size is not None and not trained:
+        raise CommandError(f"{workdir} learnt sizes in pixels (no data.pixel_size): --pixel-size does not apply")
+    if pixel_size is None:
+        return run
+    if not pixel_size > 0:
+        raise CommandError(f"--pixel-size must be > 0 micrometres, got {pixel_size}")
+    return dataclasses.replace(run, preprocess=dataclasses.replace(run.preprocess, pixel_size=pixel_size))
+
+
 def _predict(args: argparse.Namespace) -> None:
     from deepsea.calibration import UNCLASSIFIED, Thresholds
     from deepsea.inference import restore_run
@@ -321,6 +348,7 @@ def _predict(args: argparse.Namespace) -> None:
                 f"{run.thresholds['combine']}; predict with those (or choose thresholds for these)"
             )
         thresholds = Thresholds.from_dict(run.thresholds)
+    run = _with_pixel_size(run, args.pixel_size, args.workdir)
     res = predict_tree(
         run, args.images, args.out, args.tta, args.combine, args.skip_bad_images, args.top, thresholds, args.chunk
     )

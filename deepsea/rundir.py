@@ -117,6 +117,7 @@ def save_run_data(
             "second_rescale": {"kind": pp.second_rescale.kind, "value": pp.second_rescale.value},
             "background": pp.background,
             "gray_to_rgb": pp.gray_to_rgb,
+            "pixel_size": pp.pixel_size,
         },
     )
 
@@ -168,6 +169,7 @@ def load_preprocess(run_dir: str) -> Preprocess:
         second_rescale=Rescale(**meta.get("second_rescale", {"kind": "factor", "value": 0.2})),
         background=meta.get("background", "white"),
         gray_to_rgb=meta.get("gray_to_rgb", False),
+        pixel_size=meta.get("pixel_size", 0.0),
     )
 
 

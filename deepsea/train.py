@@ -132,6 +132,7 @@ def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool)
         second_rescale=Rescale.parse(config.data.second_rescale),
         background=config.data.background,
         gray_to_rgb=config.data.gray_to_rgb,
+        pixel_size=config.data.get("pixel_size", 0.0),
     )
     folder, _, skipped = check_images(folder, skip_bad=config.data.skip_bad_images, progress=progress, pp=pp)
     train_idx, val_idx = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)

@@ -276,3 +276,27 @@ def test_streamed_prediction_resumes_after_a_kill_and_equals_one_pass(tiny_run, 
     # the same probabilities as the in-memory TTA path
     per = tta_probs(model, variables, [str(tree / r) for r in rel], pp, transforms_for(2, 23), 8, progress=False)
     np.testing.assert_allclose(probs, combine_probs(per), atol=2e-6)
+
+
+def test_pixel_size_makes_the_size_feature_physical_and_is_required_to_predict(tiny_run, tmp_path):
+    import dataclasses
+
+    from deepsea.cli import CommandError, _with_pixel_size
+    from deepsea.data.pipeline import _example
+    from deepsea.rundir import load_preprocess, save_run_data
+
+    folder, _, _, pp = tiny_run
+    img = np.zeros((30, 40), np.uint8)
+    um = dataclasses.replace(pp, pixel_size=12.5)
+    np.testing.assert_array_equal(_example(["x"], None, 0, pp, AugmentParams(), img)["raw_size"], [30, 40])
+    np.testing.assert_array_equal(_example(["x"], None, 0, um, AugmentParams(), img)["raw_size"], [375, 500])
+    save_run_data(str(tmp_path), folder, np.arange(2), np.arange(2, 4), um, 0, 0.1)
+    assert load_preprocess(str(tmp_path)).pixel_size == 12.5
+    with pytest.raises(ValueError, match="pixel size"):
+        Preprocess(pixel_size=-1.0)
+    physical = dataclasses.replace(_tiny_run_object(tiny_run, tmp_path), preprocess=um)
+    with pytest.raises(CommandError, match="give these images' pixel size"):
+        _with_pixel_size(physical, None, "run")
+    assert _with_pixel_size(physical, 7.0, "run").preprocess.pixel_size == 7.0
+    with pytest.raises(CommandError, match="learnt sizes in pixels"):
+        _with_pixel_size(_tiny_run_object(tiny_run, tmp_path), 7.0, "run")

@@ -80,6 +80,7 @@ class Preprocess:
     second_rescale: Rescale = Rescale("factor", 0.2)
     background: str = "white"
     gray_to_rgb: bool = False  # RGB: read grayscale files as three equal channels (else they are refused)
+    pixel_size: float = 0.0  # micrometres per pixel of the images (0: unknown); the size feature is then physical
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -96,6 +97,8 @@ class Preprocess:
                 object.__setattr__(self, name, tuple(float(v) for v in value))
         if not np.all(np.asarray(self.std) > 0):
             raise ValueError(f"std must be > 0, got {self.std}")
+        if not self.pixel_size >= 0:
+            raise ValueError(f"pixel size must be >= 0 micrometres (0: unknown), got {self.pixel_size}")
 
     @property
     def inverted(self) -> bool:
@@ -272,7 +275,8 @@ def _example(
     img = read_input(paths[index], pp) if image is None else image
     out: dict[str, Any] = {
         **preprocess_inputs(img, pp, params),
-        "raw_size": np.array(img.shape[:2], np.float32),
+        # the raw size, in micrometres when the pixel size is known
+        "raw_size": np.array(img.shape[:2], np.float32) * np.float32(pp.pixel_size or 1.0),
         "index": np.int64(index),
     }
     if labels is not None:
