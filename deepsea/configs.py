@@ -51,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.background = "white"  # white (transmitted light, photographs) | black (dark field): the warp's fill
     c.data.class_map = ""  # a file mapping classes to new names (merge) or to nothing (drop): JSON or old,new CSV
     c.data.min_class_size = 0  # drop classes with fewer images (after the mapping)
+    c.data.balanced_sampling = False  # draw every class equally often (with replacement) instead of epochs
     c.data.pixel_size = 0.0  # micrometres per pixel (0: unknown): the raw-size feature in micrometres
     c.data.gray_to_rgb = False  # channels 3: read grayscale files as three equal channels instead of refusing them
 

@@ -259,6 +259,7 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
         seed=config.seed,
         cache=config.data.cache_images,
         class_weights=class_weights(folder.labels[train_idx], len(folder.classes), config.train.class_weight_power),
+        balanced=config.data.get("balanced_sampling", False),
     )
     val_paths = [folder.paths[i] for i in val_idx]
     val_labels = folder.labels[val_idx]

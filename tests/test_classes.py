@@ -101,3 +101,18 @@ def test_a_run_keeps_its_class_mapping_for_evaluation(tmp_path, monkeypatch):
     assert ev.probs.shape == (11, 10) and np.bincount(ev.labels).tolist() == [
         2 if c == "disc" else 1 for c in run.classes
     ]
+
+
+def test_balanced_sampling_draws_every_class_equally_and_reproducibly(tmp_path):
+    from deepsea.data import AugmentedSource, Preprocess
+
+    labels = np.array([0] * 80 + [1] * 15 + [2] * 5, np.int32)
+    paths = [str(tmp_path / f"{i}.png") for i in range(len(labels))]
+    src = AugmentedSource(paths, labels, Preprocess(size=9), balanced=True, seed=3)
+    order = np.concatenate([src._permutation(e) for e in range(30)])
+    share = np.bincount(labels[order], minlength=3) / len(order)
+    np.testing.assert_allclose(share, 1 / 3, atol=0.02)
+    again = AugmentedSource(paths, labels, Preprocess(size=9), balanced=True, seed=3)
+    np.testing.assert_array_equal(again._permutation(7), src._permutation(7))  # exact resume
+    plain = AugmentedSource(paths, labels, Preprocess(size=9), seed=3)
+    assert sorted(plain._permutation(0)) == list(range(len(labels)))

@@ -295,7 +295,8 @@ class AugmentedSource:
     ``cache``: keep every decoded image (uint8, raw size) in memory after its
     first read, so later epochs only warp; each worker process holds its own
     copy of the decoded images.  ``class_weights``: each example gets its
-    class's loss ``weight``.
+    class's loss ``weight``.  ``balanced``: each epoch draws its examples
+    with replacement so that every class is equally likely (long-tailed data).
     """
 
     def __init__(
@@ -309,6 +310,7 @@ class AugmentedSource:
         epochs: int | None = None,
         cache: bool = False,
         class_weights: np.ndarray | None = None,
+        balanced: bool = False,
     ):
         if not paths:
             raise ValueError("no images to load")
@@ -323,13 +325,25 @@ class AugmentedSource:
         self.class_weights = None if class_weights is None else np.asarray(class_weights, np.float32)
         if self.class_weights is not None and self.labels is None:
             raise ValueError("class weights need labels")
+        self.balanced = balanced
+        if balanced and self.labels is None:
+            raise ValueError("class-balanced sampling needs labels")
 
     def __len__(self) -> int:
         return len(self.paths) * self.epochs
 
     def _permutation(self, epoch: int) -> np.ndarray:
+        """The order of ``epoch``'s examples: a permutation, or with ``balanced`` a draw with replacement in
+        which every class is equally likely."""
         if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))
+            rng = np.random.default_rng([self.seed, epoch])
+            if self.balanced:
+                assert self.labels is not None
+                counts = np.bincount(self.labels)
+                p = 1.0 / counts[self.labels]
+                self._perm = rng.choice(len(self.paths), size=len(self.paths), replace=True, p=p / p.sum())
+            else:
+                self._perm = rng.permutation(len(self.paths))
             self._perm_epoch = epoch
         assert self._perm is not None
         return self._perm
