@@ -112,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=0, metavar="N", help="also the N most probable classes per image")
     p.add_argument("--ecotaxa", default="", metavar="TSV", help="also write the predictions as an EcoTaxa import TSV")
     p.add_argument("--chunk", type=int, default=4096, help="images decoded and predicted at a time (memory)")
+    p.add_argument("--parquet", default="", metavar="FILE", help="also write the output as Parquet (needs pyarrow)")
     p.add_argument(
         "--pixel-size",
         type=float,
@@ -377,6 +378,13 @@ def _predict(args: argparse.Namespace) -> None:
             ids = [os.path.splitext(os.path.basename(n))[0] for n in names]
             write_ecotaxa(args.ecotaxa, ids, names, categories, scores)
             print(f"wrote {args.ecotaxa} (EcoTaxa import: status 'predicted', score object_deepsea_score)")
+    if args.parquet:
+        from deepsea.stream import csv_to_parquet
+
+        try:
+            print(f"wrote {csv_to_parquet(args.out, args.parquet)}")
+        except ImportError as e:
+            raise CommandError(str(e)) from None
     print(
         f"wrote {args.out}: {res.images} images x {len(run.classes)} classes ({args.tta or 'no'} TTA transforms), "
         f"{res.images_per_s:.0f} images/s"

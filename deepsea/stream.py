@@ -30,7 +30,7 @@ from deepsea.data.images import IMAGE_EXTENSIONS
 from deepsea.data.pipeline import read_input, tta_batches
 from deepsea.tta import combine_probs, transforms_for
 
-__all__ = ["StreamResult", "list_images", "predict_tree"]
+__all__ = ["StreamResult", "csv_to_parquet", "list_images", "predict_tree"]
 
 DEFAULT_CHUNK = 4096
 
@@ -177,3 +177,25 @@ def predict_tree(
             if stop_after_chunks is not None and c + 1 - done_chunks >= stop_after_chunks:
                 break
     return StreamResult(out, written, resumed_from, tuple(skipped), time.perf_counter() - t0)
+
+
+def csv_to_parquet(csv_path: str, parquet_path: str) -> str:
+    """The prediction CSV as Parquet (pyarrow, read and written block by block: bounded memory); the image and
+    label columns as strings, probabilities as float32."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError("writing Parquet needs pyarrow: pip install pyarrow") from None
+    with open(csv_path, newline="") as f:
+        header = next(csv.reader(f))
+    text = {"image", "label"} | {h for h in header if h.startswith("top") and not h.endswith("_prob")}
+    types = {h: pa.string() if h in text else pa.float32() for h in header}
+    reader = pacsv.open_csv(csv_path, convert_options=pacsv.ConvertOptions(column_types=types))
+    tmp = f"{parquet_path}.tmp.{os.getpid()}"
+    with pq.ParquetWriter(tmp, reader.schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+    os.replace(tmp, parquet_path)
+    return parquet_path

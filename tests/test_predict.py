@@ -273,6 +273,12 @@ def test_streamed_prediction_resumes_after_a_kill_and_equals_one_pass(tiny_run, 
     assert (tmp_path / "part.csv").read_text() == (tmp_path / "whole.csv").read_text()
     names, classes, probs = read_submission(str(tmp_path / "whole.csv"))
     assert names == rel and classes == list(folder.classes)
+    pq = pytest.importorskip("pyarrow.parquet")
+    from deepsea.stream import csv_to_parquet
+
+    table = pq.read_table(csv_to_parquet(str(tmp_path / "whole.csv"), str(tmp_path / "whole.parquet")))
+    assert table.column("image").to_pylist() == rel and table.column("top1").to_pylist()[0] in folder.classes
+    np.testing.assert_allclose(np.stack([table.column(c).to_numpy() for c in classes], 1), probs, rtol=1e-6)
     # the same probabilities as the in-memory TTA path
     per = tta_probs(model, variables, [str(tree / r) for r in rel], pp, transforms_for(2, 23), 8, progress=False)
     np.testing.assert_allclose(probs, combine_probs(per), atol=2e-6)
