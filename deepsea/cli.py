@@ -139,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_thresholds)
 
     p = sub.add_parser("ensemble", help="blend runs with weights fitted on their shared validation split")
-    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("runs", nargs="+", help="run folders; RUN_A+RUN_B+... joins bagged runs into one member")
     _prediction_args(p)
     p.add_argument(
         "--uniform",

@@ -533,6 +533,26 @@ class EnsembleError(ValueError):
     """Runs that cannot be blended as asked."""
 
 
+def _train_paths(workdir: str) -> set[str]:
+    split = rundir.load_json(os.path.join(workdir, "split.json"))
+    return {os.path.normpath(os.path.join(split["root"], p)) for p in split["train"]}
+
+
+def _member_validation(
+    group: Sequence[Run], paths: Sequence[str], tta: int | str, combine: Combine
+) -> tuple[np.ndarray, np.ndarray]:
+    """A member's predictions for the blend's validation ``paths``: a single run's own, or for a bagged group
+    (``a+b+c``) each image's mean over the runs that did not train on it (out of bag), and which images have
+    such a run."""
+    probs = np.stack([run_probs(r, paths, tta, combine) for r in group])
+    if len(group) == 1:
+        return probs[0], np.ones(len(paths), bool)
+    held_out = np.array([[os.path.normpath(p) not in _train_paths(r.workdir) for p in paths] for r in group])
+    n = held_out.sum(0)
+    mean = np.einsum("rnk,rn->nk", probs, held_out) / np.maximum(n, 1)[:, None]
+    return mean, n > 0
+
+
 def ensemble_runs(
     workdirs: Sequence[str],
     checkpoint: str = "best",
@@ -546,25 +566,37 @@ def ensemble_runs(
 ) -> EnsembleResult:
     """Blends runs: weights fitted on their shared validation split with models chosen by cross-validated greedy
     selection, or (``uniform``) every run with equal weight, whether or not the runs share a split (bagging;
-    with ``tta="tencrop"`` the second reference's m x 10 averaging); optionally predicts ``images``."""
+    with ``tta="tencrop"`` the second reference's m x 10 averaging); optionally predicts ``images``.
+
+    A member ``a+b+c`` is a bagged group, averaged uniformly: in a fitted blend its predictions for the
+    validation images are each image's mean over the runs that did not train on it (out of bag), and the
+    weights are fitted on the images that every group has such a run for."""
     from deepsea.ensemble import blend, cross_validated_selection
 
-    runs = [restore_run(w, checkpoint, precision=precision) for w in workdirs]
-    if any(r.classes != runs[0].classes for r in runs):
+    groups = [tuple(w.split("+")) for w in workdirs]
+    runs = [[restore_run(w, checkpoint, precision=precision) for w in g] for g in groups]
+    flat = [r for g in runs for r in g]
+    if any(r.classes != flat[0].classes for r in flat):
         raise EnsembleError("the runs were trained on different class lists")
-    vals = [validation_set(w) for w in workdirs]
-    same_split = all(v.paths == vals[0].paths for v in vals)
+    singles_at = [i for i, g in enumerate(groups) if len(g) == 1]
+    vals = {w: validation_set(w) for w in (groups[i][0] for i in singles_at)}
+    base = vals[groups[singles_at[0]][0]] if singles_at else validation_set(groups[0][0])
+    same_split = all(v.paths == base.paths for v in vals.values())
     if not same_split and not uniform:
         raise EnsembleError(
             "the runs have different validation splits, so blend weights cannot be fitted; "
-            "use --uniform to average them (bagging)"
+            "use --uniform to average them (bagging), or join bagged runs with + into one member"
         )
     chosen = tuple(range(len(runs)))
     weights = np.full(len(runs), 1 / len(runs))
     singles = validation = cv = None
     if same_split:
-        probs = np.stack([run_probs(r, vals[0].paths, tta, combine) for r in runs])
-        labels = vals[0].labels
+        members = [_member_validation(g, base.paths, tta, combine) for g in runs]
+        usable = np.logical_and.reduce([m[1] for m in members])
+        if not usable.any():
+            raise EnsembleError("no validation image is out of bag for every bagged group: nothing to fit on")
+        probs = np.stack([m[0][usable] for m in members])
+        labels = base.labels[usable]
         if uniform:  # every run, no selection
             singles = tuple(evaluate_probs(p, labels).log_loss for p in probs)
         else:
@@ -578,11 +610,11 @@ def ensemble_runs(
         validation = evaluate_probs(blend(probs[list(chosen)], weights), labels)
     test = None
     if images:
-        folder, skipped = _checked_images(
-            images, skip_bad, max((r.preprocess for r in runs), key=lambda pp: pp.channels)
-        )
-        probs = np.stack([run_probs(runs[i], list(folder.paths), tta, combine) for i in chosen])
-        test = Prediction(folder.names, runs[0].classes, blend(probs, weights), skipped)
+        strictest = max((r.preprocess for r in flat), key=lambda pp: pp.channels)
+        folder, skipped = _checked_images(images, skip_bad, strictest)
+        paths = list(folder.paths)
+        probs = np.stack([np.mean([run_probs(r, paths, tta, combine) for r in runs[i]], 0) for i in chosen])
+        test = Prediction(folder.names, flat[0].classes, blend(probs, weights), skipped)
     return EnsembleResult(tuple(workdirs), singles, tuple(chosen), weights, validation, cv, test)
 
 

@@ -147,6 +147,9 @@ def test_bag_trains_copies_on_different_splits_and_averages_them(cli, tmp_path):
     flat = _flat_test_folder(tmp_path)
     cli("ensemble", *runs, "--uniform", "--images", str(flat), "--out", str(tmp_path / "bag.csv"))
     assert len((tmp_path / "bag.csv").read_text().splitlines()) == 13
+    # the bag as one member of a fitted blend, scored out of bag on the first run's split
+    out = cli("ensemble", runs[0], "+".join(runs), "--folds", "2", "--images", str(flat), "--out", "b.csv")
+    assert f"{'+'.join(runs)}" in out and "blend of" in out
 
 
 def test_every_error_is_a_message_not_a_traceback(cli, tmp_path):
