@@ -120,7 +120,17 @@ def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
     rows = (tmp_path / "t.csv").read_text().splitlines()
     assert rows[0].split(",")[-1] == "label" and all(r.split(",")[-1] in [*classes, "unclassified"] for r in rows[1:])
     assert "were chosen for --tta 0" in cli(
-        "predict", "--workdir", run, "--images", str(flat), "--out", "t.csv", "--thresholds", "--tta", "2", rc=2
+        "predict",
+        "--workdir",
+        run,
+        "--images",
+        str(flat),
+        "--out",
+        str(tmp_path / "t2.csv"),
+        "--thresholds",
+        "--tta",
+        "2",
+        rc=2,
     )
     # a corrupt image: an error naming it, or skipped and listed when asked
     (flat / "broken.jpg").write_bytes(b"not a jpeg")
@@ -148,7 +158,9 @@ def test_bag_trains_copies_on_different_splits_and_averages_them(cli, tmp_path):
     cli("ensemble", *runs, "--uniform", "--images", str(flat), "--out", str(tmp_path / "bag.csv"))
     assert len((tmp_path / "bag.csv").read_text().splitlines()) == 13
     # the bag as one member of a fitted blend, scored out of bag on the first run's split
-    out = cli("ensemble", runs[0], "+".join(runs), "--folds", "2", "--images", str(flat), "--out", "b.csv")
+    out = cli(
+        "ensemble", runs[0], "+".join(runs), "--folds", "2", "--images", str(flat), "--out", str(tmp_path / "b.csv")
+    )
     assert f"{'+'.join(runs)}" in out and "blend of" in out
 
 
