@@ -150,7 +150,7 @@ def test_colour_pairs_have_equal_luma_and_differ_in_colour(tmp_path):
 
 @pytest.mark.slow
 def test_an_rgb_run_separates_the_colour_pairs_and_a_grayscale_run_does_not(tmp_path, monkeypatch):
-    """Both runs train on the red and green rings only; scored on 60 fresh images of each."""
+    """Both runs train on the red and green rings only; scored on 40 fresh images of each."""
     from deepsea.configs import apply_overrides, load_experiment
     from deepsea.data import eval_batches
     from deepsea.inference import predict_probs, restore_run
@@ -160,7 +160,7 @@ def test_an_rgb_run_separates_the_colour_pairs_and_a_grayscale_run_does_not(tmp_
     pair = ["ring_red", "ring_green"]
     data = make_synthetic(tmp_path / "train", per_class=24, colour=True, classes=pair, progress=False)
     fresh = scan_labelled_folder(
-        make_synthetic(tmp_path / "fresh", 60, seed=7, colour=True, classes=pair, progress=False)
+        make_synthetic(tmp_path / "fresh", 40, seed=7, colour=True, classes=pair, progress=False)
     )
     accuracy = {}
     for channels in (3, 1):
