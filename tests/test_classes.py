@@ -60,7 +60,7 @@ def test_class_weights_give_every_class_the_same_total_and_average_one():
 def test_the_loss_weighs_each_example(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DEEPSEA_DATA", str(tmp_path_factory.getbasetemp() / "deepsea-data"))
     config = load_experiment(os.path.join(ROOT, "experiments", "synthetic.py"), small=True)
-    apply_overrides(config, ["model.dropout_rate=0.0"])
+    apply_overrides(config, ["model.dropout_rate=0.0", "model.symmetry=none"])
     setup = create_train_state(config, 12)
     step = make_train_step(setup.model, setup.optimizer, setup.schedule)
     rng = np.random.default_rng(0)
