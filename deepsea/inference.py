@@ -173,7 +173,8 @@ def tta_probs(
     mesh = mesh or data_mesh()
     fn = _predict_fn(model)
     out: np.ndarray | None = None
-    with tqdm(total=len(transforms) * len(paths), desc="TTA", unit="img", disable=not progress) as bar:
+    desc = f"TTA x{len(transforms)}" if len(transforms) > 1 else "predict"
+    with tqdm(total=len(transforms) * len(paths), desc=desc, unit="img", disable=not progress) as bar:
         for t, start, batch in tta_batches(paths, pp, transforms, batch_size):
             probs = np.asarray(fn(variables, put_batch(batch, mesh)))
             if out is None:
