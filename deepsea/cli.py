@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import itertools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -334,7 +333,7 @@ def _with_pixel_size(run, pixel_size: float | None, workdir: str):
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from deepsea.calibration import UNCLASSIFIED, Thresholds
+    from deepsea.calibration import Thresholds
     from deepsea.inference import restore_run
     from deepsea.stream import predict_tree
 
@@ -356,28 +355,14 @@ def _predict(args: argparse.Namespace) -> None:
     _report_skipped(res.skipped)
     if res.resumed_from:
         print(f"resumed after {res.resumed_from} images already in {args.out}")
-    if args.ecotaxa or thresholds is not None:
-        import csv
+    if thresholds is not None:
+        share = res.labelled / max(1, res.images)
+        print(f"{share:.1%} of the images labelled at target precision {thresholds.target_precision}")
+    if args.ecotaxa:
+        from deepsea.stream import csv_to_ecotaxa
 
-        from deepsea.data.ecotaxa import category_name, write_ecotaxa
-
-        k = len(run.classes)
-        names, categories, scores = [], [], []
-        with open(args.out, newline="") as f:
-            for row in itertools.islice(csv.reader(f), 1, None):
-                probs = [float(v) for v in row[1 : 1 + k]]
-                best = max(range(k), key=probs.__getitem__)
-                label = row[1 + k] if thresholds is not None else run.classes[best]
-                names.append(row[0])
-                categories.append(None if label == UNCLASSIFIED else category_name(label))
-                scores.append(probs[best])
-        if thresholds is not None:
-            share = sum(c is not None for c in categories) / max(1, len(categories))
-            print(f"{share:.1%} of the images labelled at target precision {thresholds.target_precision}")
-        if args.ecotaxa:
-            ids = [os.path.splitext(os.path.basename(n))[0] for n in names]
-            write_ecotaxa(args.ecotaxa, ids, names, categories, scores)
-            print(f"wrote {args.ecotaxa} (EcoTaxa import: status 'predicted', score object_deepsea_score)")
+        csv_to_ecotaxa(args.out, args.ecotaxa, run.classes)
+        print(f"wrote {args.ecotaxa} (EcoTaxa import: status 'predicted', score object_deepsea_score)")
     if args.parquet:
         from deepsea.stream import csv_to_parquet
 

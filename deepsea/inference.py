@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -31,7 +31,6 @@ from deepsea.data import (
     AugmentRanges,
     Preprocess,
     check_images,
-    eval_batches,
     scan_flat_folder,
     scan_labelled_folder,
     tta_batches,
@@ -53,16 +52,16 @@ __all__ = [
     "calibrate_run",
     "data_mesh",
     "ensemble_runs",
-    "evaluate_images",
     "evaluate_probs",
     "evaluate_run",
-    "predict_folder",
     "predict_probs",
     "put_batch",
     "read_submission",
     "restore_run",
     "run_calibration",
     "run_probs",
+    "submission_header",
+    "submission_rows",
     "threshold_run",
     "tta_probs",
     "validation_set",
@@ -142,13 +141,6 @@ def predict_probs(
         probs = np.asarray(fn(variables, put_batch(batch, mesh)), np.float64)
         out.append(probs[batch["mask"] > 0])
     return np.concatenate(out)
-
-
-def evaluate_images(
-    model: nn.Module, variables: Any, paths: Sequence[str], labels: np.ndarray, pp: Preprocess, batch_size: int
-) -> Evaluation:
-    """The plain (untransformed) predictions for ``paths`` scored against ``labels``."""
-    return evaluate_probs(predict_probs(model, variables, eval_batches(paths, labels, pp, batch_size)), labels)
 
 
 def tta_probs(
@@ -507,15 +499,6 @@ def _checked_images(
     return folder, tuple(skipped)
 
 
-def predict_folder(
-    run: Run, images: str, tta: int | str = 0, combine: Combine = "mean", skip_bad: bool = False
-) -> Prediction:
-    """Predicts every image of a flat folder (decoded once first: a bad file is an error naming it, or skipped
-    and listed with ``skip_bad``)."""
-    folder, skipped = _checked_images(images, skip_bad, run.preprocess)
-    return Prediction(folder.names, run.classes, run_probs(run, list(folder.paths), tta, combine), skipped)
-
-
 @dataclasses.dataclass(frozen=True)
 class EnsembleResult:
     """The runs, each one's validation log loss, the chosen models and weights, the blend's validation scores
@@ -548,7 +531,8 @@ def _member_validation(
     probs = np.stack([run_probs(r, paths, tta, combine) for r in group])
     if len(group) == 1:
         return probs[0], np.ones(len(paths), bool)
-    held_out = np.array([[os.path.normpath(p) not in _train_paths(r.workdir) for p in paths] for r in group])
+    trained = [_train_paths(r.workdir) for r in group]
+    held_out = np.array([[os.path.normpath(p) not in t for p in paths] for t in trained])
     n = held_out.sum(0)
     mean = np.einsum("rnk,rn->nk", probs, held_out) / np.maximum(n, 1)[:, None]
     return mean, n > 0
@@ -619,6 +603,34 @@ def ensemble_runs(
     return EnsembleResult(tuple(workdirs), singles, tuple(chosen), weights, validation, cv, test)
 
 
+def submission_header(classes: Sequence[str], top: int = 0, labelled: bool = False) -> list[str]:
+    """The header of a prediction CSV: ``image``, the classes, then ``label`` and ``top1,top1_prob,...``."""
+    ranked = [c for k in range(1, top + 1) for c in (f"top{k}", f"top{k}_prob")]
+    return ["image", *classes, *(["label"] if labelled else []), *ranked]
+
+
+def submission_rows(
+    names: Sequence[str],
+    classes: Sequence[str],
+    probs: np.ndarray,
+    top: int = 0,
+    labels: Sequence[str] | None = None,
+) -> Iterator[list[str]]:
+    """The rows under :func:`submission_header` for ``probs`` (rows renormalised to sum to 1)."""
+    probs = np.asarray(probs, np.float64)
+    if probs.shape != (len(names), len(classes)):
+        raise ValueError(f"probabilities {probs.shape} do not match {len(names)} images x {len(classes)} classes")
+    if not 0 <= top <= len(classes):
+        raise ValueError(f"top must be between 0 and the {len(classes)} classes, got {top}")
+    if labels is not None and len(labels) != len(names):
+        raise ValueError(f"{len(labels)} labels for {len(names)} images")
+    probs = probs / probs.sum(1, keepdims=True)
+    best = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+    for i, (name, row) in enumerate(zip(names, probs, strict=True)):
+        label = [] if labels is None else [labels[i]]
+        yield [name, *(f"{p:.6g}" for p in row), *label, *(v for j in best[i] for v in (classes[j], f"{row[j]:.6g}"))]
+
+
 def write_submission(
     path: str,
     names: Sequence[str],
@@ -635,25 +647,12 @@ def write_submission(
     """
     import csv
 
-    probs = np.asarray(probs, np.float64)
-    if probs.shape != (len(names), len(classes)):
-        raise ValueError(f"probabilities {probs.shape} do not match {len(names)} images x {len(classes)} classes")
-    if not 0 <= top <= len(classes):
-        raise ValueError(f"top must be between 0 and the {len(classes)} classes, got {top}")
-    probs = probs / probs.sum(1, keepdims=True)
-    best = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+    rows = list(submission_rows(names, classes, probs, top, labels))  # checks the arguments before writing
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        if labels is not None and len(labels) != len(names):
-            raise ValueError(f"{len(labels)} labels for {len(names)} images")
-        label_col = ["label"] if labels is not None else []
-        w.writerow(
-            ["image", *classes, *label_col, *(c for k in range(1, top + 1) for c in (f"top{k}", f"top{k}_prob"))]
-        )
-        for i, (name, row, order) in enumerate(zip(names, probs, best, strict=True)):
-            ranked = (v for j in order for v in (classes[j], f"{row[j]:.6g}"))
-            w.writerow([name, *(f"{p:.6g}" for p in row), *([labels[i]] if labels is not None else []), *ranked])
+        w.writerow(submission_header(classes, top, labels is not None))
+        w.writerows(rows)
     os.replace(tmp, path)
 
 

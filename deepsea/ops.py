@@ -154,13 +154,10 @@ def _unroll_terms(ct: jax.Array, g: Group, transform: bool) -> jax.Array:
     return jnp.stack(terms).reshape((v, *ct.shape[:-1], f))
 
 
-_BITS = {2: jnp.uint16, 4: jnp.uint32}
-
-
 def _on_bits(f, x: jax.Array) -> jax.Array:
-    """``f`` (a pure permutation of elements) applied to the bit patterns of ``x``: XLA:CPU moves 16-bit
-    floats element by element through float conversions, and 16-bit integers as they are."""
-    u = jax.lax.bitcast_convert_type(x, _BITS[x.dtype.itemsize])
+    """``f`` (a pure permutation of elements) applied to the bit patterns of the 16-bit floats ``x``: XLA:CPU
+    moves 16-bit floats element by element through float conversions, and 16-bit integers as they are."""
+    u = jax.lax.bitcast_convert_type(x, jnp.uint16)
     return jax.lax.bitcast_convert_type(f(u), x.dtype)
 
 

@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from deepsea.calibration import Thresholds, apply_thresholds
+from deepsea.calibration import UNCLASSIFIED, Thresholds, apply_thresholds
 from deepsea.data import BadImageError, FolderError
 from deepsea.data.images import IMAGE_EXTENSIONS
 from deepsea.data.pipeline import read_input, tta_batches
 from deepsea.tta import combine_probs, transforms_for
 
-__all__ = ["StreamResult", "csv_to_parquet", "list_images", "predict_tree"]
+__all__ = ["StreamResult", "csv_to_ecotaxa", "csv_to_parquet", "list_images", "predict_tree"]
 
 DEFAULT_CHUNK = 4096
 
@@ -59,6 +59,7 @@ class StreamResult:
 
     out: str
     images: int
+    labelled: int  # images given a class rather than 'unclassified' (all of them without thresholds)
     resumed_from: int  # images already in the output when this call started
     skipped: tuple[tuple[str, str], ...]
     seconds: float  # this call's prediction time
@@ -109,7 +110,7 @@ def predict_tree(
     resumes a killed call with the same arguments.  ``stop_after_chunks``: stop as if killed (for tests)."""
     from tqdm.auto import tqdm
 
-    from deepsea.inference import _predict_fn, data_mesh, put_batch, run_calibration
+    from deepsea.inference import _predict_fn, data_mesh, put_batch, run_calibration, submission_header, submission_rows
 
     rel = list_images(root)
     classes = list(run.classes)
@@ -119,19 +120,16 @@ def predict_tree(
         json.dumps([rel, run.workdir, run.key, str(tta), combine, top, thresholds is not None, chunk]).encode()
     ).hexdigest()
     state_path = f"{out}.state.json"
-    done_chunks, skipped, written = 0, [], 0
+    done_chunks, skipped, written, labelled = 0, [], 0, 0
     if os.path.exists(state_path) and os.path.exists(out):
         with open(state_path) as f:
             state = json.load(f)
         if state.get("key") == key:
-            done_chunks, written = state["chunks"], state["images"]
+            done_chunks, written, labelled = state["chunks"], state["images"], state["labelled"]
             skipped = [tuple(s) for s in state["skipped"]]
             with open(out, "r+b") as f:
                 f.truncate(state["bytes"])  # whatever a killed chunk had begun to write
     resumed_from = written
-    header = ["image", *classes]
-    header += ["label"] if thresholds is not None else []
-    header += [c for k in range(1, top + 1) for c in (f"top{k}", f"top{k}_prob")]
     mode = "a" if done_chunks else "w"
     fn = _predict_fn(run.model)
     mesh = data_mesh()
@@ -144,7 +142,7 @@ def predict_tree(
     ):
         w = csv.writer(f)
         if not done_chunks:
-            w.writerow(header)
+            w.writerow(submission_header(classes, top, thresholds is not None))
         for c, lo in _chunks(len(rel), chunk, done_chunks):
             part = rel[lo : lo + chunk]
             good, images, bad = _decode(root, part, run.preprocess, skip_bad, pool)
@@ -159,16 +157,19 @@ def predict_tree(
                 if calibration is not None:
                     probs = calibration.apply(probs)
                 labels = apply_thresholds(probs, classes, thresholds) if thresholds is not None else None
-                best = np.argsort(-probs, axis=1, kind="stable")[:, :top]
-                for i, (name, row) in enumerate(zip(good, probs, strict=True)):
-                    cells = [name, *(f"{p:.6g}" for p in row)]
-                    cells += [labels[i]] if labels is not None else []
-                    cells += [v for j in best[i] for v in (classes[j], f"{row[j]:.6g}")]
-                    w.writerow(cells)
+                labelled += len(good) if labels is None else sum(lab != UNCLASSIFIED for lab in labels)
+                w.writerows(submission_rows(good, classes, probs, top, labels))
             f.flush()
             os.fsync(f.fileno())
             written += len(good)
-            state = {"key": key, "chunks": c + 1, "images": written, "bytes": f.tell(), "skipped": skipped}
+            state = {
+                "key": key,
+                "chunks": c + 1,
+                "images": written,
+                "labelled": labelled,
+                "bytes": f.tell(),
+                "skipped": skipped,
+            }
             tmp = f"{state_path}.tmp"
             with open(tmp, "w") as s:
                 json.dump(state, s)
@@ -176,7 +177,7 @@ def predict_tree(
             bar.update(len(part))
             if stop_after_chunks is not None and c + 1 - done_chunks >= stop_after_chunks:
                 break
-    return StreamResult(out, written, resumed_from, tuple(skipped), time.perf_counter() - t0)
+    return StreamResult(out, written, labelled, resumed_from, tuple(skipped), time.perf_counter() - t0)
 
 
 def csv_to_parquet(csv_path: str, parquet_path: str) -> str:
@@ -199,3 +200,25 @@ def csv_to_parquet(csv_path: str, parquet_path: str) -> str:
             writer.write_batch(batch)
     os.replace(tmp, parquet_path)
     return parquet_path
+
+
+def csv_to_ecotaxa(csv_path: str, tsv_path: str, classes: Sequence[str]) -> str:
+    """The prediction CSV as an EcoTaxa import TSV, row by row: each image's ``label`` column (or, without one,
+    its most probable class) as the predicted category, its top probability as the score."""
+    from deepsea.data.ecotaxa import category_name, write_ecotaxa_rows
+
+    k = len(classes)
+
+    def rows() -> Iterator[tuple[str, str, str | None, float]]:
+        with open(csv_path, newline="") as f:
+            reader = csv.reader(f)
+            labelled = next(reader)[1 + k : 2 + k] == ["label"]
+            for row in reader:
+                probs = [float(v) for v in row[1 : 1 + k]]
+                best = max(range(k), key=probs.__getitem__)
+                label = row[1 + k] if labelled else classes[best]
+                category = None if label == UNCLASSIFIED else category_name(label)
+                yield os.path.splitext(os.path.basename(row[0]))[0], row[0], category, probs[best]
+
+    write_ecotaxa_rows(tsv_path, rows())
+    return tsv_path

@@ -59,34 +59,36 @@ class TrainResult:
 
 def resolve_data(config: Any) -> str:
     """The labelled folder to train on: ``config.data.path``; for ``tfds:DIR``, a tensorflow-datasets dataset built
-    by :func:`deepsea.data.tfds_plankton.build_tfds`, exported once as a folder under the cache; or, if empty, the
-    generated dataset (made on first use)."""
+    by :func:`deepsea.data.tfds_plankton.build_tfds`, and for ``ecotaxa:EXPORT.tsv`` an EcoTaxa export, each
+    exported once as a folder under the cache; or, if empty, the generated dataset (made on first use)."""
     path = config.data.path
-    if path.startswith("tfds:"):
-        import hashlib
-
-        from deepsea.data.synthetic import data_cache_dir
-        from deepsea.data.tfds_plankton import export_folder
-
-        source = os.path.abspath(os.path.expanduser(path[len("tfds:") :]))
-        if not os.path.isdir(source):
-            raise FileNotFoundError(f"no tensorflow-datasets dataset at {source!r} (from --data {path})")
-        key = hashlib.sha256(source.encode()).hexdigest()[:12]
-        return export_folder(source, os.path.join(data_cache_dir(), "tfds", key))
-    if path.startswith("ecotaxa:"):
-        import hashlib
-
-        from deepsea.data.ecotaxa import export_labelled_folder
-        from deepsea.data.synthetic import data_cache_dir
-
-        tsv = os.path.abspath(os.path.expanduser(path[len("ecotaxa:") :]))
-        key = hashlib.sha256(tsv.encode()).hexdigest()[:12]
-        return export_labelled_folder(tsv, os.path.join(data_cache_dir(), "ecotaxa", key))
+    for prefix in ("tfds:", "ecotaxa:"):
+        if path.startswith(prefix):
+            return _exported(prefix[:-1], os.path.abspath(os.path.expanduser(path[len(prefix) :])))
     if path:
         return path
     from deepsea.data.synthetic import default_synthetic_dir
 
     return default_synthetic_dir(per_class=config.data.synthetic_per_class, colour=config.data.synthetic_colour)
+
+
+def _exported(kind: str, source: str) -> str:
+    """A tensorflow-datasets dataset (``tfds``) or an EcoTaxa export (``ecotaxa``) as a labelled folder, made once
+    under the data cache (keyed by the source's path)."""
+    import hashlib
+
+    from deepsea.data.synthetic import data_cache_dir
+
+    out = os.path.join(data_cache_dir(), kind, hashlib.sha256(source.encode()).hexdigest()[:12])
+    if kind == "ecotaxa":
+        from deepsea.data.ecotaxa import export_labelled_folder
+
+        return export_labelled_folder(source, out)
+    from deepsea.data.tfds_plankton import export_folder
+
+    if not os.path.isdir(source):
+        raise FileNotFoundError(f"no tensorflow-datasets dataset at {source!r} (from --data tfds:{source})")
+    return export_folder(source, out)
 
 
 def class_weights(labels: np.ndarray, num_classes: int, power: float) -> np.ndarray | None:
@@ -105,9 +107,9 @@ def _map_classes(config: Any, workdir: str, folder: Any, lead: bool) -> Any:
     """A new run's classes: ``data.class_map`` applied, then classes under ``data.min_class_size`` dropped; the
     resolved mapping (every original class to its name, or null) is saved as ``class_map.json`` for resuming,
     evaluation and prediction."""
-    mapping = read_class_map(config.data.class_map) if config.data.get("class_map") else {}
+    mapping = read_class_map(config.data.class_map) if config.data.class_map else {}
     resolved = {c: mapping.get(c, c) or None for c in folder.classes}
-    minimum = config.data.get("min_class_size", 0)
+    minimum = config.data.min_class_size
     if minimum > 0:
         mapped = map_classes(folder, resolved)
         small = {c for c, n in zip(mapped.classes, mapped.class_counts(), strict=True) if n < minimum}
@@ -132,7 +134,7 @@ def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool)
         second_rescale=Rescale.parse(config.data.second_rescale),
         background=config.data.background,
         gray_to_rgb=config.data.gray_to_rgb,
-        pixel_size=config.data.get("pixel_size", 0.0),
+        pixel_size=config.data.pixel_size,
     )
     folder, _, skipped = check_images(folder, skip_bad=config.data.skip_bad_images, progress=progress, pp=pp)
     train_idx, val_idx = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
@@ -259,7 +261,7 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
         seed=config.seed,
         cache=config.data.cache_images,
         class_weights=class_weights(folder.labels[train_idx], len(folder.classes), config.train.class_weight_power),
-        balanced=config.data.get("balanced_sampling", False),
+        balanced=config.data.balanced_sampling,
     )
     val_paths = [folder.paths[i] for i in val_idx]
     val_labels = folder.labels[val_idx]

@@ -51,7 +51,7 @@ def get_config(small: bool = False):
     c.optim.warmup_steps = 200
     c.optim.weight_decay = 1e-5
     c.train.batch_size = 128
-    c.train.steps = 10_400  # about 54 epochs on the machine it was tuned on; the budget below decides
+    c.train.steps = 10_400  # only without the budget below (train.budget_minutes = 0)
     c.train.budget_minutes = 30.0  # the steps that fill 30 minutes on the machine that trains
     c.train.eval_every = 5200
     c.train.checkpoint_every = 500

@@ -273,7 +273,16 @@ def test_streamed_prediction_resumes_after_a_kill_and_equals_one_pass(tiny_run, 
     assert (tmp_path / "part.csv").read_text() == (tmp_path / "whole.csv").read_text()
     names, classes, probs = read_submission(str(tmp_path / "whole.csv"))
     assert names == rel and classes == list(folder.classes)
-    pq = pytest.importorskip("pyarrow.parquet")
+    from deepsea.data.ecotaxa import read_ecotaxa
+    from deepsea.stream import csv_to_ecotaxa
+
+    for r in rel:  # EcoTaxa names images relative to its TSV
+        (tmp_path / r).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tree / r, tmp_path / r)
+    eco = read_ecotaxa(csv_to_ecotaxa(str(tmp_path / "whole.csv"), str(tmp_path / "eco.tsv"), classes), ("predicted",))
+    assert list(eco.categories) == [classes[i] for i in probs.argmax(1)]  # no label column: the top class
+    import pyarrow.parquet as pq  # a dependency of tensorflow-datasets
+
     from deepsea.stream import csv_to_parquet
 
     table = pq.read_table(csv_to_parquet(str(tmp_path / "whole.csv"), str(tmp_path / "whole.parquet")))

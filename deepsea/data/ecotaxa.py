@@ -24,7 +24,7 @@ import csv
 import dataclasses
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 __all__ = [
     "EcoTaxaError",
@@ -34,6 +34,7 @@ __all__ = [
     "folder_name",
     "read_ecotaxa",
     "write_ecotaxa",
+    "write_ecotaxa_rows",
 ]
 
 REQUIRED = ("object_id", "img_file_name", "object_annotation_category")
@@ -149,12 +150,18 @@ def write_ecotaxa(
     unclassified, without a status)."""
     if not len(object_ids) == len(image_files) == len(categories) == len(scores):
         raise ValueError("object ids, image files, categories and scores must have one entry per object")
+    write_ecotaxa_rows(path, zip(object_ids, image_files, categories, scores, strict=True))
+
+
+def write_ecotaxa_rows(path: str, rows: Iterable[tuple[str, str, str | None, float]]) -> None:
+    """:func:`write_ecotaxa` from ``(object id, image file, category or None, score)`` rows, written as they
+    come (any number of objects in bounded memory)."""
     columns = ["img_file_name", "object_id", "object_annotation_category", "object_annotation_status"]
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
         w.writerow([*columns, "object_deepsea_score"])
         w.writerow(["[t]", "[t]", "[t]", "[t]", "[f]"])
-        for oid, img, cat, score in zip(object_ids, image_files, categories, scores, strict=True):
+        for oid, img, cat, score in rows:
             w.writerow([img, oid, cat or "", "predicted" if cat else "", f"{float(score):.6g}"])
     os.replace(tmp, path)

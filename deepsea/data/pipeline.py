@@ -483,23 +483,17 @@ def eval_batches(
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     done = 0
     for batch in BatchIterator(iter(it)):
-        k = len(batch["index"])
-        mask = np.ones(batch_size, np.float32)
-        if k < batch_size:
-            batch = {key: np.concatenate([v, np.repeat(v[-1:], batch_size - k, 0)]) for key, v in batch.items()}
-            mask[k:] = 0
-        batch["mask"] = mask
-        done += k
-        yield batch
+        done += len(batch["index"])
+        yield _padded(batch, batch_size)
     assert done == n
 
 
-def _padded(examples: list[dict[str, Any]], batch_size: int) -> dict[str, np.ndarray]:
-    """Stacks ``examples`` into a batch of ``batch_size`` (the last example repeated) with its ``"mask"``."""
-    k = len(examples)
-    batch = {key: np.stack([e[key] for e in examples] + [examples[-1][key]] * (batch_size - k)) for key in examples[0]}
-    batch["mask"] = (np.arange(batch_size) < k).astype(np.float32)
-    return batch
+def _padded(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """``batch`` filled up to ``batch_size`` rows (the last example repeated), with its ``"mask"`` (1: real)."""
+    k = len(batch["index"])
+    out = {key: np.concatenate([v, np.repeat(v[-1:], batch_size - k, 0)]) for key, v in batch.items()}
+    out["mask"] = (np.arange(batch_size) < k).astype(np.float32)
+    return out
 
 
 def _tta_example(
@@ -563,7 +557,8 @@ def tta_batches(
                             part = range(b, min(b + batch_size, len(idx)))
                             warp_one = functools.partial(_tta_example, paths, pp, params, idx, decoded)
                             examples = list(pool.map(warp_one, part))
-                            if not put((t, start + b, _padded(examples, batch_size))):
+                            stacked = {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+                            if not put((t, start + b, _padded(stacked, batch_size))):
                                 return
             put(done)
         except BaseException as e:  # handed to the consumer, which raises it
