@@ -103,7 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("predict", help="predict a folder (tree) of images into a CSV, streamed and resumable")
-    p.add_argument("--workdir", required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--workdir", help="a trained run")
+    which.add_argument("--model", help="a model folder written by deepsea export (no checkpoint or experiment)")
     p.add_argument("--images", required=True, help="folder of images, searched recursively (the NDSB test layout)")
     p.add_argument("--out", required=True, help="CSV file to write")
     _prediction_args(p)
@@ -125,6 +127,19 @@ def _parser() -> argparse.ArgumentParser:
         help="add a label column: the top class, or 'unclassified' below the run's thresholds (deepsea thresholds)",
     )
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="write a run as a model folder that predicts without the training code")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True, help="model folder to write (model.jax, params.npz, model.json)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    p.add_argument(
+        "--precision",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="the exported network's precision (default float32: XLA's own bfloat16 convolutions are slow on CPUs)",
+    )
+    p.add_argument("--platforms", default="cpu,cuda", help="comma-separated: cpu, cuda, rocm, tpu (default cpu,cuda)")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("calibrate", help="fit temperature scaling on a run's validation split (reliability.png)")
     p.add_argument("--workdir", required=True)
@@ -337,18 +352,25 @@ def _predict(args: argparse.Namespace) -> None:
     from deepsea.inference import restore_run
     from deepsea.stream import predict_tree
 
-    run = restore_run(args.workdir, args.checkpoint, precision=args.precision)
+    if args.model:
+        from deepsea.export import load_model
+
+        if args.precision is not None:
+            raise CommandError(f"--precision does not apply to an exported model ({args.model} was exported in one)")
+        run, source = load_model(args.model), args.model
+    else:
+        run, source = restore_run(args.workdir, args.checkpoint, precision=args.precision), args.workdir
     thresholds = None
     if args.thresholds:
         if run.thresholds is None:
-            raise CommandError(f"{args.workdir} has no thresholds.json: run deepsea thresholds first")
+            raise CommandError(f"{source} has no thresholds.json: run deepsea thresholds first (then export again)")
         if (run.thresholds["tta"], run.thresholds["combine"]) != (args.tta, args.combine):
             raise CommandError(
-                f"the thresholds of {args.workdir} were chosen for --tta {run.thresholds['tta']} --combine "
+                f"the thresholds of {source} were chosen for --tta {run.thresholds['tta']} --combine "
                 f"{run.thresholds['combine']}; predict with those (or choose thresholds for these)"
             )
         thresholds = Thresholds.from_dict(run.thresholds)
-    run = _with_pixel_size(run, args.pixel_size, args.workdir)
+    run = _with_pixel_size(run, args.pixel_size, source)
     res = predict_tree(
         run, args.images, args.out, args.tta, args.combine, args.skip_bad_images, args.top, thresholds, args.chunk
     )
@@ -373,6 +395,25 @@ def _predict(args: argparse.Namespace) -> None:
     print(
         f"wrote {args.out}: {res.images} images x {len(run.classes)} classes ({args.tta or 'no'} TTA transforms), "
         f"{res.images_per_s:.0f} images/s"
+    )
+
+
+def _export(args: argparse.Namespace) -> None:
+    from deepsea.export import export_run
+    from deepsea.inference import restore_run
+
+    platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+    unknown = sorted(set(platforms) - {"cpu", "cuda", "rocm", "tpu"})
+    if unknown or not platforms:
+        raise CommandError(f"--platforms: unknown platform(s) {unknown or args.platforms!r}; cpu, cuda, rocm or tpu")
+    run = restore_run(args.workdir, args.checkpoint, precision=args.precision)
+    export_run(run, args.out, platforms)
+    extras = [name for name in ("calibration", "thresholds") if getattr(run, name) is not None]
+    print(
+        f"wrote {args.out}: {run.config.model.get('name', 'model')} at step {run.step} ({run.key}), "
+        f"{len(run.classes)} classes, {args.precision}, for {', '.join(platforms)}"
+        + (f", with its {' and '.join(extras)}" if extras else "")
+        + f"; predict with: deepsea predict --model {args.out} --images DIR --out FILE.csv"
     )
 
 

@@ -248,6 +248,15 @@ class Run:
         """The default TTA ranges, capped at the run's own training augmentation."""
         return tta_ranges_for(AugmentRanges.from_config(self.config.aug))
 
+    @property
+    def batch_size(self) -> int:
+        """Images per prediction batch."""
+        return int(self.config.train.eval_batch_size)
+
+    def predict_batch(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Softmax probabilities (float32) of one padded batch of model inputs (``image``, ``raw_size``, ...)."""
+        return np.asarray(_predict_fn(self.model)(self.variables, put_batch(batch, data_mesh())))
+
 
 def restore_run(
     workdir: str, which: str = "best", orbit_average: str | None = None, precision: str | None = None

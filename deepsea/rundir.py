@@ -32,6 +32,8 @@ __all__ = [
     "load_json",
     "load_preprocess",
     "load_run_data",
+    "preprocess_from_dict",
+    "preprocess_to_dict",
     "read_metrics",
     "restore_state",
     "save_json",
@@ -104,22 +106,7 @@ def save_run_data(
             "ignored": list(folder.ignored),
         },
     )
-    save_json(
-        os.path.join(run_dir, "preprocess.json"),
-        {
-            "size": pp.size,
-            "rescale": {"kind": pp.rescale.kind, "value": pp.rescale.value},
-            "channels": pp.channels,
-            "mean": pp.mean,
-            "std": pp.std,
-            "extra_rotations": list(pp.extra_rotations),
-            "second_size": pp.second_size,
-            "second_rescale": {"kind": pp.second_rescale.kind, "value": pp.second_rescale.value},
-            "background": pp.background,
-            "gray_to_rgb": pp.gray_to_rgb,
-            "pixel_size": pp.pixel_size,
-        },
-    )
+    save_json(os.path.join(run_dir, "preprocess.json"), preprocess_to_dict(pp))
 
 
 def load_run_data(run_dir: str, folder: ImageFolder) -> tuple[np.ndarray, np.ndarray, Preprocess]:
@@ -155,9 +142,25 @@ def apply_class_map(run_dir: str, folder: ImageFolder) -> ImageFolder:
     return map_classes(folder, load_json(path)) if os.path.exists(path) else folder
 
 
-def load_preprocess(run_dir: str) -> Preprocess:
-    """The preprocessing (patch, rescale, global statistics) a run was trained with."""
-    meta = load_json(os.path.join(run_dir, "preprocess.json"))
+def preprocess_to_dict(pp: Preprocess) -> dict[str, Any]:
+    """``pp`` as JSON-ready values (``preprocess.json``; the exported model's ``model.json``)."""
+    return {
+        "size": pp.size,
+        "rescale": {"kind": pp.rescale.kind, "value": pp.rescale.value},
+        "channels": pp.channels,
+        "mean": pp.mean,
+        "std": pp.std,
+        "extra_rotations": list(pp.extra_rotations),
+        "second_size": pp.second_size,
+        "second_rescale": {"kind": pp.second_rescale.kind, "value": pp.second_rescale.value},
+        "background": pp.background,
+        "gray_to_rgb": pp.gray_to_rgb,
+        "pixel_size": pp.pixel_size,
+    }
+
+
+def preprocess_from_dict(meta: dict[str, Any]) -> Preprocess:
+    """The inverse of :func:`preprocess_to_dict`; keys added since are optional (older runs)."""
     return Preprocess(
         size=meta["size"],
         rescale=Rescale(meta["rescale"]["kind"], meta["rescale"]["value"]),
@@ -171,6 +174,11 @@ def load_preprocess(run_dir: str) -> Preprocess:
         gray_to_rgb=meta.get("gray_to_rgb", False),
         pixel_size=meta.get("pixel_size", 0.0),
     )
+
+
+def load_preprocess(run_dir: str) -> Preprocess:
+    """The preprocessing (patch, rescale, global statistics) a run was trained with."""
+    return preprocess_from_dict(load_json(os.path.join(run_dir, "preprocess.json")))
 
 
 def append_metrics(run_dir: str, record: dict[str, Any]) -> None:

@@ -106,11 +106,12 @@ def predict_tree(
     progress: bool = True,
     stop_after_chunks: int | None = None,
 ) -> StreamResult:
-    """Predicts every image under ``root`` with ``run`` (a :class:`deepsea.inference.Run`) into the CSV ``out``;
-    resumes a killed call with the same arguments.  ``stop_after_chunks``: stop as if killed (for tests)."""
+    """Predicts every image under ``root`` with ``run`` (a :class:`deepsea.inference.Run` or an exported
+    :class:`deepsea.export.ExportedModel`) into the CSV ``out``; resumes a killed call with the same arguments.
+    ``stop_after_chunks``: stop as if killed (for tests)."""
     from tqdm.auto import tqdm
 
-    from deepsea.inference import _predict_fn, data_mesh, put_batch, run_calibration, submission_header, submission_rows
+    from deepsea.inference import run_calibration, submission_header, submission_rows
 
     rel = list_images(root)
     classes = list(run.classes)
@@ -131,9 +132,7 @@ def predict_tree(
                 f.truncate(state["bytes"])  # whatever a killed chunk had begun to write
     resumed_from = written
     mode = "a" if done_chunks else "w"
-    fn = _predict_fn(run.model)
-    mesh = data_mesh()
-    bs = run.config.train.eval_batch_size
+    bs = run.batch_size
     t0 = time.perf_counter()
     with (
         open(out, mode, newline="") as f,
@@ -152,7 +151,7 @@ def predict_tree(
                 paths = [os.path.join(root, r) for r in good]
                 for t, start, batch in tta_batches(paths, run.preprocess, transforms, bs, images=images):
                     k = int(batch["mask"].sum())
-                    per[t, start : start + k] = np.asarray(fn(run.variables, put_batch(batch, mesh)))[:k]
+                    per[t, start : start + k] = run.predict_batch(batch)[:k]
                 probs = combine_probs(per, combine)  # type: ignore[arg-type]
                 if calibration is not None:
                     probs = calibration.apply(probs)

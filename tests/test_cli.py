@@ -132,6 +132,7 @@ def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
         "2",
         rc=2,
     )
+    _exported_model_predicts_like_its_run(cli, run, flat, tmp_path)
     # a corrupt image: an error naming it, or skipped and listed when asked
     (flat / "broken.jpg").write_bytes(b"not a jpeg")
     out = cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "x.csv"), rc=2)
@@ -142,6 +143,58 @@ def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
     out = cli("predict", "--workdir", run, "--images", str(tmp_path / "nowhere"), "--out", "y.csv", rc=2)
     assert "nowhere" in out
     assert "no config.json" in cli("evaluate", "--workdir", str(tmp_path / "flat"), rc=2)
+
+
+def _exported_model_predicts_like_its_run(cli, run, flat, tmp_path):
+    """deepsea export, then predict --model: the same CSV as the run (with its calibration and thresholds), and
+    bitwise the run's own network computed with XLA's operations (what the export serializes)."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from deepsea.data import AugmentParams, tta_batches
+    from deepsea.export import load_model
+    from deepsea.inference import restore_run
+    from deepsea.models import build_model
+    from deepsea.stream import list_images
+
+    model_dir = tmp_path / "exported"
+    assert "predict with: deepsea predict --model" in cli("export", "--workdir", run, "--out", str(model_dir))
+    assert "unknown platform" in cli("export", "--workdir", run, "--out", str(model_dir), "--platforms", "gpu", rc=2)
+    args = ("--images", str(flat), "--thresholds", "--top", "2")
+    cli("predict", "--workdir", run, "--out", str(tmp_path / "r.csv"), *args)
+    cli("predict", "--model", str(model_dir), "--out", str(tmp_path / "m.csv"), *args)
+    names_r, classes, probs_r = read_submission(str(tmp_path / "r.csv"))
+    names_m, classes_m, probs_m = read_submission(str(tmp_path / "m.csv"))
+    assert (names_m, classes_m) == (names_r, classes)
+    np.testing.assert_allclose(probs_m, probs_r, atol=1e-5)  # oneDNN and XLA sum the convolutions differently
+    labels = lambda p: [r.split(",")[-5] for r in p.read_text().splitlines()[1:]]  # noqa: E731
+    assert labels(tmp_path / "m.csv") == labels(tmp_path / "r.csv")
+    assert "does not apply to an exported model" in cli(
+        "predict", "--model", str(model_dir), "--out", "z.csv", "--images", str(flat), "--precision", "float32", rc=2
+    )
+    assert "model.jax is missing" in cli("predict", "--model", str(flat), "--out", "z.csv", "--images", str(flat), rc=2)
+    restored = restore_run(run)
+    mc = restored.config.model
+    mc.conv_impl, mc.max_pool_impl = "xla", "slices"
+    reference = dataclasses.replace(restored, model=build_model(mc, len(restored.classes)))
+    exported = load_model(str(model_dir))
+    paths = [str(flat / r) for r in list_images(str(flat))]
+    for _, _, batch in tta_batches(paths, exported.preprocess, [AugmentParams()], 5):  # any batch size
+        np.testing.assert_array_equal(exported.predict_batch(batch), reference.predict_batch(batch))
+    # loading and predicting imports neither the models nor Flax or Optax
+    code = (
+        "import sys; from deepsea.export import load_model; import numpy as np; "
+        f"m = load_model({str(model_dir)!r}); "
+        "s = m.preprocess.size; p = m.predict_batch({'image': np.zeros((3, s, s, 1)), "
+        "'raw_size': np.ones((3, 2))}); "
+        "assert p.shape == (3, len(m.classes)), p.shape; "
+        "bad = [k for k in ('flax', 'optax', 'deepsea.models', 'deepsea.step', 'deepsea.train') if k in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_bag_trains_copies_on_different_splits_and_averages_them(cli, tmp_path):

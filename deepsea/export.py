@@ -1,0 +1,168 @@
+"""A trained run as a self-contained model folder that predicts without the training code.
+
+:func:`export_run` writes three files:
+
+- ``model.jax``: the network's prediction function, ``(parameters, image, raw_size[, image2]) -> probabilities``,
+  serialized with :mod:`jax.export` (StableHLO) with a symbolic batch size, lowered with XLA's own
+  convolutions and pooling (the oneDNN calls are this package's compiled FFI targets, which a serialized module
+  cannot carry);
+- ``params.npz``: the parameters (and batch statistics), as a flat list in the order the function takes them;
+- ``model.json``: everything else prediction needs: the classes, the preprocessing (patch, rescale, global
+  statistics, background, pixel size), the test-time augmentation ranges, the calibration and thresholds the run
+  had, and where the model came from.
+
+:func:`load_model` reads the folder back as an :class:`ExportedModel`, which :func:`deepsea.stream.predict_tree`
+(``deepsea predict --model DIR``) uses like a restored run.  Loading imports neither the experiment module, nor
+the model definitions, nor Flax or Optax: only JAX, numpy and this package's image preprocessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from deepsea.data import AugmentRanges, Preprocess
+
+__all__ = ["FORMAT", "ExportedModel", "export_run", "load_model"]
+
+FORMAT = 1
+_MODULE, _PARAMS, _META = "model.jax", "params.npz", "model.json"
+
+
+def _inputs(pp: Preprocess) -> tuple[str, ...]:
+    return ("image", "raw_size", "image2") if pp.second_size else ("image", "raw_size")
+
+
+def export_run(run: Any, out: str, platforms: tuple[str, ...] = ("cpu",)) -> str:
+    """Writes ``run`` (a :class:`deepsea.inference.Run`) to the folder ``out`` (created; files replaced) for
+    ``platforms`` (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``; one module serves them all).  Returns ``out``."""
+    import jax.numpy as jnp
+
+    from deepsea import rundir
+    from deepsea.models import build_model
+    from deepsea.step import forward
+
+    # the same network with XLA's operations: no FFI custom calls in the serialized module
+    mc = run.config.model.copy_and_resolve_references()
+    mc.conv_impl = "xla"
+    mc.max_pool_impl = "slices"
+    model = build_model(mc, len(run.classes))
+    leaves, treedef = jax.tree_util.tree_flatten(run.variables)
+    pp = run.preprocess
+    names = _inputs(pp)
+
+    def predict(params: list[jax.Array], *inputs: jax.Array) -> jax.Array:
+        batch = dict(zip(names, inputs))
+        logits, _ = forward(model, jax.tree_util.tree_unflatten(treedef, params), batch, False)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    (b,) = jax.export.symbolic_shape("b")
+    specs = {
+        "image": jax.ShapeDtypeStruct((b, pp.size, pp.size, pp.channels * (1 + len(pp.extra_rotations))), jnp.float32),
+        "raw_size": jax.ShapeDtypeStruct((b, 2), jnp.float32),
+        "image2": jax.ShapeDtypeStruct((b, pp.second_size, pp.second_size, pp.channels), jnp.float32),
+    }
+    params = [jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) for x in leaves]
+    exported = jax.export.export(jax.jit(predict), platforms=platforms)(params, *(specs[n] for n in names))
+    os.makedirs(out, exist_ok=True)
+    _write(os.path.join(out, _MODULE), bytes(exported.serialize()))
+    tmp = os.path.join(out, f".{_PARAMS}.tmp.npz")
+    np.savez(tmp, **{f"p{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
+    os.replace(tmp, os.path.join(out, _PARAMS))
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(run.variables)[0]]
+    rundir.save_json(
+        os.path.join(out, _META),
+        {
+            "format": FORMAT,
+            "classes": list(run.classes),
+            "preprocess": rundir.preprocess_to_dict(pp),
+            "tta_ranges": dataclasses.asdict(run.tta_ranges),
+            "calibration": run.calibration,
+            "thresholds": run.thresholds,
+            "batch_size": run.batch_size,
+            "inputs": list(names),
+            "platforms": list(platforms),
+            "source": {
+                "workdir": os.path.abspath(run.workdir),
+                "checkpoint": run.key,
+                "step": run.step,
+                "model": mc.get("name", ""),
+                "precision": mc.get("precision", "float32"),
+                "jax": jax.__version__,
+            },
+            "parameters": [{"path": p, "shape": list(np.shape(x))} for p, x in zip(paths, leaves)],
+        },
+    )
+    return out
+
+
+def _write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedModel:
+    """An exported model loaded for prediction; it has what :func:`deepsea.stream.predict_tree` needs of a run."""
+
+    workdir: str  # the model folder
+    classes: tuple[str, ...]
+    preprocess: Preprocess
+    tta_ranges: AugmentRanges
+    batch_size: int
+    key: str  # the checkpoint it was exported from (calibration and thresholds are fitted per checkpoint)
+    calibration: dict | None
+    thresholds: dict | None
+    meta: dict
+    _fn: Any = dataclasses.field(repr=False)
+    _params: list = dataclasses.field(repr=False)
+
+    def predict_batch(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Softmax probabilities (float32) of a batch of model inputs (any batch size)."""
+        missing = [n for n in self.meta["inputs"] if n not in batch]
+        if missing:
+            raise ValueError(f"the batch lacks the model input(s) {missing} (it has {sorted(batch)})")
+        return np.asarray(self._fn(self._params, *(np.asarray(batch[n], np.float32) for n in self.meta["inputs"])))
+
+
+def load_model(path: str) -> ExportedModel:
+    """Reads a folder written by :func:`export_run`; a missing file or another format is an error naming it."""
+    from deepsea import rundir
+
+    for name in (_MODULE, _PARAMS, _META):
+        if not os.path.isfile(os.path.join(path, name)):
+            raise FileNotFoundError(f"{path!r} is not an exported model: {name} is missing (deepsea export writes it)")
+    meta_path = os.path.join(path, _META)
+    try:
+        meta = rundir.load_json(meta_path)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_path}: not valid JSON ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r}; this deepsea reads format {FORMAT}")
+    with open(os.path.join(path, _MODULE), "rb") as f:
+        exported = jax.export.deserialize(bytearray(f.read()))
+    with np.load(os.path.join(path, _PARAMS)) as f:
+        params = [f[f"p{i:05d}"] for i in range(len(f.files))]
+    want = [tuple(p["shape"]) for p in meta["parameters"]]
+    if [x.shape for x in params] != want:
+        raise ValueError(f"{os.path.join(path, _PARAMS)}: parameter shapes do not match {meta_path}")
+    return ExportedModel(
+        workdir=path,
+        classes=tuple(meta["classes"]),
+        preprocess=rundir.preprocess_from_dict(meta["preprocess"]),
+        tta_ranges=AugmentRanges(**meta["tta_ranges"]),
+        batch_size=int(meta["batch_size"]),
+        key=meta["source"]["checkpoint"],
+        calibration=meta.get("calibration"),
+        thresholds=meta.get("thresholds"),
+        meta=meta,
+        _fn=jax.jit(exported.call),
+        _params=[jax.device_put(x) for x in params],
+    )
