@@ -57,7 +57,7 @@ def export_run(run: Any, out: str, platforms: tuple[str, ...] = ("cpu",)) -> str
     names = _inputs(pp)
 
     def predict(params: list[jax.Array], *inputs: jax.Array) -> jax.Array:
-        batch = dict(zip(names, inputs))
+        batch = dict(zip(names, inputs, strict=True))
         logits, _ = forward(model, jax.tree_util.tree_unflatten(treedef, params), batch, False)
         return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
@@ -95,7 +95,7 @@ def export_run(run: Any, out: str, platforms: tuple[str, ...] = ("cpu",)) -> str
                 "precision": mc.get("precision", "float32"),
                 "jax": jax.__version__,
             },
-            "parameters": [{"path": p, "shape": list(np.shape(x))} for p, x in zip(paths, leaves)],
+            "parameters": [{"path": p, "shape": list(np.shape(x))} for p, x in zip(paths, leaves, strict=True)],
         },
     )
     return out

@@ -105,7 +105,8 @@ def test_model_conv_impl_switch_is_the_same_function(rng):
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(ref.init(jax.random.key(0), x)), strict=True):
         np.testing.assert_array_equal(a, b)
     loss = lambda model: lambda p: jnp.sum(model.apply(p, x) ** 2)  # noqa: E731
-    np.testing.assert_allclose(jax.jit(fast.apply)(variables, x), jax.jit(ref.apply)(variables, x), rtol=1e-5, atol=1e-5)
+    out_fast, out_ref = jax.jit(fast.apply)(variables, x), jax.jit(ref.apply)(variables, x)
+    np.testing.assert_allclose(out_fast, out_ref, rtol=1e-5, atol=1e-5)
     g_fast, g_ref = jax.jit(jax.grad(loss(fast)))(variables), jax.jit(jax.grad(loss(ref)))(variables)
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(b))))
