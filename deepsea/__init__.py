@@ -2,7 +2,8 @@
 
 The public API: the groups (``C4``, ``D4``), the exact group operations (:mod:`deepsea.ops` and their named
 forms here), their Flax layers and the seed's blocks (:mod:`deepsea.layers`), the equivariance checks, and the
-modules ``models``, ``backends``, ``configs``, ``step``, ``train``, ``inference`` and ``data``.  Names are
+modules ``models``, ``backends``, ``configs``, ``step``, ``train``, ``inference``, ``data``, ``calibration``,
+``stream`` (large folders), ``export`` (models without the training code) and ``distributed``.  Names are
 imported on first use, so the command line starts without loading JAX.
 """
 
@@ -41,12 +42,40 @@ _FROM = {
         )
     },
 }
-_MODULES = ("backends", "configs", "data", "inference", "layers", "models", "ops", "step", "train")
+_MODULES = (
+    "backends",
+    "calibration",
+    "configs",
+    "data",
+    "distributed",
+    "export",
+    "inference",
+    "layers",
+    "models",
+    "ops",
+    "step",
+    "stream",
+    "train",
+)
 
 __all__ = sorted([*_FROM, *_MODULES])
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deepsea import backends, configs, data, inference, layers, models, ops, step, train  # noqa: F401
+    from deepsea import (  # noqa: F401
+        backends,
+        calibration,
+        configs,
+        data,
+        distributed,
+        export,
+        inference,
+        layers,
+        models,
+        ops,
+        step,
+        stream,
+        train,
+    )
     from deepsea.backends import max_pool  # noqa: F401
     from deepsea.equivariance import check_equivariance, check_invariance  # noqa: F401
     from deepsea.groups import C4, D4, Group, get_group  # noqa: F401

@@ -49,6 +49,26 @@ def _tta_arg(value: str) -> int | str:
     return n
 
 
+def _distributed_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("several processes (jax.distributed; every process runs the same command)")
+    g.add_argument("--distributed", action="store_true", help="join the other processes (deepsea.distributed)")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="the first process's address")
+    g.add_argument("--num-processes", type=int, default=None, metavar="N")
+    g.add_argument("--process-id", type=int, default=None, metavar="I", help="0 .. N-1")
+
+
+def _init_distributed(args: argparse.Namespace) -> None:
+    """Joins the other processes when asked (without the addresses, JAX finds them in a cluster's environment)."""
+    given = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed:
+        if any(v is not None for v in given):
+            raise CommandError("--coordinator, --num-processes and --process-id need --distributed")
+        return
+    from deepsea.distributed import initialize
+
+    initialize(*given)
+
+
 def _experiment_args(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("experiment", help="experiments/<name>.py, a path, or a name in ./experiments")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
@@ -82,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an experiment (experiments/<name>.py or a path)")
     _experiment_args(p)
     p.add_argument("--workdir", default=None, help="run folder (default: runs/<experiment name>)")
-    p.add_argument("--distributed", action="store_true", help="multi-host: call jax.distributed.initialize()")
+    _distributed_args(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("bag", help="bagging: train K copies of an experiment on K different splits")
@@ -126,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add a label column: the top class, or 'unclassified' below the run's thresholds (deepsea thresholds)",
     )
+    _distributed_args(p)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("export", help="write a run as a model folder that predicts without the training code")
@@ -270,10 +291,7 @@ def _print_best(best, workdir: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    if args.distributed:
-        import jax
-
-        jax.distributed.initialize()
+    _init_distributed(args)
     from deepsea.train import train
 
     config = _config(args)
@@ -352,6 +370,7 @@ def _predict(args: argparse.Namespace) -> None:
     from deepsea.inference import restore_run
     from deepsea.stream import predict_tree
 
+    _init_distributed(args)
     if args.model:
         from deepsea.export import load_model
 

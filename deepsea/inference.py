@@ -54,6 +54,7 @@ __all__ = [
     "ensemble_runs",
     "evaluate_probs",
     "evaluate_run",
+    "local_variables",
     "predict_probs",
     "put_batch",
     "read_submission",
@@ -99,9 +100,23 @@ def evaluate_probs(probs: np.ndarray, labels: np.ndarray, label: str = "") -> Ev
     )
 
 
-def data_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh over every device (of every process), the batch axis split over it."""
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+def data_mesh(local: bool = False) -> jax.sharding.Mesh:
+    """A 1-D mesh over every device of every process (training), or of this process (``local``: prediction,
+    where each process predicts its own images), the batch axis split over it."""
+    devices = jax.local_devices() if local else jax.devices()
+    return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def local_variables(variables: Any) -> Any:
+    """``variables`` as this process's arrays: a parameter replicated over several processes' devices (a training
+    state) becomes its local copy, so this process can predict with its own devices."""
+
+    def local(a: Any) -> Any:
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            return a.addressable_shards[0].data
+        return a
+
+    return jax.tree.map(local, variables)
 
 
 _MODEL_INPUTS = ("image", "image2", "label", "raw_size", "weight")
@@ -111,7 +126,7 @@ def put_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str
     """Places a batch's model inputs on the mesh, split over the batch axis; with several processes, ``batch``
     is this process's slice of the global batch."""
     sharding = NamedSharding(mesh, PartitionSpec("data"))
-    if jax.process_count() > 1:
+    if mesh.is_multi_process:
         return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in _MODEL_INPUTS if k in batch}
     return {k: jax.device_put(batch[k], sharding) for k in _MODEL_INPUTS if k in batch}
 
@@ -134,8 +149,8 @@ def predict_probs(
     model: nn.Module, variables: Any, batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh | None = None
 ) -> np.ndarray:
     """Softmax probabilities for every unmasked example of ``batches``, in order (float64)."""
-    mesh = mesh or data_mesh()
-    fn = _predict_fn(model)
+    mesh = mesh or data_mesh(local=True)
+    fn, variables = _predict_fn(model), local_variables(variables)
     out = []
     for batch in batches:
         probs = np.asarray(fn(variables, put_batch(batch, mesh)), np.float64)
@@ -162,8 +177,8 @@ def tta_probs(
 
     if not paths or not transforms:
         raise ValueError(f"nothing to predict: {len(paths)} images, {len(transforms)} transforms")
-    mesh = mesh or data_mesh()
-    fn = _predict_fn(model)
+    mesh = mesh or data_mesh(local=True)
+    fn, variables = _predict_fn(model), local_variables(variables)
     out: np.ndarray | None = None
     desc = f"TTA x{len(transforms)}" if len(transforms) > 1 else "predict"
     with tqdm(total=len(transforms) * len(paths), desc=desc, unit="img", disable=not progress) as bar:
@@ -255,7 +270,7 @@ class Run:
 
     def predict_batch(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Softmax probabilities (float32) of one padded batch of model inputs (``image``, ``raw_size``, ...)."""
-        return np.asarray(_predict_fn(self.model)(self.variables, put_batch(batch, data_mesh())))
+        return np.asarray(_predict_fn(self.model)(self.variables, put_batch(batch, data_mesh(local=True))))
 
 
 def restore_run(

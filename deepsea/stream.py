@@ -108,12 +108,77 @@ def predict_tree(
 ) -> StreamResult:
     """Predicts every image under ``root`` with ``run`` (a :class:`deepsea.inference.Run` or an exported
     :class:`deepsea.export.ExportedModel`) into the CSV ``out``; resumes a killed call with the same arguments.
-    ``stop_after_chunks``: stop as if killed (for tests)."""
+    ``stop_after_chunks``: stop as if killed (for tests).
+
+    With several JAX processes (``jax.distributed``), process ``p`` of ``P`` predicts the ``p``-th contiguous share
+    of the sorted image list into ``out.part<p>-of-<P>`` (resumable like ``out``), and after all have finished the
+    first joins the parts into ``out``, in order: the same file as one process writes.  Each process returns its
+    own share's result; the first, the whole file's.
+    """
+    import jax
+
+    rel = list_images(root)
+    args = (tta, combine, skip_bad, top, thresholds, chunk)
+    count, index = jax.process_count(), jax.process_index()
+    if count == 1:
+        return _predict_list(run, root, rel, out, *args, progress, stop_after_chunks)
+    from jax.experimental import multihost_utils
+
+    share = -(-len(rel) // count)
+    parts = [f"{out}.part{p}-of-{count}" for p in range(count)]
+    mine = rel[index * share : (index + 1) * share]
+    res = _predict_list(run, root, mine, parts[index], *args, progress and index == 0, stop_after_chunks)
+    multihost_utils.sync_global_devices(f"deepsea predict {out}: every share predicted")
+    if index == 0 and stop_after_chunks is None:
+        res = _join_parts(parts, out, len(rel))
+    multihost_utils.sync_global_devices(f"deepsea predict {out}: parts joined")
+    return res
+
+
+def _join_parts(parts: list[str], out: str, total: int) -> StreamResult:
+    """Concatenates the processes' CSVs (one header) into ``out`` atomically, then removes them and their state."""
+    images, labelled, skipped = 0, 0, []
+    tmp = f"{out}.tmp.{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        for i, part in enumerate(parts):
+            with open(f"{part}.state.json") as s:
+                state = json.load(s)
+            images, labelled = images + state["images"], labelled + state["labelled"]
+            skipped += [tuple(x) for x in state["skipped"]]
+            with open(part, newline="") as p:
+                header = p.readline()
+                if i == 0:
+                    f.write(header)
+                for line in p:
+                    f.write(line)
+    if images + len(skipped) != total:
+        raise RuntimeError(f"the parts of {out!r} hold {images} images and {len(skipped)} skipped, not {total}")
+    os.replace(tmp, out)
+    for part in parts:
+        os.remove(part)
+        os.remove(f"{part}.state.json")
+    return StreamResult(out, images, labelled, 0, tuple(skipped), 0.0)
+
+
+def _predict_list(
+    run: Any,
+    root: str,
+    rel: list[str],
+    out: str,
+    tta: int | str = 0,
+    combine: str = "mean",
+    skip_bad: bool = False,
+    top: int = 0,
+    thresholds: Thresholds | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    progress: bool = True,
+    stop_after_chunks: int | None = None,
+) -> StreamResult:
+    """Predicts the images ``rel`` (relative to ``root``) into the CSV ``out``, resuming a killed call."""
     from tqdm.auto import tqdm
 
     from deepsea.inference import run_calibration, submission_header, submission_rows
 
-    rel = list_images(root)
     classes = list(run.classes)
     transforms = transforms_for(tta, run.preprocess.size, run.tta_ranges)
     calibration = run_calibration(run, tta, combine)

@@ -186,8 +186,25 @@ def _eval_transforms(config: Any, pp: Preprocess) -> list:
 def validate(
     model: Any, variables: Any, paths: list, labels: Any, pp: Preprocess, batch_size: int, transforms: list
 ) -> Evaluation:
-    """Scores ``model`` on ``paths`` under ``transforms`` (mean probability over them)."""
-    per = tta_probs(model, variables, paths, pp, transforms, batch_size, progress=False)
+    """Scores ``model`` on ``paths`` under ``transforms`` (mean probability over them).  With several processes
+    each predicts its contiguous share of ``paths`` and every process gathers all the predictions."""
+    n, count = len(paths), jax.process_count()
+    if count == 1:
+        per = tta_probs(model, variables, paths, pp, transforms, batch_size, progress=False)
+        return evaluate_probs(combine_probs(per), labels)
+    from jax.experimental import multihost_utils
+
+    share = -(-n // count)
+    lo = min(n, jax.process_index() * share)
+    mine = list(paths[lo : lo + share])
+    part = np.zeros((len(transforms), share, 0), np.float32)
+    if mine:
+        part = tta_probs(model, variables, mine, pp, transforms, batch_size, progress=False)
+    width = int(multihost_utils.process_allgather(np.int32(part.shape[-1])).max())  # a process may have none
+    padded = np.zeros((len(transforms), share, width), np.float32)
+    padded[:, : len(mine), : part.shape[-1]] = part
+    gathered = multihost_utils.process_allgather(padded)  # (processes, transforms, share, classes)
+    per = np.concatenate(list(gathered), axis=1)[:, :n]
     return evaluate_probs(combine_probs(per), labels)
 
 

@@ -7,6 +7,7 @@ import pytest
 # Exact comparisons below rely on float32 matmuls and convolutions being computed in float32.
 jax.config.update("jax_default_matmul_precision", "highest")
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_NDSB = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ndsb", "train")
 
 
@@ -24,3 +25,25 @@ def ndsb_root() -> str:
     if os.environ.get("CI"):
         pytest.fail(f"CI must have the shared NDSB images at {root}")
     pytest.skip(f"the shared NDSB images are not at {root} (they are beside the checkout in CI)")
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path_factory):
+    """``cli(*args, rc=0)``: runs ``deepsea ARGS`` in this process from the repository root, checks the exit
+    status and returns what it printed (stdout and stderr)."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("DEEPSEA_DATA", str(tmp_path_factory.getbasetemp() / "deepsea-data"))
+
+    from deepsea.cli import main
+
+    def run(*args: str, rc: int = 0) -> str:
+        code = 0
+        try:
+            main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        assert code == rc, out.out + out.err
+        return out.out + out.err
+
+    return run

@@ -11,32 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from deepsea.cli import main
 from deepsea.groups import D4
 from deepsea.inference import read_submission
 from deepsea.tools import bench_ops, demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch, tmp_path_factory):
-    """``cli(*args, rc=0)``: runs ``deepsea ARGS`` in this process from the repository root, checks the exit
-    status and returns what it printed (stdout and stderr)."""
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("DEEPSEA_DATA", str(tmp_path_factory.getbasetemp() / "deepsea-data"))
-
-    def run(*args: str, rc: int = 0) -> str:
-        code = 0
-        try:
-            main(list(args))
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        out = capsys.readouterr()
-        assert code == rc, out.out + out.err
-        return out.out + out.err
-
-    return run
 
 
 def _flat_test_folder(tmp_path: Path) -> Path:
