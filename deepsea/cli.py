@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="log loss, accuracy and top-5 on a run's validation split (and with TTA)")
     p.add_argument("--workdir", required=True)
+    p.add_argument(
+        "--data", default=None, help="score on every image of this labelled folder instead (a held-aside test set)"
+    )
     _prediction_args(p)
     p.add_argument(
         "--orbit-average",
@@ -187,6 +190,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-images", action="store_true", help="skip (and list) unreadable images")
     p.set_defaults(func=_ensemble)
 
+    p = sub.add_parser(
+        "pseudolabel", help="teachers' predictions for a folder: pseudo-labels (data.pseudo_labels) or distillation"
+    )
+    p.add_argument("runs", nargs="+", help="teacher run folders (several: blended)")
+    p.add_argument("--images", required=True, help="image folder (searched recursively)")
+    p.add_argument("--out", required=True, help=".npz file to write")
+    _prediction_args(p)
+    p.add_argument("--weights", default="fitted", choices=["fitted", "uniform"], help="how several teachers blend")
+    p.set_defaults(func=_pseudolabel)
+
     p = sub.add_parser("params", help="print a model's parameter count per layer")
     _experiment_args(p, data=False)
     p.add_argument("--classes", type=int, default=121)
@@ -201,6 +214,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--colour", action="store_true", help="RGB images; some classes differ only in colour")
     p.set_defaults(func=_make_synthetic)
+
+    p = sub.add_parser(
+        "holdout", help="set a labelled part of a dataset aside (links): train/, aside/ and unlabelled aside_images/"
+    )
+    p.add_argument("data", help="labelled folder <class>/<image>")
+    p.add_argument("--out", required=True, help="folder to create")
+    p.add_argument("--fraction", type=float, default=0.1, help="share of every class set aside")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_holdout)
 
     p = sub.add_parser("preview", help="write a PNG grid of preprocessed and augmented images")
     p.add_argument("--data", default=None, help="labelled or flat image folder (default: synthetic)")
@@ -327,14 +349,14 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     orbit = None if args.orbit_average is None else "" if args.orbit_average == "none" else args.orbit_average
     run = restore_run(args.workdir, args.checkpoint, orbit, args.precision)
-    result = evaluate_run(run, args.tta, args.combine)
-    print(f"{args.workdir} ({run.checkpoint} checkpoint, step {run.step}), {len(result.labels)} validation images")
+    result = evaluate_run(run, args.tta, args.combine, data=args.data)
+    where = "validation images" if args.data is None else f"images of {args.data}"
+    print(f"{args.workdir} ({run.checkpoint} checkpoint, step {run.step}), {len(result.labels)} {where}")
     print(f"{'transforms':<12} {'log loss':>9} {'accuracy':>9} {'top-5':>7}")
     for row in result.rows:
         print(f"{row.label:<12} {row.log_loss:9.4f} {row.accuracy:9.4f} {row.top5:7.4f}")
-    png = save_confusion_png(
-        result.probs, result.labels, list(run.classes), os.path.join(args.workdir, "confusion.png")
-    )
+    name = "confusion.png" if args.data is None else "confusion_data.png"
+    png = save_confusion_png(result.probs, result.labels, list(run.classes), os.path.join(args.workdir, name))
     print(f"wrote {png}")
 
 
@@ -428,11 +450,48 @@ def _export(args: argparse.Namespace) -> None:
     run = restore_run(args.workdir, args.checkpoint, precision=args.precision)
     export_run(run, args.out, platforms)
     extras = [name for name in ("calibration", "thresholds") if getattr(run, name) is not None]
+    stale = [n for n in extras if getattr(run, n).get("checkpoint", run.key) != run.key]
+    if stale:
+        print(
+            f"note: the {' and '.join(stale)} of {args.workdir} were fitted on predictions of "
+            f"{getattr(run, stale[0])['checkpoint']}, not of {run.key}: predict --model will not apply them "
+            "(fit them with the same --checkpoint and --precision, then export again)",
+            file=sys.stderr,
+        )
     print(
         f"wrote {args.out}: {run.config.model.get('name', 'model')} at step {run.step} ({run.key}), "
         f"{len(run.classes)} classes, {args.precision}, for {', '.join(platforms)}"
         + (f", with its {' and '.join(extras)}" if extras else "")
         + f"; predict with: deepsea predict --model {args.out} --images DIR --out FILE.csv"
+    )
+
+
+def _holdout(args: argparse.Namespace) -> None:
+    from deepsea.data.folders import hold_out
+
+    res = hold_out(args.data, args.out, args.fraction, args.seed)
+    print(
+        f"wrote {args.out}: train/ ({res.train} images), aside/ ({res.aside} images, labelled, for scoring: "
+        f"deepsea evaluate --data) and aside_images/ (the same images unlabelled, for deepsea pseudolabel)"
+    )
+
+
+def _pseudolabel(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from deepsea.teachers import save_teacher_predictions, teacher_predictions
+
+    if not args.out.endswith(".npz"):
+        raise CommandError(f"--out must be an .npz file, got {args.out!r}")
+    tp = teacher_predictions(
+        args.runs, args.images, args.tta, args.combine, args.weights, args.checkpoint, args.precision
+    )
+    save_teacher_predictions(args.out, tp)
+    confident = float(np.mean(tp.probs.max(1) >= 0.9))
+    weights = ", ".join(f"{w:.2f}" for w in tp.teachers["weights"])
+    print(
+        f"wrote {args.out}: {len(tp.images)} images x {len(tp.classes)} classes from {len(tp.teachers['runs'])} "
+        f"teacher(s) (weights {weights}, TTA {args.tta}); {confident:.1%} with a top probability >= 0.9"
     )
 
 

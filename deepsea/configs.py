@@ -54,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.balanced_sampling = False  # draw every class equally often (with replacement) instead of epochs
     c.data.pixel_size = 0.0  # micrometres per pixel (0: unknown): the raw-size feature in micrometres
     c.data.gray_to_rgb = False  # channels 3: read grayscale files as three equal channels instead of refusing them
+    c.data.pseudo_labels = ""  # teacher predictions for unlabelled images (deepsea pseudolabel): soft targets
+    c.data.pseudo_fraction = 0.33  # the share of every batch drawn from the pseudo-labelled images (seed: 0.33, 0.67)
+    c.data.distill = ""  # teacher predictions for the training images (deepsea pseudolabel): distillation
 
     c.aug = ml_collections.ConfigDict()
     c.aug.rotation = 360.0
@@ -108,6 +111,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.log_every = 100
     c.train.eval_batch_size = 64
     c.train.class_weight_power = 0.0  # loss weight of a class: (its share of the training images)^-power, mean 1
+    c.train.distill_weight = 0.5  # with data.distill: the teacher's share of the loss (the labels' is 1 - it)
+    c.train.distill_temperature = 2.0  # with data.distill: both predictions softened by it (Hinton's T)
     c.train.eval_tta = ""  # validation during training: "" plain | "tencrop" | "N" Halton transforms
     c.train.keep_checkpoints = 2
     c.train.divergence_loss = 50.0  # stop when the training loss exceeds this (or is not finite)

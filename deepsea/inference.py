@@ -54,6 +54,7 @@ __all__ = [
     "ensemble_runs",
     "evaluate_probs",
     "evaluate_run",
+    "labelled_set",
     "local_variables",
     "predict_probs",
     "put_batch",
@@ -119,7 +120,7 @@ def local_variables(variables: Any) -> Any:
     return jax.tree.map(local, variables)
 
 
-_MODEL_INPUTS = ("image", "image2", "label", "raw_size", "weight")
+_MODEL_INPUTS = ("image", "image2", "label", "raw_size", "weight", "target", "teacher")
 
 
 def put_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
@@ -490,10 +491,29 @@ class RunEvaluation:
     labels: np.ndarray
 
 
-def evaluate_run(run: Run, tta: int | str = 0, combine: Combine = "mean", progress: bool = True) -> RunEvaluation:
-    """Scores ``run`` on its validation split without TTA and, if ``tta`` is given, with it; a setting the run
-    has a calibration for is scored calibrated (its label says so)."""
-    val = validation_set(run.workdir)
+def labelled_set(workdir: str, root: str) -> ValidationSet:
+    """Every image of the labelled folder ``root`` (another than the run's: a held-aside test folder), with the
+    run's class mapping, labelled by the run's class indices; it may lack some of the run's classes (rare ones),
+    but a class the run does not know is an error."""
+    folder = rundir.apply_class_map(workdir, scan_labelled_folder(root))
+    classes = rundir.load_json(os.path.join(workdir, "classes.json"))
+    unknown = sorted(set(folder.classes) - set(classes))
+    if unknown:
+        raise rundir.RunDataMismatch(
+            f"{root!r} has {len(unknown)} class(es) that run {workdir!r} was not trained on: {unknown[:5]}"
+        )
+    index = np.array([classes.index(c) for c in folder.classes], np.int32)
+    assert folder.labels is not None
+    return ValidationSet(tuple(folder.paths), index[folder.labels], tuple(classes))
+
+
+def evaluate_run(
+    run: Run, tta: int | str = 0, combine: Combine = "mean", progress: bool = True, data: str | None = None
+) -> RunEvaluation:
+    """Scores ``run`` on its validation split (or every image of the labelled folder ``data``) without TTA
+    and, if ``tta`` is given, with it; a setting the run has a calibration for is scored calibrated (its label
+    says so)."""
+    val = validation_set(run.workdir) if data is None else labelled_set(run.workdir, data)
     rows, probs = [], None
     for n in [0] + ([tta] if tta else []):
         calibration = run_calibration(run, n, combine, warn=False)

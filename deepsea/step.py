@@ -24,6 +24,7 @@ __all__ = [
     "TrainState",
     "create_train_state",
     "example_inputs",
+    "example_losses",
     "forward",
     "make_optimizer",
     "make_train_step",
@@ -164,10 +165,34 @@ def create_train_state(
     return TrainSetup(model, tx, schedule, jax.eval_shape(init) if abstract else init())
 
 
+def example_losses(
+    logits: jax.Array, batch: Batch, distill_weight: float = 0.0, distill_temperature: float = 1.0
+) -> jax.Array:
+    """Each example's loss: cross-entropy against its ``target`` probabilities (soft targets: pseudo-labels) or,
+    without them, its integer ``label``; with a ``teacher`` (log-probabilities) in the batch, Hinton's
+    distillation mix ``(1 - w) * that + w * T^2 * cross-entropy(softmax(teacher / T), softmax(logits / T))``."""
+    logits = logits.astype(jnp.float32)
+    if "target" in batch:
+        ce = optax.softmax_cross_entropy(logits, batch["target"].astype(jnp.float32))
+    else:
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    if "teacher" in batch:
+        t = distill_temperature
+        soft = jax.nn.softmax(batch["teacher"].astype(jnp.float32) / t, axis=-1)
+        kd = optax.softmax_cross_entropy(logits / t, soft) * t**2  # T^2 keeps the gradients' scale (Hinton)
+        ce = (1.0 - distill_weight) * ce + distill_weight * kd
+    return ce
+
+
 def make_train_step(
-    model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    distill_weight: float = 0.0,
+    distill_temperature: float = 1.0,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """``(state, batch, rng) -> (state, metrics)``, jitted, donating the state."""
+    """``(state, batch, rng) -> (state, metrics)``, jitted, donating the state.  The loss is
+    :func:`example_losses` averaged with the batch's per-example ``weight`` where it has them."""
 
     def step(state: TrainState, batch: Batch, rng: jax.Array):
         dropout_rng = jax.random.fold_in(rng, state.step)
@@ -175,8 +200,8 @@ def make_train_step(
         def loss_fn(params):
             logits, model_state = forward(model, {"params": params, **state.model_state}, batch, True, dropout_rng)
             logits = logits.astype(jnp.float32)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-            # per-example loss weights (class weights) where the batch has them; a plain mean otherwise
+            ce = example_losses(logits, batch, distill_weight, distill_temperature)
+            # per-example loss weights (class weights, pseudo-label weights) where the batch has them
             ce = jnp.mean(ce * batch["weight"]) if "weight" in batch else jnp.mean(ce)
             return ce, (logits, model_state)
 

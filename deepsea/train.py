@@ -24,6 +24,7 @@ from deepsea import rundir
 from deepsea.data import (
     AugmentedSource,
     AugmentRanges,
+    MixedSource,
     Preprocess,
     Rescale,
     check_images,
@@ -36,6 +37,7 @@ from deepsea.data import (
 )
 from deepsea.inference import Evaluation, data_mesh, evaluate_probs, put_batch, tta_probs
 from deepsea.step import TrainState, create_train_state, make_train_step
+from deepsea.teachers import align_teacher_predictions, load_teacher_predictions
 from deepsea.tta import combine_probs, transforms_for, tta_ranges_for
 
 __all__ = ["Budget", "TrainResult", "TrainingDiverged", "resolve_data", "train"]
@@ -208,6 +210,54 @@ def validate(
     return evaluate_probs(combine_probs(per), labels)
 
 
+def _train_step(config: Any, setup: Any) -> Any:
+    return make_train_step(
+        setup.model,
+        setup.optimizer,
+        setup.schedule,
+        distill_weight=config.train.distill_weight,
+        distill_temperature=config.train.distill_temperature,
+    )
+
+
+def _training_source(
+    config: Any, folder: Any, train_idx: np.ndarray, val_paths: list[str], pp: Preprocess
+) -> AugmentedSource | MixedSource:
+    """The training examples: the labelled images (with their teacher's predictions under ``data.distill``),
+    mixed with the pseudo-labelled images of ``data.pseudo_labels`` at ``data.pseudo_fraction`` of every batch."""
+    data, k = config.data, len(folder.classes)
+    paths, labels = [folder.paths[i] for i in train_idx], folder.labels[train_idx]
+    weights = class_weights(labels, k, config.train.class_weight_power)
+    ranges = AugmentRanges.from_config(config.aug)
+    if data.distill and data.pseudo_labels:
+        raise ValueError("data.distill and data.pseudo_labels cannot be used together (the pseudo-labels are soft)")
+    teacher = None
+    if data.distill:
+        tp = load_teacher_predictions(data.distill)
+        teacher = np.log(np.maximum(align_teacher_predictions(tp, paths, folder.classes, data.distill), 1e-7))
+    common = {"pp": pp, "ranges": ranges, "cache": data.cache_images, "class_weights": weights}
+    real = AugmentedSource(paths, labels, seed=config.seed, balanced=data.balanced_sampling, teacher=teacher, **common)
+    if not data.pseudo_labels:
+        return real
+    tp = load_teacher_predictions(data.pseudo_labels)
+    if tp.classes != tuple(folder.classes):
+        raise ValueError(
+            f"{data.pseudo_labels} holds predictions for other classes than this run's "
+            f"({len(tp.classes)} vs {len(folder.classes)}); make them with teachers trained on these classes"
+        )
+    pseudo_paths = [os.path.join(tp.root, r) for r in tp.images]
+    norm = lambda ps: {os.path.normpath(os.path.abspath(p)) for p in ps}  # noqa: E731
+    leaked = norm(pseudo_paths) & norm(val_paths)
+    if leaked:
+        raise ValueError(
+            f"{data.pseudo_labels} pseudo-labels {len(leaked)} validation image(s) (e.g. {sorted(leaked)[:2]}): "
+            "the validation score would see them in training"
+        )
+    pseudo = AugmentedSource(pseudo_paths, tp.probs.argmax(1), seed=config.seed + 1, targets=tp.probs, **common)
+    per_batch = round(data.pseudo_fraction * config.train.batch_size)
+    return MixedSource(real, pseudo, config.train.batch_size, per_batch, k)
+
+
 def _measure_budget(
     config: Any, num_classes: int, source: Any, val_paths: list, val_labels: Any, pp: Preprocess, t_start: float
 ) -> Budget:
@@ -215,7 +265,7 @@ def _measure_budget(
     state, and a validation pass from its first batches; the run itself starts afresh afterwards."""
     probe = create_train_state(config, num_classes)
     mesh = data_mesh()
-    step = make_train_step(probe.model, probe.optimizer, probe.schedule)
+    step = _train_step(config, probe)
     state = jax.device_put(probe.state, NamedSharding(mesh, PartitionSpec()))
     rng = jax.random.key(config.seed)
     with train_batches(
@@ -270,18 +320,9 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
         train_idx, val_idx, pp = rundir.load_run_data(workdir, folder)
     else:
         folder, train_idx, val_idx, pp = _new_run(config, workdir, folder, lead, progress)
-    source = AugmentedSource(
-        [folder.paths[i] for i in train_idx],
-        folder.labels[train_idx],
-        pp,
-        AugmentRanges.from_config(config.aug),
-        seed=config.seed,
-        cache=config.data.cache_images,
-        class_weights=class_weights(folder.labels[train_idx], len(folder.classes), config.train.class_weight_power),
-        balanced=config.data.balanced_sampling,
-    )
     val_paths = [folder.paths[i] for i in val_idx]
     val_labels = folder.labels[val_idx]
+    source = _training_source(config, folder, train_idx, val_paths, pp)
     steps = config.train.steps
     if config.train.budget_minutes > 0:
         if resuming:  # the steps chosen when the run started, so that the schedule continues unchanged
@@ -310,7 +351,7 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
     best_path = os.path.join(workdir, "best.json")
     best = Evaluation.from_dict(rundir.load_json(best_path)) if os.path.exists(best_path) and resuming else None
 
-    train_step = make_train_step(setup.model, setup.optimizer, setup.schedule)
+    train_step = _train_step(config, setup)
     rng = jax.random.key(config.seed)
 
     eval_transforms = _eval_transforms(config, pp)

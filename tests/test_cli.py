@@ -112,6 +112,7 @@ def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
         rc=2,
     )
     _exported_model_predicts_like_its_run(cli, run, flat, tmp_path)
+    _students_learn_from_pseudo_labels_and_a_teacher(cli, run, flat, tmp_path)
     # a corrupt image: an error naming it, or skipped and listed when asked
     (flat / "broken.jpg").write_bytes(b"not a jpeg")
     out = cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "x.csv"), rc=2)
@@ -122,6 +123,50 @@ def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
     out = cli("predict", "--workdir", run, "--images", str(tmp_path / "nowhere"), "--out", "y.csv", rc=2)
     assert "nowhere" in out
     assert "no config.json" in cli("evaluate", "--workdir", str(tmp_path / "flat"), rc=2)
+
+
+def _students_learn_from_pseudo_labels_and_a_teacher(cli, run, flat, tmp_path):
+    """deepsea pseudolabel: the run's predictions for a folder (those predict writes), then students trained on
+    them as pseudo-labels and, for the training images, as a teacher; and the errors for what does not fit."""
+    import numpy as np
+
+    from deepsea.teachers import load_teacher_predictions
+
+    pseudo = str(tmp_path / "pseudo.npz")
+    out = cli("pseudolabel", run, "--images", str(flat), "--out", pseudo)
+    assert "12 images x 12 classes from 1 teacher(s)" in out
+    tp = load_teacher_predictions(pseudo)
+    cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "plain.csv"))
+    names, classes, probs = read_submission(str(tmp_path / "plain.csv"))
+    assert list(tp.images) == names and list(tp.classes) == classes
+    np.testing.assert_allclose(tp.probs, probs, atol=1e-6)  # calibrated like predict's (calibration.json)
+    split = json.loads(Path(run, "split.json").read_text())
+    teacher = str(tmp_path / "teacher.npz")
+    cli("pseudolabel", run, run, "--images", split["root"], "--out", teacher, "--weights", "uniform")
+    student = ["synthetic", "--small", "--set", "train.steps=2"]
+    out = cli("train", *student, "--set", f"data.pseudo_labels={pseudo}", "--workdir", str(tmp_path / "s1"))
+    assert "best validation" in out
+    out = cli("train", *student, "--set", f"data.distill={teacher}", "--workdir", str(tmp_path / "s2"))
+    assert "best validation" in out
+    assert "no config.json" in cli("pseudolabel", str(flat), "--images", str(flat), "--out", pseudo, rc=2)
+    # scoring on a held-aside labelled folder: the validation split's scores when it is that split
+    held = tmp_path / "held"
+    for rel in split["validation"]:
+        (held / os.path.dirname(rel)).mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.join(split["root"], rel), held / rel)
+    plain = cli("evaluate", "--workdir", run).splitlines()[2]
+    out = cli("evaluate", "--workdir", run, "--data", str(held))
+    assert f"images of {held}" in out and out.splitlines()[2] == plain
+    (held / "zzz_unknown").mkdir()
+    os.symlink(os.path.join(split["root"], split["validation"][0]), held / "zzz_unknown" / "a.jpg")
+    assert "not trained on: ['zzz_unknown']" in cli("evaluate", "--workdir", run, "--data", str(held), rc=2)
+    leak = str(tmp_path / "leak.npz")
+    cli("pseudolabel", run, "--images", split["root"], "--out", leak)
+    out = cli("train", *student, "--set", f"data.pseudo_labels={leak}", "--workdir", str(tmp_path / "s3"), rc=2)
+    assert "validation image(s)" in out
+    assert "no predictions for" in cli(
+        "train", *student, "--set", f"data.distill={pseudo}", "--workdir", str(tmp_path / "s4"), rc=2
+    )
 
 
 def _exported_model_predicts_like_its_run(cli, run, flat, tmp_path):

@@ -112,7 +112,7 @@ def test_gradients_are_the_transposed_reference_and_bitwise_equal(group, op, in_
         if impl == "pallas" and (dtype == jnp.float16 or (op == "roll" and COMPILED)):
             continue  # the kernels are tested in float32 and bfloat16; the compiled dense roll is disabled
         fn = OPS[op, impl]
-        grads[impl] = jax.grad(lambda z, fn=fn: jnp.sum((fn(z, group) * ct).astype(jnp.float32)))(x)
+        grads[impl] = jax.jit(jax.grad(lambda z, fn=fn: jnp.sum((fn(z, group) * ct).astype(jnp.float32))))(x)
         assert grads[impl].dtype == dtype
         np.testing.assert_allclose(np.asarray(grads[impl], np.float64), want, rtol=tol, atol=tol * np.abs(want).max())
     if "pallas" in grads:
@@ -126,19 +126,21 @@ def test_blocks_that_do_not_divide_the_maps(group, channels, block, rng):
     x = _random(rng, (group.order, 3, 3, channels))
     assert (x.size // group.order) % block
     want = conv_roll_reference(x, group)
-    got = conv_roll_kernel(x, group, block=block, interpret=True)
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     ct = _random(rng, want.shape)
-    g_want = jax.vjp(lambda z: conv_roll_reference(z, group), x)[1](ct)[0]
-    g_got = jax.vjp(lambda z: conv_roll_kernel(z, group, block=block, interpret=True), x)[1](ct)[0]
+
+    def value_and_vjp(fn, z, cotangent):  # one compiled program each (interpreted Pallas is slow op by op)
+        return jax.jit(lambda z, c: (lambda y, vjp: (y, vjp(c)[0]))(*jax.vjp(fn, z)))(z, cotangent)
+
+    got, g_got = value_and_vjp(lambda z: conv_roll_kernel(z, group, block=block, interpret=True), x, ct)
+    _, g_want = value_and_vjp(lambda z: conv_roll_reference(z, group), x, ct)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     np.testing.assert_array_equal(np.asarray(g_got), np.asarray(g_want))
     xd = _random(rng, (group.order * 3, channels))
-    y, vjp = jax.vjp(lambda z: roll_kernel(z, group, block=block, interpret=True), xd)
-    np.testing.assert_array_equal(np.asarray(y), np.asarray(roll_reference(xd, group)))
-    ctd = _random(rng, y.shape)
-    np.testing.assert_array_equal(
-        np.asarray(vjp(ctd)[0]), np.asarray(jax.vjp(lambda z: roll_reference(z, group), xd)[1](ctd)[0])
-    )
+    ctd = _random(rng, roll_reference(xd, group).shape)
+    y, gd_got = value_and_vjp(lambda z: roll_kernel(z, group, block=block, interpret=True), xd, ctd)
+    y_want, gd_want = value_and_vjp(lambda z: roll_reference(z, group), xd, ctd)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(y_want))
+    np.testing.assert_array_equal(np.asarray(gd_got), np.asarray(gd_want))
 
 
 def test_block_size_choice():

@@ -11,6 +11,7 @@ from deepsea.data.folders import (
 from deepsea.data.images import BadImageError, invert, read_image
 from deepsea.data.pipeline import (
     AugmentedSource,
+    MixedSource,
     Preprocess,
     check_images,
     compute_stats,
@@ -45,6 +46,7 @@ __all__ = [
     "BadImageError",
     "FolderError",
     "ImageFolder",
+    "MixedSource",
     "Preprocess",
     "Rescale",
     "affine_matrix",

@@ -18,7 +18,9 @@ from deepsea.data.images import IMAGE_EXTENSIONS
 
 __all__ = [
     "FolderError",
+    "HoldOut",
     "ImageFolder",
+    "hold_out",
     "map_classes",
     "read_class_map",
     "scan_flat_folder",
@@ -187,3 +189,38 @@ def scan_flat_folder(root: str | os.PathLike) -> ImageFolder:
         raise FolderError(f"image folder {root!r} has no images ({len(ignored)} other entries)")
     _log_ignored(root, ignored)
     return ImageFolder(root, tuple(paths), None, (), tuple(ignored))
+
+
+@dataclasses.dataclass(frozen=True)
+class HoldOut:
+    """What :func:`hold_out` wrote: the images linked for training and set aside."""
+
+    out: str
+    train: int
+    aside: int
+
+
+def hold_out(root: str | os.PathLike, out: str | os.PathLike, fraction: float = 0.1, seed: int = 0) -> HoldOut:
+    """Sets ``fraction`` of every class of the labelled folder ``root`` aside, as symbolic links (no copies):
+    ``out/train/<class>/`` (the rest, to train on), ``out/aside/<class>/`` (labelled, touched only to score) and
+    ``out/aside_images/`` (the same images flat, named ``<n>_<file>`` without their class: what pseudo-labelling
+    may see).  Refuses an ``out`` that exists."""
+    from deepsea.data.pipeline import stratified_split
+
+    folder = scan_labelled_folder(root)
+    out = os.fspath(out)
+    if os.path.exists(out):
+        raise FolderError(f"{out!r} exists; hold_out writes a new folder")
+    assert folder.labels is not None
+    train_idx, aside_idx = stratified_split(folder.labels, fraction, seed)
+    os.makedirs(os.path.join(out, "aside_images"))
+    for part, idx in (("train", train_idx), ("aside", aside_idx)):
+        for n, i in enumerate(idx):
+            path = os.path.abspath(folder.paths[i])
+            cls = folder.classes[folder.labels[i]]
+            os.makedirs(os.path.join(out, part, cls), exist_ok=True)
+            os.symlink(path, os.path.join(out, part, cls, os.path.basename(path)))
+            if part == "aside":
+                os.symlink(path, os.path.join(out, "aside_images", f"{n:06d}_{os.path.basename(path)}"))
+    return HoldOut(out, len(train_idx), len(aside_idx))
+

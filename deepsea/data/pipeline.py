@@ -35,6 +35,7 @@ from deepsea.data.transforms import (
 __all__ = [
     "AugmentedSource",
     "BatchIterator",
+    "MixedSource",
     "Preprocess",
     "ProcessSlice",
     "check_images",
@@ -297,6 +298,9 @@ class AugmentedSource:
     copy of the decoded images.  ``class_weights``: each example gets its
     class's loss ``weight``.  ``balanced``: each epoch draws its examples
     with replacement so that every class is equally likely (long-tailed data).
+    ``targets`` (``(N, K)`` probabilities): each example's soft ``target``
+    (pseudo-labels); ``teacher`` (``(N, K)`` log-probabilities): each
+    example's ``teacher`` predictions (distillation).
     """
 
     def __init__(
@@ -311,9 +315,16 @@ class AugmentedSource:
         cache: bool = False,
         class_weights: np.ndarray | None = None,
         balanced: bool = False,
+        targets: np.ndarray | None = None,
+        teacher: np.ndarray | None = None,
     ):
         if not paths:
             raise ValueError("no images to load")
+        for name, rows in (("targets", targets), ("teacher", teacher)):
+            if rows is not None and len(rows) != len(paths):
+                raise ValueError(f"{len(rows)} rows of {name} for {len(paths)} images")
+        self.targets = None if targets is None else np.asarray(targets, np.float32)
+        self.teacher = None if teacher is None else np.asarray(teacher, np.float32)
         self.paths = list(paths)
         self.labels = None if labels is None else np.asarray(labels, np.int32)
         self.pp, self.ranges, self.seed, self.shuffle = pp, ranges, seed, shuffle
@@ -359,6 +370,10 @@ class AugmentedSource:
         out = _example(self.paths, self.labels, index, self.pp, params, image)
         if self.class_weights is not None:
             out["weight"] = self.class_weights[out["label"]]
+        if self.targets is not None:
+            out["target"] = self.targets[index]
+        if self.teacher is not None:
+            out["teacher"] = self.teacher[index]
         return out
 
     def __getstate__(self) -> dict[str, Any]:
@@ -373,6 +388,44 @@ class AugmentedSource:
 
     def __repr__(self) -> str:
         return f"AugmentedSource({len(self.paths)} images, size={self.pp.size}, seed={self.seed})"
+
+
+class MixedSource:
+    """Global batches of ``batch_size`` examples of which the last ``pseudo_per_batch`` come from ``pseudo`` (an
+    :class:`AugmentedSource` with soft ``targets``) and the others from ``real``, each source walking its own
+    shuffled epochs.  Real examples get their one-hot label as ``target``, so one loss serves both.
+
+    Global index ``i`` is position ``i mod B`` of batch ``i // B``: like the sources, a pure function of the
+    index, so resuming and several processes see the same batches.
+    """
+
+    def __init__(
+        self, real: AugmentedSource, pseudo: AugmentedSource, batch_size: int, pseudo_per_batch: int, classes: int
+    ):
+        if not 0 < pseudo_per_batch < batch_size:
+            raise ValueError(
+                f"a batch of {batch_size} must hold between 1 and {batch_size - 1} pseudo-labelled images, "
+                f"not {pseudo_per_batch} (data.pseudo_fraction)"
+            )
+        if pseudo.targets is None or pseudo.targets.shape[1] != classes:
+            raise ValueError(f"the pseudo-labelled source needs targets over the {classes} classes")
+        self.real, self.pseudo, self.classes = real, pseudo, classes
+        self.batch, self.npseudo = batch_size, pseudo_per_batch
+        self.nreal = batch_size - pseudo_per_batch
+
+    def __len__(self) -> int:
+        return min(len(self.real) // self.nreal, len(self.pseudo) // self.npseudo) * self.batch
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        k, j = divmod(int(i), self.batch)
+        if j >= self.nreal:
+            return self.pseudo[k * self.npseudo + j - self.nreal]
+        out = self.real[k * self.nreal + j]
+        out["target"] = np.eye(self.classes, dtype=np.float32)[out["label"]]
+        return out
+
+    def __repr__(self) -> str:
+        return f"MixedSource({self.real!r} + {self.pseudo!r}, {self.npseudo} of {self.batch} pseudo-labelled)"
 
 
 def _grain_ready() -> None:
@@ -435,7 +488,7 @@ class ProcessSlice:
 
 
 def train_batches(
-    source: AugmentedSource,
+    source: AugmentedSource | MixedSource,
     batch_size: int,
     workers: int = 1,
     start_step: int = 0,
