@@ -223,4 +223,3 @@ def hold_out(root: str | os.PathLike, out: str | os.PathLike, fraction: float = 
             if part == "aside":
                 os.symlink(path, os.path.join(out, "aside_images", f"{n:06d}_{os.path.basename(path)}"))
     return HoldOut(out, len(train_idx), len(aside_idx))
-
