@@ -3,7 +3,8 @@
 The public API: the groups (``C4``, ``D4``), the exact group operations (:mod:`deepsea.ops` and their named
 forms here), their Flax layers and the seed's blocks (:mod:`deepsea.layers`), the equivariance checks, and the
 modules ``models``, ``backends``, ``configs``, ``step``, ``train``, ``inference``, ``data``, ``calibration``,
-``stream`` (large folders), ``export`` (models without the training code) and ``distributed``.  Names are
+``stream`` (large folders), ``export`` (models without the training code), ``distributed``, ``teachers``
+(pseudo-labels, distillation), ``features`` and ``fusion`` (image features late-fused).  Names are
 imported on first use, so the command line starts without loading JAX.
 """
 
@@ -49,12 +50,15 @@ _MODULES = (
     "data",
     "distributed",
     "export",
+    "features",
+    "fusion",
     "inference",
     "layers",
     "models",
     "ops",
     "step",
     "stream",
+    "teachers",
     "train",
 )
 
@@ -68,12 +72,15 @@ if TYPE_CHECKING:  # pragma: no cover
         data,
         distributed,
         export,
+        features,
+        fusion,
         inference,
         layers,
         models,
         ops,
         step,
         stream,
+        teachers,
         train,
     )
     from deepsea.backends import max_pool  # noqa: F401

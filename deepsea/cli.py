@@ -200,6 +200,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="fitted", choices=["fitted", "uniform"], help="how several teachers blend")
     p.set_defaults(func=_pseudolabel)
 
+    p = sub.add_parser("features", help="size, moment, Zernike, Haralick and threshold features of a folder (cached)")
+    p.add_argument("--data", required=True, help="image folder (searched recursively)")
+    p.add_argument("--pixel-size", type=float, default=0.0, metavar="UM", help="micrometres per pixel (0: pixels)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+    p.set_defaults(func=_features)
+
+    p = sub.add_parser("fuse", help="late-fuse image features with frozen runs (a small net at the logits)")
+    p.add_argument("runs", nargs="+", help="run folders sharing a validation split (several: blended)")
+    p.add_argument("--out", required=True, help="fused run folder to write")
+    _prediction_args(p)
+    p.add_argument("--weights", default="fitted", choices=["fitted", "uniform"], help="how several runs blend")
+    p.add_argument("--restarts", type=int, default=5, help="fusion networks trained and averaged")
+    p.add_argument("--hidden", type=int, default=80, help="units of each of the two dense layers")
+    p.add_argument("--steps", type=int, default=500, help="full-batch Adam steps per network")
+    p.set_defaults(func=_fuse)
+
     p = sub.add_parser("params", help="print a model's parameter count per layer")
     _experiment_args(p, data=False)
     p.add_argument("--classes", type=int, default=121)
@@ -347,6 +363,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     from deepsea.inference import evaluate_run, restore_run
     from deepsea.plots import save_confusion_png
 
+    if os.path.exists(os.path.join(args.workdir, "fused.json")):
+        return _evaluate_fused(args)
     orbit = None if args.orbit_average is None else "" if args.orbit_average == "none" else args.orbit_average
     run = restore_run(args.workdir, args.checkpoint, orbit, args.precision)
     result = evaluate_run(run, args.tta, args.combine, data=args.data)
@@ -358,6 +376,52 @@ def _evaluate(args: argparse.Namespace) -> None:
     name = "confusion.png" if args.data is None else "confusion_data.png"
     png = save_confusion_png(result.probs, result.labels, list(run.classes), os.path.join(args.workdir, name))
     print(f"wrote {png}")
+
+
+def _evaluate_fused(args: argparse.Namespace) -> None:
+    """A fused run: its cross-validated scores on the members' validation split, or its scores on ``--data``."""
+    from deepsea.fusion import load_fused
+    from deepsea.inference import Evaluation, evaluate_probs, labelled_set
+
+    fused = load_fused(args.workdir)
+    print(f"{'':<26} {'log loss':>9} {'accuracy':>9} {'top-5':>7}")
+    if args.data is None:
+        meta = fused.meta
+        print(f"{args.workdir}: fitted on the {meta['validation_images']} validation images of its members")
+        for label in ("convnets", "cross_validated"):
+            ev = Evaluation.from_dict(meta[label])
+            print(f"{label:<26} {ev.log_loss:9.4f} {ev.accuracy:9.4f} {ev.top5:7.4f}")
+        return
+    data = labelled_set(fused.meta["members"][0], args.data)
+    rows = [("fused", fused.probs(data.paths))]
+    from deepsea.teachers import blend_probs
+
+    m = fused.meta
+    rows.append(("convnets", blend_probs(fused.members, m["weights"], data.paths, m["tta"], m["combine"], True)))
+    print(f"{args.workdir} on {len(data.labels)} images of {args.data}")
+    for label, probs in rows:
+        ev = evaluate_probs(probs, data.labels)
+        print(f"{label:<26} {ev.log_loss:9.4f} {ev.accuracy:9.4f} {ev.top5:7.4f}")
+
+
+def _predict_fused(args: argparse.Namespace) -> None:
+    """A fused run predicts in memory, with the TTA setting its members were fused with (no streaming, no
+    thresholds: those need a trained run)."""
+    from deepsea.fusion import load_fused
+    from deepsea.inference import write_submission
+    from deepsea.stream import list_images
+
+    unsupported = [o for o, v in (("--thresholds", args.thresholds), ("--ecotaxa", args.ecotaxa)) if v]
+    unsupported += ["--parquet"] if args.parquet else []
+    if unsupported:
+        raise CommandError(f"{', '.join(unsupported)}: not for a fused run (predict with its members' runs)")
+    fused = load_fused(args.workdir)
+    if args.tta != fused.meta["tta"]:
+        raise CommandError(f"{args.workdir} was fused with --tta {fused.meta['tta']}: predict with that")
+    rel = list_images(args.images)
+    probs = fused.probs([os.path.join(args.images, r) for r in rel])
+    write_submission(args.out, rel, list(fused.classes), probs, top=args.top)
+    print(f"wrote {args.out}: {len(rel)} images x {len(fused.classes)} classes (fused)")
 
 
 def _report_skipped(skipped) -> None:
@@ -393,6 +457,8 @@ def _predict(args: argparse.Namespace) -> None:
     from deepsea.stream import predict_tree
 
     _init_distributed(args)
+    if args.workdir and os.path.exists(os.path.join(args.workdir, "fused.json")):
+        return _predict_fused(args)
     if args.model:
         from deepsea.export import load_model
 
@@ -474,6 +540,32 @@ def _holdout(args: argparse.Namespace) -> None:
         f"wrote {args.out}: train/ ({res.train} images), aside/ ({res.aside} images, labelled, for scoring: "
         f"deepsea evaluate --data) and aside_images/ (the same images unlabelled, for deepsea pseudolabel)"
     )
+
+
+def _features(args: argparse.Namespace) -> None:
+    from deepsea.features import folder_features
+    from deepsea.stream import list_images
+
+    rel = list_images(args.data)
+    table = folder_features(args.data, [os.path.join(args.data, r) for r in rel], args.pixel_size, args.workers)
+    print(f"{len(rel)} images x {len(table.names)} features, cached in {table.cache}")
+    print(f"{'feature':<20} {'mean':>12} {'std':>12}")
+    for name, m, sd in zip(table.names, table.values.mean(0), table.values.std(0), strict=True):
+        if not name[-1].isdigit():  # the size and shape features; the numbered families are in the cache
+            print(f"{name:<20} {m:12.4g} {sd:12.4g}")
+
+
+def _fuse(args: argparse.Namespace) -> None:
+    from deepsea.fusion import FusionSettings, fuse_runs
+
+    settings = FusionSettings(hidden=args.hidden, restarts=args.restarts, steps=args.steps)
+    res = fuse_runs(
+        args.runs, args.out, args.tta, args.combine, args.weights, args.checkpoint, args.precision, settings
+    )
+    print(f"{'':<26} {'log loss':>9} {'accuracy':>9} {'top-5':>7}")
+    for ev in (res.convnets, res.cv):
+        print(f"{ev.label:<26} {ev.log_loss:9.4f} {ev.accuracy:9.4f} {ev.top5:7.4f}")
+    print(f"wrote {args.out} (fused.json, params.npz): deepsea evaluate --workdir {args.out} --data LABELLED_DIR")
 
 
 def _pseudolabel(args: argparse.Namespace) -> None:

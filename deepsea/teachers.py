@@ -22,6 +22,8 @@ import numpy as np
 __all__ = [
     "TeacherPredictions",
     "align_teacher_predictions",
+    "blend_probs",
+    "blend_runs",
     "load_teacher_predictions",
     "save_teacher_predictions",
     "teacher_predictions",
@@ -45,6 +47,51 @@ class TeacherPredictions:
         return np.log(np.maximum(self.probs, _PROB_FLOOR)).astype(np.float32)
 
 
+def blend_runs(
+    workdirs: Sequence[str],
+    tta: int | str = 0,
+    combine: str = "mean",
+    weights: str = "fitted",
+    checkpoint: str = "best",
+    precision: str | None = None,
+) -> tuple[list[Any], np.ndarray]:
+    """The restored runs of a blend and their weights: ``"fitted"`` (:func:`deepsea.inference.ensemble_runs` on
+    the runs' shared validation split, models chosen by cross-validation; one run has weight 1) or
+    ``"uniform"``."""
+    from deepsea.inference import ensemble_runs, restore_run
+
+    if weights not in ("fitted", "uniform"):
+        raise ValueError(f"weights must be 'fitted' or 'uniform', got {weights!r}")
+    if not workdirs:
+        raise ValueError("no runs given")
+    for w in workdirs:
+        if not os.path.isfile(os.path.join(w, "config.json")):
+            raise FileNotFoundError(f"{w!r} is not a run folder (no config.json)")
+    if len(workdirs) == 1:
+        chosen, w = (0,), np.ones(1)
+    else:
+        blend = ensemble_runs(workdirs, checkpoint, tta, combine, uniform=weights == "uniform", precision=precision)  # type: ignore[arg-type]
+        chosen, w = blend.chosen, np.asarray(blend.weights, np.float64)
+    runs = [restore_run(workdirs[i], checkpoint, precision=precision) for i in chosen]
+    if any(r.classes != runs[0].classes for r in runs):
+        raise ValueError("the runs were trained on different class lists")
+    return runs, w
+
+
+def blend_probs(
+    runs: Sequence[Any], weights: np.ndarray, paths: Sequence[str], tta: int | str, combine: str, progress: bool
+) -> np.ndarray:
+    """The weighted mean of the runs' (cached, calibrated, TTA-combined) probabilities for ``paths``, float64."""
+    from deepsea.inference import run_probs
+
+    probs = sum(
+        wi * run_probs(r, list(paths), tta, combine, progress)  # type: ignore[arg-type]
+        for wi, r in zip(weights, runs, strict=True)
+    )
+    probs = np.asarray(probs, np.float64)
+    return probs / probs.sum(1, keepdims=True)
+
+
 def teacher_predictions(
     workdirs: Sequence[str],
     images: str,
@@ -55,32 +102,13 @@ def teacher_predictions(
     precision: str | None = None,
     progress: bool = True,
 ) -> TeacherPredictions:
-    """The blended predictions of ``workdirs`` for every image under ``images`` (recursively).  ``weights``:
-    ``"fitted"`` (:func:`deepsea.inference.ensemble_runs` on the runs' shared validation split; one run has
-    weight 1) or ``"uniform"``."""
-    from deepsea.inference import ensemble_runs, restore_run, run_probs
+    """The blended predictions of ``workdirs`` (:func:`blend_runs`) for every image under ``images``
+    (recursively)."""
     from deepsea.stream import list_images
 
-    if weights not in ("fitted", "uniform"):
-        raise ValueError(f"weights must be 'fitted' or 'uniform', got {weights!r}")
-    if not workdirs:
-        raise ValueError("no teacher runs given")
-    for w in workdirs:
-        if not os.path.isfile(os.path.join(w, "config.json")):
-            raise FileNotFoundError(f"{w!r} is not a run folder (no config.json)")
+    runs, w = blend_runs(workdirs, tta, combine, weights, checkpoint, precision)
     rel = list_images(images)
-    paths = [os.path.join(images, r) for r in rel]
-    if len(workdirs) == 1:
-        chosen, w = (0,), np.ones(1)
-    else:
-        blend = ensemble_runs(workdirs, checkpoint, tta, combine, uniform=weights == "uniform", precision=precision)  # type: ignore[arg-type]
-        chosen, w = blend.chosen, np.asarray(blend.weights, np.float64)
-    runs = [restore_run(workdirs[i], checkpoint, precision=precision) for i in chosen]
-    if any(r.classes != runs[0].classes for r in runs):
-        raise ValueError("the teacher runs were trained on different class lists")
-    probs = sum(wi * run_probs(r, paths, tta, combine, progress) for wi, r in zip(w, runs, strict=True))  # type: ignore[arg-type]
-    probs = np.asarray(probs, np.float64)
-    probs /= probs.sum(1, keepdims=True)
+    probs = blend_probs(runs, w, [os.path.join(images, r) for r in rel], tta, combine, progress)
     record = {
         "runs": [os.path.abspath(r.workdir) for r in runs],
         "checkpoints": [r.key for r in runs],

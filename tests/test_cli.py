@@ -111,8 +111,6 @@ def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
         "2",
         rc=2,
     )
-    _exported_model_predicts_like_its_run(cli, run, flat, tmp_path)
-    _students_learn_from_pseudo_labels_and_a_teacher(cli, run, flat, tmp_path)
     # a corrupt image: an error naming it, or skipped and listed when asked
     (flat / "broken.jpg").write_bytes(b"not a jpeg")
     out = cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "x.csv"), rc=2)
@@ -125,13 +123,31 @@ def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
     assert "no config.json" in cli("evaluate", "--workdir", str(tmp_path / "flat"), rc=2)
 
 
-def _students_learn_from_pseudo_labels_and_a_teacher(cli, run, flat, tmp_path):
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A small synthetic run with its calibration and thresholds, and a flat folder of new images: shared by the
+    tests below (each xdist worker trains its own)."""
+    from deepsea.cli import main
+
+    base = tmp_path_factory.mktemp("trained")
+    run = str(base / "run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        mp.setenv("DEEPSEA_DATA", str(tmp_path_factory.getbasetemp() / "deepsea-data"))
+        main(["train", "synthetic", "--small", "--workdir", run])
+        main(["calibrate", "--workdir", run])
+        main(["thresholds", "--workdir", run, "--target-precision", "0.5"])
+    return run, _flat_test_folder(base)
+
+
+def test_students_learn_from_pseudo_labels_and_a_teacher(cli, trained_run, tmp_path):
     """deepsea pseudolabel: the run's predictions for a folder (those predict writes), then students trained on
     them as pseudo-labels and, for the training images, as a teacher; and the errors for what does not fit."""
     import numpy as np
 
     from deepsea.teachers import load_teacher_predictions
 
+    run, flat = trained_run
     pseudo = str(tmp_path / "pseudo.npz")
     out = cli("pseudolabel", run, "--images", str(flat), "--out", pseudo)
     assert "12 images x 12 classes from 1 teacher(s)" in out
@@ -149,17 +165,6 @@ def _students_learn_from_pseudo_labels_and_a_teacher(cli, run, flat, tmp_path):
     out = cli("train", *student, "--set", f"data.distill={teacher}", "--workdir", str(tmp_path / "s2"))
     assert "best validation" in out
     assert "no config.json" in cli("pseudolabel", str(flat), "--images", str(flat), "--out", pseudo, rc=2)
-    # scoring on a held-aside labelled folder: the validation split's scores when it is that split
-    held = tmp_path / "held"
-    for rel in split["validation"]:
-        (held / os.path.dirname(rel)).mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.join(split["root"], rel), held / rel)
-    plain = cli("evaluate", "--workdir", run).splitlines()[2]
-    out = cli("evaluate", "--workdir", run, "--data", str(held))
-    assert f"images of {held}" in out and out.splitlines()[2] == plain
-    (held / "zzz_unknown").mkdir()
-    os.symlink(os.path.join(split["root"], split["validation"][0]), held / "zzz_unknown" / "a.jpg")
-    assert "not trained on: ['zzz_unknown']" in cli("evaluate", "--workdir", run, "--data", str(held), rc=2)
     leak = str(tmp_path / "leak.npz")
     cli("pseudolabel", run, "--images", split["root"], "--out", leak)
     out = cli("train", *student, "--set", f"data.pseudo_labels={leak}", "--workdir", str(tmp_path / "s3"), rc=2)
@@ -169,7 +174,37 @@ def _students_learn_from_pseudo_labels_and_a_teacher(cli, run, flat, tmp_path):
     )
 
 
-def _exported_model_predicts_like_its_run(cli, run, flat, tmp_path):
+def test_scoring_on_a_held_aside_folder_and_late_fusion(cli, trained_run, tmp_path):
+    """evaluate --data: the validation split's scores when the folder is that split; deepsea fuse: cross-validated
+    on the validation split, evaluated and predicting like a run; unknown classes are an error."""
+    run, flat = trained_run
+    split = json.loads(Path(run, "split.json").read_text())
+    held = tmp_path / "held"
+    for rel in split["validation"]:
+        (held / os.path.dirname(rel)).mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.join(split["root"], rel), held / rel)
+    plain = cli("evaluate", "--workdir", run).splitlines()[2]
+    out = cli("evaluate", "--workdir", run, "--data", str(held))
+    assert f"images of {held}" in out and out.splitlines()[2] == plain
+    fused = str(tmp_path / "fused")
+    out = cli("fuse", run, "--out", fused, "--restarts", "2", "--steps", "30")
+    assert "convnets" in out and "fused (cross-validated)" in out
+    assert "cross_validated" in cli("evaluate", "--workdir", fused)
+    out = cli("evaluate", "--workdir", fused, "--data", str(held))
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(("fused ", "convnets"))}
+    assert set(rows) == {"fused", "convnets"} and rows["convnets"] == plain.split()[2:]
+    cli("predict", "--workdir", fused, "--images", str(flat), "--out", str(tmp_path / "fused.csv"))
+    names = read_submission(str(tmp_path / "fused.csv"))[0]
+    assert sorted(names) == names and len(names) == 12
+    assert "not for a fused run" in cli(
+        "predict", "--workdir", fused, "--images", str(flat), "--out", "f.csv", "--thresholds", rc=2
+    )
+    (held / "zzz_unknown").mkdir()
+    os.symlink(os.path.join(split["root"], split["validation"][0]), held / "zzz_unknown" / "a.jpg")
+    assert "not trained on: ['zzz_unknown']" in cli("evaluate", "--workdir", run, "--data", str(held), rc=2)
+
+
+def test_exported_model_predicts_like_its_run(cli, trained_run, tmp_path):
     """deepsea export, then predict --model: the same CSV as the run (with its calibration and thresholds), and
     bitwise the run's own network computed with XLA's operations (what the export serializes)."""
     import dataclasses
@@ -184,6 +219,7 @@ def _exported_model_predicts_like_its_run(cli, run, flat, tmp_path):
     from deepsea.models import build_model
     from deepsea.stream import list_images
 
+    run, flat = trained_run
     model_dir = tmp_path / "exported"
     assert "predict with: deepsea predict --model" in cli("export", "--workdir", run, "--out", str(model_dir))
     assert "unknown platform" in cli("export", "--workdir", run, "--out", str(model_dir), "--platforms", "gpu", rc=2)

@@ -1,0 +1,239 @@
+"""Late fusion of image features with frozen convnets (the seed's last step before ensembling).
+
+A small network (two dense layers of 80 units over the standardised :mod:`deepsea.features`) adds its output to
+the convnets' log-probabilities at the logits; the convnets are not retrained.  Its last layer starts at zero, so
+training starts from the convnets' own predictions.  Several restarts are trained and their probabilities
+averaged.
+
+The protocol cannot leak: the fusion network is trained on the convnets' predictions for their validation split,
+which they never trained on.  Its own score is cross-validated on that split (each fold predicted by networks
+trained on the other folds; :attr:`FusionResult.cv`); the networks stored with the fused run are then trained
+on the whole split, and a held-aside labelled folder (``deepsea evaluate --workdir FUSED --data DIR``) scores
+them on images nobody trained on.
+
+``deepsea fuse RUN [RUN ...] --out FUSED`` writes ``fused.json`` (members, blend weights, TTA setting, feature
+statistics, settings, cross-validated scores) and ``params.npz``; :func:`load_fused` reads it back as a
+:class:`FusedRun` whose :meth:`~FusedRun.probs` predicts any images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["FusedRun", "FusionResult", "FusionSettings", "fit_fusion", "fuse_runs", "load_fused"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionSettings:
+    hidden: int = 80
+    restarts: int = 5
+    steps: int = 500  # full-batch Adam steps
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    dropout: float = 0.5
+    folds: int = 5
+    seed: int = 0
+
+
+def _net(hidden: int, classes: int, dropout: float) -> Any:
+    import flax.linen as nn
+
+    class FusionNet(nn.Module):
+        @nn.compact
+        def __call__(self, feats: jax.Array, logp: jax.Array, train: bool = False) -> jax.Array:
+            h = nn.relu(nn.Dense(hidden)(feats))
+            h = nn.Dropout(dropout, deterministic=not train)(h)
+            h = nn.relu(nn.Dense(hidden)(h))
+            return logp + nn.Dense(classes, kernel_init=nn.initializers.zeros)(h)
+
+    return FusionNet()
+
+
+def fit_fusion(
+    feats: np.ndarray,
+    logp: np.ndarray,
+    labels: np.ndarray,
+    settings: FusionSettings = FusionSettings(),
+    pad_to: int = 0,
+) -> list[Any]:
+    """``settings.restarts`` fusion networks' parameters trained on standardised ``feats (N, F)``, the convnets'
+    ``logp (N, K)`` and integer ``labels``.  ``pad_to``: pad the arrays to this many rows with examples of no
+    weight, so that training sets of different sizes (cross-validation folds) share one compiled program."""
+    import optax
+
+    n = len(labels)
+    rows = max(n, pad_to)
+    pad = lambda a: np.concatenate([a, np.zeros((rows - n, *a.shape[1:]), a.dtype)])  # noqa: E731
+    net = _net(settings.hidden, logp.shape[1], settings.dropout)
+    tx = optax.adamw(settings.lr, weight_decay=settings.weight_decay)
+    f, lp = jnp.asarray(pad(np.asarray(feats, np.float32))), jnp.asarray(pad(np.asarray(logp, np.float32)))
+    y = jnp.asarray(pad(np.asarray(labels, np.int32)))
+    weight = jnp.asarray(np.arange(rows) < n, jnp.float32) / n
+
+    @jax.jit
+    def train(key: jax.Array) -> Any:
+        init_key, drop_key = jax.random.split(key)
+        params = net.init(init_key, f[:1], lp[:1])
+
+        def loss(p: Any, k: jax.Array) -> jax.Array:
+            logits = net.apply(p, f, lp, True, rngs={"dropout": k})
+            return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * weight)
+
+        def step(carry: Any, k: jax.Array) -> tuple[Any, None]:
+            p, s = carry
+            g = jax.grad(loss)(p, k)
+            u, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), jax.random.split(drop_key, settings.steps))
+        return params
+
+    keys = jax.random.split(jax.random.key(settings.seed), settings.restarts)
+    return [jax.tree.map(np.asarray, train(k)) for k in keys]
+
+
+def _predict(params: list[Any], feats: np.ndarray, logp: np.ndarray, hidden: int, dropout: float) -> np.ndarray:
+    net = _net(hidden, logp.shape[1], dropout)
+    apply = jax.jit(lambda p, f, lp: jax.nn.softmax(net.apply(p, f, lp), axis=-1))
+    f, lp = jnp.asarray(feats, jnp.float32), jnp.asarray(logp, jnp.float32)
+    return np.mean([np.asarray(apply(p, f, lp), np.float64) for p in params], axis=0)
+
+
+def _standardise(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return ((values - mean) / std).astype(np.float32)
+
+
+def _log(probs: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(probs, 1e-7, 1.0)).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionResult:
+    """The fused run written and the cross-validated scores on the members' validation split."""
+
+    out: str
+    convnets: Any  # Evaluation of the members' blend, on the same images
+    cv: Any  # Evaluation of the out-of-fold fused predictions
+
+
+def fuse_runs(
+    workdirs: Sequence[str],
+    out: str,
+    tta: int | str = 0,
+    combine: str = "mean",
+    weights: str = "fitted",
+    checkpoint: str = "best",
+    precision: str | None = None,
+    settings: FusionSettings = FusionSettings(),
+    progress: bool = True,
+) -> FusionResult:
+    """Fits the fusion of ``workdirs``' blend (see :func:`deepsea.teachers.teacher_predictions` for ``weights``)
+    with the image features on their shared validation split, cross-validated, and writes the fused run ``out``."""
+    from deepsea import rundir
+    from deepsea.features import folder_features
+    from deepsea.inference import evaluate_probs, validation_set
+    from deepsea.teachers import blend_probs, blend_runs
+
+    if os.path.exists(os.path.join(out, "config.json")):
+        raise ValueError(f"{out!r} is a training run; write the fused run elsewhere")
+    val = validation_set(workdirs[0])
+    for w in workdirs[1:]:
+        if validation_set(w).paths != val.paths:
+            raise ValueError(f"{w!r} has another validation split than {workdirs[0]!r}: fusion needs a shared one")
+    members, w = blend_runs(workdirs, tta, combine, weights, checkpoint, precision)
+    probs = blend_probs(members, w, val.paths, tta, combine, progress)
+    pixel_size = members[0].preprocess.pixel_size
+    root = os.path.commonpath([os.path.abspath(p) for p in val.paths])
+    table = folder_features(root, val.paths, pixel_size, progress=progress)
+    mean, std = table.values.mean(0), table.values.std(0) + 1e-6
+    feats, logp, labels = _standardise(table.values, mean, std), _log(probs), val.labels
+    folds = np.random.default_rng(settings.seed).permutation(len(labels)) % settings.folds
+    oof = np.zeros_like(probs, dtype=np.float64)
+    largest = max(int(np.sum(folds != k)) for k in range(settings.folds))
+    for k in range(settings.folds):
+        fit, held = folds != k, folds == k
+        params = fit_fusion(feats[fit], logp[fit], labels[fit], settings, pad_to=largest)
+        oof[held] = _predict(params, feats[held], logp[held], settings.hidden, settings.dropout)
+    params = fit_fusion(feats, logp, labels, settings)
+    convnets, cv = evaluate_probs(probs, labels, "convnets"), evaluate_probs(oof, labels, "fused (cross-validated)")
+    os.makedirs(out, exist_ok=True)
+    leaves = [leaf for p in params for leaf in jax.tree.leaves(p)]
+    tmp = os.path.join(out, ".params.tmp.npz")
+    np.savez(tmp, *leaves)
+    os.replace(tmp, os.path.join(out, "params.npz"))
+    rundir.save_json(
+        os.path.join(out, "fused.json"),
+        {
+            "members": [os.path.abspath(m.workdir) for m in members],
+            "weights": [float(x) for x in w],
+            "checkpoint": checkpoint,
+            "precision": precision,
+            "tta": tta,
+            "combine": combine,
+            "classes": list(members[0].classes),
+            "pixel_size": pixel_size,
+            "features": list(table.names),
+            "mean": mean.tolist(),
+            "std": std.tolist(),
+            "settings": dataclasses.asdict(settings),
+            "validation_images": len(labels),
+            "convnets": convnets.to_dict(),
+            "cross_validated": cv.to_dict(),
+        },
+    )
+    return FusionResult(out, convnets, cv)
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedRun:
+    """A fused run read back: its members, blend weights, feature statistics and fusion networks."""
+
+    workdir: str
+    meta: dict
+    members: tuple[Any, ...]
+    params: list[Any]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.meta["classes"])
+
+    def probs(self, paths: Sequence[str], progress: bool = True) -> np.ndarray:
+        """Fused probabilities ``(N, K)`` for any images."""
+        from deepsea.features import folder_features
+        from deepsea.teachers import blend_probs
+
+        m = self.meta
+        probs = blend_probs(self.members, np.asarray(m["weights"]), paths, m["tta"], m["combine"], progress)
+        root = os.path.commonpath([os.path.abspath(p) for p in paths])
+        table = folder_features(root, paths, m["pixel_size"], progress=progress)
+        feats = _standardise(table.values, np.asarray(m["mean"]), np.asarray(m["std"]))
+        s = m["settings"]
+        return _predict(self.params, feats, _log(probs), s["hidden"], s["dropout"])
+
+
+def load_fused(workdir: str) -> FusedRun:
+    """Reads a fused run written by :func:`fuse_runs`; its members must still be where they were."""
+    from deepsea import rundir
+    from deepsea.inference import restore_run
+
+    meta = rundir.load_json(os.path.join(workdir, "fused.json"))
+    members = tuple(restore_run(w, meta["checkpoint"], precision=meta["precision"]) for w in meta["members"])
+    if any(mr.classes != tuple(meta["classes"]) for mr in members):
+        raise ValueError(f"{workdir}: a member run's classes changed since the fusion was fitted")
+    s = meta["settings"]
+    template = _net(s["hidden"], len(meta["classes"]), s["dropout"]).init(
+        jax.random.key(0), jnp.zeros((1, len(meta["features"]))), jnp.zeros((1, len(meta["classes"])))
+    )
+    treedef = jax.tree.structure(template)
+    n = len(jax.tree.leaves(template))
+    with np.load(os.path.join(workdir, "params.npz")) as f:
+        leaves = [f[f"arr_{i}"] for i in range(len(f.files))]
+    params = [jax.tree.unflatten(treedef, leaves[i : i + n]) for i in range(0, len(leaves), n)]
+    return FusedRun(workdir, meta, members, params)
