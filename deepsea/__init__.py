@@ -4,7 +4,8 @@ The public API: the groups (``C4``, ``D4``), the exact group operations (:mod:`d
 forms here), their Flax layers and the seed's blocks (:mod:`deepsea.layers`), the equivariance checks, and the
 modules ``models``, ``backends``, ``configs``, ``step``, ``train``, ``inference``, ``data``, ``calibration``,
 ``stream`` (large folders), ``export`` (models without the training code), ``distributed``, ``teachers``
-(pseudo-labels, distillation), ``features`` and ``fusion`` (image features late-fused).  Names are
+(pseudo-labels, distillation), ``features`` and ``fusion`` (image features late-fused) and ``pretrain`` (the tied
+convolutional autoencoder).  Names are
 imported on first use, so the command line starts without loading JAX.
 """
 
@@ -56,6 +57,7 @@ _MODULES = (
     "layers",
     "models",
     "ops",
+    "pretrain",
     "step",
     "stream",
     "teachers",
@@ -78,6 +80,7 @@ if TYPE_CHECKING:  # pragma: no cover
         layers,
         models,
         ops,
+        pretrain,
         step,
         stream,
         teachers,

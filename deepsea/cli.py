@@ -105,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     _distributed_args(p)
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("pretrain", help="pre-train a RollNet's convolutions as a tied autoencoder (no labels)")
+    _experiment_args(p)
+    p.add_argument("--workdir", required=True, help="folder for params.npz, metrics and reconstruction.png")
+    p.add_argument("--images", default=None, help="unlabelled images to learn from (default: the experiment's data)")
+    p.set_defaults(func=_pretrain)
+
     p = sub.add_parser("bag", help="bagging: train K copies of an experiment on K different splits")
     _experiment_args(p)
     p.add_argument("-k", "--copies", type=int, default=3)
@@ -336,6 +342,18 @@ def _train(args: argparse.Namespace) -> None:
     workdir = args.workdir or os.path.join("runs", config.name)
     print(f"training {config.name} in {workdir} on {config.data.path or 'the synthetic dataset'}")
     _print_best(train(config, workdir).best, workdir)
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from deepsea.pretrain import pretrain
+
+    config = _config(args)
+    res = pretrain(config, args.workdir, args.images)
+    print(
+        f"pre-trained {config.name}'s convolutions for {res.steps} steps (reconstruction error {res.final_mse:.4f}); "
+        f"wrote {os.path.join(args.workdir, 'params.npz')} and reconstruction.png; fine-tune with "
+        f"--set train.pretrained={args.workdir}"
+    )
 
 
 def _bag(args: argparse.Namespace) -> None:

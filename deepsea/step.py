@@ -151,6 +151,10 @@ def create_train_state(
     and the initial state from ``config.seed``; ``abstract=True`` gives the state's shapes without computing it."""
     model = build_model(config.model, num_classes)
     tx, schedule = make_optimizer(config.optim, config.train.steps if steps is None else steps)
+    if config.train.get("pretrained", ""):
+        tx = _pretrained_groups(
+            config, tx, make_optimizer(config.optim, config.train.steps if steps is None else steps)[0]
+        )
     inputs = {k: jnp.asarray(v) for k, v in example_inputs(config).items()}
 
     def init() -> TrainState:
@@ -182,6 +186,23 @@ def example_losses(
         kd = optax.softmax_cross_entropy(logits / t, soft) * t**2  # T^2 keeps the gradients' scale (Hinton)
         ce = (1.0 - distill_weight) * ce + distill_weight * kd
     return ce
+
+
+def _pretrained_groups(config: Any, rest: optax.GradientTransformation, base: optax.GradientTransformation) -> Any:
+    """Two parameter groups (``optax.multi_transform``): the convolutions (``conv*`` layers, which a pre-trained
+    autoencoder initialised) update not at all for ``train.pretrained_frozen_steps`` steps and then at
+    ``optim.pretrained_lr_multiplier`` times the others' rate; everything else as usual."""
+    frozen, multiplier = config.train.pretrained_frozen_steps, config.optim.pretrained_lr_multiplier
+    scale = optax.scale_by_schedule(lambda s: jnp.where(s < frozen, 0.0, multiplier))
+
+    def labels(params: Any) -> Any:
+        def label(path: tuple, _: Any) -> str:
+            names = [getattr(k, "key", "") for k in path]
+            return "pretrained" if any(str(n).startswith("conv") for n in names) else "rest"
+
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    return optax.multi_transform({"pretrained": optax.chain(base, scale), "rest": rest}, labels)
 
 
 def make_train_step(

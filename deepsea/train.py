@@ -342,6 +342,10 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
     if config.train.batch_size % mesh.size:
         raise ValueError(f"batch size {config.train.batch_size} is not divisible by the {mesh.size} devices")
     state, start = setup.state, 0
+    if config.train.pretrained and not resuming:
+        from deepsea.pretrain import load_pretrained
+
+        state = dataclasses.replace(state, params=load_pretrained(config.train.pretrained, state.params))
     if resuming:
         start = int(ckpt.latest_step())
         state = rundir.restore_state(ckpt, start, state)
