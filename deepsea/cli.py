@@ -122,6 +122,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data", default=None, help="score on every image of this labelled folder instead (a held-aside test set)"
     )
+    p.add_argument(
+        "--per-class",
+        action="store_true",
+        help="also each class's recall (per_class.csv) and the mean over the rarest third of classes",
+    )
     _prediction_args(p)
     p.add_argument(
         "--orbit-average",
@@ -394,6 +399,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     name = "confusion.png" if args.data is None else "confusion_data.png"
     png = save_confusion_png(result.probs, result.labels, list(run.classes), os.path.join(args.workdir, name))
     print(f"wrote {png}")
+    if args.per_class:
+        _report_per_class(args.workdir, run.classes, result.probs, result.labels)
 
 
 def _evaluate_fused(args: argparse.Namespace) -> None:
@@ -440,6 +447,38 @@ def _predict_fused(args: argparse.Namespace) -> None:
     probs = fused.probs([os.path.join(args.images, r) for r in rel])
     write_submission(args.out, rel, list(fused.classes), probs, top=args.top)
     print(f"wrote {args.out}: {len(rel)} images x {len(fused.classes)} classes (fused)")
+
+
+def _report_per_class(workdir: str, classes, probs, labels) -> None:
+    """Each class's recall (``per_class.csv``: with its training images), their mean, and the mean over the third
+    of the classes with the fewest training images (what class weights and balanced sampling are for)."""
+    import csv
+    import json
+
+    import numpy as np
+
+    from deepsea.metrics import per_class_accuracy
+
+    recall = per_class_accuracy(probs, labels)
+    with open(os.path.join(workdir, "split.json")) as f:
+        train = json.load(f)["train"]
+    index = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros(len(classes), np.int64)
+    for rel in train:  # <class>/<image>, after the run's class mapping
+        k = index.get(rel.split(os.sep)[0])
+        if k is not None:
+            counts[k] += 1
+    rare = np.argsort(counts, kind="stable")[: len(classes) // 3]
+    path = os.path.join(workdir, "per_class.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "training_images", "validation_images", "recall"])
+        for k, c in enumerate(classes):
+            w.writerow([c, int(counts[k]), int(np.sum(labels == k)), f"{recall[k]:.4f}"])
+    print(
+        f"mean per-class recall {np.nanmean(recall):.4f}; rarest third ({len(rare)} classes, by training images) "
+        f"{np.nanmean(recall[rare]):.4f}; wrote {path}"
+    )
 
 
 def _report_skipped(skipped) -> None:

@@ -183,7 +183,12 @@ def test_scoring_on_a_held_aside_folder_and_late_fusion(cli, trained_run, tmp_pa
     for rel in split["validation"]:
         (held / os.path.dirname(rel)).mkdir(parents=True, exist_ok=True)
         os.symlink(os.path.join(split["root"], rel), held / rel)
-    plain = cli("evaluate", "--workdir", run).splitlines()[2]
+    out = cli("evaluate", "--workdir", run, "--per-class")
+    plain = out.splitlines()[2]
+    assert "rarest third (4 classes, by training images)" in out
+    rows = Path(run, "per_class.csv").read_text().splitlines()
+    assert rows[0] == "class,training_images,validation_images,recall" and len(rows) == 13
+    assert sum(int(r.split(",")[1]) for r in rows[1:]) == len(split["train"])
     out = cli("evaluate", "--workdir", run, "--data", str(held))
     assert f"images of {held}" in out and out.splitlines()[2] == plain
     fused = str(tmp_path / "fused")
