@@ -121,7 +121,14 @@ def test_the_decoder_shares_the_encoders_kernels(rng):
     np.testing.assert_allclose(tied, g_enc + g_dec, rtol=1e-4, atol=1e-5 * float(jnp.abs(g_enc + g_dec).max()))
 
 
-SMALL = ["pretrain.greedy_steps=2", "pretrain.joint_steps=3", "pretrain.checkpoint_every=2", "pretrain.log_every=1"]
+SMALL = [  # 23x23 inputs (maps 23, 11, 5): the smallest the synthetic network pools symmetrically
+    "pretrain.greedy_steps=2",
+    "pretrain.joint_steps=3",
+    "pretrain.checkpoint_every=2",
+    "pretrain.log_every=1",
+    "data.size=23",
+    "model.dropout_rate=0.0",
+]
 
 
 def test_pretraining_resumes_exactly_and_a_classifier_starts_from_it(tmp_path, monkeypatch, cli):
@@ -137,11 +144,12 @@ def test_pretraining_resumes_exactly_and_a_classifier_starts_from_it(tmp_path, m
         for k in a.files:
             np.testing.assert_array_equal(a[k], b[k])
     assert (tmp_path / "whole" / "reconstruction.png").read_bytes()[:4] == b"\x89PNG"
-    out = cli("train", "synthetic", "--small", "--set", f"train.pretrained={tmp_path / 'whole'}", "--set",
-              "train.steps=2", "--workdir", str(tmp_path / "tuned"))  # fmt: skip
+    small = ["synthetic", "--small", "--set", "data.size=23", "--set", "model.dropout_rate=0.0"]
+    out = cli("train", *small, "--set", f"train.pretrained={tmp_path / 'whole'}", "--set", "train.steps=1",
+              "--workdir", str(tmp_path / "tuned"))  # fmt: skip
     assert "best validation" in out
     other = ["--set", "model.stages=((8,), (8,))", "--set", f"train.pretrained={tmp_path / 'whole'}"]
-    out = cli("train", "synthetic", "--small", *other, "--workdir", str(tmp_path / "bad"), rc=2)
+    out = cli("train", *small, *other, "--workdir", str(tmp_path / "bad"), rc=2)
     assert "conv0_0/kernel has shape" in out
     out = cli(
         "pretrain", "synthetic", "--small", "--set", "model.name=resnet50", "--workdir", str(tmp_path / "r"), rc=2
@@ -159,7 +167,7 @@ def _first_update(config, pretrained_dir):
     state.params = load_pretrained(pretrained_dir, state.params)
     before = jax.tree.map(np.asarray, state.params)
     batch = {
-        "image": jnp.asarray(np.random.default_rng(0).standard_normal((8, 47, 47, 1)), jnp.float32),
+        "image": jnp.asarray(np.random.default_rng(0).standard_normal((8, 23, 23, 1)), jnp.float32),
         "raw_size": jnp.full((8, 2), 40.0),
         "label": jnp.arange(8, dtype=jnp.int32),
     }
@@ -170,7 +178,7 @@ def _first_update(config, pretrained_dir):
 def test_frozen_layers_do_not_move_and_a_half_rate_halves_the_first_update(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPSEA_DATA", str(tmp_path / "cache"))
     config = load_experiment(os.path.join(ROOT, "experiments", "synthetic.py"), small=True)
-    apply_overrides(config, [*SMALL, "pretrain.joint_steps=1", "model.dropout_rate=0.0"])
+    apply_overrides(config, SMALL)
     pretrain(config, str(tmp_path / "cae"), progress=False)
     runs = {}
     for name, frozen, mult in (("frozen", 1, 1.0), ("full", 0, 1.0), ("half", 0, 0.5)):

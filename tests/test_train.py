@@ -449,7 +449,7 @@ def test_a_time_budget_chooses_the_steps_and_resume_keeps_them(small_config, tmp
     apply_overrides(
         small_config,
         [
-            "train.budget_minutes=0.08",
+            "train.budget_minutes=0.05",
             "train.budget_probe_steps=3",
             "train.steps=100000",
             "train.eval_every=1000",
@@ -460,8 +460,8 @@ def test_a_time_budget_chooses_the_steps_and_resume_keeps_them(small_config, tmp
     train(small_config, str(run), stop_after=1, progress=False)  # "killed" after its first step
     budget = json.loads((run / "budget.json").read_text())
     assert budget["steps"] == json.loads((run / "config.json").read_text())["train"]["steps"] >= 1
-    assert budget["step_s"] > 0 and budget["eval_s"] > 0 and budget["minutes"] == 0.08
-    fitted = Budget.fit(0.08, budget["setup_s"], budget["step_s"], budget["eval_s"], 1000)
+    assert budget["step_s"] > 0 and budget["eval_s"] > 0 and budget["minutes"] == 0.05
+    fitted = Budget.fit(0.05, budget["setup_s"], budget["step_s"], budget["eval_s"], 1000)
     assert budget["steps"] == fitted.steps < 100000
     resumed = train(small_config, str(run), progress=False)  # resumes with the steps chosen at the start
     assert int(resumed.state.step) == budget["steps"]
