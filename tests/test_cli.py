@@ -172,6 +172,14 @@ def test_students_learn_from_pseudo_labels_and_a_teacher(cli, trained_run, tmp_p
     assert "no predictions for" in cli(
         "train", *student, "--set", f"data.distill={pseudo}", "--workdir", str(tmp_path / "s4"), rc=2
     )
+    import dataclasses
+
+    from deepsea.teachers import save_teacher_predictions
+
+    renamed = dataclasses.replace(tp, classes=(*tp.classes[:-1], "another"))
+    other = save_teacher_predictions(str(tmp_path / "other.npz"), renamed)
+    out = cli("train", *student, "--set", f"data.pseudo_labels={other}", "--workdir", str(tmp_path / "s5"), rc=2)
+    assert "other classes than this run's" in out
 
 
 def test_scoring_on_a_held_aside_folder_and_late_fusion(cli, trained_run, tmp_path):
