@@ -5,7 +5,7 @@ forms here), their Flax layers and the seed's blocks (:mod:`deepsea.layers`), th
 modules ``models``, ``backends``, ``configs``, ``step``, ``train``, ``inference``, ``data``, ``calibration``,
 ``stream`` (large folders), ``export`` (models without the training code), ``distributed``, ``teachers``
 (pseudo-labels, distillation), ``features`` and ``fusion`` (image features late-fused) and ``pretrain`` (the tied
-convolutional autoencoder).  Names are
+convolutional autoencoder) and ``sweep`` (grids of runs at equal budgets).  Names are
 imported on first use, so the command line starts without loading JAX.
 """
 
@@ -60,6 +60,7 @@ _MODULES = (
     "pretrain",
     "step",
     "stream",
+    "sweep",
     "teachers",
     "train",
 )
@@ -83,6 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover
         pretrain,
         step,
         stream,
+        sweep,
         teachers,
         train,
     )

@@ -111,6 +111,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, help="unlabelled images to learn from (default: the experiment's data)")
     p.set_defaults(func=_pretrain)
 
+    p = sub.add_parser("sweep", help="train every combination of a grid x seeds at equal budgets; summary and plots")
+    _experiment_args(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="values to sweep (repeatable)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per combination (0 .. K-1)")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--epochs", type=float, help="equal passes over the training images (what a net learns)")
+    budget.add_argument("--budget-minutes", type=float, help="equal wall minutes on this machine (what a user gets)")
+    p.add_argument("--tta", default="", metavar="N[,N]", help="also evaluate with these TTA settings, e.g. 8,70")
+    p.add_argument("--out", required=True, help="sweep folder: runs/, results.jsonl, summary.md, curves.png, bars.png")
+    p.set_defaults(func=_sweep)
+
     p = sub.add_parser("bag", help="bagging: train K copies of an experiment on K different splits")
     _experiment_args(p)
     p.add_argument("-k", "--copies", type=int, default=3)
@@ -359,6 +370,30 @@ def _pretrain(args: argparse.Namespace) -> None:
         f"wrote {os.path.join(args.workdir, 'params.npz')} and reconstruction.png; fine-tune with "
         f"--set train.pretrained={args.workdir}"
     )
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from deepsea.sweep import run_sweep
+
+    try:
+        tta = [_tta_arg(t.strip()) for t in args.tta.split(",") if t.strip()]
+    except argparse.ArgumentTypeError as e:
+        raise CommandError(f"--tta: {e}") from None
+    records = run_sweep(
+        args.experiment,
+        args.grid,
+        args.out,
+        args.seeds,
+        args.epochs,
+        args.budget_minutes,
+        tta,
+        args.set,
+        args.small,
+        args.data,
+    )
+    with open(os.path.join(args.out, "summary.md")) as f:
+        print(f.read())
+    print(f"{len(records)} runs in {args.out} (results.jsonl, summary.md, curves.png, bars.png)")
 
 
 def _bag(args: argparse.Namespace) -> None:

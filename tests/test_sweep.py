@@ -1,0 +1,69 @@
+"""Sweeps: the grid, equal budgets, resuming a killed sweep, and the summary's aggregation."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from deepsea.sweep import expand_grid, plan_sweep, run_sweep, summarize
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_grid_expands_every_combination_and_keeps_tuples_whole():
+    grid = expand_grid(["model.view_pool_mode=rms,mean", "model.stages=((16,), (32,)),((8,),)"])
+    assert grid == [
+        {"model.view_pool_mode": "rms", "model.stages": "((16,), (32,))"},
+        {"model.view_pool_mode": "rms", "model.stages": "((8,),)"},
+        {"model.view_pool_mode": "mean", "model.stages": "((16,), (32,))"},
+        {"model.view_pool_mode": "mean", "model.stages": "((8,),)"},
+    ]
+    assert expand_grid([]) == [{}]
+    runs = plan_sweep(["optim.name=sgd,adam"], seeds=2)
+    assert [r.name for r in runs] == ["name=sgd_s0", "name=sgd_s1", "name=adam_s0", "name=adam_s1"]
+    for bad, match in (("a", "key=v1"), ("a=1,,2", "empty value"), ("a=(1,2", "unbalanced")):
+        with pytest.raises(ValueError, match=match):
+            expand_grid([bad])
+    with pytest.raises(ValueError, match="twice"):
+        expand_grid(["a=1", "a=2"])
+
+
+def test_the_summary_gives_mean_and_spread_over_seeds(tmp_path):
+    records = []
+    for variant, losses in (("a", [0.5, 0.7]), ("b", [1.0, 1.0])):
+        for seed, ll in enumerate(losses):
+            score = {"log_loss": ll, "accuracy": 1 - ll / 2, "top5": 0.9, "step": 3}
+            records.append({"name": f"{variant}_s{seed}", "variant": variant, "overrides": {"x": variant},
+                            "seed": seed, "steps": 10, "images_seen": 80, "wall_s": 60.0, "best_step": 3,
+                            "plain": score, "tta_8": {**score, "log_loss": ll - 0.1}})  # fmt: skip
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = summarize(str(tmp_path))
+    row_a = next(line for line in text.splitlines() if line.startswith("| a |"))
+    assert f"0.6000 ± {np.std([0.5, 0.7], ddof=1):.4f}" in row_a and "0.5000 ± 0.1414" in row_a  # plain, TTA 8
+    row_b = next(line for line in text.splitlines() if line.startswith("| b |"))
+    assert "1.0000 ± 0.0000" in row_b and "| 2 | 10 | 80 | 1.0 |" in row_b
+    assert (tmp_path / "bars.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "summary.md").exists()
+
+
+def test_a_killed_sweep_resumes_and_budgets_are_equal_in_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPSEA_DATA", str(tmp_path / "cache"))
+    experiment = os.path.join(ROOT, "experiments", "synthetic.py")
+    base = ["model.symmetry=none", "data.size=23", "model.dropout_rate=0.0"]
+    args = dict(seeds=1, epochs=0.3, base=base, small=True, progress=False)
+    grid = ["train.batch_size=8,16"]
+    first = run_sweep(experiment, grid, str(tmp_path / "sw"), stop_after_runs=1, **args)
+    assert [r["name"] for r in first] == ["batch_size=8_s0"]
+    trained = os.path.getmtime(tmp_path / "sw" / "runs" / "batch_size=8_s0" / "config.json")
+    records = run_sweep(experiment, grid, str(tmp_path / "sw"), **args)
+    assert [r["name"] for r in records] == ["batch_size=8_s0", "batch_size=16_s0"]
+    assert os.path.getmtime(tmp_path / "sw" / "runs" / "batch_size=8_s0" / "config.json") == trained  # not redone
+    n_train = len(json.loads((tmp_path / "sw" / "runs" / "batch_size=8_s0" / "split.json").read_text())["train"])
+    for r in records:  # the same images seen, within one batch
+        assert 0 <= r["images_seen"] - 0.3 * n_train < r["batch_size"]
+        assert r["plain"]["log_loss"] > 0 and r["steps"] == r["images_seen"] // r["batch_size"]
+    assert "| batch_size=16 | 1 |" in (tmp_path / "sw" / "summary.md").read_text()
+    with pytest.raises(ValueError, match="holds another sweep"):
+        run_sweep(experiment, ["train.batch_size=4"], str(tmp_path / "sw"), **args)
