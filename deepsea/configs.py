@@ -79,6 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.maxout_pieces = 2
     c.model.dropout_rate = 0.5
     c.model.dense_roll = False
+    c.model.conv_roll = True  # False: slice and view pool without conv rolls (an ablation)
+    c.model.untied_biases = False  # the seed's untied convolution biases (one per output position and channel)
     c.model.view_pool_mode = "rms"
     c.model.negative_slope = 1.0 / 3.0  # the leaky ReLU after every convolution (0: ReLU)
     c.model.precision = "float32"  # or bfloat16: activations and products (float32 accumulation); params float32

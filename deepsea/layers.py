@@ -206,12 +206,25 @@ class Conv(nn.Module):
     dtype: Any = None
     negative_slope: float | None = None
     implementation: backends.ConvImplementation = "auto"
+    untied_bias: bool = False  # the seed's untied biases: one per output position and channel, (H_out, W_out, F)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features), jnp.float32)
-        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
         dtype = self.dtype or x.dtype
+        if self.untied_bias:
+            y = backends.conv(
+                x.astype(dtype),
+                kernel,
+                None,
+                strides=self.strides,
+                padding=self.padding,
+                implementation=self.implementation,
+            )
+            bias = self.param("bias", self.bias_init, y.shape[1:], jnp.float32)
+            y = y + bias.astype(y.dtype)
+            return y if self.negative_slope is None else leaky_relu(y, self.negative_slope)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
         return backends.conv(
             x.astype(dtype),
             kernel,  # float32: the backend converts it to the computation's dtype

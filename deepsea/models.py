@@ -77,6 +77,8 @@ class RollNet(nn.Module):
     precision: str = "float32"  # or "bfloat16": the computation's dtype; parameters and logits stay float32
     batch_norm: bool = False  # not in the seed; per-channel statistics over all views keep the invariance
     size_features: bool = False
+    conv_roll: bool = True  # False: slice and view pool only, no conv rolls (an ablation)
+    untied_biases: bool = False  # the seed's untied convolution biases (one per position); passed to conv when set
     rotated_inputs: int = 1
     features_only: bool = False
     conv_impl: str = "auto"  # see deepsea.backends.conv
@@ -119,15 +121,21 @@ class RollNet(nn.Module):
         slope = None if self.batch_norm else self.negative_slope  # the convolution applies (and may fuse) it
         for i, stage in enumerate(self.stages):
             for j, features in enumerate(stage):
+                extra = {"untied_bias": True} if self.untied_biases else {}
                 conv = self.conv(
-                    features, negative_slope=slope, implementation=self.conv_impl, kernel_init=init, name=f"conv{i}_{j}"
+                    features,
+                    negative_slope=slope,
+                    implementation=self.conv_impl,
+                    kernel_init=init,
+                    name=f"conv{i}_{j}",
+                    **extra,
                 )
                 x = conv(x)
                 if self.batch_norm:
                     x = self.norm(use_running_average=not train, dtype=compute, name=f"norm{i}_{j}")(x)
                     x = layers.leaky_relu(x, self.negative_slope)
             x = self.downsample(check_symmetry=sym, implementation=self.max_pool_impl, name=f"pool{i}")(x)
-            if sym:
+            if sym and self.conv_roll:
                 x = self.conv_roll_layer(group=self.symmetry, implementation=self.roll_impl, name=f"conv_roll{i}")(x)
         x = x.reshape((x.shape[0], -1))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

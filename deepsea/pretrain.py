@@ -51,7 +51,7 @@ def autoencoder_layers(model_cfg: Any, num_classes: int = 2) -> tuple[Any, list[
         for j in range(len(stage)):
             ops.append(("conv", f"conv{i}_{j}"))
         ops.append(("pool",))
-        if net.symmetry is not None:
+        if net.symmetry is not None and net.conv_roll:
             ops.append(("roll",))
     return net, ops
 

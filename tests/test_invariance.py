@@ -29,6 +29,24 @@ def test_small_rolled_network_is_invariant(group, size, dense_roll, rng):
     assert set(errors) == {"e", "r", "r2", "r3"} | ({"m", "rm", "r2m", "r3m"} if group == "d4" else set())
 
 
+@pytest.mark.parametrize("group", ["c4", "d4"])
+@pytest.mark.parametrize(
+    "variant", [{"conv_roll": False}, {"untied_biases": True}, {"untied_biases": True, "dense_roll": True}]
+)
+def test_the_ablation_variants_stay_invariant(group, variant, rng):
+    """Slice and view pool without conv rolls, and the seed's untied biases (each view sees the same bias map in
+    its own frame): still exactly invariant; untied biases have one bias per position and channel."""
+    net = models.tiny_rollnet(symmetry=group, **variant)
+    x = jnp.asarray(rng.standard_normal((2, 23, 23, 1)), jnp.float32)
+    params = net.init(jax.random.key(1), x[:1])["params"]
+    params = jax.tree.map(lambda a: a + 0.1 * jnp.asarray(rng.standard_normal(a.shape), a.dtype), params)  # biases != 0
+    if variant.get("untied_biases"):
+        assert params["conv0_0"]["bias"].shape == (23, 23, 4) and params["conv1_0"]["bias"].shape == (11, 11, 8)
+    views = 1 if variant.get("conv_roll") is False else (4 if group == "c4" else 8)
+    assert params["conv1_0"]["kernel"].shape == (3, 3, 4 * views, 8)  # a conv roll stacks the views' channels
+    check_invariance(jax.jit(lambda x: net.apply({"params": params}, x)), group, x, atol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("group", "width"), [("c4", 1.0), ("d4", 0.25)])
 def test_convroll4_shaped_network_is_invariant_at_95(group, width, rng):
