@@ -1,11 +1,26 @@
 import os
 
+# The tests' programs are small and run a few times each, so compiling them is most of the suite's time: XLA's
+# backend optimisations off (the results are the same functions, rounded the same way the tests check) and
+# YNNPACK off, as the command line sets it.  A developer's own XLA_FLAGS win.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_experimental_ynn_fusion_type=")
+
 import jax
 import numpy as np
 import pytest
 
 # Exact comparisons below rely on float32 matmuls and convolutions being computed in float32.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# Many tests compile the same programs (the small experiments' training and prediction steps) in different
+# worker processes, and every run of train() traces its step anew: XLA's persistent cache, shared by the
+# workers and the subprocesses the tests start, compiles each program once per test session.
+XLA_CACHE = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), f"deepsea-tests-xla-{os.getuid()}")
+)
+jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_NDSB = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ndsb", "train")
