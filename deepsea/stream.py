@@ -141,8 +141,10 @@ def _join_parts(parts: list[str], out: str, total: int) -> StreamResult:
     tmp = f"{out}.tmp.{os.getpid()}"
     with open(tmp, "w", newline="") as f:
         for i, part in enumerate(parts):
-            with open(f"{part}.state.json") as s:
-                state = json.load(s)
+            state = {"images": 0, "labelled": 0, "skipped": []}  # a process with no share writes no chunk
+            if os.path.exists(f"{part}.state.json"):
+                with open(f"{part}.state.json") as s:
+                    state = json.load(s)
             images, labelled = images + state["images"], labelled + state["labelled"]
             skipped += [tuple(x) for x in state["skipped"]]
             with open(part, newline="") as p:
@@ -155,8 +157,9 @@ def _join_parts(parts: list[str], out: str, total: int) -> StreamResult:
         raise RuntimeError(f"the parts of {out!r} hold {images} images and {len(skipped)} skipped, not {total}")
     os.replace(tmp, out)
     for part in parts:
-        os.remove(part)
-        os.remove(f"{part}.state.json")
+        for path in (part, f"{part}.state.json"):
+            if os.path.exists(path):
+                os.remove(path)
     return StreamResult(out, images, labelled, 0, tuple(skipped), 0.0)
 
 
