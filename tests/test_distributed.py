@@ -109,3 +109,28 @@ def test_distributed_settings_are_checked_before_joining(cli):
         initialize("localhost:1", 2, 2)
     out = cli("predict", "--model", "m", "--images", "i", "--out", "o.csv", "--num-processes", "2", rc=2)
     assert "need --distributed" in out
+
+
+def test_parts_join_in_order_and_a_process_without_images_adds_nothing(tmp_path):
+    import json
+
+    from deepsea.stream import _join_parts
+
+    out = str(tmp_path / "p.csv")
+    parts = [f"{out}.part{p}-of-3" for p in range(3)]
+    rows = {0: ["a.jpg,0.5,0.5\n", "b.jpg,0.1,0.9\n"], 1: ["c.jpg,1.0,0.0\n"], 2: []}
+    for p, part in enumerate(parts):
+        with open(part, "w") as f:
+            f.write("image,x,y\n" + "".join(rows[p]))
+        if rows[p]:  # the last process had no images: no chunk, no state
+            skipped = [["bad.jpg", "corrupt"]] if p == 1 else []
+            state = {"images": len(rows[p]), "labelled": len(rows[p]), "skipped": skipped}
+            with open(f"{part}.state.json", "w") as f:
+                json.dump(state, f)
+    res = _join_parts(parts, out, 4)
+    assert (tmp_path / "p.csv").read_text() == "image,x,y\na.jpg,0.5,0.5\nb.jpg,0.1,0.9\nc.jpg,1.0,0.0\n"
+    assert (res.images, res.skipped) == (3, (("bad.jpg", "corrupt"),))
+    assert sorted(os.listdir(tmp_path)) == ["p.csv"]
+    with pytest.raises(RuntimeError, match="hold 0 images"):
+        (tmp_path / os.path.basename(parts[0])).write_text("image,x,y\n")
+        _join_parts(parts[:1], out, 5)
