@@ -123,6 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.class_weight_power = 0.0  # loss weight of a class: (its share of the training images)^-power, mean 1
     c.train.pretrained = ""  # a deepsea pretrain folder: its convolutions initialise this network's
     c.train.pretrained_frozen_steps = 0  # the pre-trained layers stay frozen for this many steps
+    c.train.pretrained_warmup_steps = 0  # then their learning rate ramps up linearly over this many steps
     c.train.distill_weight = 0.5  # with data.distill: the teacher's share of the loss (the labels' is 1 - it)
     c.train.distill_temperature = 2.0  # with data.distill: both predictions softened by it (Hinton's T)
     c.train.eval_tta = ""  # validation during training: "" plain | "tencrop" | "N" Halton transforms

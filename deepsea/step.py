@@ -190,10 +190,17 @@ def example_losses(
 
 def _pretrained_groups(config: Any, rest: optax.GradientTransformation, base: optax.GradientTransformation) -> Any:
     """Two parameter groups (``optax.multi_transform``): the convolutions (``conv*`` layers, which a pre-trained
-    autoencoder initialised) update not at all for ``train.pretrained_frozen_steps`` steps and then at
-    ``optim.pretrained_lr_multiplier`` times the others' rate; everything else as usual."""
+    autoencoder initialised) update not at all for ``train.pretrained_frozen_steps`` steps, then at a rate that
+    ramps up over ``train.pretrained_warmup_steps`` to ``optim.pretrained_lr_multiplier`` times the others';
+    everything else as usual."""
     frozen, multiplier = config.train.pretrained_frozen_steps, config.optim.pretrained_lr_multiplier
-    scale = optax.scale_by_schedule(lambda s: jnp.where(s < frozen, 0.0, multiplier))
+    warmup = config.train.get("pretrained_warmup_steps", 0)
+
+    def factor(step: jax.Array) -> jax.Array:
+        ramp = jnp.clip((step - frozen + 1) / warmup, 0.0, 1.0) if warmup else 1.0
+        return jnp.where(step < frozen, 0.0, multiplier * ramp)
+
+    scale = optax.scale_by_schedule(factor)
 
     def labels(params: Any) -> Any:
         def label(path: tuple, _: Any) -> str:

@@ -25,8 +25,11 @@ def get_config(small: bool = False):
     c.pretrain.lr = 1e-3
     c.train.pretrained = "runs/cae"  # deepsea pretrain ... --workdir runs/cae
     c.train.pretrained_frozen_steps = 500
+    c.train.pretrained_warmup_steps = 500  # unfrozen at once at the peak rate, the network diverged at step 515
+    c.optim.grad_clip = 5.0
     c.optim.pretrained_lr_multiplier = 0.5
     if small:
         c.pretrain.greedy_steps, c.pretrain.joint_steps = 2, 4
         c.train.pretrained_frozen_steps = 2
+        c.train.pretrained_warmup_steps = 2
     return c

@@ -195,3 +195,23 @@ def test_frozen_layers_do_not_move_and_a_half_rate_halves_the_first_update(tmp_p
             np.testing.assert_allclose(half, 0.5 * full, rtol=1e-3, atol=2 * ulp)
     assert np.abs(runs["frozen"]["logits"]["kernel"]).max() > 0  # the rest trains from the first step
     np.testing.assert_allclose(runs["half"]["logits"]["kernel"], runs["full"]["logits"]["kernel"], rtol=1e-5)
+
+
+def test_the_pretrained_layers_thaw_then_warm_up_to_their_rate():
+    import optax
+
+    from deepsea.step import _pretrained_groups
+
+    c = base_config()
+    c.train.pretrained, c.train.pretrained_frozen_steps, c.train.pretrained_warmup_steps = "x", 2, 4
+    c.optim.pretrained_lr_multiplier = 0.5
+    tx = _pretrained_groups(c, optax.sgd(1.0), optax.sgd(1.0))
+    params = {"inner": {"conv0_0": {"kernel": jnp.zeros(1)}, "logits": {"kernel": jnp.zeros(1)}}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    state, conv, rest = tx.init(params), [], []
+    for _ in range(7):
+        u, state = tx.update(grads, state, params)
+        conv.append(-float(u["inner"]["conv0_0"]["kernel"][0]))
+        rest.append(-float(u["inner"]["logits"]["kernel"][0]))
+    np.testing.assert_allclose(conv, [0, 0, 0.125, 0.25, 0.375, 0.5, 0.5])
+    assert rest == [1.0] * 7
