@@ -435,7 +435,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     png = save_confusion_png(result.probs, result.labels, list(run.classes), os.path.join(args.workdir, name))
     print(f"wrote {png}")
     if args.per_class:
-        _report_per_class(args.workdir, run.classes, result.probs, result.labels)
+        _report_per_class(args.workdir, result.probs, result.labels)
 
 
 def _evaluate_fused(args: argparse.Namespace) -> None:
@@ -444,23 +444,28 @@ def _evaluate_fused(args: argparse.Namespace) -> None:
     from deepsea.inference import Evaluation, evaluate_probs, labelled_set
 
     fused = load_fused(args.workdir)
-    print(f"{'':<26} {'log loss':>9} {'accuracy':>9} {'top-5':>7}")
     if args.data is None:
         meta = fused.meta
         print(f"{args.workdir}: fitted on the {meta['validation_images']} validation images of its members")
-        for label in ("convnets", "cross_validated"):
-            ev = Evaluation.from_dict(meta[label])
-            print(f"{label:<26} {ev.log_loss:9.4f} {ev.accuracy:9.4f} {ev.top5:7.4f}")
+        _print_scores(
+            [Evaluation.from_dict(meta[k]) for k in ("convnets", "cross_validated")],
+            ["convnets", "cross_validated"],
+        )
         return
     data = labelled_set(fused.meta["members"][0], args.data)
-    rows = [("fused", fused.probs(data.paths))]
-    from deepsea.teachers import blend_probs
-
-    m = fused.meta
-    rows.append(("convnets", blend_probs(fused.members, m["weights"], data.paths, m["tta"], m["combine"], True)))
+    members = fused.member_probs(data.paths)
+    fused_probs = fused.probs(data.paths, members=members)
     print(f"{args.workdir} on {len(data.labels)} images of {args.data}")
-    for label, probs in rows:
-        ev = evaluate_probs(probs, data.labels)
+    _print_scores(
+        [evaluate_probs(fused_probs, data.labels), evaluate_probs(members, data.labels)], ["fused", "convnets"]
+    )
+
+
+def _print_scores(rows, labels=None) -> None:
+    """A table of :class:`~deepsea.inference.Evaluation` rows (labelled by ``labels`` or their own)."""
+    print(f"{'':<26} {'log loss':>9} {'accuracy':>9} {'top-5':>7}")
+    for i, ev in enumerate(rows):
+        label = ev.label if labels is None else labels[i]
         print(f"{label:<26} {ev.log_loss:9.4f} {ev.accuracy:9.4f} {ev.top5:7.4f}")
 
 
@@ -484,35 +489,16 @@ def _predict_fused(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {len(rel)} images x {len(fused.classes)} classes (fused)")
 
 
-def _report_per_class(workdir: str, classes, probs, labels) -> None:
-    """Each class's recall (``per_class.csv``: with its training images), their mean, and the mean over the third
-    of the classes with the fewest training images (what class weights and balanced sampling are for)."""
-    import csv
-    import json
-
+def _report_per_class(workdir: str, probs, labels) -> None:
     import numpy as np
 
-    from deepsea.metrics import per_class_accuracy
+    from deepsea.inference import per_class_recall
 
-    recall = per_class_accuracy(probs, labels)
-    with open(os.path.join(workdir, "split.json")) as f:
-        train = json.load(f)["train"]
-    index = {c: i for i, c in enumerate(classes)}
-    counts = np.zeros(len(classes), np.int64)
-    for rel in train:  # <class>/<image>, after the run's class mapping
-        k = index.get(rel.split(os.sep)[0])
-        if k is not None:
-            counts[k] += 1
-    rare = np.argsort(counts, kind="stable")[: len(classes) // 3]
-    path = os.path.join(workdir, "per_class.csv")
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["class", "training_images", "validation_images", "recall"])
-        for k, c in enumerate(classes):
-            w.writerow([c, int(counts[k]), int(np.sum(labels == k)), f"{recall[k]:.4f}"])
+    res = per_class_recall(workdir, probs, labels)
+    path = res.write_csv(os.path.join(workdir, "per_class.csv"))
     print(
-        f"mean per-class recall {np.nanmean(recall):.4f}; rarest third ({len(rare)} classes, by training images) "
-        f"{np.nanmean(recall[rare]):.4f}; wrote {path}"
+        f"mean per-class recall {np.nanmean(res.recall):.4f}; rarest third ({len(res.rare)} classes, by training "
+        f"images) {np.nanmean(res.recall[res.rare]):.4f}; wrote {path}"
     )
 
 
@@ -654,9 +640,7 @@ def _fuse(args: argparse.Namespace) -> None:
     res = fuse_runs(
         args.runs, args.out, args.tta, args.combine, args.weights, args.checkpoint, args.precision, settings
     )
-    print(f"{'':<26} {'log loss':>9} {'accuracy':>9} {'top-5':>7}")
-    for ev in (res.convnets, res.cv):
-        print(f"{ev.label:<26} {ev.log_loss:9.4f} {ev.accuracy:9.4f} {ev.top5:7.4f}")
+    _print_scores([res.convnets, res.cv])
     print(f"wrote {args.out} (fused.json, params.npz): deepsea evaluate --workdir {args.out} --data LABELLED_DIR")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import jax
 
-__all__ = ["initialize"]
+__all__ = ["initialize", "process_share"]
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None) -> None:
@@ -24,3 +24,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         raise ValueError(f"process id {process_id} is not in 0..{num_processes - 1}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+def process_share(n: int, index: int | None = None, count: int | None = None) -> slice:
+    """This process's (or process ``index`` of ``count``'s) contiguous share of ``n`` items: equal shares of
+    ``ceil(n / count)``, the last ones shorter or empty."""
+    index = jax.process_index() if index is None else index
+    count = jax.process_count() if count is None else count
+    share = -(-n // count)
+    return slice(min(n, index * share), min(n, (index + 1) * share))

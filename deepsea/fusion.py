@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepsea.teachers import log_probabilities
+
 __all__ = ["FusedRun", "FusionResult", "FusionSettings", "fit_fusion", "fuse_runs", "load_fused"]
 
 
@@ -134,10 +136,6 @@ def _standardise(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nd
     return ((values - mean) / std).astype(np.float32)
 
 
-def _log(probs: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(probs, 1e-7, 1.0)).astype(np.float32)
-
-
 @dataclasses.dataclass(frozen=True)
 class FusionResult:
     """The fused run written and the cross-validated scores on the members' validation split."""
@@ -177,7 +175,7 @@ def fuse_runs(
     root = os.path.commonpath([os.path.abspath(p) for p in val.paths])
     table = folder_features(root, val.paths, pixel_size, progress=progress)
     mean, std = table.values.mean(0), table.values.std(0) + 1e-6
-    feats, logp, labels = _standardise(table.values, mean, std), _log(probs), val.labels
+    feats, logp, labels = _standardise(table.values, mean, std), log_probabilities(probs), val.labels
     folds = np.random.default_rng(settings.seed).permutation(len(labels)) % settings.folds
     oof = np.zeros_like(probs, dtype=np.float64)
     largest = max(int(np.sum(folds != k)) for k in range(settings.folds))
@@ -228,18 +226,24 @@ class FusedRun:
     def classes(self) -> tuple[str, ...]:
         return tuple(self.meta["classes"])
 
-    def probs(self, paths: Sequence[str], progress: bool = True) -> np.ndarray:
-        """Fused probabilities ``(N, K)`` for any images."""
-        from deepsea.features import folder_features
+    def member_probs(self, paths: Sequence[str], progress: bool = True) -> np.ndarray:
+        """The members' blended probabilities ``(N, K)`` for any images: what the fusion starts from."""
         from deepsea.teachers import blend_probs
 
         m = self.meta
-        probs = blend_probs(self.members, np.asarray(m["weights"]), paths, m["tta"], m["combine"], progress)
+        return blend_probs(self.members, np.asarray(m["weights"]), paths, m["tta"], m["combine"], progress)
+
+    def probs(self, paths: Sequence[str], progress: bool = True, members: np.ndarray | None = None) -> np.ndarray:
+        """Fused probabilities ``(N, K)`` for any images (``members``: their :meth:`member_probs`, if known)."""
+        from deepsea.features import folder_features
+
+        m = self.meta
+        members = self.member_probs(paths, progress) if members is None else members
         root = os.path.commonpath([os.path.abspath(p) for p in paths])
         table = folder_features(root, paths, m["pixel_size"], progress=progress)
         feats = _standardise(table.values, np.asarray(m["mean"]), np.asarray(m["std"]))
         s = m["settings"]
-        return _predict(self.params, feats, _log(probs), s["hidden"], s["dropout"])
+        return _predict(self.params, feats, log_probabilities(members), s["hidden"], s["dropout"])
 
 
 def load_fused(workdir: str) -> FusedRun:

@@ -43,6 +43,7 @@ __all__ = [
     "EnsembleError",
     "EnsembleResult",
     "Evaluation",
+    "PerClassRecall",
     "Prediction",
     "Run",
     "RunEvaluation",
@@ -56,6 +57,7 @@ __all__ = [
     "evaluate_run",
     "labelled_set",
     "local_variables",
+    "per_class_recall",
     "predict_probs",
     "put_batch",
     "read_submission",
@@ -505,6 +507,41 @@ def labelled_set(workdir: str, root: str) -> ValidationSet:
     index = np.array([classes.index(c) for c in folder.classes], np.int32)
     assert folder.labels is not None
     return ValidationSet(tuple(folder.paths), index[folder.labels], tuple(classes))
+
+
+@dataclasses.dataclass(frozen=True)
+class PerClassRecall:
+    """Each class's recall on some evaluated images, with its training and evaluated image counts; ``rare``: the
+    third of the classes with the fewest training images (what class weights and balanced sampling are for)."""
+
+    classes: tuple[str, ...]
+    recall: np.ndarray  # NaN for classes without evaluated images
+    training_images: np.ndarray
+    evaluated_images: np.ndarray
+    rare: np.ndarray
+
+    def write_csv(self, path: str) -> str:
+        import csv
+
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["class", "training_images", "validation_images", "recall"])
+            for k, c in enumerate(self.classes):
+                w.writerow([c, int(self.training_images[k]), int(self.evaluated_images[k]), f"{self.recall[k]:.4f}"])
+        return path
+
+
+def per_class_recall(workdir: str, probs: np.ndarray, labels: np.ndarray) -> PerClassRecall:
+    """:class:`PerClassRecall` of ``probs`` against ``labels`` (the run's class indices); the training counts come
+    from the run's split, after its class mapping."""
+    split = rundir.load_json(os.path.join(workdir, "split.json"))
+    folder = rundir.apply_class_map(workdir, scan_labelled_folder(split["root"]))
+    train_idx, _, _ = rundir.load_run_data(workdir, folder)
+    k = len(folder.classes)
+    counts = np.bincount(folder.labels[train_idx], minlength=k)
+    rare = np.argsort(counts, kind="stable")[: k // 3]
+    evaluated = np.bincount(labels, minlength=k)
+    return PerClassRecall(tuple(folder.classes), M.per_class_accuracy(probs, labels), counts, evaluated, rare)
 
 
 def evaluate_run(

@@ -4,7 +4,9 @@
 - :func:`save_confusion_png`: a row-normalised confusion matrix readable for 121 classes;
 - :func:`plot_rounds`: ``deepsea bench``'s images/s per round, ours beside the variants and PyTorch;
 - :func:`save_preview`: raw, rescaled and augmented images side by side (``deepsea preview``);
-- :func:`plot_views`: the dihedral slice of an image and the conv roll of one view (``deepsea demo``).
+- :func:`plot_views`: the dihedral slice of an image and the conv roll of one view (``deepsea demo``);
+- :func:`plot_reconstruction`: the autoencoder's reconstruction error per phase (``deepsea pretrain``);
+- :func:`plot_sweep`: a sweep's validation curves and its log losses with their spread (``deepsea sweep``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ from deepsea.data.transforms import TRAIN_RANGES, AugmentRanges
 from deepsea.metrics import accuracy, confusion_matrix
 from deepsea.rundir import read_metrics
 
-__all__ = ["plot_metrics", "plot_rounds", "plot_views", "save_confusion_png", "save_preview", "save_reliability_png"]
+__all__ = [
+    "plot_metrics",
+    "plot_reconstruction",
+    "plot_rounds",
+    "plot_sweep",
+    "plot_views",
+    "save_confusion_png",
+    "save_preview",
+    "save_reliability_png",
+]
 
 
 def _pyplot() -> Any:
@@ -223,3 +234,52 @@ def plot_views(path: str, views: Any) -> str:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def plot_reconstruction(workdir: str) -> str:
+    """``deepsea pretrain``'s reconstruction error against steps, one line per phase (``reconstruction.png``)."""
+    plt = _pyplot()
+    rows = read_metrics(workdir)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for phase in dict.fromkeys(r["phase"] for r in rows):
+        pts = [(r["step"], r["mse"]) for r in rows if r["phase"] == phase]
+        ax.plot(*zip(*pts, strict=True), label=phase, marker="." if len(pts) < 30 else None)
+    ax.set(xlabel="step", ylabel="reconstruction error (MSE)", yscale="log", title="autoencoder pre-training")
+    ax.legend(fontsize=8)
+    path = os.path.join(workdir, "reconstruction.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(out: str, records: list[dict], rows: list[dict]) -> None:
+    """``deepsea sweep``'s figures: every run's validation curve, coloured by variant (``curves.png``), and each
+    variant's mean plain log loss with its spread over seeds (``bars.png``); ``rows`` are the per-variant means."""
+    plt = _pyplot()
+    colours = {r["variant"]: plt.cm.tab10(i % 10) for i, r in enumerate(rows)}
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    seen = set()
+    for rec in records:
+        path = os.path.join(out, "runs", rec["name"])
+        val = [m for m in read_metrics(path) if m.get("split") == "validation"] if os.path.isdir(path) else []
+        if val:
+            label = None if rec["variant"] in seen else rec["variant"]
+            seen.add(rec["variant"])
+            ax.plot([m["step"] for m in val], [m["log_loss"] for m in val], color=colours[rec["variant"]],
+                    marker="o", ms=3, label=label)  # fmt: skip
+    ax.set(xlabel="step", ylabel="validation log loss", title="validation curves (one line per seed)")
+    if seen:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "curves.png"), dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows) + 2), 4))
+    x = np.arange(len(rows))
+    ax.bar(x, [r["plain.log_loss"] for r in rows], yerr=[r["plain.log_loss.spread"] for r in rows], capsize=4,
+           color=[colours[r["variant"]] for r in rows])  # fmt: skip
+    ax.set_xticks(x, [r["variant"] for r in rows], rotation=30, ha="right", fontsize=7)
+    ax.set(ylabel="validation log loss (plain)", title="mean over seeds, bars: spread")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "bars.png"), dpi=100)
+    plt.close(fig)

@@ -194,7 +194,8 @@ def pretrain(
         pp = pp.with_stats(*compute_stats(folder, pp, config.data.stats_images, config.seed))
         rundir.save_json(pp_path, rundir.preprocess_to_dict(pp))
     phases = [(name, cfg.greedy_steps) for name in convs] + [("joint", cfg.joint_steps)]
-    total = sum(n for _, n in phases)
+    edges = np.cumsum([n for _, n in phases])  # the step at which each phase ends
+    total = int(edges[-1])
     params = _init_params(net, ops, pp, config.seed)
     tx = optax.adam(cfg.lr)
     step = _step_fn(net, tuple(ops), cfg.lr)
@@ -214,7 +215,6 @@ def pretrain(
     ):
         t0 = time.perf_counter()
         for s in range(start, total):
-            edges = np.cumsum([n for _, n in phases])
             phase = int(np.searchsorted(edges, s, side="right"))
             name = phases[phase][0]
             depth = len(convs) if name == "joint" else convs.index(name) + 1
@@ -246,27 +246,10 @@ def pretrain(
         os.path.join(workdir, "pretrain.json"),
         {"model": json.loads(config.model.to_json_best_effort()), "images": os.path.abspath(root), "steps": total},
     )
-    _plot(workdir)
+    from deepsea.plots import plot_reconstruction
+
+    plot_reconstruction(workdir)
     return PretrainResult(workdir, total, mse)
-
-
-def _plot(workdir: str) -> str:
-    from deepsea.plots import _pyplot
-    from deepsea.rundir import read_metrics
-
-    plt = _pyplot()
-    rows = read_metrics(workdir)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for phase in dict.fromkeys(r["phase"] for r in rows):
-        pts = [(r["step"], r["mse"]) for r in rows if r["phase"] == phase]
-        ax.plot(*zip(*pts, strict=True), label=phase, marker="." if len(pts) < 30 else None)
-    ax.set(xlabel="step", ylabel="reconstruction error (MSE)", yscale="log", title="autoencoder pre-training")
-    ax.legend(fontsize=8)
-    path = os.path.join(workdir, "reconstruction.png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def load_pretrained(path: str, params: Any) -> Any:

@@ -124,9 +124,10 @@ def predict_tree(
         return _predict_list(run, root, rel, out, *args, progress, stop_after_chunks)
     from jax.experimental import multihost_utils
 
-    share = -(-len(rel) // count)
+    from deepsea.distributed import process_share
+
     parts = [f"{out}.part{p}-of-{count}" for p in range(count)]
-    mine = rel[index * share : (index + 1) * share]
+    mine = rel[process_share(len(rel))]
     res = _predict_list(run, root, mine, parts[index], *args, progress and index == 0, stop_after_chunks)
     multihost_utils.sync_global_devices(f"deepsea predict {out}: every share predicted")
     if index == 0 and stop_after_chunks is None:

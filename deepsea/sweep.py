@@ -259,38 +259,7 @@ def summarize(out: str) -> str:
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(text)
     if records:
-        _plots(out, records, rows)
+        from deepsea.plots import plot_sweep
+
+        plot_sweep(out, records, rows)
     return text
-
-
-def _plots(out: str, records: list[dict], rows: list[dict]) -> None:
-    from deepsea.plots import _pyplot
-    from deepsea.rundir import read_metrics
-
-    plt = _pyplot()
-    colours = {r["variant"]: plt.cm.tab10(i % 10) for i, r in enumerate(rows)}
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    seen = set()
-    for rec in records:
-        path = os.path.join(out, "runs", rec["name"])
-        val = [m for m in read_metrics(path) if m.get("split") == "validation"] if os.path.isdir(path) else []
-        if val:
-            label = None if rec["variant"] in seen else rec["variant"]
-            seen.add(rec["variant"])
-            ax.plot([m["step"] for m in val], [m["log_loss"] for m in val], color=colours[rec["variant"]],
-                    marker="o", ms=3, label=label)  # fmt: skip
-    ax.set(xlabel="step", ylabel="validation log loss", title="validation curves (one line per seed)")
-    if seen:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "curves.png"), dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows) + 2), 4))
-    x = np.arange(len(rows))
-    ax.bar(x, [r["plain.log_loss"] for r in rows], yerr=[r["plain.log_loss.spread"] for r in rows], capsize=4,
-           color=[colours[r["variant"]] for r in rows])  # fmt: skip
-    ax.set_xticks(x, [r["variant"] for r in rows], rotation=30, ha="right", fontsize=7)
-    ax.set(ylabel="validation log loss (plain)", title="mean over seeds, bars: spread")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "bars.png"), dpi=100)
-    plt.close(fig)

@@ -25,11 +25,18 @@ __all__ = [
     "blend_probs",
     "blend_runs",
     "load_teacher_predictions",
+    "log_probabilities",
     "save_teacher_predictions",
     "teacher_predictions",
 ]
 
-_PROB_FLOOR = 1e-7  # log(0) guard for the teacher's log-probabilities (Kaggle clipped at 1e-15; this is for training)
+_PROB_FLOOR = 1e-7  # log(0) guard for predictions used as inputs or targets (Kaggle's scoring clips at 1e-15)
+
+
+def log_probabilities(probs: np.ndarray) -> np.ndarray:
+    """``log(probs)`` (float32), floored so that a zero probability stays finite: what distillation and late fusion
+    take of the teachers' predictions."""
+    return np.log(np.maximum(probs, _PROB_FLOOR)).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +48,6 @@ class TeacherPredictions:
     classes: tuple[str, ...]
     probs: np.ndarray  # (N, K) float32
     teachers: dict[str, Any]  # runs, checkpoints, TTA, combination, weights
-
-    def log_probs(self) -> np.ndarray:
-        """The teachers' log-probabilities (distillation targets before the temperature), floored."""
-        return np.log(np.maximum(self.probs, _PROB_FLOOR)).astype(np.float32)
 
 
 def blend_runs(

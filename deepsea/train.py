@@ -37,7 +37,7 @@ from deepsea.data import (
 )
 from deepsea.inference import Evaluation, data_mesh, evaluate_probs, put_batch, tta_probs
 from deepsea.step import TrainState, create_train_state, make_train_step
-from deepsea.teachers import align_teacher_predictions, load_teacher_predictions
+from deepsea.teachers import align_teacher_predictions, load_teacher_predictions, log_probabilities
 from deepsea.tta import combine_probs, transforms_for, tta_ranges_for
 
 __all__ = ["Budget", "TrainResult", "TrainingDiverged", "resolve_data", "train"]
@@ -196,9 +196,10 @@ def validate(
         return evaluate_probs(combine_probs(per), labels)
     from jax.experimental import multihost_utils
 
-    share = -(-n // count)
-    lo = min(n, jax.process_index() * share)
-    mine = list(paths[lo : lo + share])
+    from deepsea.distributed import process_share
+
+    share = -(-n // count)  # the longest share: every process gathers arrays of one shape
+    mine = list(paths[process_share(n)])
     part = np.zeros((len(transforms), share, 0), np.float32)
     if mine:
         part = tta_probs(model, variables, mine, pp, transforms, batch_size, progress=False)
@@ -234,7 +235,7 @@ def _training_source(
     teacher = None
     if data.distill:
         tp = load_teacher_predictions(data.distill)
-        teacher = np.log(np.maximum(align_teacher_predictions(tp, paths, folder.classes, data.distill), 1e-7))
+        teacher = log_probabilities(align_teacher_predictions(tp, paths, folder.classes, data.distill))
     common = {"pp": pp, "ranges": ranges, "cache": data.cache_images, "class_weights": weights}
     real = AugmentedSource(paths, labels, seed=config.seed, balanced=data.balanced_sampling, teacher=teacher, **common)
     if not data.pseudo_labels:

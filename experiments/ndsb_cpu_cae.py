@@ -25,7 +25,7 @@ def get_config(small: bool = False):
     c.pretrain.lr = 1e-3
     c.train.pretrained = "runs/cae"  # deepsea pretrain ... --workdir runs/cae
     c.train.pretrained_frozen_steps = 500
-    c.train.pretrained_warmup_steps = 500  # unfrozen at once at the peak rate, the network diverged at step 515
+    c.train.pretrained_warmup_steps = 500  # thawed at once at the schedule's peak rate it diverges (docs/results.md)
     c.optim.grad_clip = 5.0
     c.optim.pretrained_lr_multiplier = 0.5
     if small:

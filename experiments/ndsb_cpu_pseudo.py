@@ -1,6 +1,6 @@
 """ndsb_cpu with pseudo-labels: a third of every batch is unlabelled images with a teacher's (TTA-averaged) soft
-predictions as targets, the seed's late gain (0.003-0.015 on the leaderboard; 67% pseudo-labelled for bigger
-models: ``--set data.pseudo_fraction=0.67``).
+predictions as targets, one of the seed's late gains (its bigger models took two thirds pseudo-labelled: ``--set
+data.pseudo_fraction=0.67``; measured effects in docs/results.md).
 
 Launch, in order, with a labelled tenth of the shared images set aside as the "test folder" whose labels only
 the last command reads (``aside_images/`` holds the same images without their classes):

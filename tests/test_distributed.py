@@ -134,3 +134,12 @@ def test_parts_join_in_order_and_a_process_without_images_adds_nothing(tmp_path)
     with pytest.raises(RuntimeError, match="hold 0 images"):
         (tmp_path / os.path.basename(parts[0])).write_text("image,x,y\n")
         _join_parts(parts[:1], out, 5)
+
+
+def test_process_shares_tile_the_items_in_order():
+    from deepsea.distributed import process_share
+
+    for n, count in ((10, 2), (10, 3), (2, 3), (0, 2), (7, 7)):
+        shares = [process_share(n, i, count) for i in range(count)]
+        assert [x for s in shares for x in range(n)[s]] == list(range(n))
+        assert max(len(range(n)[s]) for s in shares) == -(-n // count)

@@ -421,7 +421,8 @@ class MixedSource:
         if j >= self.nreal:
             return self.pseudo[k * self.npseudo + j - self.nreal]
         out = self.real[k * self.nreal + j]
-        out["target"] = np.eye(self.classes, dtype=np.float32)[out["label"]]
+        out["target"] = np.zeros(self.classes, np.float32)
+        out["target"][out["label"]] = 1.0
         return out
 
     def __repr__(self) -> str:
