@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -122,6 +123,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="sweep folder: runs/, results.jsonl, summary.md, curves.png, bars.png")
     p.set_defaults(func=_sweep)
 
+    p = sub.add_parser("claims", help="a results page: an experiment's claims against its sweeps, with verdicts")
+    p.add_argument("experiment", help="experiment module whose claims() lists the claims")
+    p.add_argument("--root", required=True, help="folder holding the sweeps (and ensemble scores) the claims name")
+    p.add_argument("--out", required=True, help="Markdown page to write (its forest plot beside it, .png)")
+    p.add_argument("--title", default="Claims measured")
+    p.set_defaults(func=_claims)
+
     p = sub.add_parser("bag", help="bagging: train K copies of an experiment on K different splits")
     _experiment_args(p)
     p.add_argument("-k", "--copies", type=int, default=3)
@@ -209,6 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds for choosing the models")
     p.add_argument("--images", default=None, help="also write a blended submission for this folder")
     p.add_argument("--out", default="ensemble.csv")
+    p.add_argument("--scores", default=None, metavar="FILE.json", help="also save the blend's validation scores")
     p.add_argument("--skip-bad-images", action="store_true", help="skip (and list) unreadable images")
     p.set_defaults(func=_ensemble)
 
@@ -394,6 +403,20 @@ def _sweep(args: argparse.Namespace) -> None:
     with open(os.path.join(args.out, "summary.md")) as f:
         print(f.read())
     print(f"{len(records)} runs in {args.out} (results.jsonl, summary.md, curves.png, bars.png)")
+
+
+def _claims(args: argparse.Namespace) -> None:
+    from deepsea.claims import write_claims_page
+    from deepsea.configs import load_experiment_module
+
+    module = load_experiment_module(args.experiment)
+    if not hasattr(module, "claims"):
+        raise CommandError(f"{args.experiment} has no claims() listing the claims to measure")
+    if not os.path.isdir(args.root):
+        raise CommandError(f"no sweep folder {args.root}")
+    text = write_claims_page(args.root, module.claims(), args.out, args.title)
+    print(text)
+    print(f"wrote {args.out} and {os.path.splitext(args.out)[0]}.png")
 
 
 def _bag(args: argparse.Namespace) -> None:
@@ -724,6 +747,16 @@ def _ensemble(args: argparse.Namespace) -> None:
             f"blend of {[res.workdirs[i] for i in res.chosen]} with weights {np.round(res.weights, 3).tolist()}: "
             f"validation {res.validation}{cv}"
         )
+    if args.scores:
+        if res.validation is None:
+            raise CommandError("--scores needs runs that share a validation split (there is no blend score)")
+        scores = {"runs": list(res.workdirs), "uniform": args.uniform, "tta": args.tta, "weights":
+                  np.asarray(res.weights).tolist(), "single_log_loss": res.single_log_loss,
+                  "validation": res.validation.to_dict()}  # fmt: skip
+        os.makedirs(os.path.dirname(os.path.abspath(args.scores)), exist_ok=True)
+        with open(args.scores, "w") as f:
+            json.dump(scores, f, indent=1)
+        print(f"wrote {args.scores}")
     if res.test is not None:
         _report_skipped(res.test.skipped)
         write_submission(args.out, res.test.names, res.test.classes, res.test.probs)

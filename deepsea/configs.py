@@ -199,8 +199,9 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
 
 
-def load_experiment(experiment: str, small: bool = False) -> ml_collections.ConfigDict:
-    """Loads ``experiments/<name>.py`` (a path, or a name looked up in ./experiments) and calls ``get_config``."""
+def load_experiment_module(experiment: str) -> Any:
+    """Imports ``experiments/<name>.py`` (a path, or a name looked up in ./experiments) as
+    ``experiments.<name>``."""
     path = experiment
     if not path.endswith(".py"):
         path = os.path.join("experiments", f"{experiment}.py")
@@ -216,6 +217,13 @@ def load_experiment(experiment: str, small: bool = False) -> ml_collections.Conf
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+    return module
+
+
+def load_experiment(experiment: str, small: bool = False) -> ml_collections.ConfigDict:
+    """Loads ``experiments/<name>.py`` (a path, or a name looked up in ./experiments) and calls ``get_config``."""
+    module = load_experiment_module(experiment)
+    path = module.__file__
     try:
         config = module.get_config(small=small)
     except (AttributeError, TypeError) as e:  # a locked config refuses a misspelt key here

@@ -283,3 +283,24 @@ def plot_sweep(out: str, records: list[dict], rows: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(out, "bars.png"), dpi=100)
     plt.close(fig)
+
+
+def plot_claims(path: str, results: list) -> None:
+    """``deepsea claims``' forest plot: each measured claim's gain in log loss (positive: the claim holds) with
+    twice its standard error, coloured by verdict; ``results`` are ``deepsea.claims.ClaimResult`` s."""
+    plt = _pyplot()
+    shown = [r for r in results if r.gain is not None]
+    colours = {"confirmed": "tab:green", "reversed": "tab:red", "not at this scale": "tab:grey"}
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.4 * max(1, len(shown))))
+    y = np.arange(len(shown))[::-1]
+    for yi, r in zip(y, shown, strict=True):
+        err = 0.0 if r.stderr is None else 2 * r.stderr
+        ax.errorbar(r.gain, yi, xerr=err, fmt="o", capsize=3, color=colours.get(r.verdict, "black"))
+    ax.axvline(0.0, color="black", lw=0.8)
+    labels = [f"{r.claim.text} ({r.claim.budget})" for r in shown]
+    ax.set_yticks(y, [t if len(t) < 60 else t[:57] + "..." for t in labels], fontsize=7)
+    ax.set(xlabel="gain in validation log loss (positive: the claim holds), bars: 2 standard errors",
+           title="claims measured (green confirmed, grey not at this scale, red reversed)")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -2,7 +2,8 @@
 
 ``deepsea sweep EXPERIMENT --grid key=v1,v2 [--grid ...] [--seeds K] (--epochs E | --budget-minutes M) --out DIR``
 trains the runs one after the other into ``DIR/runs/<variant>_s<seed>``, each resumable (a killed sweep started
-again skips the finished runs and resumes the one it was in), evaluates each best checkpoint (plain and with the
+again skips the finished runs and resumes the one it was in; started again with more ``--seeds`` it adds theirs),
+evaluates each best checkpoint (plain and with the
 asked TTA settings), appends one JSON line per run to ``DIR/results.jsonl`` (the variant's overrides, seed,
 steps, images seen, wall time, scores) and rewrites ``DIR/summary.md`` (mean and spread over seeds per variant)
 with ``DIR/curves.png`` (validation log loss against steps) and ``DIR/bars.png`` (mean log loss with its spread)
@@ -160,11 +161,16 @@ def run_sweep(
     if os.path.exists(sweep_file):
         with open(sweep_file) as f:
             before = json.load(f)
-        if before != spec:
-            raise ValueError(f"{out} holds another sweep ({before}); continue it with the same arguments or use --out")
-    else:
-        with open(sweep_file, "w") as f:
-            json.dump(spec, f, indent=1)
+        if {**before, "seeds": seeds} != spec:
+            raise ValueError(
+                f"{out} holds another sweep ({before}); continue it with the same arguments (more --seeds may be "
+                "added) or use --out"
+            )
+        seeds = max(seeds, before["seeds"])
+        spec["seeds"] = seeds
+        runs = plan_sweep(grids, seeds)
+    with open(sweep_file, "w") as f:
+        json.dump(spec, f, indent=1)
     done = {r["name"] for r in _read_results(out)}
     todo = [r for r in runs if r.name not in done]
     durations: list[float] = []

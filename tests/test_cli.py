@@ -70,7 +70,12 @@ def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
     out = cli("ensemble", run, run, "--images", str(flat), "--out", str(tmp_path / "ens.csv"), "--folds", "2")
     assert "blend of" in out and (tmp_path / "ens.csv").exists()
     # --uniform keeps every run (no selection), on one split as on several
-    assert f"blend of {[run, run]} with weights [0.5, 0.5]" in cli("ensemble", run, run, "--uniform")
+    scores = tmp_path / "scores" / "ens.json"
+    out = cli("ensemble", run, run, "--uniform", "--scores", str(scores))
+    assert f"blend of {[run, run]} with weights [0.5, 0.5]" in out
+    saved = json.loads(scores.read_text())  # a run blended with itself scores as the run
+    assert saved["runs"] == [run, run] and saved["uniform"] and saved["weights"] == [0.5, 0.5]
+    assert abs(saved["validation"]["log_loss"] - saved["single_log_loss"][0]) < 1e-6
     cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "top.csv"), "--top", "3")
     header, first = (tmp_path / "top.csv").read_text().splitlines()[:2]
     assert header.split(",")[-6:] == ["top1", "top1_prob", "top2", "top2_prob", "top3", "top3_prob"]
@@ -282,6 +287,7 @@ def test_bag_trains_copies_on_different_splits_and_averages_them(cli, tmp_path):
     assert "--uniform" in cli("ensemble", *runs, rc=2)
     flat = _flat_test_folder(tmp_path)
     cli("ensemble", *runs, "--uniform", "--images", str(flat), "--out", str(tmp_path / "bag.csv"))
+    assert "share a validation split" in cli("ensemble", *runs, "--uniform", "--scores", str(tmp_path / "s.json"), rc=2)
     assert len((tmp_path / "bag.csv").read_text().splitlines()) == 13
     # the bag as one member of a fitted blend, scored out of bag on the first run's split
     out = cli(

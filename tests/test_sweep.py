@@ -67,3 +67,9 @@ def test_a_killed_sweep_resumes_and_budgets_are_equal_in_images(tmp_path, monkey
     assert "| batch_size=16 | 1 |" in (tmp_path / "sw" / "summary.md").read_text()
     with pytest.raises(ValueError, match="holds another sweep"):
         run_sweep(experiment, ["train.batch_size=4"], str(tmp_path / "sw"), **args)
+    # more seeds later: the same sweep grows, the finished runs stay
+    grown = run_sweep(experiment, grid, str(tmp_path / "sw"), stop_after_runs=1, **{**args, "seeds": 2})
+    assert [r["name"] for r in grown] == ["batch_size=8_s0", "batch_size=16_s0", "batch_size=8_s1"]
+    assert os.path.getmtime(tmp_path / "sw" / "runs" / "batch_size=8_s0" / "config.json") == trained
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["seeds"] == 2
+    assert "| batch_size=8 | 2 |" in (tmp_path / "sw" / "summary.md").read_text()

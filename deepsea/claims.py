@@ -1,0 +1,204 @@
+"""Claims measured: a results page that sets each claim of a paper (or of the seed) against sweeps' output.
+
+An experiment module lists its claims (``claims()``: :class:`Claim` objects), each naming the setting it says is
+better and the one it is compared with, as :class:`Measure` s: a variant of a sweep folder (``deepsea sweep``'s
+``results.jsonl``) with one of its score settings (``plain``, ``tta_8``, ...), or a scores file written by
+``deepsea ensemble --scores``.  ``deepsea claims EXPERIMENT --root DIR --out PAGE.md`` writes the page: per claim
+the two log losses, the gain (the compared setting's log loss minus the better one's: positive when the claim
+holds) with twice its standard error, and a verdict, plus a forest plot of the gains beside the page.
+
+The standard error: with three or more seeds measured under both settings, from the per-seed differences (the
+same seed trains both: paired); otherwise from the seed-to-seed spread pooled over every variant of every sweep
+under the root that ran two or more seeds, ``sigma * sqrt(1 / n_a + 1 / n_b)``.  The verdict is *confirmed* when the
+gain exceeds twice its standard error, *reversed* when it is below minus twice, and *not at this scale* between;
+a claim whose runs are missing is *not run*.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Claim", "ClaimResult", "Measure", "evaluate_claims", "pooled_seed_spread", "write_claims_page"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Measure:
+    """One measured setting: ``source`` is a sweep folder under the page's root (then ``variant`` names one of its
+    variants, empty for a sweep of one, and ``setting`` its score: ``plain`` or ``tta_N``), or a ``.json`` scores
+    file under the root (``deepsea ensemble --scores``).  ``label`` names it in the table."""
+
+    source: str
+    variant: str = ""
+    setting: str = "plain"
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        parts = [self.source] + ([self.variant] if self.variant else [])
+        return "/".join(parts) + ("" if self.setting == "plain" else f" ({self.setting.replace('_', ' ')})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """``text``: the claim in the paper's words; ``better``: the setting it says is better than ``than``;
+    ``budget``: the budget both were trained at (a heading of the page: equal epochs, equal time, ...)."""
+
+    text: str
+    better: Measure
+    than: Measure
+    budget: str = "equal epochs"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimResult:
+    """A claim measured: each side's mean log loss and seeds, the gain (``than`` minus ``better``: positive when
+    the claim holds), its standard error and how it was estimated, and the verdict."""
+
+    claim: Claim
+    better_log_loss: float | None
+    than_log_loss: float | None
+    better_seeds: int
+    than_seeds: int
+    gain: float | None
+    stderr: float | None
+    error_from: str
+    verdict: str
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _sweep_records(root: str) -> dict[str, list[dict]]:
+    """Every sweep folder under ``root`` (a folder holding ``results.jsonl``), by its path relative to the root."""
+    out = {}
+    for folder, _, files in os.walk(root):
+        if "results.jsonl" in files:
+            out[os.path.relpath(folder, root)] = _read_jsonl(os.path.join(folder, "results.jsonl"))
+    return out
+
+
+def _measured(root: str, sweeps: dict[str, list[dict]], m: Measure) -> dict[Any, float]:
+    """The measure's log loss per seed (a scores file: one value, under the key ``None``); empty when not run."""
+    if m.source.endswith(".json"):
+        path = os.path.join(root, m.source)
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            scores = json.load(f)
+        return {None: float(scores["validation"]["log_loss"])}
+    records = sweeps.get(os.path.normpath(m.source), [])
+    variants = {r["variant"] for r in records}
+    if not m.variant and len(variants) > 1:
+        raise ValueError(f"{m.source} holds the variants {sorted(variants)}: name one in the claim's measure")
+    out = {}
+    for r in records:
+        if (not m.variant or r["variant"] == m.variant) and m.setting in r:
+            out[r["seed"]] = float(r[m.setting]["log_loss"])
+    return out
+
+
+def pooled_seed_spread(root: str, setting: str = "plain") -> tuple[float | None, int]:
+    """The seed-to-seed standard deviation of the log loss pooled over every variant of every sweep under
+    ``root`` that ran two or more seeds, and its degrees of freedom (``None, 0`` when none did)."""
+    ss, dof = 0.0, 0
+    for records in _sweep_records(root).values():
+        by_variant: dict[str, list[float]] = {}
+        for r in records:
+            if setting in r:
+                by_variant.setdefault(r["variant"], []).append(float(r[setting]["log_loss"]))
+        for values in by_variant.values():
+            if len(values) > 1:
+                v = np.asarray(values, np.float64)
+                ss += float(((v - v.mean()) ** 2).sum())
+                dof += len(v) - 1
+    return (math.sqrt(ss / dof), dof) if dof else (None, 0)
+
+
+def evaluate_claims(root: str, claims: Sequence[Claim]) -> tuple[list[ClaimResult], float | None, int]:
+    """Each claim measured from the sweeps and scores files under ``root`` (see the module's docstring); also
+    returns the pooled seed spread and its degrees of freedom."""
+    sweeps = _sweep_records(root)
+    sigma, dof = pooled_seed_spread(root)
+    out = []
+    for c in claims:
+        a, b = _measured(root, sweeps, c.better), _measured(root, sweeps, c.than)
+        if not a or not b:
+            out.append(ClaimResult(c, _mean(a), _mean(b), len(a), len(b), None, None, "", "not run"))
+            continue
+        gain = float(np.mean(list(b.values())) - np.mean(list(a.values())))
+        paired = sorted(k for k in a.keys() & b.keys() if k is not None)
+        if len(paired) >= 3:
+            d = np.array([b[k] - a[k] for k in paired], np.float64)
+            stderr, how = float(d.std(ddof=1) / math.sqrt(len(d))), f"paired over {len(d)} seeds"
+        elif sigma is not None:
+            stderr, how = sigma * math.sqrt(1 / len(a) + 1 / len(b)), "pooled seed spread"
+        else:
+            stderr, how = None, "no seed spread measured"
+        if stderr is None:
+            verdict = "no verdict (one seed, no spread)"
+        elif gain > 2 * stderr:
+            verdict = "confirmed"
+        elif gain < -2 * stderr:
+            verdict = "reversed"
+        else:
+            verdict = "not at this scale"
+        out.append(ClaimResult(c, _mean(a), _mean(b), len(a), len(b), gain, stderr, how, verdict))
+    return out, sigma, dof
+
+
+def _mean(values: dict[Any, float]) -> float | None:
+    return float(np.mean(list(values.values()))) if values else None
+
+
+def _cell(x: float | None, fmt: str = "{:.4f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def write_claims_page(root: str, claims: Sequence[Claim], out: str, title: str = "Claims measured") -> str:
+    """Writes the Markdown page ``out`` and its forest plot (``out`` with ``.png``); returns the Markdown."""
+    results, sigma, dof = evaluate_claims(root, claims)
+    spread = "no variant ran two seeds" if sigma is None else f"{sigma:.4f} log loss ({dof} degrees of freedom)"
+    plot = os.path.splitext(out)[0] + ".png"
+    lines = [
+        f"# {title}",
+        "",
+        f"Generated by `deepsea claims` from the sweeps under `{root}`. Gain: the compared setting's validation log "
+        "loss minus the claimed-better one's (positive: the claim holds), ± twice its standard error; "
+        "*confirmed* when the gain exceeds twice its standard error, *reversed* below minus twice, *not at this "
+        f"scale* between. Seed-to-seed spread pooled over the sweeps: {spread}.",
+        "",
+        f"![gains]({os.path.basename(plot)})",
+    ]
+    for budget in dict.fromkeys(c.budget for c in claims):
+        lines += ["", f"## {budget[0].upper()}{budget[1:]}", ""]
+        lines += ["| claim | better | than | seeds | log loss (better) | log loss (than) | gain ± 2 SE | relative | "
+                  "verdict |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in results:
+            if r.claim.budget != budget:
+                continue
+            gain = "—" if r.gain is None else f"{r.gain:+.4f}" + ("" if r.stderr is None else f" ± {2 * r.stderr:.4f}")
+            rel = "—" if r.gain is None else f"{r.gain / r.than_log_loss:+.1%}"
+            lines.append(
+                f"| {r.claim.text} | {r.claim.better.name} | {r.claim.than.name} | {r.better_seeds} / "
+                f"{r.than_seeds} | {_cell(r.better_log_loss)} | {_cell(r.than_log_loss)} | {gain} | {rel} | "
+                f"**{r.verdict}** |"
+            )
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(text)
+    from deepsea.plots import plot_claims
+
+    plot_claims(plot, results)
+    return text

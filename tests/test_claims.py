@@ -1,0 +1,111 @@
+"""The claims page: each claim's gain, its standard error (paired seeds or the pooled seed spread) and verdict."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from deepsea.claims import Claim, Measure, evaluate_claims, pooled_seed_spread, write_claims_page
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _sweep(root, name: str, runs: dict[str, list[float]], tta: float | None = None) -> None:
+    """A sweep folder whose variant ``v`` ran one seed per log loss in ``runs[v]``."""
+    os.makedirs(root / name, exist_ok=True)
+    lines = []
+    for variant, losses in runs.items():
+        for seed, ll in enumerate(losses):
+            rec = {"name": f"{variant}_s{seed}", "variant": variant, "seed": seed, "plain": {"log_loss": ll}}
+            if tta is not None:
+                rec["tta_8"] = {"log_loss": ll - tta}
+            lines.append(json.dumps(rec) + "\n")
+    (root / name / "results.jsonl").write_text("".join(lines))
+
+
+@pytest.fixture
+def root(tmp_path):
+    _sweep(tmp_path, "base", {"base": [1.00, 1.04, 0.98]}, tta=0.05)
+    _sweep(tmp_path, "grid", {"a=1": [0.80, 0.82], "a=2": [1.01, 1.03], "a=3": [1.30]})
+    _sweep(tmp_path, "one", {"base": [1.20]})
+    (tmp_path / "ens.json").write_text(json.dumps({"validation": {"log_loss": 0.95}}))
+    return tmp_path
+
+
+def test_the_pooled_seed_spread_matches_numpy_in_float64(root):
+    groups = [np.array(g, np.float64) for g in ([1.00, 1.04, 0.98], [0.80, 0.82], [1.01, 1.03])]
+    dof = sum(len(g) - 1 for g in groups)
+    expected = math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof)
+    sigma, got_dof = pooled_seed_spread(str(root))
+    assert got_dof == dof == 4 and sigma == pytest.approx(expected, rel=1e-12)
+    assert pooled_seed_spread(str(root / "one")) == (None, 0)
+
+
+def test_gains_errors_and_verdicts(root):
+    base = Measure("base")
+    claims = [
+        Claim("a=1 beats base", Measure("grid", "a=1"), base),  # much better: confirmed
+        Claim("a=3 beats base", Measure("grid", "a=3"), base),  # much worse: reversed
+        Claim("a=2 beats base", Measure("grid", "a=2"), base),  # within the noise
+        Claim("TTA helps", Measure("base", setting="tta_8"), base),  # paired over 3 seeds
+        Claim("ensembles help", Measure("ens.json"), base),
+        Claim("never ran", Measure("missing"), base),
+    ]
+    results, sigma, _ = evaluate_claims(str(root), claims)
+    by = {r.claim.text: r for r in results}
+    base_mean = np.mean([1.00, 1.04, 0.98])
+    r = by["a=1 beats base"]
+    assert r.gain == pytest.approx(base_mean - 0.81) and r.better_seeds == 2 and r.than_seeds == 3
+    assert r.stderr == pytest.approx(sigma * math.sqrt(1 / 2 + 1 / 3)) and r.error_from == "pooled seed spread"
+    assert r.verdict == "confirmed"
+    assert by["a=3 beats base"].verdict == "reversed" and by["a=3 beats base"].gain < 0
+    assert by["a=2 beats base"].verdict == "not at this scale"
+    # the same 0.05 on every seed: paired, no spread at all, where the pooled spread would not see it
+    tta = by["TTA helps"]
+    assert tta.gain == pytest.approx(0.05) and tta.stderr == pytest.approx(0.0, abs=1e-12)
+    assert tta.error_from == "paired over 3 seeds" and tta.verdict == "confirmed"
+    ens = by["ensembles help"]
+    assert ens.better_log_loss == 0.95 and ens.stderr == pytest.approx(sigma * math.sqrt(1 + 1 / 3))
+    assert by["never ran"].verdict == "not run" and by["never ran"].gain is None
+
+
+def test_no_spread_no_verdict_and_an_ambiguous_measure(root):
+    results, sigma, dof = evaluate_claims(str(root / "one"), [Claim("x", Measure("."), Measure("."))])
+    assert sigma is None and dof == 0 and results[0].verdict.startswith("no verdict")
+    with pytest.raises(ValueError, match="name one"):
+        evaluate_claims(str(root), [Claim("x", Measure("grid"), Measure("base"))])
+
+
+def test_the_page_and_its_plot(root, tmp_path):
+    claims = [
+        Claim("a=1 beats base", Measure("grid", "a=1", label="variant one"), Measure("base")),
+        Claim("never ran", Measure("missing"), Measure("base"), budget="equal CPU time"),
+    ]
+    out = tmp_path / "docs" / "page.md"
+    text = write_claims_page(str(root), claims, str(out), title="T")
+    assert out.read_text() == text and text.startswith("# T\n")
+    assert "## Equal epochs" in text and "## Equal CPU time" in text
+    row = next(line for line in text.splitlines() if line.startswith("| a=1 beats base"))
+    assert "| variant one | base | 2 / 3 | 0.8100 | 1.0067 | +0.1967 ± " in row and "**confirmed**" in row
+    assert "+19.5%" in row
+    assert "| never ran | missing | base | 0 / 3 | — | 1.0067 | — | — | **not run** |" in text
+    assert (tmp_path / "docs" / "page.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_claims_command_measures_the_ablation_set(cli, root, tmp_path):
+    _sweep(root, "ablation", {"base": [1.0, 1.02]}, tta=0.04)
+    _sweep(root, "pool", {"view_pool_mode=mean": [1.1, 1.12], "view_pool_mode=max": [1.0, 1.02]})
+    out = tmp_path / "ablation.md"
+    printed = cli("claims", "experiments/ablation.py", "--root", str(root), "--out", str(out))
+    text = out.read_text()
+    assert text in printed
+    row = next(line for line in text.splitlines() if line.startswith("| RMS pooling beats mean"))
+    assert "**confirmed**" in row and "+0.1000" in row
+    row = next(line for line in text.splitlines() if line.startswith("| RMS pooling beats max"))
+    assert "**not at this scale**" in row
+    assert "**not run**" in next(line for line in text.splitlines() if line.startswith("| dihedral beats cyclic"))
+    assert "no claims()" in cli("claims", "experiments/synthetic.py", "--root", str(root), "--out", str(out), rc=2)
+    assert "no sweep folder" in cli("claims", "experiments/ablation.py", "--root", str(tmp_path / "x"), "--out",
+                                    str(out), rc=2)  # fmt: skip
