@@ -168,7 +168,11 @@ def _cell(x: float | None, fmt: str = "{:.4f}") -> str:
 def write_claims_page(root: str, claims: Sequence[Claim], out: str, title: str = "Claims measured") -> str:
     """Writes the Markdown page ``out`` and its forest plot (``out`` with ``.png``); returns the Markdown."""
     results, sigma, dof = evaluate_claims(root, claims)
-    spread = "no variant ran two seeds" if sigma is None else f"{sigma:.4f} log loss ({dof} degrees of freedom)"
+    spread = (
+        "no variant ran two seeds"
+        if sigma is None
+        else f"{sigma:.4f} log loss ({dof} degree{'s' if dof > 1 else ''} of freedom)"
+    )
     plot = os.path.splitext(out)[0] + ".png"
     lines = [
         f"# {title}",
@@ -194,6 +198,7 @@ def write_claims_page(root: str, claims: Sequence[Claim], out: str, title: str =
                 f"{r.than_seeds} | {_cell(r.better_log_loss)} | {_cell(r.than_log_loss)} | {gain} | {rel} | "
                 f"**{r.verdict}** |"
             )
+    lines += _sweeps_table(root)
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
@@ -202,3 +207,27 @@ def write_claims_page(root: str, claims: Sequence[Claim], out: str, title: str =
 
     plot_claims(plot, results)
     return text
+
+
+def _sweeps_table(root: str) -> list[str]:
+    """The page's last section: every sweep under ``root`` with its experiment, grid, budget and seeds (from its
+    ``sweep.json``), the runs finished and their training minutes, and the total."""
+    lines = ["", "## Sweeps", "", "| sweep | experiment | grid | budget | runs | training minutes |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    total = 0.0
+    for name, records in sorted(_sweep_records(root).items()):
+        spec: dict[str, Any] = {}
+        if os.path.exists(os.path.join(root, name, "sweep.json")):
+            with open(os.path.join(root, name, "sweep.json")) as f:
+                spec = json.load(f)
+        budget = (
+            f"{spec['epochs']:g} epochs" if spec.get("epochs") else
+            f"{spec['budget_minutes']:g} minutes" if spec.get("budget_minutes") else "—"
+        )  # fmt: skip
+        grid = " ".join(spec.get("grids", [])) + "".join(f" --set {b}" for b in spec.get("base", []))
+        minutes = sum(float(r.get("wall_s", 0.0)) for r in records) / 60
+        total += minutes
+        experiment = os.path.basename(spec.get("experiment", "")) or "—"
+        lines.append(f"| {name} | {experiment} | {grid.strip() or '—'} | {budget} | {len(records)} | {minutes:.0f} |")
+    lines.append(f"| **all** | | | | | **{total:.0f}** |")
+    return lines

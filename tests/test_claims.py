@@ -12,13 +12,14 @@ from deepsea.claims import Claim, Measure, evaluate_claims, pooled_seed_spread, 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _sweep(root, name: str, runs: dict[str, list[float]], tta: float | None = None) -> None:
+def _sweep(root, name: str, runs: dict[str, list[float]], tta: float | None = None, wall_s: float = 0.0) -> None:
     """A sweep folder whose variant ``v`` ran one seed per log loss in ``runs[v]``."""
     os.makedirs(root / name, exist_ok=True)
     lines = []
     for variant, losses in runs.items():
         for seed, ll in enumerate(losses):
-            rec = {"name": f"{variant}_s{seed}", "variant": variant, "seed": seed, "plain": {"log_loss": ll}}
+            rec = {"name": f"{variant}_s{seed}", "variant": variant, "seed": seed, "plain": {"log_loss": ll},
+                   "wall_s": wall_s}  # fmt: skip
             if tta is not None:
                 rec["tta_8"] = {"log_loss": ll - tta}
             lines.append(json.dumps(rec) + "\n")
@@ -92,10 +93,14 @@ def test_the_page_and_its_plot(root, tmp_path):
     assert "+19.5%" in row
     assert "| never ran | missing | base | 0 / 3 | — | 1.0067 | — | — | **not run** |" in text
     assert (tmp_path / "docs" / "page.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| grid | — | — | — | 5 | 0 |" in text  # no sweep.json, no wall times: the runs still counted
 
 
 def test_the_claims_command_measures_the_ablation_set(cli, root, tmp_path):
-    _sweep(root, "ablation", {"base": [1.0, 1.02]}, tta=0.04)
+    _sweep(root, "ablation", {"base": [1.0, 1.02]}, tta=0.04, wall_s=90.0)
+    spec = {"experiment": "/x/experiments/ablation.py", "grids": [], "seeds": 2, "epochs": 2.0, "budget_minutes": None,
+            "base": ["optim.lr=0.1"]}  # fmt: skip
+    (root / "ablation" / "sweep.json").write_text(json.dumps(spec))
     _sweep(root, "pool", {"view_pool_mode=mean": [1.1, 1.12], "view_pool_mode=max": [1.0, 1.02]})
     out = tmp_path / "ablation.md"
     printed = cli("claims", "experiments/ablation.py", "--root", str(root), "--out", str(out))
@@ -106,6 +111,8 @@ def test_the_claims_command_measures_the_ablation_set(cli, root, tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| RMS pooling beats max"))
     assert "**not at this scale**" in row
     assert "**not run**" in next(line for line in text.splitlines() if line.startswith("| dihedral beats cyclic"))
+    assert "| ablation | ablation.py | --set optim.lr=0.1 | 2 epochs | 2 | 3 |" in text  # 2 runs of 1.5 minutes
+    assert "| **all** | | | | | **3** |" in text
     assert "no claims()" in cli("claims", "experiments/synthetic.py", "--root", str(root), "--out", str(out), rc=2)
     assert "no sweep folder" in cli("claims", "experiments/ablation.py", "--root", str(tmp_path / "x"), "--out",
                                     str(out), rc=2)  # fmt: skip
