@@ -221,7 +221,7 @@ def _sweeps_table(root: str) -> list[str]:
             with open(os.path.join(root, name, "sweep.json")) as f:
                 spec = json.load(f)
         budget = (
-            f"{spec['epochs']:g} epochs" if spec.get("epochs") else
+            f"{spec['epochs']:g} epoch{'' if spec['epochs'] == 1 else 's'}" if spec.get("epochs") else
             f"{spec['budget_minutes']:g} minutes" if spec.get("budget_minutes") else "—"
         )  # fmt: skip
         grid = " ".join(spec.get("grids", [])) + "".join(f" --set {b}" for b in spec.get("base", []))
