@@ -291,7 +291,7 @@ def plot_claims(path: str, results: list) -> None:
     plt = _pyplot()
     shown = [r for r in results if r.gain is not None]
     colours = {"confirmed": "tab:green", "reversed": "tab:red", "not at this scale": "tab:grey"}
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.4 * max(1, len(shown))))
+    fig, ax = plt.subplots(figsize=(10, 1.5 + 0.4 * max(1, len(shown))))
     y = np.arange(len(shown))[::-1]
     for yi, r in zip(y, shown, strict=True):
         err = 0.0 if r.stderr is None else 2 * r.stderr
@@ -299,8 +299,8 @@ def plot_claims(path: str, results: list) -> None:
     ax.axvline(0.0, color="black", lw=0.8)
     labels = [f"{r.claim.text} ({r.claim.budget})" for r in shown]
     ax.set_yticks(y, [t if len(t) < 60 else t[:57] + "..." for t in labels], fontsize=7)
-    ax.set(xlabel="gain in validation log loss (positive: the claim holds), bars: 2 standard errors",
-           title="claims measured (green confirmed, grey not at this scale, red reversed)")  # fmt: skip
+    ax.set_xlabel("gain in validation log loss (positive: the claim holds); bars: 2 standard errors", fontsize=8)
+    ax.set_title("green: confirmed, grey: not at this scale, red: reversed", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
