@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -414,7 +415,8 @@ def _claims(args: argparse.Namespace) -> None:
         raise CommandError(f"{args.experiment} has no claims() listing the claims to measure")
     if not os.path.isdir(args.root):
         raise CommandError(f"no sweep folder {args.root}")
-    text = write_claims_page(args.root, module.claims(), args.out, args.title)
+    intro = inspect.cleandoc(module.__doc__ or "").split("\n\n")[0].replace("\n", " ")  # the protocol
+    text = write_claims_page(args.root, module.claims(), args.out, args.title, intro)
     print(text)
     print(f"wrote {args.out} and {os.path.splitext(args.out)[0]}.png")
 

@@ -1,7 +1,10 @@
-"""The ablation base (issue 19): the seed's cyclic network at CPU size (``ndsb_cpu_c4``: 47x47, half convroll4's
-widths, C4 slice, conv rolls and RMS view pool), trained for 12 minutes or a fixed number of epochs.  Each
-structural variant is a module that overrides it (``ablation_plain``, ``ablation_plain_orbit``,
-``ablation_c4_noroll``, ``ablation_c4_denseroll``, ``ablation_d4``); the others are sweeps of one key over it.
+"""The ablation base (issue 19): the seed's cyclic network at CPU size (``ndsb_cpu_c4``: 47x47 inputs, half
+convroll4's widths, C4 slice, conv rolls and RMS view pool, maxout dense layers, leaky ReLU 1/3, batch norm, Adam
+at 3e-3 on a cosine schedule, batch 32, bfloat16), trained on the NDSB images with a tenth of every class held out
+for validation; a sweep gives every run the same budget (``--epochs``: the same images seen; ``--budget-minutes``:
+the same training time).  Each structural variant is a module that overrides it (``ablation_plain``,
+``ablation_plain_orbit``, ``ablation_c4_noroll``, ``ablation_c4_denseroll``, ``ablation_d4``); the others are
+sweeps of one key over it.
 
 Launch, in order (equal epochs: what a network learns; then equal CPU time: what a user gets), then the page:
 

@@ -105,7 +105,7 @@ def test_the_claims_command_measures_the_ablation_set(cli, root, tmp_path):
     out = tmp_path / "ablation.md"
     printed = cli("claims", "experiments/ablation.py", "--root", str(root), "--out", str(out))
     text = out.read_text()
-    assert text in printed
+    assert text in printed and "The ablation base (issue 19)" in text.splitlines()[2]  # the module's first paragraph
     row = next(line for line in text.splitlines() if line.startswith("| RMS pooling beats mean"))
     assert "**confirmed**" in row and "+0.1000" in row
     row = next(line for line in text.splitlines() if line.startswith("| RMS pooling beats max"))
