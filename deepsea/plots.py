@@ -287,19 +287,19 @@ def plot_sweep(out: str, records: list[dict], rows: list[dict]) -> None:
 
 def plot_claims(path: str, results: list) -> None:
     """``deepsea claims``' forest plot: each measured claim's gain in log loss (positive: the claim holds) with
-    twice its standard error, coloured by verdict; ``results`` are ``deepsea.claims.ClaimResult`` s."""
+    its 95% margin, coloured by verdict; ``results`` are ``deepsea.claims.ClaimResult`` s."""
     plt = _pyplot()
     shown = [r for r in results if r.gain is not None]
     colours = {"confirmed": "tab:green", "reversed": "tab:red", "not at this scale": "tab:grey"}
     fig, ax = plt.subplots(figsize=(10, 1.5 + 0.4 * max(1, len(shown))))
     y = np.arange(len(shown))[::-1]
     for yi, r in zip(y, shown, strict=True):
-        err = 0.0 if r.stderr is None else 2 * r.stderr
+        err = 0.0 if r.margin is None else r.margin
         ax.errorbar(r.gain, yi, xerr=err, fmt="o", capsize=3, color=colours.get(r.verdict, "black"))
     ax.axvline(0.0, color="black", lw=0.8)
     labels = [f"{r.claim.text} ({r.claim.budget})" for r in shown]
     ax.set_yticks(y, [t if len(t) < 60 else t[:57] + "..." for t in labels], fontsize=7)
-    ax.set_xlabel("gain in validation log loss (positive: the claim holds); bars: 2 standard errors", fontsize=8)
+    ax.set_xlabel("gain in validation log loss (positive: the claim holds); bars: 95% intervals", fontsize=8)
     ax.set_title("green: confirmed, grey: not at this scale, red: reversed", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -9,7 +9,7 @@ import pytest
 
 from deepsea.claims import Claim, Measure, evaluate_claims, pooled_seed_spread, write_claims_page
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+T975 = {3: 3.182446305284263, 4: 2.7764451051977987}  # Student's t, 97.5% quantile (published tables)
 
 
 def _sweep(root, name: str, runs: dict[str, list[float]], tta: float | None = None, wall_s: float = 0.0) -> None:
@@ -54,22 +54,28 @@ def test_gains_errors_and_verdicts(root):
         Claim("ensembles help", Measure("ens.json"), base),
         Claim("never ran", Measure("missing"), base),
     ]
-    results, sigma, _ = evaluate_claims(str(root), claims)
+    results, sigma, dof = evaluate_claims(str(root), claims)
     by = {r.claim.text: r for r in results}
-    base_mean = np.mean([1.00, 1.04, 0.98])
+    base_runs, a1 = np.array([1.00, 1.04, 0.98]), np.array([0.80, 0.82])
+    # both settings ran two or more seeds: their own spread, pooled, with 3 + 2 - 2 degrees of freedom
+    own = math.sqrt((((base_runs - base_runs.mean()) ** 2).sum() + ((a1 - a1.mean()) ** 2).sum()) / 3)
     r = by["a=1 beats base"]
-    assert r.gain == pytest.approx(base_mean - 0.81) and r.better_seeds == 2 and r.than_seeds == 3
-    assert r.stderr == pytest.approx(sigma * math.sqrt(1 / 2 + 1 / 3)) and r.error_from == "pooled seed spread"
+    assert r.gain == pytest.approx(base_runs.mean() - 0.81) and r.better_seeds == 2 and r.than_seeds == 3
+    assert r.stderr == pytest.approx(own * math.sqrt(1 / 2 + 1 / 3)) and r.dof == 3
+    assert r.margin == pytest.approx(r.stderr * T975[3]) and r.error_from == "the two settings' seeds"
     assert r.verdict == "confirmed"
-    assert by["a=3 beats base"].verdict == "reversed" and by["a=3 beats base"].gain < 0
+    # one seed on a side: the spread pooled over the sweeps
+    r = by["a=3 beats base"]
+    assert r.verdict == "reversed" and r.gain < 0 and r.dof == dof == 4
+    assert r.margin == pytest.approx(sigma * math.sqrt(1 + 1 / 3) * T975[4])
     assert by["a=2 beats base"].verdict == "not at this scale"
     # the same 0.05 on every seed: paired, no spread at all, where the pooled spread would not see it
     tta = by["TTA helps"]
-    assert tta.gain == pytest.approx(0.05) and tta.stderr == pytest.approx(0.0, abs=1e-12)
+    assert tta.gain == pytest.approx(0.05) and tta.stderr == pytest.approx(0.0, abs=1e-12) and tta.dof == 2
     assert tta.error_from == "paired over 3 seeds" and tta.verdict == "confirmed"
     ens = by["ensembles help"]
     assert ens.better_log_loss == 0.95 and ens.stderr == pytest.approx(sigma * math.sqrt(1 + 1 / 3))
-    assert by["never ran"].verdict == "not run" and by["never ran"].gain is None
+    assert by["never ran"].verdict == "not run" and by["never ran"].gain is None and by["never ran"].margin is None
 
 
 def test_no_spread_no_verdict_and_an_ambiguous_measure(root):
@@ -89,9 +95,9 @@ def test_the_page_and_its_plot(root, tmp_path):
     assert out.read_text() == text and text.startswith("# T\n")
     assert "## Equal epochs" in text and "## Equal CPU time" in text
     row = next(line for line in text.splitlines() if line.startswith("| a=1 beats base"))
-    assert "| variant one | base | 2 / 3 | 0.8100 | 1.0067 | +0.1967 ± " in row and "**confirmed**" in row
-    assert "+19.5%" in row
-    assert "| never ran | missing | base | 0 / 3 | — | 1.0067 | — | — | **not run** |" in text
+    assert "| variant one | base | 2 / 3 | 0.8100 | 1.0067 | +0.1967 ± 0.0763 | +19.5% | the two settings' seeds" in row
+    assert "**confirmed**" in row
+    assert "| never ran | missing | base | 0 / 3 | — | 1.0067 | — | — | — | **not run** |" in text
     assert (tmp_path / "docs" / "page.png").read_bytes()[:4] == b"\x89PNG"
     assert "| grid | — | — | — | 5 | 0 |" in text  # no sweep.json, no wall times: the runs still counted
 
