@@ -161,6 +161,9 @@ def run_sweep(
     if os.path.exists(sweep_file):
         with open(sweep_file) as f:
             before = json.load(f)
+        same_file = os.path.basename(before["experiment"]) == os.path.basename(spec["experiment"])
+        if same_file:  # the same experiment from another checkout (a moved or second clone) continues it
+            before = {**before, "experiment": spec["experiment"]}
         if {**before, "seeds": seeds} != spec:
             raise ValueError(
                 f"{out} holds another sweep ({before}); continue it with the same arguments (more --seeds may be "

@@ -57,6 +57,8 @@ def test_a_killed_sweep_resumes_and_budgets_are_equal_in_images(tmp_path, monkey
     first = run_sweep(experiment, grid, str(tmp_path / "sw"), stop_after_runs=1, **args)
     assert [r["name"] for r in first] == ["batch_size=8_s0"]
     trained = os.path.getmtime(tmp_path / "sw" / "runs" / "batch_size=8_s0" / "config.json")
+    spec = json.loads((tmp_path / "sw" / "sweep.json").read_text())  # continued from another checkout
+    (tmp_path / "sw" / "sweep.json").write_text(json.dumps({**spec, "experiment": "/elsewhere/synthetic.py"}))
     records = run_sweep(experiment, grid, str(tmp_path / "sw"), **args)
     assert [r["name"] for r in records] == ["batch_size=8_s0", "batch_size=16_s0"]
     assert os.path.getmtime(tmp_path / "sw" / "runs" / "batch_size=8_s0" / "config.json") == trained  # not redone
