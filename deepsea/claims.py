@@ -5,7 +5,7 @@ better and the one it is compared with, as :class:`Measure` s: a variant of a sw
 ``results.jsonl``) with one of its score settings (``plain``, ``tta_8``, ...), or a scores file written by
 ``deepsea ensemble --scores``.  ``deepsea claims EXPERIMENT --root DIR --out PAGE.md`` writes the page: per claim
 the two log losses, the gain (the compared setting's log loss minus the better one's: positive when the claim
-holds) with twice its standard error, and a verdict, plus a forest plot of the gains beside the page.
+holds) with its 95% margin, and a verdict, plus a forest plot of the gains beside the page.
 
 The standard error and its degrees of freedom: with three or more seeds measured under both settings, from the
 per-seed differences (the same seed trains both: paired); else, when both settings ran two or more seeds, from
