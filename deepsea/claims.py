@@ -121,11 +121,13 @@ def _measured(root: str, sweeps: dict[str, list[dict]], m: Measure) -> dict[Any,
     return out
 
 
-def pooled_seed_spread(root: str, setting: str = "plain") -> tuple[float | None, int]:
+def pooled_seed_spread(
+    root: str, setting: str = "plain", sweeps: dict[str, list[dict]] | None = None
+) -> tuple[float | None, int]:
     """The seed-to-seed standard deviation of the log loss pooled over every variant of every sweep under
     ``root`` that ran two or more seeds, and its degrees of freedom (``None, 0`` when none did)."""
     ss, dof = 0.0, 0
-    for records in _sweep_records(root).values():
+    for records in (_sweep_records(root) if sweeps is None else sweeps).values():
         by_variant: dict[str, list[float]] = {}
         for r in records:
             if setting in r:
@@ -138,11 +140,13 @@ def pooled_seed_spread(root: str, setting: str = "plain") -> tuple[float | None,
     return (math.sqrt(ss / dof), dof) if dof else (None, 0)
 
 
-def evaluate_claims(root: str, claims: Sequence[Claim]) -> tuple[list[ClaimResult], float | None, int]:
+def evaluate_claims(
+    root: str, claims: Sequence[Claim], sweeps: dict[str, list[dict]] | None = None
+) -> tuple[list[ClaimResult], float | None, int]:
     """Each claim measured from the sweeps and scores files under ``root`` (see the module's docstring); also
     returns the pooled seed spread and its degrees of freedom."""
-    sweeps = _sweep_records(root)
-    sigma, dof = pooled_seed_spread(root)
+    sweeps = _sweep_records(root) if sweeps is None else sweeps
+    sigma, dof = pooled_seed_spread(root, sweeps=sweeps)
     out = []
     for c in claims:
         a, b = _measured(root, sweeps, c.better), _measured(root, sweeps, c.than)
@@ -190,7 +194,8 @@ def write_claims_page(
 ) -> str:
     """Writes the Markdown page ``out`` (``intro``, e.g. the protocol, under its title) and its forest plot
     (``out`` with ``.png``); returns the Markdown."""
-    results, sigma, dof = evaluate_claims(root, claims)
+    sweeps = _sweep_records(root)  # read once for the claims, the spread and the sweeps' table
+    results, sigma, dof = evaluate_claims(root, claims, sweeps)
     spread = (
         "no variant ran two seeds"
         if sigma is None
@@ -223,7 +228,7 @@ def write_claims_page(
                 f"{r.than_seeds} | {_cell(r.better_log_loss)} | {_cell(r.than_log_loss)} | {gain} | {rel} | "
                 f"{r.error_from or '—'} | **{r.verdict}** |"
             )
-    lines += _sweeps_table(root)
+    lines += _sweeps_table(root, sweeps)
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
@@ -234,13 +239,13 @@ def write_claims_page(
     return text
 
 
-def _sweeps_table(root: str) -> list[str]:
+def _sweeps_table(root: str, sweeps: dict[str, list[dict]]) -> list[str]:
     """The page's last section: every sweep under ``root`` with its experiment, grid, budget and seeds (from its
     ``sweep.json``), the runs finished and their training minutes, and the total."""
     lines = ["", "## Sweeps", "", "| sweep | experiment | grid | budget | runs | training minutes |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     total = 0.0
-    for name, records in sorted(_sweep_records(root).items()):
+    for name, records in sorted(sweeps.items()):
         spec: dict[str, Any] = {}
         if os.path.exists(os.path.join(root, name, "sweep.json")):
             with open(os.path.join(root, name, "sweep.json")) as f:
