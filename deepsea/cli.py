@@ -120,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--epochs", type=float, help="equal passes over the training images (what a net learns)")
     budget.add_argument("--budget-minutes", type=float, help="equal wall minutes on this machine (what a user gets)")
+    budget.add_argument(
+        "--steps",
+        type=int,
+        help="equal training steps: a time budget's steps measured once on quiet cores (deepsea bench), which "
+        "then hold whatever else the machine does",
+    )
     p.add_argument("--tta", default="", metavar="N[,N]", help="also evaluate with these TTA settings, e.g. 8,70")
     p.add_argument("--out", required=True, help="sweep folder: runs/, results.jsonl, summary.md, curves.png, bars.png")
     p.set_defaults(func=_sweep)
@@ -400,6 +406,7 @@ def _sweep(args: argparse.Namespace) -> None:
         args.set,
         args.small,
         args.data,
+        steps=args.steps,
     )
     with open(os.path.join(args.out, "summary.md")) as f:
         print(f.read())
@@ -768,10 +775,12 @@ def _ensemble(args: argparse.Namespace) -> None:
 def _params(args: argparse.Namespace) -> None:
     import jax
 
+    from deepsea.cost import flops_per_image
     from deepsea.models import count_params, network_layers
     from deepsea.step import create_train_state
 
-    state = create_train_state(_config(args), args.classes, abstract=True).state
+    config = _config(args)
+    state = create_train_state(config, args.classes, abstract=True).state
     params = network_layers(state.params)
     counts = count_params(params)
     for name, n in counts.items():
@@ -779,6 +788,11 @@ def _params(args: argparse.Namespace) -> None:
         shapes = ", ".join(f"{jax.tree_util.keystr(p)}{tuple(v.shape)}" for p, v in leaves)
         print(f"{name:<12} {n:>12,}  {shapes}")
     print(f"{'total':<12} {sum(counts.values()):>12,}")
+    cost = flops_per_image(config, args.classes)
+    print(
+        f"MFLOP per image: {cost.train_forward_flops / 1e6:,.2f} training forward, "
+        f"{cost.train_step_flops / 1e6:,.2f} training step (3 x forward), {cost.predict_flops / 1e6:,.2f} prediction"
+    )
 
 
 def _info(args: argparse.Namespace) -> None:

@@ -108,12 +108,11 @@ def _config(experiment: str, base: Sequence[str], run: SweepRun, small: bool, da
 
 
 def _epoch_steps(config: Any, epochs: float) -> int:
-    """The steps that show a run ``epochs`` passes over its training images (at least one)."""
-    from deepsea.data import scan_labelled_folder, stratified_split
-    from deepsea.train import resolve_data
+    """The steps that show a run ``epochs`` passes over its training images (at least one): the images training
+    keeps after its class map, minimum class size and skipped files."""
+    from deepsea.train import training_split
 
-    folder = scan_labelled_folder(resolve_data(config))
-    train_idx, _ = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
+    _, train_idx, _ = training_split(config)
     return max(1, math.ceil(epochs * len(train_idx) / config.train.batch_size))
 
 
@@ -138,6 +137,7 @@ def run_sweep(
     data: str | None = None,
     progress: bool = True,
     stop_after_runs: int | None = None,
+    steps: int | None = None,
 ) -> list[dict]:
     """Runs the sweep (see the module's docstring); returns every finished run's record.  ``stop_after_runs``:
     stop after that many runs of this call, as if killed (for tests)."""
@@ -148,19 +148,21 @@ def run_sweep(
     from deepsea.rundir import load_json
     from deepsea.train import train
 
-    if (epochs is None) == (budget_minutes is None):
-        raise ValueError("give the budget as exactly one of epochs or budget_minutes")
-    if (epochs is not None and epochs <= 0) or (budget_minutes is not None and budget_minutes <= 0):
-        raise ValueError(f"the budget must be positive, got epochs={epochs}, budget_minutes={budget_minutes}")
+    given = {"epochs": epochs, "budget_minutes": budget_minutes, "steps": steps}
+    given = {k: v for k, v in given.items() if v is not None}
+    if len(given) != 1:
+        raise ValueError("give the budget as exactly one of epochs, budget_minutes or steps")
+    if any(v <= 0 for v in given.values()):
+        raise ValueError(f"the budget must be positive, got {given}")
     runs = plan_sweep(grids, seeds)
     os.makedirs(out, exist_ok=True)
     sweep_file = os.path.join(out, "sweep.json")
     spec = {"experiment": os.path.abspath(experiment) if experiment.endswith(".py") else experiment,
-            "grids": list(grids), "seeds": seeds, "epochs": epochs, "budget_minutes": budget_minutes,
+            "grids": list(grids), "seeds": seeds, "epochs": epochs, "budget_minutes": budget_minutes, "steps": steps,
             "tta": [str(t) for t in tta], "base": list(base), "small": small, "data": data}  # fmt: skip
     if os.path.exists(sweep_file):
         with open(sweep_file) as f:
-            before = json.load(f)
+            before = {"steps": None, **json.load(f)}  # sweeps from before the steps budget
         same_file = os.path.basename(before["experiment"]) == os.path.basename(spec["experiment"])
         if same_file:  # the same experiment from another checkout (a moved or second clone) continues it
             before = {**before, "experiment": spec["experiment"]}
@@ -183,6 +185,8 @@ def run_sweep(
             config = _config(experiment, base, run, small, data)
             if epochs is not None:
                 overrides = ["train.budget_minutes=0", f"train.steps={_epoch_steps(config, epochs)}"]
+            elif steps is not None:
+                overrides = ["train.budget_minutes=0", f"train.steps={steps}"]
             else:
                 overrides = [f"train.budget_minutes={budget_minutes}"]
             apply_overrides(config, overrides)

@@ -40,7 +40,7 @@ from deepsea.step import TrainState, create_train_state, make_train_step
 from deepsea.teachers import align_teacher_predictions, load_teacher_predictions, log_probabilities
 from deepsea.tta import combine_probs, transforms_for, tta_ranges_for
 
-__all__ = ["Budget", "TrainResult", "TrainingDiverged", "resolve_data", "train"]
+__all__ = ["Budget", "TrainResult", "TrainingDiverged", "resolve_data", "train", "training_split"]
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,19 @@ def _map_classes(config: Any, workdir: str, folder: Any, lead: bool) -> Any:
     return map_classes(folder, resolved)
 
 
-def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool) -> tuple[Any, Any, Any, Preprocess]:
-    pp = Preprocess(
+def training_split(config: Any, progress: bool = False) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The labelled folder, training and validation indices a new run of ``config`` would use: after its class
+    map, ``data.min_class_size`` and (with ``data.skip_bad_images``) the unreadable images it skips; writes
+    nothing.  Without ``skip_bad_images`` no image is decoded (training would stop at a bad one)."""
+    folder = _map_classes(config, "", scan_labelled_folder(resolve_data(config)), lead=False)
+    if config.data.skip_bad_images:
+        folder, _, _ = check_images(folder, skip_bad=True, progress=progress, pp=_preprocess(config))
+    train_idx, val_idx = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
+    return folder, train_idx, val_idx
+
+
+def _preprocess(config: Any) -> Preprocess:
+    return Preprocess(
         size=config.data.size,
         rescale=Rescale.parse(config.data.rescale),
         channels=config.data.channels,
@@ -138,6 +149,10 @@ def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool)
         gray_to_rgb=config.data.gray_to_rgb,
         pixel_size=config.data.pixel_size,
     )
+
+
+def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool) -> tuple[Any, Any, Any, Preprocess]:
+    pp = _preprocess(config)
     folder, _, skipped = check_images(folder, skip_bad=config.data.skip_bad_images, progress=progress, pp=pp)
     train_idx, val_idx = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
     if len(val_idx) == 0:

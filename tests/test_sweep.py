@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from deepsea.sweep import expand_grid, plan_sweep, run_sweep, summarize
+from deepsea.sweep import _epoch_steps, expand_grid, plan_sweep, run_sweep, summarize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,3 +75,29 @@ def test_a_killed_sweep_resumes_and_budgets_are_equal_in_images(tmp_path, monkey
     assert os.path.getmtime(tmp_path / "sw" / "runs" / "batch_size=8_s0" / "config.json") == trained
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["seeds"] == 2
     assert "| batch_size=8 | 2 |" in (tmp_path / "sw" / "summary.md").read_text()
+
+
+def test_equal_epochs_count_the_images_training_keeps(tmp_path):
+    """A dropped class (class map), a class under data.min_class_size and a skipped corrupt file are not training
+    images: an epoch's steps count only what training keeps (the old count split the folder before them)."""
+    from deepsea.configs import load_experiment_with
+    from deepsea.data import scan_labelled_folder, stratified_split
+    from deepsea.data.synthetic import make_synthetic
+
+    data = make_synthetic(tmp_path / "data", per_class=12, seed=0, progress=False)
+    folder = scan_labelled_folder(data)
+    dropped, small = folder.classes[0], folder.classes[1]
+    for name in os.listdir(os.path.join(data, small))[:5]:  # 7 images left: under the minimum of 10
+        os.remove(os.path.join(data, small, name))
+    keep = folder.classes[2]
+    (tmp_path / "data" / keep / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (tmp_path / "map.json").write_text(json.dumps({dropped: None}))
+    overrides = [f"data.class_map={tmp_path / 'map.json'}", "data.min_class_size=10", "data.skip_bad_images=true",
+                 "train.batch_size=1", "data.validation_fraction=0.25"]  # fmt: skip
+    config = load_experiment_with(os.path.join(ROOT, "experiments", "synthetic.py"), overrides, data=str(data))
+    kept = [c for c in folder.classes if c not in (dropped, small)]
+    labels = np.repeat(np.arange(len(kept)), 12)  # every kept class has its 12 readable images
+    expected, _ = stratified_split(labels, 0.25, config.data.split_seed)
+    assert _epoch_steps(config, 1.0) == len(expected)
+    everything, _ = stratified_split(scan_labelled_folder(data).labels, 0.25, config.data.split_seed)
+    assert len(everything) > len(expected)  # what the old count gave

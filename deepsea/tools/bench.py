@@ -28,49 +28,24 @@ import os
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
 from deepsea import layers
 from deepsea.configs import load_experiment_with
+from deepsea.cost import count_flops, flops_per_image, match_width
 from deepsea.models import build_model
 from deepsea.step import create_train_state, example_inputs, forward, make_train_step
 from deepsea.tools.timing import time_call
 
-__all__ = ["count_flops", "run_ours", "run_torch", "symmetry_op_times"]
+__all__ = ["count_flops", "match_step_time", "run_ours", "run_torch", "symmetry_op_times"]
 
 DEFAULT_TORCH_SCRIPT = os.path.join("..", "shared", "bench", "torch_convroll.py")
 _SYMMETRY_LAYERS = (layers.Slice, layers.Roll, layers.ConvRoll, layers.Pool)
-
-
-def count_flops(fn: Callable[..., Any], *args: Any) -> int:
-    """FLOPs (2 per multiply-add) of the convolutions and matrix products ``fn(*args)`` traces to."""
-    return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
-
-
-def _jaxpr_flops(jaxpr: Any) -> int:
-    total = 0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name == "conv_general_dilated":
-            out = eqn.outvars[0].aval
-            rhs = eqn.invars[1].aval
-            out_features = rhs.shape[eqn.params["dimension_numbers"].rhs_spec[0]]
-            total += 2 * int(np.prod(out.shape)) * int(np.prod(rhs.shape)) // out_features
-        elif name == "dot_general":
-            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval
-            k = int(np.prod([lhs.shape[d] for d in lhs_contract]))
-            total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * k
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            total += _jaxpr_flops(sub)
-    return total
 
 
 def symmetry_op_times(model: nn.Module, variables: Any, batch: dict[str, np.ndarray], repeats: int = 5) -> list[dict]:
@@ -125,6 +100,7 @@ class _OurStep:
         reference = build_model({**dict(cfg.model.items()), "conv_impl": "xla"}, num_classes)
         fwd = lambda v, b: forward(reference, v, b, True, jax.random.key(0))[0]  # noqa: E731
         self.train_flops = 3 * count_flops(fwd, variables, self.batch)
+        self.cost = flops_per_image(cfg, num_classes)
         t0 = time.perf_counter()
         self.state, metrics = self.step_fn(self.state, self.batch, self.rng)
         jax.block_until_ready(metrics)
@@ -162,6 +138,7 @@ def run_ours(step: _OurStep, steps: int) -> dict[str, Any]:
         "images_per_s": round(step.batch_size / seconds, 1),
         "gflop_per_step": round(step.train_flops / 1e9, 2),
         "gflop_per_s": round(step.train_flops / seconds / 1e9, 1),
+        **step.cost.to_dict(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -195,12 +172,70 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE[,KEY=VALUE]",
         help="also time the step with these overrides, in the same process, interleaved round by round",
     )
+    p.add_argument(
+        "--match-flops",
+        default="",
+        metavar="OTHER",
+        help="search model.width so that a training step's FLOPs per image equal OTHER experiment's",
+    )
+    p.add_argument(
+        "--match-time",
+        default="",
+        metavar="OTHER",
+        help="search model.width so that the measured step time per image equals OTHER experiment's (the FLOPs "
+        "match first, then timed steps near it)",
+    )
     p.add_argument("--no-ops", action="store_true", help="skip timing the symmetry ops")
     p.add_argument("--out", default="", help="append the JSON lines to this file")
     p.add_argument("--plot", default="", metavar="PNG", help="draw images/s per round (ours, variants, PyTorch)")
 
 
+def _width_of(args: argparse.Namespace, width: float) -> Any:
+    return load_experiment_with(args.experiment, [*args.set, f"model.width={width}"], args.small)
+
+
+def match_flops(args: argparse.Namespace, other: Any) -> tuple[float, float]:
+    """The width of ``args.experiment`` whose training FLOPs per image match ``other``'s config; printed as JSON."""
+    target = flops_per_image(other).train_forward_flops
+    cost = lambda w: flops_per_image(_width_of(args, w)).train_forward_flops  # noqa: E731
+    width, flops = match_width(cost, target, rel_tol=0.005, max_evals=30)
+    print(json.dumps({"match": "flops", "other": other.name, "other_mflop_per_image": round(target / 1e6, 2),
+                      "width": width, "mflop_per_image": round(flops / 1e6, 2),
+                      "ratio": round(flops / target, 4)}), flush=True)  # fmt: skip
+    return width, flops
+
+
+def match_step_time(args: argparse.Namespace, other: Any) -> float:
+    """The width of ``args.experiment`` whose measured step time per image matches ``other``'s config: starts
+    from the FLOPs match and searches timed steps in ``[width / 3, width * 1.5]``.  Each candidate is timed right
+    after the reference, and the search matches their ratio to 1, so the machine's drift does not move the
+    answer; every timing is printed."""
+    flops_width, _ = match_flops(args, other)
+    batch_other = args.batch or other.train.batch_size
+    ref = _OurStep(other, batch_other)
+
+    def cost(w: float) -> float:
+        cfg = _width_of(args, w)
+        batch = args.batch or cfg.train.batch_size
+        step = _OurStep(cfg, batch)
+        ref_s = ref.time_steps(args.steps) / batch_other
+        ours_s = step.time_steps(args.steps) / batch
+        print(json.dumps({"match": "time", "width": w, "images_per_s": round(1 / ours_s, 1),
+                          "other_images_per_s": round(1 / ref_s, 1), "ratio_to_other": round(ref_s / ours_s, 3)}),
+              flush=True)  # fmt: skip
+        return ours_s / ref_s
+
+    width, ratio = match_width(cost, 1.0, flops_width / 3, flops_width * 1.5, rel_tol=0.03)
+    print(json.dumps({"match": "time", "other": other.name, "width": width, "speed_ratio_to_other": round(1 / ratio, 3),
+                      "set": f"model.width={width}"}), flush=True)  # fmt: skip
+    return width
+
+
 def main_with_args(args: argparse.Namespace) -> None:
+    if args.match_flops or args.match_time:
+        other = load_experiment_with(args.match_flops or args.match_time, [], args.small)
+        width = match_flops(args, other)[0] if args.match_flops else match_step_time(args, other)
+        args.set = [*args.set, f"model.width={width}"]
     cfg = load_experiment_with(args.experiment, args.set, args.small)
     batch = args.batch or cfg.train.batch_size
     step = _OurStep(cfg, batch)
