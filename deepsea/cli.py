@@ -130,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="sweep folder: runs/, results.jsonl, summary.md, curves.png, bars.png")
     p.set_defaults(func=_sweep)
 
+    p = sub.add_parser("frontier", help="networks at equal compute: log loss against training minutes, crossings")
+    p.add_argument("experiment", help="an experiment module with frontier() listing the arms (network, sweep, minutes)")
+    p.add_argument("--root", required=True, help="folder holding the sweeps the arms name")
+    p.add_argument("--out", required=True, help="Markdown page to write (its plot beside it, .png)")
+    p.add_argument("--title", default="Equal compute", help="the page's title")
+    p.set_defaults(func=_frontier)
+
     p = sub.add_parser("claims", help="a results page: an experiment's claims against its sweeps, with verdicts")
     p.add_argument("experiment", help="experiment module whose claims() lists the claims")
     p.add_argument("--root", required=True, help="folder holding the sweeps (and ensemble scores) the claims name")
@@ -411,6 +418,20 @@ def _sweep(args: argparse.Namespace) -> None:
     with open(os.path.join(args.out, "summary.md")) as f:
         print(f.read())
     print(f"{len(records)} runs in {args.out} (results.jsonl, summary.md, curves.png, bars.png)")
+
+
+def _frontier(args: argparse.Namespace) -> None:
+    from deepsea.configs import load_experiment_module
+    from deepsea.frontier import write_frontier_page
+
+    module = load_experiment_module(args.experiment)
+    if not hasattr(module, "frontier"):
+        raise CommandError(f"{args.experiment} has no frontier() listing the networks and budgets to compare")
+    if not os.path.isdir(args.root):
+        raise CommandError(f"no sweep folder {args.root}")
+    intro = inspect.cleandoc(module.__doc__ or "").split("\n\n")[0].replace("\n", " ")  # the protocol
+    print(write_frontier_page(args.root, module.frontier(), args.out, args.title, intro))
+    print(f"wrote {args.out} and {os.path.splitext(args.out)[0]}.png")
 
 
 def _claims(args: argparse.Namespace) -> None:

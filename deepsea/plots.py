@@ -6,7 +6,8 @@
 - :func:`save_preview`: raw, rescaled and augmented images side by side (``deepsea preview``);
 - :func:`plot_views`: the dihedral slice of an image and the conv roll of one view (``deepsea demo``);
 - :func:`plot_reconstruction`: the autoencoder's reconstruction error per phase (``deepsea pretrain``);
-- :func:`plot_sweep`: a sweep's validation curves and its log losses with their spread (``deepsea sweep``).
+- :func:`plot_sweep`: a sweep's validation curves and its log losses with their spread (``deepsea sweep``);
+- :func:`plot_frontier`: validation log loss against training minutes per network (``deepsea frontier``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from deepsea.metrics import accuracy, confusion_matrix
 from deepsea.rundir import read_metrics
 
 __all__ = [
+    "plot_frontier",
     "plot_metrics",
     "plot_reconstruction",
     "plot_rounds",
@@ -282,6 +284,36 @@ def plot_sweep(out: str, records: list[dict], rows: list[dict]) -> None:
     ax.set(ylabel="validation log loss (plain)", title="mean over seeds, bars: spread")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "bars.png"), dpi=100)
+    plt.close(fig)
+
+
+def plot_frontier(path: str, rows: list[dict]) -> None:
+    """``deepsea frontier``'s figure: per network (colour), each run's validation curve against its training
+    minutes (thin), each run's final score (dots) and the mean over seeds at each budget, joined (the frontier);
+    ``rows`` are :func:`deepsea.frontier.frontier_rows`."""
+    plt = _pyplot()
+    networks = list(dict.fromkeys(r["network"] for r in rows))
+    colours = {n: plt.cm.tab10(i % 10) for i, n in enumerate(networks)}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        val = [m for m in read_metrics(r["run"]) if m.get("split") == "validation"]
+        if val:
+            x = [m["step"] / r["steps"] * r["minutes"] for m in val]
+            ax.plot(x, [m["log_loss"] for m in val], color=colours[r["network"]], lw=0.7, alpha=0.45)
+        ax.plot(r["minutes"], r["plain"]["log_loss"], "o", color=colours[r["network"]], ms=4, alpha=0.7)
+    for n in networks:
+        budgets = sorted({r["minutes"] for r in rows if r["network"] == n})
+        means = [np.mean([r["plain"]["log_loss"] for r in rows if r["network"] == n and r["minutes"] == m])
+                 for m in budgets]  # fmt: skip
+        ax.plot(budgets, means, "-s", color=colours[n], lw=2, ms=6, label=n)
+    ax.set_xscale("log")
+    ax.set(xlabel="training minutes on 2 CPU cores (log scale)", ylabel="validation log loss")
+    ax.set_title("thin lines: each run's validation passes; squares: the mean over seeds at each budget", fontsize=9)
+    if networks:
+        ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -1,0 +1,152 @@
+"""Networks compared at equal compute: validation log loss against training minutes (the frontier), and where the
+curves cross.
+
+A study lists :class:`Arm` s: a network (a label) trained at a budget of ``minutes`` by a sweep folder (``deepsea
+sweep ... --steps N``, the ``N`` steps measured on quiet cores to fill those minutes, or ``--budget-minutes``).
+Each arm's runs give one point per seed at its budget; one network's arms at several budgets are its frontier,
+since a run's schedule is fitted to its budget (a run's earlier validation passes, drawn as thin curves, come
+before its learning rate decays, so they lie above the frontier).  ``deepsea frontier EXPERIMENT --root DIR --out
+PAGE.md`` writes the table and the plot for an experiment module's ``frontier()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Arm", "crossings", "frontier_rows", "write_frontier_page"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """``network`` trained for ``minutes`` (of quiet-core training time) by the sweep in ``root/sweep``."""
+
+    network: str
+    sweep: str
+    minutes: float
+
+
+def _records(root: str, arm: Arm) -> list[dict]:
+    path = os.path.join(root, arm.sweep, "results.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def frontier_rows(root: str, arms: Sequence[Arm]) -> list[dict[str, Any]]:
+    """One row per finished run: network, budget, seed, width, params, MFLOP per image (training step and
+    prediction), images/s at the budget (steps x batch over the budget's seconds), steps, and every score."""
+    from deepsea.cost import flops_per_image
+    from deepsea.rundir import load_config
+
+    rows = []
+    for arm in arms:
+        costs: dict[str, Any] = {}
+        for rec in _records(root, arm):
+            run = os.path.join(root, arm.sweep, "runs", rec["name"])
+            config = load_config(run)
+            with open(os.path.join(run, "classes.json")) as f:
+                classes = len(json.load(f))
+            key = json.dumps(config.model.to_dict(), sort_keys=True, default=str)
+            if key not in costs:
+                costs[key] = flops_per_image(config, classes)
+            cost = costs[key]
+            scores = {k: v for k, v in rec.items() if k == "plain" or k.startswith("tta_")}
+            rows.append({
+                "network": arm.network, "minutes": arm.minutes, "sweep": arm.sweep, "seed": rec["seed"],
+                "width": float(config.model.get("width", 1.0)), "params": cost.params,
+                "train_mflop": cost.train_step_flops / 1e6, "predict_mflop": cost.predict_flops / 1e6,
+                "images_per_s": rec["images_seen"] / (arm.minutes * 60), "steps": rec["steps"],
+                "run": run, **scores,
+            })  # fmt: skip
+    return rows
+
+
+def _means(rows: Sequence[dict], setting: str = "plain") -> dict[str, dict[float, float]]:
+    """network -> budget -> mean log loss over its seeds."""
+    out: dict[str, dict[float, list[float]]] = {}
+    for r in rows:
+        if setting in r:
+            out.setdefault(r["network"], {}).setdefault(r["minutes"], []).append(r[setting]["log_loss"])
+    return {n: {m: float(np.mean(v)) for m, v in sorted(b.items())} for n, b in out.items()}
+
+
+def crossings(rows: Sequence[dict], a: str, b: str, setting: str = "plain") -> list[float]:
+    """The budgets (minutes) where network ``a``'s frontier crosses ``b``'s: between two budgets both ran at which
+    the difference changes sign, interpolated linearly in log minutes; a budget where they tie exactly counts."""
+    means = _means(rows, setting)
+    shared = sorted(set(means.get(a, {})) & set(means.get(b, {})))
+    diffs = [(m, means[a][m] - means[b][m]) for m in shared]
+    out = [m for m, d in diffs if d == 0.0]
+    for (m0, d0), (m1, d1) in itertools.pairwise(diffs):
+        if d0 * d1 < 0:
+            t = d0 / (d0 - d1)
+            out.append(math.exp(math.log(m0) + t * (math.log(m1) - math.log(m0))))
+    return sorted(out)
+
+
+def _cell(row: dict, setting: str) -> str:
+    return f"{row[setting]['log_loss']:.4f} / {row[setting]['accuracy']:.1%}" if setting in row else "—"
+
+
+def write_frontier_page(root: str, arms: Sequence[Arm], out: str, title: str, intro: str = "") -> str:
+    """Writes the Markdown page ``out`` (the table of every run, each network's mean at each budget, the crossing
+    budgets) and its plot (``out`` with ``.png``); returns the Markdown."""
+    from deepsea.plots import plot_frontier
+
+    rows = frontier_rows(root, arms)
+    settings = sorted({k for r in rows for k in r if k == "plain" or k.startswith("tta_")}, key=lambda s: s != "plain")
+    plot = os.path.splitext(out)[0] + ".png"
+    plot_frontier(plot, rows)
+    lines = [f"# {title}", "", *([intro, ""] if intro else [])]
+    lines += [
+        f"Generated by `deepsea frontier` from the sweeps under `{root}`. Minutes: the training budget, measured on "
+        "quiet cores (evaluation and setup not counted); images/s: the training images a run saw over those "
+        "minutes. MFLOP per image: a training step's convolutions and matrix products (3 x the forward pass) and "
+        "a prediction's (all copies of an orbit average).",
+        "",
+        f"![frontier]({os.path.basename(plot)})",
+        "",
+        "| network | minutes | seed | width | params | MFLOP/image (train step / predict) | images/s | steps | "
+        + " | ".join(f"{'plain' if s == 'plain' else s.replace('tta_', 'TTA ')} log loss / accuracy" for s in settings)
+        + " |",
+        "|" + "---|" * (8 + len(settings)),
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['network']} | {r['minutes']:g} | {r['seed']} | {r['width']:g} | {r['params']:,} | "
+            f"{r['train_mflop']:.1f} / {r['predict_mflop']:.1f} | {r['images_per_s']:.0f} | {r['steps']:,} | "
+            + " | ".join(_cell(r, s) for s in settings)
+            + " |"
+        )
+    means = {s: _means(rows, s) for s in settings}
+    budgets = sorted({r["minutes"] for r in rows})
+    lines += ["", "Mean validation log loss over seeds:", ""]
+    lines += ["| network | " + " | ".join(f"{m:g} min ({s.replace('tta_', 'TTA ')})" for m in budgets
+                                          for s in settings) + " |"]  # fmt: skip
+    lines += ["|" + "---|" * (1 + len(budgets) * len(settings))]
+    for network in dict.fromkeys(r["network"] for r in rows):
+        cells = [
+            f"{means[s][network][m]:.4f}" if m in means[s].get(network, {}) else "—" for m in budgets for s in settings
+        ]
+        lines.append(f"| {network} | " + " | ".join(cells) + " |")
+    networks = list(dict.fromkeys(r["network"] for r in rows))
+    lines += [""]
+    for i, a in enumerate(networks):
+        for b in networks[i + 1 :]:
+            found = crossings(rows, a, b)
+            where = ", ".join(f"{m:.1f} min" for m in found) if found else "none between the budgets measured"
+            lines.append(f"- {a} and {b} cross: {where}.")
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(text)
+    return text

@@ -1,0 +1,65 @@
+"""The equal-compute page: a row per run with its cost, means per budget, and where two frontiers cross."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from deepsea.configs import load_experiment_with
+from deepsea.cost import flops_per_image
+from deepsea.frontier import Arm, crossings, frontier_rows, write_frontier_page
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNTHETIC = os.path.join(ROOT, "experiments", "synthetic.py")
+
+
+def _fake_sweep(root, name, symmetry, steps, losses):
+    """A sweep folder as ``deepsea sweep`` leaves it: one run per seed with its config, classes and validation
+    curve, and a results line with its plain score."""
+    config = load_experiment_with(SYNTHETIC, [f"model.symmetry={symmetry}", f"train.steps={steps}"], small=True)
+    (root / name).mkdir(parents=True)
+    with open(root / name / "results.jsonl", "w") as f:
+        for seed, loss in enumerate(losses):
+            run = root / name / "runs" / f"base_s{seed}"
+            run.mkdir(parents=True)
+            (run / "config.json").write_text(config.to_json_best_effort())
+            (run / "classes.json").write_text(json.dumps([f"c{i}" for i in range(5)]))
+            curve = [{"split": "validation", "step": s, "log_loss": loss + 1 - s / steps} for s in (steps // 2, steps)]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in curve))
+            score = {"log_loss": loss, "accuracy": 0.5, "top5": 0.9}
+            rec = {"name": f"base_s{seed}", "seed": seed, "steps": steps, "images_seen": steps * 8, "plain": score}
+            f.write(json.dumps(rec) + "\n")
+    return config
+
+
+def test_the_page_lists_every_run_with_its_cost_and_finds_the_crossing(tmp_path):
+    plain = _fake_sweep(tmp_path, "plain_1", "none", 60, [1.0, 1.2])  # mean 1.1
+    _fake_sweep(tmp_path, "plain_4", "none", 240, [0.9])
+    _fake_sweep(tmp_path, "c4_1", "c4", 60, [1.3])
+    _fake_sweep(tmp_path, "c4_4", "c4", 240, [0.7, 0.8])  # mean 0.75
+    arms = [Arm("plain", "plain_1", 1), Arm("plain", "plain_4", 4), Arm("C4", "c4_1", 1), Arm("C4", "c4_4", 4),
+            Arm("D4", "not_run", 1)]  # fmt: skip
+    rows = frontier_rows(str(tmp_path), arms)
+    assert [(r["network"], r["minutes"], r["seed"]) for r in rows] == [
+        ("plain", 1, 0), ("plain", 1, 1), ("plain", 4, 0), ("C4", 1, 0), ("C4", 4, 0), ("C4", 4, 1)]  # fmt: skip
+    cost = flops_per_image(plain, 5)
+    assert rows[0]["train_mflop"] == pytest.approx(3 * cost.train_forward_flops / 1e6)
+    assert rows[0]["params"] == cost.params
+    assert rows[0]["images_per_s"] == pytest.approx(60 * 8 / 60)  # steps x batch over the budget's seconds
+    # plain - C4: -0.2 at 1 minute, +0.15 at 4: zero at t = 0.2 / 0.35 of the way in log minutes
+    expected = math.exp(math.log(1) + 0.2 / 0.35 * (math.log(4) - math.log(1)))
+    assert crossings(rows, "plain", "C4") == [pytest.approx(expected)]
+    assert crossings(rows, "plain", "D4") == []
+    text = write_frontier_page(str(tmp_path), arms, str(tmp_path / "page.md"), "Equal compute", "The protocol.")
+    assert "The protocol." in text and f"cross: {expected:.1f} min" in text
+    assert "| plain | 1.1000 | 0.9000 |" in text and "| C4 | 1.3000 | 0.7500 |" in text
+    assert text.count("| plain | 1 |") == 2 and os.path.getsize(tmp_path / "page.png") > 10_000
+
+
+def test_a_tie_at_a_budget_is_a_crossing():
+    rows = [{"network": n, "minutes": m, "plain": {"log_loss": v}}
+            for n, m, v in [("a", 2, 1.0), ("b", 2, 1.0), ("a", 8, 0.5), ("b", 8, 0.6)]]  # fmt: skip
+    assert crossings(rows, "a", "b") == [2]
