@@ -151,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bag)
 
     p = sub.add_parser("evaluate", help="log loss, accuracy and top-5 on a run's validation split (and with TTA)")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True, help="a run, an exported model or a fused run")
     p.add_argument(
         "--data", default=None, help="score on every image of this labelled folder instead (a held-aside test set)"
     )
@@ -171,8 +171,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict a folder (tree) of images into a CSV, streamed and resumable")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--workdir", help="a trained run")
-    which.add_argument("--model", help="a model folder written by deepsea export (no checkpoint or experiment)")
+    which.add_argument("--workdir", help="a trained run, an exported model or a fused run")
+    which.add_argument("--model", help="the same as --workdir (a model folder written by deepsea export)")
     p.add_argument("--images", required=True, help="folder of images, searched recursively (the NDSB test layout)")
     p.add_argument("--out", required=True, help="CSV file to write")
     _prediction_args(p)
@@ -210,12 +210,14 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export)
 
     p = sub.add_parser("calibrate", help="fit temperature scaling on a run's validation split (reliability.png)")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True, help="a run, an exported model or a fused run")
+    p.add_argument("--data", default=None, help="fit on this labelled folder (models without a validation split)")
     _prediction_args(p)
     p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("thresholds", help="per-class thresholds for a target precision; the rest is 'unclassified'")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True, help="a run, an exported model or a fused run")
+    p.add_argument("--data", default=None, help="choose on this labelled folder (models without a validation split)")
     p.add_argument("--target-precision", type=float, required=True, metavar="P", help="e.g. 0.9")
     _prediction_args(p)
     p.set_defaults(func=_thresholds)
@@ -470,48 +472,43 @@ def _bag(args: argparse.Namespace) -> None:
     print(f"average them on new images: deepsea ensemble {' '.join(runs)} --uniform --images DIR --out bag.csv")
 
 
+def _load_predictor(path: str, args: argparse.Namespace, orbit_average: str | None = None):
+    """Any kind of model folder (a run, an exported model, a fused run) as a predictor; a choice its kind fixed
+    (an exported model's precision, say) is a one-line error."""
+    from deepsea.predictor import load_predictor
+
+    try:
+        return load_predictor(path, args.checkpoint, args.precision, orbit_average)
+    except (FileNotFoundError, ValueError) as e:
+        raise CommandError(str(e)) from None
+
+
 def _evaluate(args: argparse.Namespace) -> None:
-    from deepsea.inference import evaluate_run, restore_run
+    from deepsea.inference import NoValidationSplit, evaluate_run
     from deepsea.plots import save_confusion_png
 
-    if os.path.exists(os.path.join(args.workdir, "fused.json")):
-        return _evaluate_fused(args)
     orbit = None if args.orbit_average is None else "" if args.orbit_average == "none" else args.orbit_average
-    run = restore_run(args.workdir, args.checkpoint, orbit, args.precision)
-    result = evaluate_run(run, args.tta, args.combine, data=args.data)
-    where = "validation images" if args.data is None else f"images of {args.data}"
-    print(f"{args.workdir} ({run.checkpoint} checkpoint, step {run.step}), {len(result.labels)} {where}")
-    print(f"{'transforms':<12} {'log loss':>9} {'accuracy':>9} {'top-5':>7}")
-    for row in result.rows:
-        print(f"{row.label:<12} {row.log_loss:9.4f} {row.accuracy:9.4f} {row.top5:7.4f}")
-    name = "confusion.png" if args.data is None else "confusion_data.png"
-    png = save_confusion_png(result.probs, result.labels, list(run.classes), os.path.join(args.workdir, name))
-    print(f"wrote {png}")
+    predictor = _load_predictor(args.workdir, args, orbit)
+    try:
+        result = evaluate_run(predictor, args.tta, args.combine, data=args.data)
+    except NoValidationSplit as e:
+        raise CommandError(str(e)) from None
+    step = getattr(predictor, "step", None)
+    where = f"({predictor.key}{'' if step is None else f', step {step}'})"
+    if result.labels is None:
+        print(f"{args.workdir} {where}: scores on the validation split it was fitted on (cross-validated)")
+    else:
+        what = "validation images" if args.data is None else f"images of {args.data}"
+        print(f"{args.workdir} {where}, {len(result.labels)} {what}")
+    _print_scores(result.rows)
+    if result.probs is not None:
+        name = "confusion.png" if args.data is None else "confusion_data.png"
+        png = save_confusion_png(result.probs, result.labels, list(predictor.classes), os.path.join(args.workdir, name))
+        print(f"wrote {png}")
     if args.per_class:
+        if predictor.validation_split is None or result.probs is None:
+            raise CommandError(f"--per-class needs a run's training split (class counts); {args.workdir} has none")
         _report_per_class(args.workdir, result.probs, result.labels)
-
-
-def _evaluate_fused(args: argparse.Namespace) -> None:
-    """A fused run: its cross-validated scores on the members' validation split, or its scores on ``--data``."""
-    from deepsea.fusion import load_fused
-    from deepsea.inference import Evaluation, evaluate_probs, labelled_set
-
-    fused = load_fused(args.workdir)
-    if args.data is None:
-        meta = fused.meta
-        print(f"{args.workdir}: fitted on the {meta['validation_images']} validation images of its members")
-        _print_scores(
-            [Evaluation.from_dict(meta[k]) for k in ("convnets", "cross_validated")],
-            ["convnets", "cross_validated"],
-        )
-        return
-    data = labelled_set(fused.meta["members"][0], args.data)
-    members = fused.member_probs(data.paths)
-    fused_probs = fused.probs(data.paths, members=members)
-    print(f"{args.workdir} on {len(data.labels)} images of {args.data}")
-    _print_scores(
-        [evaluate_probs(fused_probs, data.labels), evaluate_probs(members, data.labels)], ["fused", "convnets"]
-    )
 
 
 def _print_scores(rows, labels=None) -> None:
@@ -520,26 +517,6 @@ def _print_scores(rows, labels=None) -> None:
     for i, ev in enumerate(rows):
         label = ev.label if labels is None else labels[i]
         print(f"{label:<26} {ev.log_loss:9.4f} {ev.accuracy:9.4f} {ev.top5:7.4f}")
-
-
-def _predict_fused(args: argparse.Namespace) -> None:
-    """A fused run predicts in memory, with the TTA setting its members were fused with (no streaming, no
-    thresholds: those need a trained run)."""
-    from deepsea.fusion import load_fused
-    from deepsea.inference import write_submission
-    from deepsea.stream import list_images
-
-    unsupported = [o for o, v in (("--thresholds", args.thresholds), ("--ecotaxa", args.ecotaxa)) if v]
-    unsupported += ["--parquet"] if args.parquet else []
-    if unsupported:
-        raise CommandError(f"{', '.join(unsupported)}: not for a fused run (predict with its members' runs)")
-    fused = load_fused(args.workdir)
-    if args.tta != fused.meta["tta"]:
-        raise CommandError(f"{args.workdir} was fused with --tta {fused.meta['tta']}: predict with that")
-    rel = list_images(args.images)
-    probs = fused.probs([os.path.join(args.images, r) for r in rel])
-    write_submission(args.out, rel, list(fused.classes), probs, top=args.top)
-    print(f"wrote {args.out}: {len(rel)} images x {len(fused.classes)} classes (fused)")
 
 
 def _report_per_class(workdir: str, probs, labels) -> None:
@@ -584,24 +561,17 @@ def _with_pixel_size(run, pixel_size: float | None, workdir: str):
 
 def _predict(args: argparse.Namespace) -> None:
     from deepsea.calibration import Thresholds
-    from deepsea.inference import restore_run
     from deepsea.stream import predict_tree
 
     _init_distributed(args)
-    if args.workdir and os.path.exists(os.path.join(args.workdir, "fused.json")):
-        return _predict_fused(args)
-    if args.model:
-        from deepsea.export import load_model
-
-        if args.precision is not None:
-            raise CommandError(f"--precision does not apply to an exported model ({args.model} was exported in one)")
-        run, source = load_model(args.model), args.model
-    else:
-        run, source = restore_run(args.workdir, args.checkpoint, precision=args.precision), args.workdir
+    source = args.model or args.workdir
+    run = _load_predictor(source, args)
+    if run.fixed_tta is not None and args.tta != run.fixed_tta:
+        raise CommandError(f"{source} predicts with the TTA its members were fused with: --tta {run.fixed_tta}")
     thresholds = None
     if args.thresholds:
         if run.thresholds is None:
-            raise CommandError(f"{source} has no thresholds.json: run deepsea thresholds first (then export again)")
+            raise CommandError(f"{source} has no thresholds: choose them with deepsea thresholds --workdir {source}")
         if (run.thresholds["tta"], run.thresholds["combine"]) != (args.tta, args.combine):
             raise CommandError(
                 f"the thresholds of {source} were chosen for --tta {run.thresholds['tta']} --combine "
@@ -717,10 +687,13 @@ def _pseudolabel(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    from deepsea.inference import calibrate_run, restore_run
+    from deepsea.inference import NoValidationSplit, calibrate_run
 
-    run = restore_run(args.workdir, args.checkpoint, precision=args.precision)
-    res = calibrate_run(run, args.tta, args.combine)
+    run = _load_predictor(args.workdir, args)
+    try:
+        res = calibrate_run(run, args.tta, args.combine, data=args.data)
+    except NoValidationSplit as e:
+        raise CommandError(str(e)) from None
     cal = res.calibration
     kind = "temperature" + (" and per-class bias" if cal.bias is not None else "")
     cv = ", ".join(f"{k} {v:.4f}" for k, v in res.cv_log_loss.items())
@@ -734,11 +707,11 @@ def _calibrate(args: argparse.Namespace) -> None:
 def _thresholds(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from deepsea.inference import restore_run, threshold_run
+    from deepsea.inference import threshold_run
 
-    run = restore_run(args.workdir, args.checkpoint, precision=args.precision)
+    run = _load_predictor(args.workdir, args)
     try:
-        res = threshold_run(run, args.target_precision, args.tta, args.combine)
+        res = threshold_run(run, args.target_precision, args.tta, args.combine, data=args.data)
     except ValueError as e:
         raise CommandError(str(e)) from None
     never = int(np.sum(~np.isfinite(res.thresholds.values)))

@@ -21,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from deepsea.data import AugmentRanges, Preprocess
+from deepsea.data import AugmentParams, AugmentRanges, Preprocess
 
 __all__ = ["FORMAT", "ExportedModel", "export_run", "load_model"]
 
@@ -84,6 +85,7 @@ def export_run(run: Any, out: str, platforms: tuple[str, ...] = ("cpu",)) -> str
             "tta_ranges": dataclasses.asdict(run.tta_ranges),
             "calibration": run.calibration,
             "thresholds": run.thresholds,
+            "class_map": run.class_map,
             "batch_size": run.batch_size,
             "inputs": list(names),
             "platforms": list(platforms),
@@ -110,7 +112,9 @@ def _write(path: str, data: bytes) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class ExportedModel:
-    """An exported model loaded for prediction; it has what :func:`deepsea.stream.predict_tree` needs of a run."""
+    """An exported model loaded for prediction: a :class:`deepsea.predictor.Predictor`.  A calibration or thresholds
+    fitted for it later (``deepsea calibrate --workdir MODEL --data DIR``) are ``calibration.json`` and
+    ``thresholds.json`` in its folder, and replace those it was exported with."""
 
     workdir: str  # the model folder
     classes: tuple[str, ...]
@@ -124,12 +128,36 @@ class ExportedModel:
     _fn: Any = dataclasses.field(repr=False)
     _params: list = dataclasses.field(repr=False)
 
+    fixed_tta = None  # any TTA setting
+    validation_split = None  # it keeps no validation split: score it on a labelled folder
+
+    @property
+    def cache_key(self) -> str:
+        """Its predictions differ from the run's in rounding (XLA's operations, its precision): cached apart."""
+        return f"exported:{self.key}:{self.meta['source'].get('precision', 'float32')}"
+
+    @property
+    def class_map(self) -> dict | None:
+        return self.meta.get("class_map")
+
     def predict_batch(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Softmax probabilities (float32) of a batch of model inputs (any batch size)."""
         missing = [n for n in self.meta["inputs"] if n not in batch]
         if missing:
             raise ValueError(f"the batch lacks the model input(s) {missing} (it has {sorted(batch)})")
         return np.asarray(self._fn(self._params, *(np.asarray(batch[n], np.float32) for n in self.meta["inputs"])))
+
+    def probs(
+        self,
+        paths: Sequence[str],
+        transforms: Sequence[AugmentParams],
+        images: Sequence[np.ndarray] | None = None,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """``(T, N, K)`` probabilities of ``paths`` under ``transforms`` (:class:`deepsea.predictor.Predictor`)."""
+        from deepsea.predictor import batch_probs
+
+        return batch_probs(self.predict_batch, paths, self.preprocess, transforms, self.batch_size, images, progress)
 
 
 def load_model(path: str) -> ExportedModel:
@@ -153,6 +181,10 @@ def load_model(path: str) -> ExportedModel:
     want = [tuple(p["shape"]) for p in meta["parameters"]]
     if [x.shape for x in params] != want:
         raise ValueError(f"{os.path.join(path, _PARAMS)}: parameter shapes do not match {meta_path}")
+    fitted = {}
+    for name in ("calibration", "thresholds"):  # fitted for the exported model itself, after export
+        extra = os.path.join(path, f"{name}.json")
+        fitted[name] = rundir.load_json(extra) if os.path.isfile(extra) else meta.get(name)
     return ExportedModel(
         workdir=path,
         classes=tuple(meta["classes"]),
@@ -160,8 +192,8 @@ def load_model(path: str) -> ExportedModel:
         tta_ranges=AugmentRanges(**meta["tta_ranges"]),
         batch_size=int(meta["batch_size"]),
         key=meta["source"]["checkpoint"],
-        calibration=meta.get("calibration"),
-        thresholds=meta.get("thresholds"),
+        calibration=fitted["calibration"],
+        thresholds=fitted["thresholds"],
         meta=meta,
         _fn=jax.jit(exported.call),
         _params=[jax.device_put(x) for x in params],

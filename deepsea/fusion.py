@@ -215,16 +215,58 @@ def fuse_runs(
 
 @dataclasses.dataclass(frozen=True)
 class FusedRun:
-    """A fused run read back: its members, blend weights, feature statistics and fusion networks."""
+    """A fused run read back: its members, blend weights, feature statistics and fusion networks.  A
+    :class:`deepsea.predictor.Predictor` that predicts with the TTA setting its members were fused with
+    (``fixed_tta``); its images are read as its first member reads them."""
 
     workdir: str
     meta: dict
     members: tuple[Any, ...]
     params: list[Any]
+    calibration: dict | None = None  # calibration.json / thresholds.json fitted for the fused run itself
+    thresholds: dict | None = None
+
+    validation_split = None  # it was fitted on its members' validation split: scored on held-aside folders
 
     @property
     def classes(self) -> tuple[str, ...]:
         return tuple(self.meta["classes"])
+
+    @property
+    def preprocess(self) -> Any:
+        return self.members[0].preprocess
+
+    @property
+    def tta_ranges(self) -> Any:
+        return self.members[0].tta_ranges
+
+    @property
+    def batch_size(self) -> int:
+        return self.members[0].batch_size
+
+    @property
+    def class_map(self) -> dict | None:
+        return self.members[0].class_map
+
+    @property
+    def fixed_tta(self) -> int | str:
+        return self.meta["tta"]
+
+    @property
+    def key(self) -> str:
+        return "fused:" + ",".join(m.key for m in self.members)
+
+    @property
+    def cache_key(self) -> str:
+        return self.key
+
+    @property
+    def fitted_scores(self) -> tuple[Any, ...]:
+        """The members' blend and the fusion (cross-validated) on the validation split it was fitted on."""
+        from deepsea.inference import Evaluation
+
+        return tuple(dataclasses.replace(Evaluation.from_dict(self.meta[k]), label=k)
+                     for k in ("convnets", "cross_validated"))  # fmt: skip
 
     def member_probs(self, paths: Sequence[str], progress: bool = True) -> np.ndarray:
         """The members' blended probabilities ``(N, K)`` for any images: what the fusion starts from."""
@@ -233,17 +275,38 @@ class FusedRun:
         m = self.meta
         return blend_probs(self.members, np.asarray(m["weights"]), paths, m["tta"], m["combine"], progress)
 
-    def probs(self, paths: Sequence[str], progress: bool = True, members: np.ndarray | None = None) -> np.ndarray:
+    def reference_probs(self, paths: Sequence[str], progress: bool = True) -> tuple[str, np.ndarray]:
+        """``("convnets", member_probs)``: what an evaluation shows beside the fused scores."""
+        return "convnets", self.member_probs(paths, progress)
+
+    def fused_probs(self, paths: Sequence[str], progress: bool = True, members: np.ndarray | None = None) -> np.ndarray:
         """Fused probabilities ``(N, K)`` for any images (``members``: their :meth:`member_probs`, if known)."""
         from deepsea.features import folder_features
 
         m = self.meta
         members = self.member_probs(paths, progress) if members is None else members
-        root = os.path.commonpath([os.path.abspath(p) for p in paths])
+        root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
         table = folder_features(root, paths, m["pixel_size"], progress=progress)
         feats = _standardise(table.values, np.asarray(m["mean"]), np.asarray(m["std"]))
         s = m["settings"]
         return _predict(self.params, feats, log_probabilities(members), s["hidden"], s["dropout"])
+
+    def probs(
+        self,
+        paths: Sequence[str],
+        transforms: Sequence[Any],
+        images: Sequence[np.ndarray] | None = None,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """``(1, N, K)`` fused probabilities (:class:`deepsea.predictor.Predictor`): the members predict under their
+        own TTA setting, so ``transforms`` must be the plain rescale alone; ``images`` are not used (the members
+        and the features read the files)."""
+        from deepsea.tta import identity_transforms
+
+        del images
+        if list(transforms) != identity_transforms():
+            raise ValueError(f"{self.workdir} predicts with the TTA its members were fused with ({self.fixed_tta})")
+        return self.fused_probs(paths, progress)[None].astype(np.float32)
 
 
 def load_fused(workdir: str) -> FusedRun:
@@ -264,4 +327,8 @@ def load_fused(workdir: str) -> FusedRun:
     with np.load(os.path.join(workdir, "params.npz")) as f:
         leaves = [f[f"arr_{i}"] for i in range(len(f.files))]
     params = [jax.tree.unflatten(treedef, leaves[i : i + n]) for i in range(0, len(leaves), n)]
-    return FusedRun(workdir, meta, members, params)
+    fitted = {}
+    for name in ("calibration", "thresholds"):  # fitted for the fused run itself, on a held-aside folder
+        path = os.path.join(workdir, f"{name}.json")
+        fitted[name] = rundir.load_json(path) if os.path.isfile(path) else None
+    return FusedRun(workdir, meta, members, params, **fitted)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,23 +31,23 @@ from deepsea.data import (
     check_images,
     scan_flat_folder,
     scan_labelled_folder,
-    tta_batches,
 )
 from deepsea.models import PRECISIONS, build_model, network_layers
-from deepsea.tta import TTA_RANGES, Combine, combine_probs, transforms_for, tta_ranges_for
+from deepsea.predictor import batch_probs, predictor_calibration, predictor_probs
+from deepsea.tta import Combine, tta_ranges_for
 
 __all__ = [
     "CalibrationResult",
     "EnsembleError",
     "EnsembleResult",
     "Evaluation",
+    "NoValidationSplit",
     "PerClassRecall",
     "Prediction",
     "Run",
     "RunEvaluation",
     "ThresholdResult",
     "ValidationSet",
-    "cached_tta_probs",
     "calibrate_run",
     "data_mesh",
     "ensemble_runs",
@@ -62,8 +60,7 @@ __all__ = [
     "put_batch",
     "read_submission",
     "restore_run",
-    "run_calibration",
-    "run_probs",
+    "scoring_set",
     "submission_header",
     "submission_rows",
     "threshold_run",
@@ -171,70 +168,13 @@ def tta_probs(
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
 ) -> np.ndarray:
-    """Per-transform probabilities ``(T, N, K)`` for ``paths`` (combine them with :func:`combine_probs`).
-
-    Each image is decoded once for all transforms, and the warps run on a thread beside the predictions
-    (:func:`deepsea.data.tta_batches`).
-    """
-    from tqdm.auto import tqdm
-
-    if not paths or not transforms:
-        raise ValueError(f"nothing to predict: {len(paths)} images, {len(transforms)} transforms")
+    """Per-transform probabilities ``(T, N, K)`` of a model and its variables for ``paths`` (what training's
+    validation passes use; a restored run predicts through :meth:`Run.probs`): the shared batch loop,
+    :func:`deepsea.predictor.batch_probs`."""
     mesh = mesh or data_mesh(local=True)
     fn, variables = _predict_fn(model), local_variables(variables)
-    out: np.ndarray | None = None
-    desc = f"TTA x{len(transforms)}" if len(transforms) > 1 else "predict"
-    with tqdm(total=len(transforms) * len(paths), desc=desc, unit="img", disable=not progress) as bar:
-        for t, start, batch in tta_batches(paths, pp, transforms, batch_size):
-            probs = np.asarray(fn(variables, put_batch(batch, mesh)))
-            if out is None:
-                out = np.empty((len(transforms), len(paths), probs.shape[-1]), np.float32)
-            k = int(batch["mask"].sum())
-            out[t, start : start + k] = probs[:k]
-            bar.update(k)
-    assert out is not None
-    return out
-
-
-def _key(paths: Sequence[str], transforms: Sequence[AugmentParams], checkpoint: str) -> str:
-    h = hashlib.sha256()
-    h.update(checkpoint.encode())
-    for p in paths:
-        h.update(os.path.abspath(p).encode() + b"\0")
-    h.update(json.dumps([dataclasses.asdict(t) for t in transforms]).encode())
-    return h.hexdigest()[:16]
-
-
-def cached_tta_probs(
-    workdir: str,
-    checkpoint: str,
-    model: Any,
-    variables: Any,
-    paths: Sequence[str],
-    pp: Preprocess,
-    n_transforms: int | str,
-    batch_size: int = 64,
-    progress: bool = True,
-    ranges: AugmentRanges = TTA_RANGES,
-) -> np.ndarray:
-    """Per-transform probabilities for ``n_transforms`` Halton transforms in ``ranges`` (0: the plain rescale;
-    ``"tencrop"``: TenCrop), cached.
-
-    The cache file is ``<workdir>/predictions/<key>.npz``, where the key hashes
-    the checkpoint, the image paths and the transforms.
-    """
-    transforms = transforms_for(n_transforms, pp.size, ranges)
-    folder = os.path.join(workdir, "predictions")
-    path = os.path.join(folder, f"{_key(paths, transforms, checkpoint)}.npz")
-    if os.path.exists(path):
-        with np.load(path) as f:
-            return f["probs"]
-    probs = tta_probs(model, variables, paths, pp, transforms, batch_size, progress).astype(np.float32)
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}.npz"
-    np.savez_compressed(tmp, probs=probs)
-    os.replace(tmp, path)
-    return probs
+    return batch_probs(lambda batch: fn(variables, put_batch(batch, mesh)), paths, pp, transforms, batch_size,
+                       progress=progress)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,13 +193,26 @@ class Run:
     precision: str | None = None  # None: as trained; "float32" or "bfloat16": predicted in another
     calibration: dict | None = None  # calibration.json: {"calibration": ..., "tta": ..., "combine": ...}
     thresholds: dict | None = None  # thresholds.json: {"thresholds": ..., "target_precision": ..., "tta": ...}
+    class_map: dict | None = None  # class_map.json: every original class to its name in the run, or null
+
+    fixed_tta = None  # a run predicts with any TTA setting
 
     @property
     def key(self) -> str:
-        """Names the predictions of this checkpoint (orbit average, precision) in the run's prediction cache."""
+        """Names this checkpoint (orbit average, precision): its predictions in the cache, and what a calibration
+        or thresholds were fitted for."""
         orbit = "" if self.orbit_average is None else f":orbit={self.orbit_average or 'none'}"
         precision = "" if self.precision is None else f":precision={self.precision}"
         return f"{self.checkpoint}:{self.step}{orbit}{precision}"
+
+    @property
+    def cache_key(self) -> str:
+        return self.key
+
+    @property
+    def validation_split(self) -> str:
+        """The run folder whose ``split.json`` holds the images this run can be scored on: its own."""
+        return self.workdir
 
     @property
     def tta_ranges(self) -> AugmentRanges:
@@ -274,6 +227,16 @@ class Run:
     def predict_batch(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Softmax probabilities (float32) of one padded batch of model inputs (``image``, ``raw_size``, ...)."""
         return np.asarray(_predict_fn(self.model)(self.variables, put_batch(batch, data_mesh(local=True))))
+
+    def probs(
+        self,
+        paths: Sequence[str],
+        transforms: Sequence[AugmentParams],
+        images: Sequence[np.ndarray] | None = None,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """``(T, N, K)`` probabilities of ``paths`` under ``transforms`` (:class:`deepsea.predictor.Predictor`)."""
+        return batch_probs(self.predict_batch, paths, self.preprocess, transforms, self.batch_size, images, progress)
 
 
 def restore_run(
@@ -322,7 +285,7 @@ def restore_run(
         precision = None
     pp = rundir.load_preprocess(workdir)
     extras = {}
-    for name in ("calibration", "thresholds"):
+    for name in ("calibration", "thresholds", "class_map"):
         path = os.path.join(workdir, f"{name}.json")
         extras[name] = rundir.load_json(path) if os.path.exists(path) else None
     return Run(workdir, model, variables, pp, classes, config, which, int(step), orbit_average, precision, **extras)
@@ -345,55 +308,6 @@ def validation_set(workdir: str) -> ValidationSet:
     return ValidationSet(tuple(folder.paths[i] for i in val_idx), folder.labels[val_idx], tuple(folder.classes))
 
 
-def run_probs(
-    run: Run,
-    paths: Sequence[str],
-    tta: int | str = 0,
-    combine: Combine = "mean",
-    progress: bool = True,
-    calibrated: bool = True,
-) -> np.ndarray:
-    """``(N, K)`` probabilities of ``run`` for ``paths``, combined over ``tta`` transforms (cached), and
-    calibrated (``calibrated``) when the run has a calibration fitted for the same TTA setting."""
-    per = cached_tta_probs(
-        run.workdir,
-        run.key,
-        run.model,
-        run.variables,
-        paths,
-        run.preprocess,
-        tta,
-        run.config.train.eval_batch_size,
-        progress,
-        run.tta_ranges,
-    )
-    probs = combine_probs(per, combine)
-    calibration = run_calibration(run, tta, combine) if calibrated else None
-    return probs if calibration is None else calibration.apply(probs)
-
-
-def run_calibration(run: Run, tta: int | str = 0, combine: Combine = "mean", warn: bool = True) -> Calibration | None:
-    """The run's calibration if it was fitted for predictions made this way (a temperature fitted on plain
-    predictions does not fit 70-transform averages); None, with a warning, if it was fitted for another way."""
-    if run.calibration is None:
-        return None
-    fitted = (run.calibration["tta"], run.calibration["combine"], run.calibration["checkpoint"])
-    if fitted != (tta, combine, run.key):
-        if not warn:
-            return None
-        log.warning(
-            "%s: the calibration was fitted for tta=%s, combine=%s, checkpoint %s; these predictions use tta=%s, "
-            "combine=%s, checkpoint %s: not applied (run deepsea calibrate again)",
-            run.workdir,
-            *fitted,
-            tta,
-            combine,
-            run.key,
-        )
-        return None
-    return Calibration.from_dict(run.calibration["calibration"])
-
-
 @dataclasses.dataclass(frozen=True)
 class CalibrationResult:
     """What ``deepsea calibrate`` fitted, and the validation scores before and after."""
@@ -407,15 +321,18 @@ class CalibrationResult:
     png: str
 
 
-def calibrate_run(run: Run, tta: int | str = 0, combine: Combine = "mean", progress: bool = True) -> CalibrationResult:
-    """Fits temperature scaling (and a per-class bias when cross-validation says it helps) on the run's validation
-    split, stores it as ``calibration.json`` (used from then on by evaluate, predict and ensemble for the same
-    TTA setting) and draws ``reliability.png``."""
+def calibrate_run(
+    run: Any, tta: int | str = 0, combine: Combine = "mean", progress: bool = True, data: str | None = None
+) -> CalibrationResult:
+    """Fits temperature scaling (and a per-class bias when cross-validation says it helps) on a predictor's
+    validation split (or the labelled folder ``data``: :func:`scoring_set`), stores it as ``calibration.json`` in its
+    folder (used from then on by evaluate, predict and ensemble for the same TTA setting) and draws
+    ``reliability.png``."""
     from deepsea.calibration import choose_calibration, expected_calibration_error
     from deepsea.plots import save_reliability_png
 
-    val = validation_set(run.workdir)
-    raw = run_probs(run, val.paths, tta, combine, progress, calibrated=False)
+    val = scoring_set(run, data)
+    raw = predictor_probs(run, val.paths, tta, combine, progress, calibrated=False)
     calibration, scores = choose_calibration(raw, val.labels)
     after = calibration.apply(raw)
     record = {"calibration": calibration.to_dict(), "tta": tta, "combine": combine, "checkpoint": run.key}
@@ -446,14 +363,20 @@ class ThresholdResult:
 
 
 def threshold_run(
-    run: Run, target_precision: float, tta: int | str = 0, combine: Combine = "mean", progress: bool = True
+    run: Any,
+    target_precision: float,
+    tta: int | str = 0,
+    combine: Combine = "mean",
+    progress: bool = True,
+    data: str | None = None,
 ) -> ThresholdResult:
-    """Chooses per-class thresholds for ``target_precision`` on the run's (calibrated, if it is) validation
-    predictions and stores them as ``thresholds.json`` for ``predict --thresholds``."""
+    """Chooses per-class thresholds for ``target_precision`` on a predictor's (calibrated, if it is) validation
+    predictions (or those of the labelled folder ``data``) and stores them as ``thresholds.json`` in its folder for
+    ``predict --thresholds``."""
     from deepsea.calibration import UNCLASSIFIED, apply_thresholds, fit_thresholds
 
-    val = validation_set(run.workdir)
-    probs = run_probs(run, val.paths, tta, combine, progress)
+    val = scoring_set(run, data)
+    probs = predictor_probs(run, val.paths, tta, combine, progress)
     truth = np.asarray(run.classes)[val.labels]
 
     def scored(idx: np.ndarray, thresholds: Thresholds) -> tuple[np.ndarray, np.ndarray]:
@@ -485,28 +408,52 @@ def threshold_run(
 
 @dataclasses.dataclass(frozen=True)
 class RunEvaluation:
-    """A run's validation scores, plain and with each TTA setting asked for, and the last setting's predictions."""
+    """A predictor's scores, plain and with each TTA setting asked for (and a fused run's members beside it), and
+    the last setting's predictions; a fused run asked without labelled data gives the cross-validated scores it
+    was fitted with (no predictions)."""
 
-    run: Run
+    run: Any
     rows: tuple[Evaluation, ...]
-    probs: np.ndarray
-    labels: np.ndarray
+    probs: np.ndarray | None
+    labels: np.ndarray | None
 
 
-def labelled_set(workdir: str, root: str) -> ValidationSet:
-    """Every image of the labelled folder ``root`` (another than the run's: a held-aside test folder), with the
-    run's class mapping, labelled by the run's class indices; it may lack some of the run's classes (rare ones),
-    but a class the run does not know is an error."""
-    folder = rundir.apply_class_map(workdir, scan_labelled_folder(root))
-    classes = rundir.load_json(os.path.join(workdir, "classes.json"))
+def labelled_set(predictor: Any, root: str) -> ValidationSet:
+    """Every image of the labelled folder ``root`` (a held-aside test folder, say), with the predictor's class
+    mapping, labelled by its class indices; it may lack some of the predictor's classes (rare ones), but a class the
+    predictor does not know is an error."""
+    from deepsea.data import map_classes
+
+    folder = scan_labelled_folder(root)
+    if predictor.class_map:
+        folder = map_classes(folder, predictor.class_map)
+    classes = list(predictor.classes)
     unknown = sorted(set(folder.classes) - set(classes))
     if unknown:
         raise rundir.RunDataMismatch(
-            f"{root!r} has {len(unknown)} class(es) that run {workdir!r} was not trained on: {unknown[:5]}"
+            f"{root!r} has {len(unknown)} class(es) that {predictor.workdir!r} was not trained on: {unknown[:5]}"
         )
     index = np.array([classes.index(c) for c in folder.classes], np.int32)
     assert folder.labels is not None
     return ValidationSet(tuple(folder.paths), index[folder.labels], tuple(classes))
+
+
+class NoValidationSplit(ValueError):
+    """A predictor without a validation split of its own was asked to score, calibrate or threshold on one."""
+
+
+def scoring_set(predictor: Any, data: str | None = None) -> ValidationSet:
+    """The labelled images to score, calibrate or choose thresholds on: every image of the labelled folder
+    ``data``, or the validation split of the run the predictor is (an exported model and a fused run have none
+    of their own: a fused run was fitted on its members')."""
+    if data is not None:
+        return labelled_set(predictor, data)
+    if predictor.validation_split is None:
+        raise NoValidationSplit(
+            f"{predictor.workdir} has no validation split of its own: give a labelled folder of images it was "
+            "neither trained nor fitted on (--data DIR; deepsea holdout sets one aside)"
+        )
+    return validation_set(predictor.validation_split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -545,20 +492,30 @@ def per_class_recall(workdir: str, probs: np.ndarray, labels: np.ndarray) -> Per
 
 
 def evaluate_run(
-    run: Run, tta: int | str = 0, combine: Combine = "mean", progress: bool = True, data: str | None = None
+    run: Any, tta: int | str = 0, combine: Combine = "mean", progress: bool = True, data: str | None = None
 ) -> RunEvaluation:
-    """Scores ``run`` on its validation split (or every image of the labelled folder ``data``) without TTA
-    and, if ``tta`` is given, with it; a setting the run has a calibration for is scored calibrated (its label
-    says so)."""
-    val = validation_set(run.workdir) if data is None else labelled_set(run.workdir, data)
+    """Scores any predictor on its validation split (or every image of the labelled folder ``data``) without TTA
+    and, if ``tta`` is given, with it (a fused run: with its own setting, and its members' blend beside it); a
+    setting it has a calibration for is scored calibrated (its label says so)."""
+    fitted = getattr(run, "fitted_scores", None)
+    if data is None and run.validation_split is None and fitted:
+        return RunEvaluation(run, tuple(fitted), None, None)
+    val = scoring_set(run, data)
+    settings = [run.fixed_tta] if run.fixed_tta is not None else [0] + ([tta] if tta else [])
     rows, probs = [], None
-    for n in [0] + ([tta] if tta else []):
-        calibration = run_calibration(run, n, combine, warn=False)
-        probs = run_probs(run, val.paths, n, combine, progress, calibrated=False)
+    step = getattr(run, "step", None)
+    for n in settings:
+        calibration = predictor_calibration(run, n, combine, warn=False)
+        probs = predictor_probs(run, val.paths, n, combine, progress, calibrated=False)
         label = "plain" if n == 0 else "TenCrop" if n == "tencrop" else f"TTA {n}"
+        label = label if run.fixed_tta is None else "fused"
         if calibration is not None:
             probs, label = calibration.apply(probs), f"{label} calibrated"
-        rows.append(dataclasses.replace(evaluate_probs(probs, val.labels, label), step=run.step))
+        rows.append(dataclasses.replace(evaluate_probs(probs, val.labels, label), step=step))
+    reference = getattr(run, "reference_probs", None)
+    if reference is not None:  # what a fused run starts from: its members' blend
+        label, ref = reference(val.paths, progress)
+        rows.append(evaluate_probs(ref, val.labels, label))
     assert probs is not None
     return RunEvaluation(run, tuple(rows), probs, val.labels)
 
@@ -609,7 +566,7 @@ def _member_validation(
     """A member's predictions for the blend's validation ``paths``: a single run's own, or for a bagged group
     (``a+b+c``) each image's mean over the runs that did not train on it (out of bag), and which images have
     such a run."""
-    probs = np.stack([run_probs(r, paths, tta, combine) for r in group])
+    probs = np.stack([predictor_probs(r, paths, tta, combine) for r in group])
     if len(group) == 1:
         return probs[0], np.ones(len(paths), bool)
     trained = [_train_paths(r.workdir) for r in group]
@@ -638,16 +595,27 @@ def ensemble_runs(
     validation images are each image's mean over the runs that did not train on it (out of bag), and the
     weights are fitted on the images that every group has such a run for."""
     from deepsea.ensemble import blend, cross_validated_selection
+    from deepsea.predictor import load_predictor
 
     groups = [tuple(w.split("+")) for w in workdirs]
-    runs = [[restore_run(w, checkpoint, precision=precision) for w in g] for g in groups]
+    runs = [[load_predictor(w, checkpoint, precision) for w in g] for g in groups]
     flat = [r for g in runs for r in g]
     if any(r.classes != flat[0].classes for r in flat):
         raise EnsembleError("the runs were trained on different class lists")
-    singles_at = [i for i, g in enumerate(groups) if len(g) == 1]
+    splitless = [r.workdir for r in flat if r.validation_split is None]
+    if splitless and not uniform:
+        raise EnsembleError(
+            f"{splitless[0]} has no validation split of its own, so blend weights cannot be fitted: use --uniform"
+        )
+    if splitless:  # a uniform average of any predictors: nothing to score them on
+        if not images:
+            raise EnsembleError("a uniform blend of models without validation splits needs --images to predict")
+        singles_at: list[int] = []
+    else:
+        singles_at = [i for i, g in enumerate(groups) if len(g) == 1]
     vals = {w: validation_set(w) for w in (groups[i][0] for i in singles_at)}
-    base = vals[groups[singles_at[0]][0]] if singles_at else validation_set(groups[0][0])
-    same_split = all(v.paths == base.paths for v in vals.values())
+    base = None if splitless else vals[groups[singles_at[0]][0]] if singles_at else validation_set(groups[0][0])
+    same_split = base is not None and all(v.paths == base.paths for v in vals.values())
     if not same_split and not uniform:
         raise EnsembleError(
             "the runs have different validation splits, so blend weights cannot be fitted; "
@@ -679,7 +647,7 @@ def ensemble_runs(
         strictest = max((r.preprocess for r in flat), key=lambda pp: pp.channels)
         folder, skipped = _checked_images(images, skip_bad, strictest)
         paths = list(folder.paths)
-        probs = np.stack([np.mean([run_probs(r, paths, tta, combine) for r in runs[i]], 0) for i in chosen])
+        probs = np.stack([np.mean([predictor_probs(r, paths, tta, combine) for r in runs[i]], 0) for i in chosen])
         test = Prediction(folder.names, flat[0].classes, blend(probs, weights), skipped)
     return EnsembleResult(tuple(workdirs), singles, tuple(chosen), weights, validation, cv, test)
 

@@ -27,8 +27,7 @@ import numpy as np
 from deepsea.calibration import UNCLASSIFIED, Thresholds, apply_thresholds
 from deepsea.data import BadImageError, FolderError
 from deepsea.data.images import IMAGE_EXTENSIONS
-from deepsea.data.pipeline import read_input, tta_batches
-from deepsea.tta import combine_probs, transforms_for
+from deepsea.data.pipeline import read_input
 
 __all__ = ["StreamResult", "csv_to_ecotaxa", "csv_to_parquet", "list_images", "predict_tree"]
 
@@ -106,8 +105,8 @@ def predict_tree(
     progress: bool = True,
     stop_after_chunks: int | None = None,
 ) -> StreamResult:
-    """Predicts every image under ``root`` with ``run`` (a :class:`deepsea.inference.Run` or an exported
-    :class:`deepsea.export.ExportedModel`) into the CSV ``out``; resumes a killed call with the same arguments.
+    """Predicts every image under ``root`` with ``run`` (any :class:`deepsea.predictor.Predictor`: a run, an
+    exported model, a fused run) into the CSV ``out``; resumes a killed call with the same arguments.
     ``stop_after_chunks``: stop as if killed (for tests).
 
     With several JAX processes (``jax.distributed``), process ``p`` of ``P`` predicts the ``p``-th contiguous share
@@ -181,13 +180,14 @@ def _predict_list(
     """Predicts the images ``rel`` (relative to ``root``) into the CSV ``out``, resuming a killed call."""
     from tqdm.auto import tqdm
 
-    from deepsea.inference import run_calibration, submission_header, submission_rows
+    from deepsea.inference import submission_header, submission_rows
+    from deepsea.predictor import check_tta, predictor_calibration, predictor_probs
 
+    check_tta(run, tta)
     classes = list(run.classes)
-    transforms = transforms_for(tta, run.preprocess.size, run.tta_ranges)
-    calibration = run_calibration(run, tta, combine)
+    predictor_calibration(run, tta, combine)  # warns now, once, if a calibration does not fit this setting
     key = hashlib.sha256(
-        json.dumps([rel, run.workdir, run.key, str(tta), combine, top, thresholds is not None, chunk]).encode()
+        json.dumps([rel, run.workdir, run.cache_key, str(tta), combine, top, thresholds is not None, chunk]).encode()
     ).hexdigest()
     state_path = f"{out}.state.json"
     done_chunks, skipped, written, labelled = 0, [], 0, 0
@@ -201,7 +201,6 @@ def _predict_list(
                 f.truncate(state["bytes"])  # whatever a killed chunk had begun to write
     resumed_from = written
     mode = "a" if done_chunks else "w"
-    bs = run.batch_size
     t0 = time.perf_counter()
     with (
         open(out, mode, newline="") as f,
@@ -216,14 +215,8 @@ def _predict_list(
             good, images, bad = _decode(root, part, run.preprocess, skip_bad, pool)
             skipped += bad
             if good:
-                per = np.empty((len(transforms), len(good), len(classes)), np.float32)
                 paths = [os.path.join(root, r) for r in good]
-                for t, start, batch in tta_batches(paths, run.preprocess, transforms, bs, images=images):
-                    k = int(batch["mask"].sum())
-                    per[t, start : start + k] = run.predict_batch(batch)[:k]
-                probs = combine_probs(per, combine)  # type: ignore[arg-type]
-                if calibration is not None:
-                    probs = calibration.apply(probs)
+                probs = predictor_probs(run, paths, tta, combine, False, True, images, cache=False)
                 labels = apply_thresholds(probs, classes, thresholds) if thresholds is not None else None
                 labelled += len(good) if labels is None else sum(lab != UNCLASSIFIED for lab in labels)
                 w.writerows(submission_rows(good, classes, probs, top, labels))

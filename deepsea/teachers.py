@@ -58,24 +58,22 @@ def blend_runs(
     checkpoint: str = "best",
     precision: str | None = None,
 ) -> tuple[list[Any], np.ndarray]:
-    """The restored runs of a blend and their weights: ``"fitted"`` (:func:`deepsea.inference.ensemble_runs` on
-    the runs' shared validation split, models chosen by cross-validation; one run has weight 1) or
-    ``"uniform"``."""
-    from deepsea.inference import ensemble_runs, restore_run
+    """The predictors of a blend (runs, exported models or fused runs: :func:`deepsea.predictor.load_predictor`)
+    and their weights: ``"fitted"`` (:func:`deepsea.inference.ensemble_runs` on the runs' shared validation split,
+    models chosen by cross-validation; one predictor has weight 1) or ``"uniform"``."""
+    from deepsea.inference import ensemble_runs
+    from deepsea.predictor import load_predictor
 
     if weights not in ("fitted", "uniform"):
         raise ValueError(f"weights must be 'fitted' or 'uniform', got {weights!r}")
     if not workdirs:
         raise ValueError("no runs given")
-    for w in workdirs:
-        if not os.path.isfile(os.path.join(w, "config.json")):
-            raise FileNotFoundError(f"{w!r} is not a run folder (no config.json)")
     if len(workdirs) == 1:
         chosen, w = (0,), np.ones(1)
     else:
         blend = ensemble_runs(workdirs, checkpoint, tta, combine, uniform=weights == "uniform", precision=precision)  # type: ignore[arg-type]
         chosen, w = blend.chosen, np.asarray(blend.weights, np.float64)
-    runs = [restore_run(workdirs[i], checkpoint, precision=precision) for i in chosen]
+    runs = [load_predictor(workdirs[i], checkpoint, precision) for i in chosen]
     if any(r.classes != runs[0].classes for r in runs):
         raise ValueError("the runs were trained on different class lists")
     return runs, w
@@ -85,10 +83,10 @@ def blend_probs(
     runs: Sequence[Any], weights: np.ndarray, paths: Sequence[str], tta: int | str, combine: str, progress: bool
 ) -> np.ndarray:
     """The weighted mean of the runs' (cached, calibrated, TTA-combined) probabilities for ``paths``, float64."""
-    from deepsea.inference import run_probs
+    from deepsea.predictor import predictor_probs
 
     probs = sum(
-        wi * run_probs(r, list(paths), tta, combine, progress)  # type: ignore[arg-type]
+        wi * predictor_probs(r, list(paths), tta, combine, progress)  # type: ignore[arg-type]
         for wi, r in zip(weights, runs, strict=True)
     )
     probs = np.asarray(probs, np.float64)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -125,7 +126,7 @@ def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
     assert len((tmp_path / "x.csv").read_text().splitlines()) == 13
     out = cli("predict", "--workdir", run, "--images", str(tmp_path / "nowhere"), "--out", "y.csv", rc=2)
     assert "nowhere" in out
-    assert "no config.json" in cli("evaluate", "--workdir", str(tmp_path / "flat"), rc=2)
+    assert "neither a run (config.json)" in cli("evaluate", "--workdir", str(tmp_path / "flat"), rc=2)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def test_students_learn_from_pseudo_labels_and_a_teacher(cli, trained_run, tmp_p
     assert "best validation" in out
     out = cli("train", *student, "--set", f"data.distill={teacher}", "--workdir", str(tmp_path / "s2"))
     assert "best validation" in out
-    assert "no config.json" in cli("pseudolabel", str(flat), "--images", str(flat), "--out", pseudo, rc=2)
+    assert "neither a run (config.json)" in cli("pseudolabel", str(flat), "--images", str(flat), "--out", pseudo, rc=2)
     leak = str(tmp_path / "leak.npz")
     cli("pseudolabel", run, "--images", split["root"], "--out", leak)
     out = cli("train", *student, "--set", f"data.pseudo_labels={leak}", "--workdir", str(tmp_path / "s3"), rc=2)
@@ -214,9 +215,17 @@ def test_scoring_on_a_held_aside_folder_and_late_fusion(cli, trained_run, tmp_pa
     cli("predict", "--workdir", fused, "--images", str(flat), "--out", str(tmp_path / "fused.csv"))
     names = read_submission(str(tmp_path / "fused.csv"))[0]
     assert sorted(names) == names and len(names) == 12
-    assert "not for a fused run" in cli(
+    # a fused run is a predictor like any other: it streams, takes thresholds chosen for it on held-aside images
+    assert "has no thresholds" in cli(
         "predict", "--workdir", fused, "--images", str(flat), "--out", "f.csv", "--thresholds", rc=2
     )
+    assert "no validation split of its own" in cli("thresholds", "--workdir", fused, "--target-precision", "0.1", rc=2)
+    cli("thresholds", "--workdir", fused, "--target-precision", "0.1", "--data", str(held))
+    cli("predict", "--workdir", fused, "--images", str(flat), "--out", str(tmp_path / "f.csv"), "--thresholds")
+    header = (tmp_path / "f.csv").read_text().splitlines()[0].split(",")
+    assert header[-1] == "label" and read_submission(str(tmp_path / "f.csv"))[0] == names
+    fixed = cli("predict", "--workdir", fused, "--images", str(flat), "--out", "g.csv", "--tta", "2", rc=2)
+    assert "fused with" in fixed
     (held / "zzz_unknown").mkdir()
     os.symlink(os.path.join(split["root"], split["validation"][0]), held / "zzz_unknown" / "a.jpg")
     assert "not trained on: ['zzz_unknown']" in cli("evaluate", "--workdir", run, "--data", str(held), rc=2)
@@ -250,10 +259,24 @@ def test_exported_model_predicts_like_its_run(cli, trained_run, tmp_path):
     np.testing.assert_allclose(probs_m, probs_r, atol=1e-5)  # oneDNN and XLA sum the convolutions differently
     labels = lambda p: [r.split(",")[-5] for r in p.read_text().splitlines()[1:]]  # noqa: E731
     assert labels(tmp_path / "m.csv") == labels(tmp_path / "r.csv")
-    assert "does not apply to an exported model" in cli(
+    assert "its precision was fixed when it was exported" in cli(
         "predict", "--model", str(model_dir), "--out", "z.csv", "--images", str(flat), "--precision", "float32", rc=2
     )
-    assert "model.jax is missing" in cli("predict", "--model", str(flat), "--out", "z.csv", "--images", str(flat), rc=2)
+    assert "neither a run" in cli("predict", "--model", str(flat), "--out", "z.csv", "--images", str(flat), rc=2)
+    (model_dir / "params.npz").rename(model_dir / "p.npz")
+    assert "params.npz is missing" in cli("evaluate", "--workdir", str(model_dir), rc=2)
+    (model_dir / "p.npz").rename(model_dir / "params.npz")
+    # an exported model evaluates and calibrates like a run, on a labelled folder (it keeps no validation split)
+    assert "no validation split of its own" in cli("evaluate", "--workdir", str(model_dir), rc=2)
+    data = json.loads(Path(run, "split.json").read_text())["root"]
+    score = lambda out: [float(x) for x in out.splitlines()[2].split()[-3:]]  # noqa: E731
+    by_run = score(cli("evaluate", "--workdir", run, "--data", data))  # the run's calibration applies
+    by_model = score(cli("evaluate", "--workdir", str(model_dir), "--data", data))
+    np.testing.assert_allclose(by_model, by_run, atol=1e-4)
+    cli("calibrate", "--workdir", str(model_dir), "--data", data)
+    assert (model_dir / "calibration.json").exists() and (model_dir / "reliability.png").exists()
+    refit = score(cli("evaluate", "--workdir", str(model_dir), "--data", data))
+    assert refit[0] <= by_model[0] + 1e-6  # fitted on these very images: no worse there
     restored = restore_run(run)
     mc = restored.config.model
     mc.conv_impl, mc.max_pool_impl = "xla", "slices"
@@ -311,8 +334,12 @@ def test_every_error_is_a_message_not_a_traceback(cli, tmp_path):
 )
 def test_params_for_every_experiment(cli, experiment):
     out = cli("params", experiment)
-    total = int(out.strip().splitlines()[-1].split()[-1].replace(",", ""))
+    lines = out.strip().splitlines()
+    total = int(next(ln for ln in lines if ln.startswith("total")).split()[-1].replace(",", ""))
     assert total > 0
+    costs = re.findall(r"([\d,.]+) (?:training|prediction)", lines[-1])
+    train, step, predict = (float(x.replace(",", "")) for x in costs)
+    assert 0 < train and step == pytest.approx(3 * train, rel=1e-3) and predict >= train
     if experiment == "convroll4":
         assert total == 15_600_105  # the published table
 
@@ -320,7 +347,7 @@ def test_params_for_every_experiment(cli, experiment):
 @pytest.mark.parametrize("model", ["resnet50", "resnext50", "plain", "rollnet"])  # cp8, multiscale: experiments
 def test_params_for_every_model(cli, model):
     out = cli("params", "convroll4", "--set", f"model.name={model}", "--set", "model.width=0.25")
-    assert out.strip().splitlines()[-1].startswith("total")
+    assert out.strip().splitlines()[-2].startswith("total") and "MFLOP per image" in out
 
 
 def test_a_model_that_does_not_fit_its_inputs_is_a_message(cli):

@@ -11,9 +11,10 @@ from deepsea import metrics as M
 from deepsea.data import AugmentParams, Preprocess, Rescale, eval_batches, scan_labelled_folder
 from deepsea.data.synthetic import make_synthetic
 from deepsea.ensemble import blend, cross_validated_selection, fit_blend_weights
-from deepsea.inference import cached_tta_probs, predict_probs, read_submission, tta_probs, write_submission
+from deepsea.inference import predict_probs, read_submission, tta_probs, write_submission
 from deepsea.models import tiny_rollnet
 from deepsea.plots import save_confusion_png
+from deepsea.predictor import cached_probs
 from deepsea.tta import combine_probs, identity_transforms, transforms_for
 
 
@@ -166,16 +167,26 @@ def test_tta_batches_name_an_unreadable_image_and_stop(tiny_run, tmp_path):
 
 
 def test_tta_predictions_are_cached(tiny_run, tmp_path):
-    folder, model, variables, pp = tiny_run
-    first = cached_tta_probs(str(tmp_path), "best:1", model, variables, folder.paths, pp, 3, 8, progress=False)
+    import dataclasses
+
+    from deepsea.tta import transforms_for
+
+    folder = tiny_run[0]
+    run = _tiny_run_object(tiny_run, tmp_path)
+    first = cached_probs(run, folder.paths, transforms_for(3, 23), progress=False)
     assert first.shape == (3, len(folder), len(folder.classes))
     assert len(os.listdir(tmp_path / "predictions")) == 1
-    # the second call reads the file: no model needed
-    again = cached_tta_probs(str(tmp_path), "best:1", None, None, folder.paths, pp, 3, 8, progress=False)
-    np.testing.assert_array_equal(first, again)
+    # the second call reads the file: a model that cannot predict is not asked
+    unusable = dataclasses.replace(run, model=None, variables=None)
+    np.testing.assert_array_equal(first, cached_probs(unusable, folder.paths, transforms_for(3, 23), progress=False))
     # another checkpoint is another entry
-    cached_tta_probs(str(tmp_path), "best:2", model, variables, folder.paths, pp, 3, 8, progress=False)
+    cached_probs(dataclasses.replace(run, step=2), folder.paths, transforms_for(3, 23), progress=False)
     assert len(os.listdir(tmp_path / "predictions")) == 2
+    # a model folder where the cache cannot be written (read-only; here a file in the way): predicted, not cached
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "predictions").write_text("in the way")
+    ro = cached_probs(_tiny_run_object(tiny_run, tmp_path / "ro"), folder.paths, transforms_for(3, 23), progress=False)
+    np.testing.assert_array_equal(ro, first)
 
 
 def test_tta_ranges_never_exceed_the_training_ranges():
@@ -226,8 +237,9 @@ def test_tencrop_is_five_crops_of_the_enlarged_image_and_their_mirrors(rng):
 def test_tencrop_predictions_through_the_cache(tiny_run, tmp_path):
     from deepsea.tta import transforms_for
 
-    folder, model, variables, pp = tiny_run
-    per = cached_tta_probs(str(tmp_path), "best:1", model, variables, folder.paths, pp, "tencrop", 8, progress=False)
+    folder = tiny_run[0]
+    run = _tiny_run_object(tiny_run, tmp_path)
+    per = cached_probs(run, folder.paths, transforms_for("tencrop", 23), progress=False)
     assert per.shape == (10, len(folder), len(folder.classes))
     np.testing.assert_allclose(per.sum(-1), 1.0, rtol=1e-5)
     assert len(transforms_for(0, 23)) == 1 and len(transforms_for(5, 23)) == 5

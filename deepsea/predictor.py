@@ -1,0 +1,225 @@
+"""One way to predict for every kind of model: a trained run, an exported model folder, a fused run.
+
+A :class:`Predictor` has the classes, the preprocessing, the TTA ranges, the calibration and thresholds fitted for
+it, the keys that name its predictions, and ``probs(paths, transforms) -> (T, N, K)``.  Runs
+(:class:`deepsea.inference.Run`) and exported models (:class:`deepsea.export.ExportedModel`) compute it with the
+one batch loop here (:func:`batch_probs`); a fused run (:class:`deepsea.fusion.FusedRun`) predicts with the TTA
+setting its members were fused with (``fixed_tta``).  Everything above this module (evaluate, predict, calibrate,
+thresholds, ensemble, pseudo-labels, fusion) takes any predictor through :func:`predictor_probs`;
+:func:`load_predictor` decides the kind of a path in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from deepsea.calibration import Calibration
+from deepsea.data import AugmentParams, AugmentRanges, Preprocess, tta_batches
+from deepsea.tta import Combine, combine_probs, transforms_for
+
+__all__ = [
+    "Predictor",
+    "batch_probs",
+    "cached_probs",
+    "check_tta",
+    "load_predictor",
+    "predictor_calibration",
+    "predictor_kind",
+    "predictor_probs",
+]
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What every kind of model offers prediction."""
+
+    workdir: str  # its folder: the prediction cache and the calibration and thresholds fitted for it
+    classes: tuple[str, ...]
+    preprocess: Preprocess
+    tta_ranges: AugmentRanges
+    batch_size: int
+    calibration: dict | None  # {"calibration": ..., "tta": ..., "combine": ..., "checkpoint": key}
+    thresholds: dict | None
+    key: str  # the checkpoint it predicts with: what a calibration or thresholds were fitted for
+    cache_key: str  # names its predictions in the cache (two predictors with one key may round differently)
+    fixed_tta: int | str | None  # the only TTA setting it predicts with (a fused run), or None for any
+
+    def probs(
+        self,
+        paths: Sequence[str],
+        transforms: Sequence[AugmentParams],
+        images: Sequence[np.ndarray] | None = None,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """Probabilities ``(T, N, K)`` (float32) of the images ``paths`` (decoded already: ``images``) under each
+        of the ``T`` ``transforms``."""
+        ...
+
+
+def batch_probs(
+    predict_batch: Callable[[dict[str, np.ndarray]], Any],
+    paths: Sequence[str],
+    pp: Preprocess,
+    transforms: Sequence[AugmentParams],
+    batch_size: int,
+    images: Sequence[np.ndarray] | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """The batch loop every predictor shares: ``(T, N, K)`` probabilities of ``paths`` under ``transforms``, each
+    image decoded once (or taken from ``images``) and warped on a thread beside the predictions
+    (:func:`deepsea.data.tta_batches`); ``predict_batch`` maps one padded batch of model inputs to probabilities."""
+    from tqdm.auto import tqdm
+
+    if not paths or not transforms:
+        raise ValueError(f"nothing to predict: {len(paths)} images, {len(transforms)} transforms")
+    out: np.ndarray | None = None
+    desc = f"TTA x{len(transforms)}" if len(transforms) > 1 else "predict"
+    with tqdm(total=len(transforms) * len(paths), desc=desc, unit="img", disable=not progress) as bar:
+        for t, start, batch in tta_batches(paths, pp, transforms, batch_size, images=images):
+            probs = np.asarray(predict_batch(batch))
+            if out is None:
+                out = np.empty((len(transforms), len(paths), probs.shape[-1]), np.float32)
+            k = int(batch["mask"].sum())
+            out[t, start : start + k] = probs[:k]
+            bar.update(k)
+    assert out is not None
+    return out
+
+
+def _cache_file(predictor: Predictor, paths: Sequence[str], transforms: Sequence[AugmentParams]) -> str:
+    h = hashlib.sha256()
+    h.update(predictor.cache_key.encode())
+    for p in paths:
+        h.update(os.path.abspath(p).encode() + b"\0")
+    h.update(json.dumps([dataclasses.asdict(t) for t in transforms]).encode())
+    return os.path.join(predictor.workdir, "predictions", f"{h.hexdigest()[:16]}.npz")
+
+
+def cached_probs(
+    predictor: Predictor, paths: Sequence[str], transforms: Sequence[AugmentParams], progress: bool = True
+) -> np.ndarray:
+    """``predictor.probs(paths, transforms)``, kept in ``<workdir>/predictions/<key>.npz`` (the key hashes the
+    predictor's cache key, the image paths and the transforms) where the folder is writable, so that a second
+    evaluation, a prediction or an ensemble reuses them."""
+    path = _cache_file(predictor, paths, transforms)
+    if os.path.exists(path):
+        with np.load(path) as f:
+            return f["probs"]
+    probs = np.asarray(predictor.probs(paths, transforms, progress=progress), np.float32)
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{path}.tmp.{os.getpid()}.npz"
+        np.savez_compressed(tmp, probs=probs)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only model folder: predict without the cache
+        log.info("predictions not cached in %s: %s", folder, e)
+    return probs
+
+
+def predictor_calibration(
+    predictor: Predictor, tta: int | str = 0, combine: Combine = "mean", warn: bool = True
+) -> Calibration | None:
+    """The predictor's calibration if it was fitted for predictions made this way (a temperature fitted on plain
+    predictions does not fit 70-transform averages); None, with a warning, if it was fitted for another way."""
+    if predictor.calibration is None:
+        return None
+    fitted = (predictor.calibration["tta"], predictor.calibration["combine"], predictor.calibration["checkpoint"])
+    if fitted != (tta, combine, predictor.key):
+        if warn:
+            log.warning(
+                "%s: the calibration was fitted for tta=%s, combine=%s, checkpoint %s; these predictions use "
+                "tta=%s, combine=%s, checkpoint %s: not applied (run deepsea calibrate again)",
+                predictor.workdir, *fitted, tta, combine, predictor.key,
+            )  # fmt: skip
+        return None
+    return Calibration.from_dict(predictor.calibration["calibration"])
+
+
+def check_tta(predictor: Predictor, tta: int | str) -> None:
+    """Refuses a TTA setting a predictor cannot predict with (a fused run predicts with its members')."""
+    if predictor.fixed_tta is not None and tta != predictor.fixed_tta:
+        raise ValueError(
+            f"{predictor.workdir} predicts with the TTA its members were fused with (--tta {predictor.fixed_tta}), "
+            f"not --tta {tta}"
+        )
+
+
+def predictor_probs(
+    predictor: Predictor,
+    paths: Sequence[str],
+    tta: int | str = 0,
+    combine: Combine = "mean",
+    progress: bool = True,
+    calibrated: bool = True,
+    images: Sequence[np.ndarray] | None = None,
+    cache: bool = True,
+) -> np.ndarray:
+    """``(N, K)`` probabilities of ``predictor`` for ``paths``: combined over ``tta`` transforms (``0``: the plain
+    rescale; ``N`` Halton transforms in its TTA ranges; ``"tencrop"``), cached (``cache``; not when ``images`` are
+    given: a stream's chunks are not worth keeping), and calibrated (``calibrated``) when it has a calibration
+    fitted for this setting."""
+    check_tta(predictor, tta)
+    transforms = (
+        transforms_for(0, predictor.preprocess.size)
+        if predictor.fixed_tta is not None
+        else transforms_for(tta, predictor.preprocess.size, predictor.tta_ranges)
+    )
+    if cache and images is None:
+        per = cached_probs(predictor, paths, transforms, progress)
+    else:
+        per = predictor.probs(paths, transforms, images=images, progress=progress)
+    probs = combine_probs(per, combine)
+    calibration = predictor_calibration(predictor, tta, combine) if calibrated else None
+    return probs if calibration is None else calibration.apply(probs)
+
+
+def predictor_kind(path: str) -> str:
+    """``"fused"`` (a ``fused.json``), ``"exported"`` (``model.json``) or ``"run"`` (``config.json``); an error
+    naming the path for anything else."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path!r} is not a folder: give a run folder, an exported model or a fused run")
+    for name, kind in (("fused.json", "fused"), ("model.json", "exported"), ("config.json", "run")):
+        if os.path.isfile(os.path.join(path, name)):
+            return kind
+    raise FileNotFoundError(
+        f"{path!r} is neither a run (config.json), an exported model (model.json) nor a fused run (fused.json)"
+    )
+
+
+def load_predictor(
+    path: str, checkpoint: str = "best", precision: str | None = None, orbit_average: str | None = None
+) -> Predictor:
+    """The predictor in the folder ``path``, whatever its kind (:func:`predictor_kind`).  ``checkpoint``,
+    ``precision`` and ``orbit_average`` choose how a run (and a fused run's members) predicts; an exported model
+    was fixed when it was exported, so they are errors there unless left at their defaults."""
+    kind = predictor_kind(path)
+    if kind == "exported":
+        given = [n for n, v in (("precision", precision), ("orbit average", orbit_average)) if v is not None]
+        given += [] if checkpoint == "best" else ["checkpoint"]
+        if given:
+            raise ValueError(f"{path} is an exported model: its {', '.join(given)} was fixed when it was exported")
+        from deepsea.export import load_model
+
+        return load_model(path)
+    if kind == "fused":
+        given = [n for n, v in (("precision", precision), ("orbit average", orbit_average)) if v is not None]
+        given += [] if checkpoint == "best" else ["checkpoint"]
+        if given:
+            raise ValueError(f"{path} is a fused run: its members' {', '.join(given)} was fixed when they were fused")
+        from deepsea.fusion import load_fused
+
+        return load_fused(path)
+    from deepsea.inference import restore_run
+
+    return restore_run(path, checkpoint, orbit_average, precision)
