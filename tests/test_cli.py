@@ -91,7 +91,7 @@ def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
     assert "T = " in out and "ECE" in out and Path(run, "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads(Path(run, "calibration.json").read_text())["tta"] == 0
     assert "plain calibrated" in cli("evaluate", "--workdir", run)
-    assert "no thresholds.json" in cli(
+    assert "has no thresholds" in cli(
         "predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "t.csv"), "--thresholds", rc=2
     )
     assert "cross-validated" in cli("thresholds", "--workdir", run, "--target-precision", "0.5")
