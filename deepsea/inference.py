@@ -257,7 +257,7 @@ def restore_run(
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     config = rundir.load_config(workdir)
     classes = tuple(rundir.load_json(os.path.join(workdir, "classes.json")))
-    setup = create_train_state(config, len(classes))
+    setup = create_train_state(config, len(classes), abstract=True)  # shapes only: the checkpoint has the values
     latest, best = rundir.checkpoint_managers(workdir, config.train.keep_checkpoints)
     try:
         manager = best if which == "best" and best.latest_step() is not None else latest

@@ -145,7 +145,7 @@ class RollNet(nn.Module):
                 x = self.roll_layer(group=self.symmetry, implementation=self.roll_impl, name="roll")(x)
             x = self.view_pool_layer(group=self.symmetry, mode=self.view_pool_mode, name="view_pool")(x)
         if k > 1:  # pool over the rotated copies too: rms of rms over equal groups is the rms over all views
-            x = _pool_groups(x.reshape((k, x.shape[0] // k, *x.shape[1:])), self.view_pool_mode)
+            x = ops.pool_stack(x.reshape((k, x.shape[0] // k, *x.shape[1:])), self.view_pool_mode)
         if self.size_features:
             if raw_size is None:
                 raise ValueError("this model late-fuses the raw image size: pass raw_size=(B, 2) heights and widths")
@@ -165,14 +165,6 @@ def size_features(raw_size: jax.Array) -> jax.Array:
     """
     logs = jnp.log(raw_size.astype(jnp.float32))
     return jnp.stack([jnp.max(logs, axis=-1), jnp.min(logs, axis=-1)], axis=-1) - 4.0
-
-
-def _pool_groups(y: jax.Array, mode: str) -> jax.Array:
-    if mode == "max":
-        return jnp.max(y, axis=0)
-    if mode == "mean":
-        return jnp.mean(y, axis=0)
-    return jnp.sqrt(jnp.mean(y * y, axis=0) + 1e-12)
 
 
 class MultiscaleNet(nn.Module):

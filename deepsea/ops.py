@@ -45,6 +45,7 @@ __all__ = [
     "group_slice",
     "pad_amounts",
     "permute_views",
+    "pool_stack",
     "pooling_is_symmetric",
 ]
 
@@ -278,17 +279,26 @@ def group_pool(
     The mean and RMS are accumulated in at least float32 and returned in the input dtype.
     """
     g = get_group(group)
-    y = _split_views(x, g, f"{g.name}_pool")
+    return pool_stack(_split_views(x, g, f"{g.name}_pool"), mode, eps)
+
+
+def pool_stack(y: jax.Array, mode: PoolMode = "mean", eps: float = DEFAULT_RMS_EPS) -> jax.Array:
+    """Pools a stack ``(V, ...) -> (...)`` over its first axis as :func:`group_pool` pools views: the mean and RMS
+    accumulated in at least float32, returned in the input dtype, bitwise invariant to any order of the ``V``
+    entries (``V`` a power of two: the sorting network's)."""
+    n = y.shape[0]
+    if n & (n - 1) or n == 0:
+        raise ValueError(f"pooling sorts the {n} entries with a network for powers of two; got {n}")
     if mode == "max":
         return _view_max(y)
     if mode == "mean":
-        acc = jnp.promote_types(x.dtype, jnp.float32)
-        return (_view_sum(y.astype(acc)) / jnp.asarray(g.order, acc)).astype(x.dtype)
+        acc = jnp.promote_types(y.dtype, jnp.float32)
+        return (_view_sum(y.astype(acc)) / jnp.asarray(n, acc)).astype(y.dtype)
     if mode == "rms":
-        acc = jnp.promote_types(x.dtype, jnp.float32)
-        y = y.astype(acc)
-        ms = _view_sum(y * y) / jnp.asarray(g.order, acc)
-        return jnp.sqrt(ms + jnp.asarray(eps, acc)).astype(x.dtype)
+        acc = jnp.promote_types(y.dtype, jnp.float32)
+        z = y.astype(acc)
+        ms = _view_sum(z * z) / jnp.asarray(n, acc)
+        return jnp.sqrt(ms + jnp.asarray(eps, acc)).astype(y.dtype)
     raise ValueError(f"unknown pooling mode {mode!r}; expected 'mean', 'max' or 'rms'")
 
 

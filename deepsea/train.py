@@ -388,57 +388,59 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
     last_val: Evaluation | None = None
     bs = config.train.batch_size
     t_last, n_last = time.perf_counter(), 0
-    with (
-        train_batches(
-            source,
-            bs,
-            workers=config.data.workers,
-            start_step=start,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        ) as batches,
-        tqdm(total=steps, initial=start, desc=config.name, unit="step", disable=not progress) as bar,
-    ):
-        for step in range(start, steps):
-            state, m = train_step(state, put_batch(next(batches), mesh), rng)
-            done = step + 1
-            loss = float(m["loss"])
-            if not np.isfinite(loss) or loss > config.train.divergence_loss:
-                ckpt.wait_until_finished()
-                last = ckpt.latest_step()
-                where = (
-                    f"The last good checkpoint is step {last} in {os.path.join(workdir, 'checkpoints')}"
-                    if last is not None
-                    else "No checkpoint was saved before it"
-                )
-                raise TrainingDiverged(
-                    f"training loss is {loss} at step {done} (limit {config.train.divergence_loss}); stopped. "
-                    f"{where}; lower optim.lr, set optim.grad_clip, or check the data."
-                )
-            n_last += bs
-            bar.update(1)
-            if done % config.train.log_every == 0 or done == steps:
-                now = time.perf_counter()
-                rate = n_last / max(now - t_last, 1e-9)
-                t_last, n_last = now, 0
-                rec = {k: float(v) for k, v in m.items()}
-                if lead:
-                    rundir.append_metrics(workdir, {**rec, "step": done, "split": "train", "images_per_s": rate})
-                bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}", lr=f"{rec['lr']:.2g}")
-            if done % config.train.eval_every == 0 or done == steps:
-                last_val = run_eval(done)
-                if best is None or last_val.log_loss < best.log_loss:
-                    best = last_val
-                    rundir.save_state(best_mgr, done, state)
+    try:
+        with (
+            train_batches(
+                source,
+                bs,
+                workers=config.data.workers,
+                start_step=start,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            ) as batches,
+            tqdm(total=steps, initial=start, desc=config.name, unit="step", disable=not progress) as bar,
+        ):
+            for step in range(start, steps):
+                state, m = train_step(state, put_batch(next(batches), mesh), rng)
+                done = step + 1
+                loss = float(m["loss"])
+                if not np.isfinite(loss) or loss > config.train.divergence_loss:
+                    ckpt.wait_until_finished()
+                    last = ckpt.latest_step()
+                    where = (
+                        f"The last good checkpoint is step {last} in {os.path.join(workdir, 'checkpoints')}"
+                        if last is not None
+                        else "No checkpoint was saved before it"
+                    )
+                    raise TrainingDiverged(
+                        f"training loss is {loss} at step {done} (limit {config.train.divergence_loss}); stopped. "
+                        f"{where}; lower optim.lr, set optim.grad_clip, or check the data."
+                    )
+                n_last += bs
+                bar.update(1)
+                if done % config.train.log_every == 0 or done == steps:
+                    now = time.perf_counter()
+                    rate = n_last / max(now - t_last, 1e-9)
+                    t_last, n_last = now, 0
+                    rec = {k: float(v) for k, v in m.items()}
                     if lead:
-                        rundir.save_json(best_path, best.to_dict())
-                if lead:
-                    plot_metrics(workdir)
-                bar.write(f"step {done}: validation {last_val}")
-            if done % config.train.checkpoint_every == 0 or done == steps:
-                rundir.save_state(ckpt, done, state)
-            if stop_after is not None and done >= stop_after:
-                break
-    ckpt.close()
-    best_mgr.close()
+                        rundir.append_metrics(workdir, {**rec, "step": done, "split": "train", "images_per_s": rate})
+                    bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}", lr=f"{rec['lr']:.2g}")
+                if done % config.train.eval_every == 0 or done == steps:
+                    last_val = run_eval(done)
+                    if best is None or last_val.log_loss < best.log_loss:
+                        best = last_val
+                        rundir.save_state(best_mgr, done, state)
+                        if lead:
+                            rundir.save_json(best_path, best.to_dict())
+                    if lead:
+                        plot_metrics(workdir)
+                    bar.write(f"step {done}: validation {last_val}")
+                if done % config.train.checkpoint_every == 0 or done == steps:
+                    rundir.save_state(ckpt, done, state)
+                if stop_after is not None and done >= stop_after:
+                    break
+    finally:  # also when training diverges or is interrupted: the managers' threads end, pending saves finish
+        ckpt.close()
+        best_mgr.close()
     return TrainResult(workdir, last_val, best, state)

@@ -306,3 +306,18 @@ def test_16_bit_gradients_sum_in_float32_and_round_once(group, op, ref, in_shape
     want = (_linear_op_matrix(functools.partial(ref, g=group.name), shape).T @ ct.ravel()).reshape(shape)
     assert np.abs(want).max() > exact  # sums beyond the dtype's exact integers
     np.testing.assert_array_equal(np.asarray(got, np.float64), np.asarray(jnp.asarray(want, dtype), np.float64))
+
+
+@pytest.mark.parametrize("mode", ["mean", "rms", "max"])
+def test_pool_stack_accumulates_half_precision_in_float32_and_rounds_once(mode, rng):
+    """The pooling over cp8's rotated copies (a stack of 2) is group_pool's: float32 sums of bfloat16 values,
+    rounded once (a bfloat16 mean of squares rounds every product and the sum)."""
+    x = rng.standard_normal((2, 512)).astype(np.float32) * 8
+    xb = jnp.asarray(x, jnp.bfloat16)
+    got = np.asarray(ops.pool_stack(xb, mode).astype(jnp.float32))
+    v = np.asarray(xb.astype(jnp.float32), np.float64)
+    want = {"mean": v.mean(0), "rms": np.sqrt((v * v).mean(0) + ops.DEFAULT_RMS_EPS), "max": v.max(0)}[mode]
+    np.testing.assert_array_equal(got, np.asarray(jnp.asarray(want, jnp.float32).astype(jnp.bfloat16), np.float32))
+    np.testing.assert_array_equal(ops.pool_stack(xb[::-1], mode), ops.pool_stack(xb, mode))  # order-free, bitwise
+    with pytest.raises(ValueError, match="powers of two"):
+        ops.pool_stack(xb[:1].repeat(3, 0), mode)

@@ -128,13 +128,27 @@ def test_orbit_averaged_run_restores_with_and_without_the_average(small_config, 
         restore_run(str(tmp_path / "run"), "latest", precision="float16")
 
 
-def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(small_config, tmp_path):
+def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(small_config, tmp_path, monkeypatch):
+    from deepsea import rundir
+
     apply_overrides(
         small_config,
         ["optim.lr=1e4", "optim.name=sgd", "train.checkpoint_every=1", "train.steps=30", "train.eval_every=100"],
     )
+    closed = []
+    real = rundir.checkpoint_managers
+
+    def recorded(*args):
+        managers = real(*args)
+        for m in managers:
+            close = m.close
+            m.close = lambda close=close, m=m: closed.append(m) or close()
+        return managers
+
+    monkeypatch.setattr(rundir, "checkpoint_managers", recorded)
     with pytest.raises(TrainingDiverged, match=r"at step (\d+).*last good checkpoint is step") as err:
         train(small_config, str(tmp_path / "run"), progress=False)
+    assert len(closed) == 2  # both managers closed (their threads end, pending saves finish) despite the error
     bad_step = int(err.value.args[0].split("at step ")[1].split()[0])
     ckpts = sorted(int(d) for d in os.listdir(tmp_path / "run" / "checkpoints") if d.isdigit())
     assert ckpts and max(ckpts) == bad_step - 1
