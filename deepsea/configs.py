@@ -145,6 +145,34 @@ def small_run(c: ml_collections.ConfigDict, steps: int = 20) -> ml_collections.C
     return c
 
 
+def merge_stored(stored: dict[str, Any]) -> ml_collections.ConfigDict:
+    """:func:`base_config` updated with a stored configuration (a run's ``config.json``), then locked.  Lists
+    become the tuples the recipe holds; the only keys the recipe may lack are ``experiment_file`` and parameters
+    of the run's model builder (``model.small_stages``, say); any other is a :class:`ConfigError` naming it."""
+    from deepsea.models import MODELS, builder_parameters
+
+    config = base_config()
+    name = stored.get("model", {}).get("name", config.model.name)
+    extra_model = builder_parameters(MODELS[name]) if name in MODELS else frozenset()
+
+    def merge(node: ml_collections.ConfigDict, values: dict[str, Any], where: str) -> None:
+        for key, value in values.items():
+            full = f"{where}{key}"
+            if key in node and isinstance(node[key], ml_collections.ConfigDict):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{full} is a section of the recipe, not {value!r}")
+                merge(node[key], value, f"{full}.")
+            elif key in node or full == "experiment_file" or (where == "model." and key in extra_model):
+                node[key] = _as_tuple(value) if isinstance(node.get(key), tuple) else value
+            else:
+                raise ConfigError(f"unknown config key {full!r} (not in the recipe, nor a parameter of the model)")
+
+    with config.unlocked():
+        merge(config, stored, "")
+    config.lock()
+    return config
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
     """Applies ``key.sub=value`` strings, each parsed as the type of the value it replaces.
 

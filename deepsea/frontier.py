@@ -62,7 +62,7 @@ def frontier_rows(root: str, arms: Sequence[Arm]) -> list[dict[str, Any]]:
             scores = {k: v for k, v in rec.items() if k == "plain" or k.startswith("tta_")}
             rows.append({
                 "network": arm.network, "minutes": arm.minutes, "sweep": arm.sweep, "seed": rec["seed"],
-                "width": float(config.model.get("width", 1.0)), "params": cost.params,
+                "width": float(config.model.width), "params": cost.params,
                 "train_mflop": cost.train_step_flops / 1e6, "predict_mflop": cost.predict_flops / 1e6,
                 "images_per_s": rec["images_seen"] / (arm.minutes * 60), "steps": rec["steps"],
                 "run": run, **scores,

@@ -269,7 +269,7 @@ def restore_run(
         latest.close()
         best.close()
     model, variables = setup.model, state.variables()
-    trained = config.model.get("orbit_average", "")
+    trained = config.model.orbit_average
     if orbit_average is not None and orbit_average != trained:
         variables = {k: network_layers(v) for k, v in variables.items()}  # the wrapper has no parameters
         config.model.orbit_average = orbit_average
@@ -278,7 +278,7 @@ def restore_run(
             variables = {k: {"inner": v} for k, v in variables.items()}
     else:
         orbit_average = None
-    if precision is not None and precision != config.model.get("precision", "float32"):
+    if precision is not None and precision != config.model.precision:
         config.model.precision = precision
         model = build_model(config.model, len(classes))
     else:

@@ -32,6 +32,7 @@ __all__ = [
     "ResNet",
     "RollNet",
     "build_model",
+    "builder_parameters",
     "count_params",
     "network_layers",
     "register",
@@ -356,7 +357,9 @@ def resnext50(num_classes: int, width: float = 1.0) -> ResNet:
     return ResNet(num_classes, num_filters=filters, groups=32, width_per_group=4)
 
 
-def _accepted(builder: ModelBuilder) -> frozenset[str]:
+def builder_parameters(builder: ModelBuilder) -> frozenset[str]:
+    """The ``config.model`` keys a registered builder takes (its keyword parameters; :class:`RollNet`'s fields for
+    a ``**fields`` parameter)."""
     params = inspect.signature(builder).parameters.values()
     named = {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD} - {"num_classes"}
     takes_fields = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
@@ -375,9 +378,29 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
     if items.get("precision", "float32") not in PRECISIONS:
         raise ValueError(f"model.precision must be one of {PRECISIONS}, got {items['precision']!r}")
     builder = MODELS[name]
-    accepted = _accepted(builder)
+    accepted = builder_parameters(builder)
+    ignored = _set_but_not_taken(items, accepted)
+    if ignored:
+        raise ValueError(
+            f"model {name!r} does not take model.{', model.'.join(ignored)} (set away from the recipe's default): "
+            "it would be silently ignored"
+        )
     model = builder(num_classes, **{k: v for k, v in items.items() if k in accepted})
     return OrbitAverage(model, orbit) if orbit else model
+
+
+_BACKEND_CHOICES = frozenset({"conv_impl", "max_pool_impl", "roll_impl"})  # where layers run: moot without them
+
+
+def _set_but_not_taken(items: dict[str, Any], accepted: frozenset[str]) -> list[str]:
+    """The keys of ``items`` the builder does not take whose values differ from the recipe's defaults."""
+    from deepsea.configs import base_config
+
+    defaults = base_config().model
+    return sorted(
+        k for k, v in items.items()
+        if k not in accepted and k not in _BACKEND_CHOICES and (k not in defaults or defaults[k] != v)
+    )  # fmt: skip
 
 
 def network_layers(params: Any) -> Any:

@@ -62,18 +62,24 @@ def load_json(path: str) -> Any:
 
 
 def load_config(run_dir: str) -> Any:
-    """The run's configuration as a ``ConfigDict``."""
-    import ml_collections
+    """The run's configuration: :func:`deepsea.configs.base_config` updated with the stored ``config.json`` and
+    locked, so a key added to the recipe since the run was trained reads as its default, and nothing downstream
+    restates defaults.  A stored key the recipe does not know (and the run's model builder does not take) is an
+    error naming it."""
+    from deepsea.configs import ConfigError, merge_stored
 
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{run_dir!r} is not a run folder: it has no config.json")
-    config = load_json(path)
-    model = config.get("model", {})
+    stored = load_json(path)
+    model = stored.get("model", {})
     for old, new in _RENAMED_MODEL_KEYS.items():  # runs written before the keys took the builders' names
         if old in model:
             model.setdefault(new, model.pop(old))
-    return ml_collections.ConfigDict(config)
+    try:
+        return merge_stored(stored)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 _RENAMED_MODEL_KEYS = {"dropout": "dropout_rate", "view_pool": "view_pool_mode"}

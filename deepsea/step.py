@@ -47,14 +47,14 @@ class TrainState:
 
 
 def _schedule(cfg: Any, total_steps: int) -> optax.Schedule:
-    kind = cfg.get("schedule", "step")
+    kind = cfg.schedule
     if kind == "cosine":
-        if cfg.get("warmup_steps", 0) >= total_steps:
+        if cfg.warmup_steps >= total_steps:
             raise ValueError(
                 f"optim.warmup_steps={cfg.warmup_steps} must be smaller than the {total_steps} training steps"
             )
         return optax.warmup_cosine_decay_schedule(
-            0.0, cfg.lr, cfg.get("warmup_steps", 0), total_steps, cfg.lr * cfg.get("end_factor", 0.0)
+            0.0, cfg.lr, cfg.warmup_steps, total_steps, cfg.lr * cfg.end_factor
         )
     if kind != "step":
         raise ValueError(f"unknown learning-rate schedule {kind!r}; expected 'step' or 'cosine'")
@@ -63,7 +63,7 @@ def _schedule(cfg: Any, total_steps: int) -> optax.Schedule:
         step = round(b * total_steps) if isinstance(b, float) and b < 1 else int(b)
         boundaries[step] = boundaries.get(step, 1.0) * cfg.decay_factor
     sched = optax.piecewise_constant_schedule(cfg.lr, boundaries)
-    if cfg.get("warmup_steps", 0):
+    if cfg.warmup_steps:
         warm = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
         return optax.join_schedules([warm, lambda s: sched(s + cfg.warmup_steps)], [cfg.warmup_steps])
     return sched
@@ -81,7 +81,7 @@ def make_optimizer(cfg: Any, total_steps: int) -> tuple[optax.GradientTransforma
         return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", "") == "kernel", params)
 
     parts = []
-    if cfg.get("grad_clip", 0.0):
+    if cfg.grad_clip:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip))
     if cfg.weight_decay:
         parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=kernels))
@@ -98,9 +98,9 @@ def example_inputs(config: Any, batch_size: int = 1, seed: int | None = None) ->
     """A batch of a model's inputs as the data pipeline makes them for ``config.data``: ``image`` (with the cp8
     copies in channels), ``image2`` (multiscale), ``raw_size`` and ``label``; zeros, or random with ``seed``."""
     data = config.data
-    channels = data.get("channels", 1)
-    size, second = data.size, data.get("second_size", 0)
-    shapes = {"image": (batch_size, size, size, channels * (1 + len(data.get("extra_rotations", ()))))}
+    channels = data.channels
+    size, second = data.size, data.second_size
+    shapes = {"image": (batch_size, size, size, channels * (1 + len(data.extra_rotations)))}
     if second:
         shapes["image2"] = (batch_size, second, second, channels)
     rng = None if seed is None else np.random.default_rng(seed)
@@ -151,7 +151,7 @@ def create_train_state(
     and the initial state from ``config.seed``; ``abstract=True`` gives the state's shapes without computing it."""
     model = build_model(config.model, num_classes)
     tx, schedule = make_optimizer(config.optim, config.train.steps if steps is None else steps)
-    if config.train.get("pretrained", ""):
+    if config.train.pretrained:
         tx = _pretrained_groups(
             config, tx, make_optimizer(config.optim, config.train.steps if steps is None else steps)[0]
         )
@@ -194,7 +194,7 @@ def _pretrained_groups(config: Any, rest: optax.GradientTransformation, base: op
     ramps up over ``train.pretrained_warmup_steps`` to ``optim.pretrained_lr_multiplier`` times the others';
     everything else as usual."""
     frozen, multiplier = config.train.pretrained_frozen_steps, config.optim.pretrained_lr_multiplier
-    warmup = config.train.get("pretrained_warmup_steps", 0)
+    warmup = config.train.pretrained_warmup_steps
 
     def factor(step: jax.Array) -> jax.Array:
         ramp = jnp.clip((step - frozen + 1) / warmup, 0.0, 1.0) if warmup else 1.0

@@ -195,7 +195,7 @@ def _eval_transforms(config: Any, pp: Preprocess) -> list:
     """The transforms of validation during training (``train.eval_tta``): the plain rescale, TenCrop or N
     Halton transforms within the training ranges, so the best checkpoint is chosen on the predictions users
     will make."""
-    tta = str(config.train.get("eval_tta", "") or "0")
+    tta = str(config.train.eval_tta or "0")
     n: int | str = tta if tta == "tencrop" else int(tta)
     return transforms_for(n, pp.size, tta_ranges_for(AugmentRanges.from_config(config.aug)))
 

@@ -3,7 +3,8 @@ import os
 # The tests' programs are small and run a few times each, so compiling them is most of the suite's time: XLA's
 # backend optimisations off (the results are the same functions, rounded the same way the tests check) and
 # YNNPACK off, as the command line sets it.  A developer's own XLA_FLAGS win.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_experimental_ynn_fusion_type=")
+if not os.environ.get("DEEPSEA_DEFAULT_XLA_FLAGS"):  # set by the tests that check the compiler's defaults too
+    os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_experimental_ynn_fusion_type=")
 
 import jax
 import numpy as np

@@ -1,4 +1,5 @@
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -141,6 +142,27 @@ def test_pool_stays_bitwise_invariant_when_fused_with_a_multiply(group, mode, pr
     w = _random(rng, (7, 5))
     pre = {"scale": lambda y: y * w, "square": lambda y: y * y, "affine": lambda y: jnp.exp(y) * w + y}[producer]
     check_equivariance(jax.jit(lambda y: ops.group_pool(pre(y), group, mode)), group, x, "views", "trivial")
+    # the control: a plain mean over the views, fused the same way, is not bitwise invariant
+    naive = jax.jit(lambda y: jnp.mean(pre(y).reshape(group.order, -1, *y.shape[1:]), 0))
+    with pytest.raises(AssertionError, match="not equivariant"):
+        check_equivariance(naive, group, x, "views", "trivial", atol=0.0)
+
+
+def test_pool_stays_bitwise_invariant_with_default_compiler_flags():
+    """The same test and its control with XLA's default flags (the suite compiles with optimisations off)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; sys.path.insert(0, os.path.dirname(sys.argv[1])); import pytest; "
+        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-n', '0', '-W', 'error', sys.argv[1], "
+        "'-k', 'bitwise_invariant_when_fused_with_a_multiply']))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["DEEPSEA_DEFAULT_XLA_FLAGS"] = "1"  # conftest keeps the compiler's defaults
+    out = subprocess.run([sys.executable, "-c", code, __file__], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "12 passed" in out.stdout
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 8])

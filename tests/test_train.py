@@ -241,7 +241,8 @@ def test_cp8_and_multiscale_are_exactly_invariant_to_quarter_turns(name, rng):
     from deepsea.groups import C4
 
     stages = ((4,), (8,))
-    model = build_model({"name": name, "stages": stages, "small_stages": stages, "dense_features": 8}, 5)
+    extra = {"small_stages": stages} if name == "multiscale" else {}
+    model = build_model({"name": name, "stages": stages, "dense_features": 8, **extra}, 5)
     channels = 2 if name == "cp8" else 1
     x = jnp.asarray(rng.standard_normal((2, 23, 23, channels)), jnp.float32)
     x2 = jnp.asarray(rng.standard_normal((2, 11, 11, 1)), jnp.float32) if name == "multiscale" else None
@@ -506,3 +507,27 @@ def test_validation_during_training_can_use_the_test_time_transforms(small_confi
     assert [r.label for r in rows] == ["plain", "TTA 2"]
     assert result.best.log_loss == pytest.approx(rows[1].log_loss, rel=1e-5)
     assert abs(result.best.log_loss - rows[0].log_loss) > 1e-6  # not the plain predictions
+
+
+def test_a_runs_config_is_restored_strictly(tmp_path):
+    """The stored config over the recipe, locked: a key added since reads as its default, a stored key nobody
+    knows is an error naming it, lists become the recipe's tuples; a model key its builder would ignore is refused."""
+    from deepsea.configs import ConfigError, base_config, load_experiment_with
+    from deepsea.models import build_model
+    from deepsea.rundir import load_config
+
+    stored = json.loads(load_experiment_with(os.path.join(ROOT, "experiments", "synthetic.py")).to_json_best_effort())
+    del stored["train"]["pretrained_warmup_steps"]  # a run from before the key existed
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    config = load_config(str(tmp_path))
+    assert config.train.pretrained_warmup_steps == base_config().train.pretrained_warmup_steps
+    assert config.model.stages == ((16,), (32,), (64,)) and config.is_locked
+    with pytest.raises(AttributeError):
+        config.train.nonexistent = 1  # locked
+    stored["model"]["dropuot"] = 0.1
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match=r"config.json: unknown config key 'model.dropuot'"):
+        load_config(str(tmp_path))
+    resnet = load_experiment_with(os.path.join(ROOT, "experiments", "resnet50_cpu.py"), ["model.precision=bfloat16"])
+    with pytest.raises(ValueError, match=r"'resnet50' does not take model.precision"):
+        build_model(resnet.model, 5)

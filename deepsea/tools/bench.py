@@ -125,10 +125,10 @@ def run_ours(step: _OurStep, steps: int) -> dict[str, Any]:
         "impl": "deepsea",
         "experiment": cfg.name,
         "model": cfg.model.name,
-        "symmetry": cfg.model.get("symmetry"),
-        "roll_impl": cfg.model.get("roll_impl", "xla"),
-        "max_pool_impl": cfg.model.get("max_pool_impl", "auto"),
-        "precision": cfg.model.get("precision", "float32"),
+        "symmetry": cfg.model.symmetry,
+        "roll_impl": cfg.model.roll_impl,
+        "max_pool_impl": cfg.model.max_pool_impl,
+        "precision": cfg.model.precision,
         "size": cfg.data.size,
         "width": cfg.model.width,
         "batch": step.batch_size,
@@ -257,7 +257,7 @@ def main_with_args(args: argparse.Namespace) -> None:
             lines.append(rec)
             print(json.dumps(rec), flush=True)
         if args.torch:
-            bf16 = cfg.model.get("precision", "float32") == "bfloat16"
+            bf16 = cfg.model.precision == "bfloat16"
             t = run_torch(args.torch, args.torch_script, cfg.data.size, cfg.model.width, batch, args.steps, bf16)
             t["round"] = r
             theirs.append(t["step_s"])
@@ -284,7 +284,7 @@ def main_with_args(args: argparse.Namespace) -> None:
     if theirs:
         summary["torch_images_per_s"] = round(batch / statistics.median(theirs), 1)
         summary["ratio_vs_torch"] = round(statistics.median(theirs) / statistics.median(ours), 3)
-    if not args.no_ops and cfg.model.get("symmetry"):
+    if not args.no_ops and cfg.model.symmetry:
         ops_rows = symmetry_op_times(step.model, step.variable_shapes, step.batch_np)
         sym_ms = sum(r["fwdbwd_ms"] for r in ops_rows)
         summary["symmetry_ms"] = round(sym_ms, 2)
