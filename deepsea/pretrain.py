@@ -168,7 +168,7 @@ def pretrain(
     from tqdm.auto import tqdm
 
     from deepsea import rundir
-    from deepsea.data import AugmentedSource, AugmentRanges, Preprocess, Rescale, compute_stats, train_batches
+    from deepsea.data import AugmentedSource, AugmentRanges, Preprocess, compute_stats, train_batches
     from deepsea.data.folders import ImageFolder
     from deepsea.stream import list_images
     from deepsea.train import resolve_data
@@ -184,12 +184,7 @@ def pretrain(
     if os.path.exists(pp_path):
         pp = rundir.load_preprocess(workdir)
     else:
-        pp = Preprocess(
-            size=config.data.size,
-            rescale=Rescale.parse(config.data.rescale),
-            channels=config.data.channels,
-            background=config.data.background,
-        )
+        pp = Preprocess.from_config(config.data)
         folder = ImageFolder(root, tuple(paths), None, ())
         pp = pp.with_stats(*compute_stats(folder, pp, config.data.stats_images, config.seed))
         rundir.save_json(pp_path, rundir.preprocess_to_dict(pp))
@@ -217,6 +212,8 @@ def pretrain(
         for s in range(start, total):
             phase = int(np.searchsorted(edges, s, side="right"))
             name = phases[phase][0]
+            if s == 0 or s in edges:  # a phase starts: its layers get a fresh Adam (moments and bias correction)
+                opt_state = tx.init(params)
             depth = len(convs) if name == "joint" else convs.index(name) + 1
             params, opt_state, value = step(
                 params, opt_state, jnp.asarray(next(batches)["image"]), depth, None if name == "joint" else name

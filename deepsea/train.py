@@ -26,7 +26,6 @@ from deepsea.data import (
     AugmentRanges,
     MixedSource,
     Preprocess,
-    Rescale,
     check_images,
     compute_stats,
     map_classes,
@@ -132,27 +131,13 @@ def training_split(config: Any, progress: bool = False) -> tuple[Any, np.ndarray
     nothing.  Without ``skip_bad_images`` no image is decoded (training would stop at a bad one)."""
     folder = _map_classes(config, "", scan_labelled_folder(resolve_data(config)), lead=False)
     if config.data.skip_bad_images:
-        folder, _, _ = check_images(folder, skip_bad=True, progress=progress, pp=_preprocess(config))
+        folder, _, _ = check_images(folder, skip_bad=True, progress=progress, pp=Preprocess.from_config(config.data))
     train_idx, val_idx = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
     return folder, train_idx, val_idx
 
 
-def _preprocess(config: Any) -> Preprocess:
-    return Preprocess(
-        size=config.data.size,
-        rescale=Rescale.parse(config.data.rescale),
-        channels=config.data.channels,
-        extra_rotations=tuple(config.data.extra_rotations),
-        second_size=config.data.second_size,
-        second_rescale=Rescale.parse(config.data.second_rescale),
-        background=config.data.background,
-        gray_to_rgb=config.data.gray_to_rgb,
-        pixel_size=config.data.pixel_size,
-    )
-
-
 def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool) -> tuple[Any, Any, Any, Preprocess]:
-    pp = _preprocess(config)
+    pp = Preprocess.from_config(config.data)
     folder, _, skipped = check_images(folder, skip_bad=config.data.skip_bad_images, progress=progress, pp=pp)
     train_idx, val_idx = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
     if len(val_idx) == 0:

@@ -160,6 +160,24 @@ def test_pretraining_resumes_exactly_and_a_classifier_starts_from_it(tmp_path, m
     assert "does not take model.dense_features" in out
 
 
+def test_each_greedy_phase_starts_a_fresh_adam(tmp_path, monkeypatch):
+    """Adam's first step moves every parameter by the rate itself (the moments' bias correction cancels); a state
+    shared across phases would start the second layer with its correction spent and its step mis-sized."""
+    monkeypatch.setenv("DEEPSEA_DATA", str(tmp_path / "cache"))
+    config = load_experiment(os.path.join(ROOT, "experiments", "synthetic.py"), small=True)
+    apply_overrides(config, [*SMALL, "pretrain.greedy_steps=6", "pretrain.checkpoint_every=1", "pretrain.lr=0.01"])
+    work = str(tmp_path / "cae")
+    kernels = {}
+    for stop in (6, 7):  # the first phase's end, the second phase's first step
+        pretrain(config, work, progress=False, stop_after=stop)
+        with np.load(os.path.join(work, "checkpoint.npz")) as f:
+            kernels[stop] = [f[f"arr_{i}"] for i in range(len(f.files) - 1)]  # the leaves, then "step"
+    net, ops = autoencoder_layers(config.model)
+    n = len(jax.tree.leaves(_init_params(net, ops, type("pp", (), {"size": 23, "channels": 1})(), 0)))
+    moved = [np.abs(b - a).max() for a, b in zip(kernels[6][:n], kernels[7][:n], strict=True)]  # the parameters
+    assert max(moved) == pytest.approx(0.01, rel=1e-3)
+
+
 def _first_update(config, pretrained_dir):
     from deepsea.step import create_train_state, make_train_step
 

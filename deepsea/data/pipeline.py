@@ -111,6 +111,21 @@ class Preprocess:
         """The value outside the image after inversion: 0 for the dark background (or inverted white), else 1."""
         return 1.0 if self.background == "white" and not self.inverted else 0.0
 
+    @classmethod
+    def from_config(cls, data: Any) -> Preprocess:
+        """The preprocessing an experiment's ``config.data`` asks for (before its statistics are computed)."""
+        return cls(
+            size=data.size,
+            rescale=Rescale.parse(data.rescale),
+            channels=data.channels,
+            extra_rotations=tuple(data.extra_rotations),
+            second_size=data.second_size,
+            second_rescale=Rescale.parse(data.second_rescale),
+            background=data.background,
+            gray_to_rgb=data.gray_to_rgb,
+            pixel_size=data.pixel_size,
+        )
+
     def with_stats(self, mean: float | Sequence[float], std: float | Sequence[float]) -> Preprocess:
         as_stat = lambda v: float(v) if np.ndim(v) == 0 else tuple(float(x) for x in v)  # noqa: E731
         return dataclasses.replace(self, mean=as_stat(mean), std=as_stat(std))
