@@ -24,6 +24,9 @@ _FROM = {
     "check_equivariance": "deepsea.equivariance",
     "check_invariance": "deepsea.equivariance",
     "max_pool": "deepsea.backends",
+    "Predictor": "deepsea.predictor",
+    "load_predictor": "deepsea.predictor",
+    "UserError": "deepsea.errors",
     **{
         name: "deepsea.ops"
         for name in (
@@ -48,15 +51,18 @@ _MODULES = (
     "backends",
     "calibration",
     "configs",
+    "cost",
     "data",
     "distributed",
     "export",
     "features",
+    "frontier",
     "fusion",
     "inference",
     "layers",
     "models",
     "ops",
+    "predictor",
     "pretrain",
     "step",
     "stream",
@@ -72,15 +78,18 @@ if TYPE_CHECKING:  # pragma: no cover
         backends,
         calibration,
         configs,
+        cost,
         data,
         distributed,
         export,
         features,
+        frontier,
         fusion,
         inference,
         layers,
         models,
         ops,
+        predictor,
         pretrain,
         step,
         stream,
@@ -90,6 +99,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from deepsea.backends import max_pool  # noqa: F401
     from deepsea.equivariance import check_equivariance, check_invariance  # noqa: F401
+    from deepsea.errors import UserError  # noqa: F401
     from deepsea.groups import C4, D4, Group, get_group  # noqa: F401
     from deepsea.ops import (  # noqa: F401
         cyclic_conv_roll,
@@ -107,6 +117,7 @@ if TYPE_CHECKING:  # pragma: no cover
         permute_views,
         pooling_is_symmetric,
     )
+    from deepsea.predictor import Predictor, load_predictor  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

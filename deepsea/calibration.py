@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.optimize
 
+from deepsea.errors import UserError
 from deepsea.metrics import KAGGLE_EPS, log_loss
 
 __all__ = [
@@ -160,7 +161,7 @@ def fit_thresholds(probs: np.ndarray, labels: np.ndarray, target_precision: floa
     probability ``>= t`` have at least ``target_precision`` precision.  A class that never reaches it gets an
     infinite threshold (never assigned)."""
     if not 0 < target_precision <= 1:
-        raise ValueError(f"target precision must be in (0, 1], got {target_precision}")
+        raise UserError(f"target precision must be in (0, 1], got {target_precision}")
     probs = np.asarray(probs, np.float64)
     labels = np.asarray(labels)
     pred = probs.argmax(1)
@@ -182,7 +183,7 @@ def apply_thresholds(probs: np.ndarray, classes: Sequence[str], thresholds: Thre
     """Each image's top class, or :data:`UNCLASSIFIED` where its probability is below that class's threshold."""
     probs = np.asarray(probs)
     if len(thresholds.values) != probs.shape[1]:
-        raise ValueError(f"{len(thresholds.values)} thresholds for {probs.shape[1]} classes")
+        raise UserError(f"{len(thresholds.values)} thresholds for {probs.shape[1]} classes")
     pred = probs.argmax(1)
     keep = probs.max(1) >= np.asarray(thresholds.values)[pred]
     return [classes[p] if k else UNCLASSIFIED for p, k in zip(pred, keep, strict=True)]

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from deepsea.errors import UserError
+
 __all__ = ["Claim", "ClaimResult", "Measure", "evaluate_claims", "pooled_seed_spread", "write_claims_page"]
 
 
@@ -113,7 +115,7 @@ def _measured(root: str, sweeps: dict[str, list[dict]], m: Measure) -> dict[Any,
     records = sweeps.get(os.path.normpath(m.source), [])
     variants = {r["variant"] for r in records}
     if not m.variant and len(variants) > 1:
-        raise ValueError(f"{m.source} holds the variants {sorted(variants)}: name one in the claim's measure")
+        raise UserError(f"{m.source} holds the variants {sorted(variants)}: name one in the claim's measure")
     out = {}
     for r in records:
         if (not m.variant or r["variant"] == m.variant) and m.setting in r:

@@ -14,6 +14,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from deepsea.errors import UserError
+
 __all__ = ["CPU_XLA_FLAGS", "main"]
 
 CPU_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
@@ -30,7 +32,7 @@ TOOLS = {
 }
 
 
-class CommandError(Exception):
+class CommandError(UserError):
     """A command that cannot do what was asked; its message is printed without a traceback."""
 
 
@@ -342,27 +344,10 @@ def _first_line(e: Exception) -> str:
 
 
 def _is_user_error(e: Exception) -> bool:
-    """Errors about the input (files, folders, configs, runs, settings that do not fit a model) rather than bugs:
-    printed as one line (``DEEPSEA_TRACEBACK=1`` shows the traceback)."""
-    from deepsea.configs import ConfigError
-    from deepsea.data import BadImageError, FolderError
-    from deepsea.rundir import RunDataMismatch
-
-    known: tuple[type[Exception], ...] = (
-        CommandError,
-        ConfigError,
-        FolderError,
-        BadImageError,
-        RunDataMismatch,
-        FileNotFoundError,
-        NotADirectoryError,
-        ValueError,  # a setting that does not fit (a model's input, a schedule longer than the run, ...)
-    )
-    if "deepsea.inference" in sys.modules:
-        known += (sys.modules["deepsea.inference"].EnsembleError,)
-    if "deepsea.train" in sys.modules:
-        known += (sys.modules["deepsea.train"].TrainingDiverged,)
-    return isinstance(e, known)
+    """Bad input (:class:`deepsea.errors.UserError`: a file, folder, config, run or setting, named) and files that
+    are missing, in the way or not writable: printed as one line (``DEEPSEA_TRACEBACK=1`` shows the traceback).
+    Anything else, a plain ``ValueError`` included, is a bug and shows its traceback."""
+    return isinstance(e, UserError | FileNotFoundError | NotADirectoryError | IsADirectoryError | PermissionError)
 
 
 def _config(args: argparse.Namespace):
@@ -823,7 +808,7 @@ def _preview(args: argparse.Namespace) -> None:
         )
         jitter = [float(v) for v in args.jitter.split(",")] if args.jitter else [0.0] * 4
         if len(jitter) != 4:
-            raise ValueError(f"--jitter takes 4 values (brightness,contrast,saturation,hue), got {args.jitter!r}")
+            raise UserError(f"--jitter takes 4 values (brightness,contrast,saturation,hue), got {args.jitter!r}")
         names = ("brightness", "contrast", "saturation", "hue")
         ranges = dataclasses.replace(TRAIN_RANGES, **dict(zip(names, jitter, strict=True)))
     except ValueError as e:

@@ -17,12 +17,13 @@ from typing import Any
 
 import ml_collections
 
+from deepsea.errors import UserError
 from deepsea.models import CONVROLL4_STAGES
 
 __all__ = ["ConfigError", "apply_overrides", "base_config", "load_experiment", "load_experiment_with", "small_run"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """An experiment module or an override that does not fit the configuration."""
 
 
@@ -208,7 +209,7 @@ def _parse_as(old: Any, raw: str) -> Any:
             return True
         if raw.lower() in ("false", "0", "no"):
             return False
-        raise ValueError(f"expected true or false (the current value is {old!r})")
+        raise UserError(f"expected true or false (the current value is {old!r})")
     if isinstance(old, int):
         return int(raw)
     if isinstance(old, float):
@@ -218,7 +219,7 @@ def _parse_as(old: Any, raw: str) -> Any:
     value = ast.literal_eval(raw)
     if isinstance(old, tuple):
         if not isinstance(value, list | tuple):
-            raise ValueError(f"expected a tuple like {old!r}")
+            raise UserError(f"expected a tuple like {old!r}")
         return _as_tuple(value)
     return value
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import jax
 
+from deepsea.errors import UserError
+
 __all__ = ["initialize", "process_share"]
 
 
@@ -19,9 +21,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     JAX finds them from a cluster's environment (SLURM, Open MPI, Kubernetes, TPU pods).  CPU devices communicate
     through Gloo, so it also works without accelerators."""
     if (num_processes is None) != (process_id is None) or (num_processes is not None and coordinator is None):
-        raise ValueError("give the coordinator, the number of processes and this process's id together (or none)")
+        raise UserError("give the coordinator, the number of processes and this process's id together (or none)")
     if num_processes is not None and not 0 <= process_id < num_processes:  # type: ignore[operator]
-        raise ValueError(f"process id {process_id} is not in 0..{num_processes - 1}")
+        raise UserError(f"process id {process_id} is not in 0..{num_processes - 1}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes, process_id)
 

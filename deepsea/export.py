@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from deepsea.data import AugmentParams, AugmentRanges, Preprocess
+from deepsea.errors import UserError
 
 __all__ = ["FORMAT", "ExportedModel", "export_run", "load_model"]
 
@@ -144,7 +145,7 @@ class ExportedModel:
         """Softmax probabilities (float32) of a batch of model inputs (any batch size)."""
         missing = [n for n in self.meta["inputs"] if n not in batch]
         if missing:
-            raise ValueError(f"the batch lacks the model input(s) {missing} (it has {sorted(batch)})")
+            raise UserError(f"the batch lacks the model input(s) {missing} (it has {sorted(batch)})")
         return np.asarray(self._fn(self._params, *(np.asarray(batch[n], np.float32) for n in self.meta["inputs"])))
 
     def probs(
@@ -171,16 +172,16 @@ def load_model(path: str) -> ExportedModel:
     try:
         meta = rundir.load_json(meta_path)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_path}: not valid JSON ({e})") from None
+        raise UserError(f"{meta_path}: not valid JSON ({e})") from None
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: format {meta.get('format')!r}; this deepsea reads format {FORMAT}")
+        raise UserError(f"{meta_path}: format {meta.get('format')!r}; this deepsea reads format {FORMAT}")
     with open(os.path.join(path, _MODULE), "rb") as f:
         exported = jax.export.deserialize(bytearray(f.read()))
     with np.load(os.path.join(path, _PARAMS)) as f:
         params = [f[f"p{i:05d}"] for i in range(len(f.files))]
     want = [tuple(p["shape"]) for p in meta["parameters"]]
     if [x.shape for x in params] != want:
-        raise ValueError(f"{os.path.join(path, _PARAMS)}: parameter shapes do not match {meta_path}")
+        raise UserError(f"{os.path.join(path, _PARAMS)}: parameter shapes do not match {meta_path}")
     fitted = {}
     for name in ("calibration", "thresholds"):  # fitted for the exported model itself, after export
         extra = os.path.join(path, f"{name}.json")

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepsea.errors import UserError
 from deepsea.teachers import log_probabilities
 
 __all__ = ["FusedRun", "FusionResult", "FusionSettings", "fit_fusion", "fuse_runs", "load_fused"]
@@ -164,11 +165,11 @@ def fuse_runs(
     from deepsea.teachers import blend_probs, blend_runs
 
     if os.path.exists(os.path.join(out, "config.json")):
-        raise ValueError(f"{out!r} is a training run; write the fused run elsewhere")
+        raise UserError(f"{out!r} is a training run; write the fused run elsewhere")
     val = validation_set(workdirs[0])
     for w in workdirs[1:]:
         if validation_set(w).paths != val.paths:
-            raise ValueError(f"{w!r} has another validation split than {workdirs[0]!r}: fusion needs a shared one")
+            raise UserError(f"{w!r} has another validation split than {workdirs[0]!r}: fusion needs a shared one")
     members, w = blend_runs(workdirs, tta, combine, weights, checkpoint, precision)
     probs = blend_probs(members, w, val.paths, tta, combine, progress)
     pixel_size = members[0].preprocess.pixel_size
@@ -305,7 +306,7 @@ class FusedRun:
 
         del images
         if list(transforms) != identity_transforms():
-            raise ValueError(f"{self.workdir} predicts with the TTA its members were fused with ({self.fixed_tta})")
+            raise UserError(f"{self.workdir} predicts with the TTA its members were fused with ({self.fixed_tta})")
         return self.fused_probs(paths, progress)[None].astype(np.float32)
 
 
@@ -317,7 +318,7 @@ def load_fused(workdir: str) -> FusedRun:
     meta = rundir.load_json(os.path.join(workdir, "fused.json"))
     members = tuple(restore_run(w, meta["checkpoint"], precision=meta["precision"]) for w in meta["members"])
     if any(mr.classes != tuple(meta["classes"]) for mr in members):
-        raise ValueError(f"{workdir}: a member run's classes changed since the fusion was fitted")
+        raise UserError(f"{workdir}: a member run's classes changed since the fusion was fitted")
     s = meta["settings"]
     template = _net(s["hidden"], len(meta["classes"]), s["dropout"]).init(
         jax.random.key(0), jnp.zeros((1, len(meta["features"]))), jnp.zeros((1, len(meta["classes"])))

@@ -32,6 +32,7 @@ from deepsea.data import (
     scan_flat_folder,
     scan_labelled_folder,
 )
+from deepsea.errors import UserError
 from deepsea.models import PRECISIONS, build_model, network_layers
 from deepsea.predictor import batch_probs, predictor_calibration, predictor_probs
 from deepsea.tta import Combine, tta_ranges_for
@@ -252,19 +253,21 @@ def restore_run(
     from deepsea.step import create_train_state
 
     if which not in ("best", "latest"):
-        raise ValueError(f"checkpoint must be 'best' or 'latest', got {which!r}")
+        raise UserError(f"checkpoint must be 'best' or 'latest', got {which!r}")
     if precision not in (None, *PRECISIONS):
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise UserError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     config = rundir.load_config(workdir)
     classes = tuple(rundir.load_json(os.path.join(workdir, "classes.json")))
     setup = create_train_state(config, len(classes), abstract=True)  # shapes only: the checkpoint has the values
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # each process restores its own copy
+    template = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here), setup.state)
     latest, best = rundir.checkpoint_managers(workdir, config.train.keep_checkpoints)
     try:
         manager = best if which == "best" and best.latest_step() is not None else latest
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {workdir!r}")
-        state = rundir.restore_state(manager, step, setup.state)
+        state = rundir.restore_state(manager, step, template)
     finally:
         latest.close()
         best.close()
@@ -438,7 +441,7 @@ def labelled_set(predictor: Any, root: str) -> ValidationSet:
     return ValidationSet(tuple(folder.paths), index[folder.labels], tuple(classes))
 
 
-class NoValidationSplit(ValueError):
+class NoValidationSplit(UserError):
     """A predictor without a validation split of its own was asked to score, calibrate or threshold on one."""
 
 
@@ -551,7 +554,7 @@ class EnsembleResult:
     test: Prediction | None
 
 
-class EnsembleError(ValueError):
+class EnsembleError(UserError):
     """Runs that cannot be blended as asked."""
 
 
@@ -670,7 +673,7 @@ def submission_rows(
     if probs.shape != (len(names), len(classes)):
         raise ValueError(f"probabilities {probs.shape} do not match {len(names)} images x {len(classes)} classes")
     if not 0 <= top <= len(classes):
-        raise ValueError(f"top must be between 0 and the {len(classes)} classes, got {top}")
+        raise UserError(f"top must be between 0 and the {len(classes)} classes, got {top}")
     if labels is not None and len(labels) != len(names):
         raise ValueError(f"{len(labels)} labels for {len(names)} images")
     probs = probs / probs.sum(1, keepdims=True)
@@ -713,7 +716,7 @@ def read_submission(path: str) -> tuple[list[str], list[str], np.ndarray]:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows or rows[0][0] != "image":
-        raise ValueError(f"{path!r} is not a submission: its header must start with 'image'")
+        raise UserError(f"{path!r} is not a submission: its header must start with 'image'")
     header = rows[0]
     end = len(header)
     while end > 1 and re.fullmatch(r"top\d+(_prob)?|label", header[end - 1]):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from deepsea import layers, ops
+from deepsea.errors import UserError
 from deepsea.groups import Group, get_group
 
 __all__ = [
@@ -112,7 +113,7 @@ class RollNet(nn.Module):
         k = self.rotated_inputs
         if k > 1:
             if x.shape[-1] % k:
-                raise ValueError(f"{k} rotated inputs need a channel count divisible by {k}, got {x.shape}")
+                raise UserError(f"{k} rotated inputs need a channel count divisible by {k}, got {x.shape}")
             x = jnp.concatenate(jnp.split(x, k, axis=-1), axis=0)  # (k * B, H, W, C)
         compute = jnp.dtype(self.precision)
         x = x.astype(compute)
@@ -353,7 +354,7 @@ def resnext50(num_classes: int, width: float = 1.0) -> ResNet:
     grouped convolution keeps its 32 groups of at least 4 channels)."""
     filters = round(64 * width)
     if filters < 16 or filters % 16:
-        raise ValueError(f"resnext50 needs model.width a multiple of 0.25 (32 groups of 4 channels), got {width}")
+        raise UserError(f"resnext50 needs model.width a multiple of 0.25 (32 groups of 4 channels), got {width}")
     return ResNet(num_classes, num_filters=filters, groups=32, width_per_group=4)
 
 
@@ -374,14 +375,14 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
     name = items.pop("name", "rollnet")
     orbit = items.pop("orbit_average", "")
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+        raise UserError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
     if items.get("precision", "float32") not in PRECISIONS:
-        raise ValueError(f"model.precision must be one of {PRECISIONS}, got {items['precision']!r}")
+        raise UserError(f"model.precision must be one of {PRECISIONS}, got {items['precision']!r}")
     builder = MODELS[name]
     accepted = builder_parameters(builder)
     ignored = _set_but_not_taken(items, accepted)
     if ignored:
-        raise ValueError(
+        raise UserError(
             f"model {name!r} does not take model.{', model.'.join(ignored)} (set away from the recipe's default): "
             "it would be silently ignored"
         )

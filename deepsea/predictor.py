@@ -23,6 +23,7 @@ import numpy as np
 
 from deepsea.calibration import Calibration
 from deepsea.data import AugmentParams, AugmentRanges, Preprocess, tta_batches
+from deepsea.errors import UserError
 from deepsea.tta import Combine, combine_probs, transforms_for
 
 __all__ = [
@@ -149,7 +150,7 @@ def predictor_calibration(
 def check_tta(predictor: Predictor, tta: int | str) -> None:
     """Refuses a TTA setting a predictor cannot predict with (a fused run predicts with its members')."""
     if predictor.fixed_tta is not None and tta != predictor.fixed_tta:
-        raise ValueError(
+        raise UserError(
             f"{predictor.workdir} predicts with the TTA its members were fused with (--tta {predictor.fixed_tta}), "
             f"not --tta {tta}"
         )
@@ -208,7 +209,7 @@ def load_predictor(
         given = [n for n, v in (("precision", precision), ("orbit average", orbit_average)) if v is not None]
         given += [] if checkpoint == "best" else ["checkpoint"]
         if given:
-            raise ValueError(f"{path} is an exported model: its {', '.join(given)} was fixed when it was exported")
+            raise UserError(f"{path} is an exported model: its {', '.join(given)} was fixed when it was exported")
         from deepsea.export import load_model
 
         return load_model(path)
@@ -216,7 +217,7 @@ def load_predictor(
         given = [n for n, v in (("precision", precision), ("orbit average", orbit_average)) if v is not None]
         given += [] if checkpoint == "best" else ["checkpoint"]
         if given:
-            raise ValueError(f"{path} is a fused run: its members' {', '.join(given)} was fixed when they were fused")
+            raise UserError(f"{path} is a fused run: its members' {', '.join(given)} was fixed when they were fused")
         from deepsea.fusion import load_fused
 
         return load_fused(path)

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepsea.errors import UserError
+
 __all__ = ["PretrainResult", "autoencoder_layers", "load_pretrained", "pretrain", "reconstruct"]
 
 
@@ -41,11 +43,11 @@ def autoencoder_layers(model_cfg: Any, num_classes: int = 2) -> tuple[Any, list[
     model = build_model(model_cfg, num_classes)
     net = getattr(model, "inner", model)
     if not isinstance(net, RollNet):
-        raise ValueError(
+        raise UserError(
             f"autoencoder pre-training needs a RollNet (rollnet, plain, convroll4), got {type(net).__name__}"
         )
     if net.batch_norm or net.rotated_inputs != 1:
-        raise ValueError("autoencoder pre-training supports RollNets without batch norm and rotated inputs")
+        raise UserError("autoencoder pre-training supports RollNets without batch norm and rotated inputs")
     ops: list[tuple[str, ...]] = [("slice",)] if net.symmetry is not None else []
     for i, stage in enumerate(net.stages):
         for j in range(len(stage)):
@@ -263,13 +265,13 @@ def load_pretrained(path: str, params: Any) -> Any:
     names = sorted({k.split("/")[0] for k in saved})
     for name in names:
         if name not in layers:
-            raise ValueError(f"{file}: layer {name!r} is not in this model (its layers: {sorted(layers)[:8]}...)")
+            raise UserError(f"{file}: layer {name!r} is not in this model (its layers: {sorted(layers)[:8]}...)")
         new = dict(layers[name])
         for k in new:
             value = saved.get(f"{name}/{k}")
             if value is None or value.shape != np.shape(new[k]):
                 got = None if value is None else value.shape
-                raise ValueError(f"{file}: {name}/{k} has shape {got}, the model's is {np.shape(new[k])}")
+                raise UserError(f"{file}: {name}/{k} has shape {got}, the model's is {np.shape(new[k])}")
             new[k] = jnp.asarray(value)
         layers[name] = new
     out = layers

@@ -23,6 +23,7 @@ import numpy as np
 from deepsea.data.folders import ImageFolder
 from deepsea.data.pipeline import Preprocess
 from deepsea.data.transforms import Rescale
+from deepsea.errors import UserError
 
 __all__ = [
     "RunDataMismatch",
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 
-class RunDataMismatch(ValueError):
+class RunDataMismatch(UserError):
     """A dataset that does not match what a run was trained with (classes or split images)."""
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from deepsea.errors import UserError
 from deepsea.models import build_model
 
 __all__ = [
@@ -50,14 +51,14 @@ def _schedule(cfg: Any, total_steps: int) -> optax.Schedule:
     kind = cfg.schedule
     if kind == "cosine":
         if cfg.warmup_steps >= total_steps:
-            raise ValueError(
+            raise UserError(
                 f"optim.warmup_steps={cfg.warmup_steps} must be smaller than the {total_steps} training steps"
             )
         return optax.warmup_cosine_decay_schedule(
             0.0, cfg.lr, cfg.warmup_steps, total_steps, cfg.lr * cfg.end_factor
         )
     if kind != "step":
-        raise ValueError(f"unknown learning-rate schedule {kind!r}; expected 'step' or 'cosine'")
+        raise UserError(f"unknown learning-rate schedule {kind!r}; expected 'step' or 'cosine'")
     boundaries: dict[int, float] = {}
     for b in cfg.decay_steps:
         step = round(b * total_steps) if isinstance(b, float) and b < 1 else int(b)
@@ -90,7 +91,7 @@ def make_optimizer(cfg: Any, total_steps: int) -> tuple[optax.GradientTransforma
     elif cfg.name == "adam":
         parts.append(optax.adam(sched))
     else:
-        raise ValueError(f"unknown optimizer {cfg.name!r}; expected 'sgd' or 'adam'")
+        raise UserError(f"unknown optimizer {cfg.name!r}; expected 'sgd' or 'adam'")
     return optax.chain(*parts), sched
 
 

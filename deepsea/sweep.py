@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from deepsea.errors import UserError
+
 __all__ = ["SweepRun", "expand_grid", "plan_sweep", "run_sweep", "summarize"]
 
 
@@ -50,7 +52,7 @@ def _split_values(text: str) -> list[str]:
         cur.append(ch)
     out.append("".join(cur).strip())
     if depth or quote or any(not v for v in out):
-        raise ValueError(f"cannot read the grid values {text!r}: unbalanced brackets or quotes, or an empty value")
+        raise UserError(f"cannot read the grid values {text!r}: unbalanced brackets or quotes, or an empty value")
     return out
 
 
@@ -62,9 +64,9 @@ def expand_grid(grids: Sequence[str]) -> list[dict[str, str]]:
         key, sep, rest = g.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"--grid expects key=v1,v2,..., got {g!r}")
+            raise UserError(f"--grid expects key=v1,v2,..., got {g!r}")
         if key in keys:
-            raise ValueError(f"--grid names {key!r} twice")
+            raise UserError(f"--grid names {key!r} twice")
         keys.append(key)
         values.append(_split_values(rest))
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
@@ -91,11 +93,11 @@ class SweepRun:
 def plan_sweep(grids: Sequence[str], seeds: int = 1) -> list[SweepRun]:
     """Every combination of ``grids`` times seeds ``0 .. seeds - 1`` (seed-major within a variant)."""
     if seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
     combos = expand_grid(grids)
     names = [_slug(c) for c in combos]
     if len(set(names)) != len(names):
-        raise ValueError(f"two grid combinations give the same run name: {names}")
+        raise UserError(f"two grid combinations give the same run name: {names}")
     return [SweepRun(n, c, s) for n, c in zip(names, combos, strict=True) for s in range(seeds)]
 
 
@@ -151,9 +153,9 @@ def run_sweep(
     given = {"epochs": epochs, "budget_minutes": budget_minutes, "steps": steps}
     given = {k: v for k, v in given.items() if v is not None}
     if len(given) != 1:
-        raise ValueError("give the budget as exactly one of epochs, budget_minutes or steps")
+        raise UserError("give the budget as exactly one of epochs, budget_minutes or steps")
     if any(v <= 0 for v in given.values()):
-        raise ValueError(f"the budget must be positive, got {given}")
+        raise UserError(f"the budget must be positive, got {given}")
     runs = plan_sweep(grids, seeds)
     os.makedirs(out, exist_ok=True)
     sweep_file = os.path.join(out, "sweep.json")
@@ -167,7 +169,7 @@ def run_sweep(
         if same_file:  # the same experiment from another checkout (a moved or second clone) continues it
             before = {**before, "experiment": spec["experiment"]}
         if {**before, "seeds": seeds} != spec:
-            raise ValueError(
+            raise UserError(
                 f"{out} holds another sweep ({before}); continue it with the same arguments (more --seeds may be "
                 "added) or use --out"
             )

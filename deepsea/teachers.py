@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from deepsea.errors import UserError
+
 __all__ = [
     "TeacherPredictions",
     "align_teacher_predictions",
@@ -65,9 +67,9 @@ def blend_runs(
     from deepsea.predictor import load_predictor
 
     if weights not in ("fitted", "uniform"):
-        raise ValueError(f"weights must be 'fitted' or 'uniform', got {weights!r}")
+        raise UserError(f"weights must be 'fitted' or 'uniform', got {weights!r}")
     if not workdirs:
-        raise ValueError("no runs given")
+        raise UserError("no runs given")
     if len(workdirs) == 1:
         chosen, w = (0,), np.ones(1)
     else:
@@ -75,7 +77,7 @@ def blend_runs(
         chosen, w = blend.chosen, np.asarray(blend.weights, np.float64)
     runs = [load_predictor(workdirs[i], checkpoint, precision) for i in chosen]
     if any(r.classes != runs[0].classes for r in runs):
-        raise ValueError("the runs were trained on different class lists")
+        raise UserError("the runs were trained on different class lists")
     return runs, w
 
 
@@ -144,7 +146,7 @@ def load_teacher_predictions(path: str) -> TeacherPredictions:
         with np.load(path, allow_pickle=False) as f:
             missing = sorted({"root", "images", "classes", "probs", "teachers"} - set(f.files))
             if missing:
-                raise ValueError(f"{path}: not a teacher predictions file (no {', '.join(missing)})")
+                raise UserError(f"{path}: not a teacher predictions file (no {', '.join(missing)})")
             tp = TeacherPredictions(
                 str(f["root"]),
                 tuple(str(x) for x in f["images"]),
@@ -155,9 +157,9 @@ def load_teacher_predictions(path: str) -> TeacherPredictions:
     except (OSError, ValueError) as e:
         if str(path) in str(e):
             raise
-        raise ValueError(f"{path}: not a teacher predictions file ({e})") from None
+        raise UserError(f"{path}: not a teacher predictions file ({e})") from None
     if tp.probs.shape != (len(tp.images), len(tp.classes)):
-        raise ValueError(f"{path}: probabilities of shape {tp.probs.shape} for {len(tp.images)} images")
+        raise UserError(f"{path}: probabilities of shape {tp.probs.shape} for {len(tp.images)} images")
     return tp
 
 
@@ -169,7 +171,7 @@ def align_teacher_predictions(
     if tuple(classes) != tp.classes:
         missing = sorted(set(classes) - set(tp.classes))[:5]
         extra = sorted(set(tp.classes) - set(classes))[:5]
-        raise ValueError(
+        raise UserError(
             f"{source} holds predictions for other classes than this run's ({len(tp.classes)} vs {len(classes)}; "
             f"missing {missing}, extra {extra})"
         )
@@ -177,5 +179,5 @@ def align_teacher_predictions(
     idx = [row.get(os.path.normpath(os.path.abspath(p)), -1) for p in paths]
     lost = [p for p, i in zip(paths, idx, strict=True) if i < 0]
     if lost:
-        raise ValueError(f"{source} has no predictions for {len(lost)} of the {len(paths)} images, e.g. {lost[:3]}")
+        raise UserError(f"{source} has no predictions for {len(lost)} of the {len(paths)} images, e.g. {lost[:3]}")
     return tp.probs[np.asarray(idx, np.int64)]

@@ -34,6 +34,7 @@ from deepsea.data import (
     stratified_split,
     train_batches,
 )
+from deepsea.errors import UserError
 from deepsea.inference import Evaluation, data_mesh, evaluate_probs, put_batch, tta_probs
 from deepsea.step import TrainState, create_train_state, make_train_step
 from deepsea.teachers import align_teacher_predictions, load_teacher_predictions, log_probabilities
@@ -44,7 +45,7 @@ __all__ = ["Budget", "TrainResult", "TrainingDiverged", "resolve_data", "train",
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The training loss became NaN, infinite or larger than ``train.divergence_loss``."""
 
 
@@ -141,7 +142,7 @@ def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool)
     folder, _, skipped = check_images(folder, skip_bad=config.data.skip_bad_images, progress=progress, pp=pp)
     train_idx, val_idx = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
     if len(val_idx) == 0:
-        raise ValueError(
+        raise UserError(
             f"the validation split of {folder.root!r} is empty: {len(folder)} images in {len(folder.classes)} "
             f"classes give none at data.validation_fraction={config.data.validation_fraction} (a class of 10 or "
             "more images always gives one)"
@@ -231,7 +232,7 @@ def _training_source(
     weights = class_weights(labels, k, config.train.class_weight_power)
     ranges = AugmentRanges.from_config(config.aug)
     if data.distill and data.pseudo_labels:
-        raise ValueError("data.distill and data.pseudo_labels cannot be used together (the pseudo-labels are soft)")
+        raise UserError("data.distill and data.pseudo_labels cannot be used together (the pseudo-labels are soft)")
     teacher = None
     if data.distill:
         tp = load_teacher_predictions(data.distill)
@@ -242,7 +243,7 @@ def _training_source(
         return real
     tp = load_teacher_predictions(data.pseudo_labels)
     if tp.classes != tuple(folder.classes):
-        raise ValueError(
+        raise UserError(
             f"{data.pseudo_labels} holds predictions for other classes than this run's "
             f"({len(tp.classes)} vs {len(folder.classes)}); make them with teachers trained on these classes"
         )
@@ -250,7 +251,7 @@ def _training_source(
     norm = lambda ps: {os.path.normpath(os.path.abspath(p)) for p in ps}  # noqa: E731
     leaked = norm(pseudo_paths) & norm(val_paths)
     if leaked:
-        raise ValueError(
+        raise UserError(
             f"{data.pseudo_labels} pseudo-labels {len(leaked)} validation image(s) (e.g. {sorted(leaked)[:2]}): "
             "the validation score would see them in training"
         )
@@ -341,7 +342,7 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
     setup = create_train_state(config, len(folder.classes), steps=steps)
     mesh = data_mesh()
     if config.train.batch_size % mesh.size:
-        raise ValueError(f"batch size {config.train.batch_size} is not divisible by the {mesh.size} devices")
+        raise UserError(f"batch size {config.train.batch_size} is not divisible by the {mesh.size} devices")
     state, start = setup.state, 0
     if config.train.pretrained and not resuming:
         from deepsea.pretrain import load_pretrained

@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 
 from deepsea.data import TTA_RANGES, AugmentParams, AugmentRanges, tta_params
+from deepsea.errors import UserError
 
 __all__ = [
     "Combine",
@@ -50,7 +51,7 @@ def tencrop_params(size: int, crop_fraction: float = 0.875) -> list[AugmentParam
     same warp and batched prediction as the quasi-random TTA.
     """
     if not 0 < crop_fraction <= 1:
-        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+        raise UserError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
     d = size * (1 / crop_fraction - 1) / 2  # output pixels from the centre crop to a corner crop
     offsets = [(d, d), (d, -d), (-d, d), (-d, -d), (0.0, 0.0)]
     return [
@@ -65,7 +66,7 @@ def transforms_for(n: int | str, size: int, ranges: AugmentRanges = TTA_RANGES) 
     if n == "tencrop":
         return tencrop_params(size)
     if isinstance(n, str) or n < 0:
-        raise ValueError(f"test-time transforms must be a count >= 0 or 'tencrop', got {n!r}")
+        raise UserError(f"test-time transforms must be a count >= 0 or 'tencrop', got {n!r}")
     return identity_transforms() if n == 0 else tta_params(n, ranges)
 
 
@@ -80,5 +81,5 @@ def combine_probs(per_transform: np.ndarray, how: Combine = "mean") -> np.ndarra
         logp = np.log(np.clip(p, 1e-30, None)).mean(0)
         out = np.exp(logp - logp.max(1, keepdims=True))
     else:
-        raise ValueError(f"unknown combination {how!r}; expected 'mean', 'logits' or 'geometric'")
+        raise UserError(f"unknown combination {how!r}; expected 'mean', 'logits' or 'geometric'")
     return out / out.sum(1, keepdims=True)

@@ -494,3 +494,38 @@ def test_bench_counts_the_training_steps_flops_not_the_orbit_averaged_evaluation
     cfg.model.conv_impl = "xla"  # "auto" computes the first layer without a convolution: counted all the same
     assert _OurStep(cfg, batch_size=2).train_flops == plain.train_flops
     assert np.isfinite(plain.compile_s)
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    """A UserError (bad input, named) is printed as one line with exit code 2; a plain ValueError is a bug: it
+    propagates with its traceback instead of being dressed up as the user's mistake."""
+    from deepsea import cli as cli_module
+    from deepsea.errors import UserError
+
+    def failing(error):
+        def run(args):
+            raise error
+
+        return run
+
+    parser = cli_module._parser
+
+    def patched(error):
+        def make():
+            p = parser()
+            p.set_defaults(func=failing(error))
+            for action in p._subparsers._group_actions:  # every command runs the failing function
+                for sub in action.choices.values():
+                    sub.set_defaults(func=failing(error))
+            return p
+
+        return make
+
+    monkeypatch.setattr(cli_module, "_parser", patched(UserError("bad value 'x' in file.csv")))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_module.main(["info"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "deepsea info: error: bad value 'x' in file.csv"
+    monkeypatch.setattr(cli_module, "_parser", patched(ValueError("an internal bug")))
+    with pytest.raises(ValueError, match="an internal bug"):
+        cli_module.main(["info"])

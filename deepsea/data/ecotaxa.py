@@ -26,6 +26,8 @@ import hashlib
 import os
 from collections.abc import Iterable, Sequence
 
+from deepsea.errors import UserError
+
 __all__ = [
     "EcoTaxaError",
     "EcoTaxaObjects",
@@ -40,7 +42,7 @@ __all__ = [
 REQUIRED = ("object_id", "img_file_name", "object_annotation_category")
 
 
-class EcoTaxaError(ValueError):
+class EcoTaxaError(UserError):
     """A TSV that is not an EcoTaxa export, or that names images that are not there."""
 
 

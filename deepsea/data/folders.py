@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from deepsea.data.images import IMAGE_EXTENSIONS
+from deepsea.errors import UserError
 
 __all__ = [
     "FolderError",
@@ -30,7 +31,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class FolderError(ValueError):
+class FolderError(UserError):
     """A dataset folder that cannot be used as given; the message names it."""
 
 

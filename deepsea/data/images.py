@@ -12,12 +12,14 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from deepsea.errors import UserError
+
 __all__ = ["GRAYSCALE_MODES", "IMAGE_EXTENSIONS", "BadImageError", "invert", "read_image"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 
 
-class BadImageError(ValueError):
+class BadImageError(UserError):
     """An image file that cannot be decoded; ``path`` names it and ``reason`` says why."""
 
     def __init__(self, path: str, reason: str):

@@ -31,6 +31,7 @@ from deepsea.data.transforms import (
     sample_params,
     warp,
 )
+from deepsea.errors import UserError
 
 __all__ = [
     "AugmentedSource",
@@ -85,21 +86,21 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+            raise UserError(f"channels must be 1 or 3, got {self.channels}")
         if self.size < 1:
-            raise ValueError(f"patch size must be positive, got {self.size}")
+            raise UserError(f"patch size must be positive, got {self.size}")
         if self.background not in ("white", "black"):
-            raise ValueError(f"background must be 'white' or 'black', got {self.background!r}")
+            raise UserError(f"background must be 'white' or 'black', got {self.background!r}")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if isinstance(value, (list, tuple)):
                 if len(value) not in (1, self.channels):
-                    raise ValueError(f"{name} has {len(value)} values for {self.channels} channel(s)")
+                    raise UserError(f"{name} has {len(value)} values for {self.channels} channel(s)")
                 object.__setattr__(self, name, tuple(float(v) for v in value))
         if not np.all(np.asarray(self.std) > 0):
-            raise ValueError(f"std must be > 0, got {self.std}")
+            raise UserError(f"std must be > 0, got {self.std}")
         if not self.pixel_size >= 0:
-            raise ValueError(f"pixel size must be >= 0 micrometres (0: unknown), got {self.pixel_size}")
+            raise UserError(f"pixel size must be >= 0 micrometres (0: unknown), got {self.pixel_size}")
 
     @property
     def inverted(self) -> bool:
@@ -148,7 +149,7 @@ def _unnormalised(image: np.ndarray, pp: Preprocess, params: AugmentParams) -> n
 def preprocess_image(image: np.ndarray, pp: Preprocess, params: AugmentParams = AugmentParams()) -> np.ndarray:
     """uint8 ``(H, W)`` or ``(H, W, 3)`` -> normalised float32 ``(size, size, channels)``: one warp."""
     if image.ndim != (2 if pp.channels == 1 else 3):
-        raise ValueError(f"a {pp.channels}-channel preprocessing got an image of shape {image.shape}")
+        raise UserError(f"a {pp.channels}-channel preprocessing got an image of shape {image.shape}")
     x = _unnormalised(image, pp, params)
     return ((x - np.asarray(pp.mean, np.float32)) / np.asarray(pp.std, np.float32)).astype(np.float32)
 
@@ -215,7 +216,7 @@ def stratified_split(
     Returns sorted ``(train_indices, validation_indices)``.
     """
     if not 0 < fraction < 1:
-        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+        raise UserError(f"validation fraction must be in (0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels)
     val: list[np.ndarray] = []
@@ -253,7 +254,7 @@ def compute_stats(
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
     if not np.all(std > 0):
-        raise ValueError(f"the images of {folder.root!r} have zero variance after preprocessing")
+        raise UserError(f"the images of {folder.root!r} have zero variance after preprocessing")
     if pp.channels == 1:
         return float(mean[0]), float(std[0])
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
@@ -418,12 +419,12 @@ class MixedSource:
         self, real: AugmentedSource, pseudo: AugmentedSource, batch_size: int, pseudo_per_batch: int, classes: int
     ):
         if not 0 < pseudo_per_batch < batch_size:
-            raise ValueError(
+            raise UserError(
                 f"a batch of {batch_size} must hold between 1 and {batch_size - 1} pseudo-labelled images, "
                 f"not {pseudo_per_batch} (data.pseudo_fraction)"
             )
         if pseudo.targets is None or pseudo.targets.shape[1] != classes:
-            raise ValueError(f"the pseudo-labelled source needs targets over the {classes} classes")
+            raise UserError(f"the pseudo-labelled source needs targets over the {classes} classes")
         self.real, self.pseudo, self.classes = real, pseudo, classes
         self.batch, self.npseudo = batch_size, pseudo_per_batch
         self.nreal = batch_size - pseudo_per_batch
@@ -490,7 +491,7 @@ class ProcessSlice:
 
     def __init__(self, source: Any, global_batch: int, process_index: int, process_count: int):
         if global_batch % process_count:
-            raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+            raise UserError(f"global batch {global_batch} is not divisible by {process_count} processes")
         self.source, self.global_batch = source, global_batch
         self.local = global_batch // process_count
         self.offset = process_index * self.local
@@ -519,7 +520,7 @@ def train_batches(
     processes (multi-host), each yields its :class:`ProcessSlice` of every batch.
     """
     if batch_size < 1:
-        raise ValueError(f"batch size must be positive, got {batch_size}")
+        raise UserError(f"batch size must be positive, got {batch_size}")
     _grain_ready()
     local = source if process_count == 1 else ProcessSlice(source, batch_size, process_index, process_count)
     ds = grain.MapDataset.source(local).batch(batch_size // process_count, drop_remainder=True)

@@ -24,6 +24,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
+from deepsea.errors import UserError
+
 __all__ = [
     "COLOUR_PAIRS",
     "PALETTE",
@@ -200,9 +202,9 @@ def make_synthetic(
     names = classes or list(table)
     unknown = [n for n in names if n not in table]
     if unknown:
-        raise ValueError(f"unknown synthetic classes {unknown}; choose from {sorted(table)}")
+        raise UserError(f"unknown synthetic classes {unknown}; choose from {sorted(table)}")
     if per_class < 1:
-        raise ValueError(f"per_class must be positive, got {per_class}")
+        raise UserError(f"per_class must be positive, got {per_class}")
     total = len(names) * per_class
     with tqdm(total=total, desc=f"drawing {out}", unit="img", disable=not progress) as bar:
         for ci, name in enumerate(names):

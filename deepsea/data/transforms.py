@@ -26,6 +26,8 @@ from typing import Any, Literal
 import numpy as np
 import scipy.ndimage
 
+from deepsea.errors import UserError
+
 __all__ = [
     "NO_AUGMENTATION",
     "TRAIN_RANGES",
@@ -63,15 +65,15 @@ class AugmentRanges:
     def __post_init__(self) -> None:
         for name in ("rotation", "shift", "shear", "brightness", "contrast", "saturation", "hue"):
             if getattr(self, name) < 0:
-                raise ValueError(f"augmentation range {name}={getattr(self, name)} must be >= 0")
+                raise UserError(f"augmentation range {name}={getattr(self, name)} must be >= 0")
         for name in ("brightness", "contrast", "saturation"):
             if getattr(self, name) > 1:
-                raise ValueError(f"augmentation range {name}={getattr(self, name)} must be <= 1 (a factor >= 0)")
+                raise UserError(f"augmentation range {name}={getattr(self, name)} must be <= 1 (a factor >= 0)")
         if self.hue > 0.5:
-            raise ValueError(f"augmentation range hue={self.hue} must be <= 0.5 (turns)")
+            raise UserError(f"augmentation range hue={self.hue} must be <= 0.5 (turns)")
         for name in ("zoom", "stretch"):
             if getattr(self, name) < 1:
-                raise ValueError(f"augmentation range {name}={getattr(self, name)} must be >= 1 (log-uniform)")
+                raise UserError(f"augmentation range {name}={getattr(self, name)} must be >= 1 (log-uniform)")
 
     @property
     def jitters(self) -> bool:
@@ -221,9 +223,9 @@ class Rescale:
 
     def __post_init__(self) -> None:
         if self.kind not in ("max_side", "factor", "none"):
-            raise ValueError(f"unknown rescale kind {self.kind!r}; expected 'max_side', 'factor' or 'none'")
+            raise UserError(f"unknown rescale kind {self.kind!r}; expected 'max_side', 'factor' or 'none'")
         if self.kind != "none" and not self.value > 0:
-            raise ValueError(f"rescale value must be > 0, got {self.value}")
+            raise UserError(f"rescale value must be > 0, got {self.value}")
 
     @classmethod
     def parse(cls, text: str) -> Rescale:
@@ -234,7 +236,7 @@ class Rescale:
         try:
             return cls(kind, float(value))  # type: ignore[arg-type]
         except ValueError as e:
-            raise ValueError(f"bad rescale {text!r} ({e}); expected max_side:N, factor:F or none") from None
+            raise UserError(f"bad rescale {text!r} ({e}); expected max_side:N, factor:F or none") from None
 
     def factor(self, height: int, width: int) -> float:
         if self.kind == "max_side":
