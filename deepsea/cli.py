@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -437,23 +436,10 @@ def _claims(args: argparse.Namespace) -> None:
 
 
 def _bag(args: argparse.Namespace) -> None:
-    """Trains copy i with split seed and seed ``base + i`` into ``<prefix>_i`` (each resumes if killed)."""
-    from deepsea.train import train
+    from deepsea.train import bag
 
-    if args.copies < 1:
-        raise CommandError("--copies must be at least 1")
-    base = _config(args)
-    prefix = args.workdir or os.path.join("runs", f"{base.name}_bag")
-    runs = []
-    for i in range(args.copies):
-        config = _config(args)
-        config.data.split_seed = base.data.split_seed + i
-        config.seed = base.seed + i
-        workdir = f"{prefix}_{i}"
-        print(f"bag {i + 1}/{args.copies}: {config.name} with split seed {config.data.split_seed} in {workdir}")
-        best = train(config, workdir).best
-        print(f"  best validation {best} on its own split")
-        runs.append(workdir)
+    prefix = args.workdir or os.path.join("runs", f"{_config(args).name}_bag")
+    runs = bag(lambda: _config(args), args.copies, prefix, report=print)
     print(f"average them on new images: deepsea ensemble {' '.join(runs)} --uniform --images DIR --out bag.csv")
 
 
@@ -524,28 +510,8 @@ def _report_skipped(skipped) -> None:
         print(f"skipped {len(skipped)} unreadable image(s); they are not in the submission", file=sys.stderr)
 
 
-def _with_pixel_size(run, pixel_size: float | None, workdir: str):
-    """The run predicting images of ``pixel_size`` micrometres: required when it learnt physical sizes, refused
-    when it learnt sizes in pixels."""
-    import dataclasses
-
-    trained = run.preprocess.pixel_size
-    if trained and pixel_size is None:
-        raise CommandError(
-            f"{workdir} learnt sizes in micrometres (its images: {trained} um per pixel): give these images' "
-            "pixel size with --pixel-size"
-        )
-    if pixel_size is not None and not trained:
-        raise CommandError(f"{workdir} learnt sizes in pixels (no data.pixel_size): --pixel-size does not apply")
-    if pixel_size is None:
-        return run
-    if not pixel_size > 0:
-        raise CommandError(f"--pixel-size must be > 0 micrometres, got {pixel_size}")
-    return dataclasses.replace(run, preprocess=dataclasses.replace(run.preprocess, pixel_size=pixel_size))
-
-
 def _predict(args: argparse.Namespace) -> None:
-    from deepsea.calibration import Thresholds
+    from deepsea.predictor import chosen_thresholds, with_pixel_size
     from deepsea.stream import predict_tree
 
     _init_distributed(args)
@@ -553,17 +519,8 @@ def _predict(args: argparse.Namespace) -> None:
     run = _load_predictor(source, args)
     if run.fixed_tta is not None and args.tta != run.fixed_tta:
         raise CommandError(f"{source} predicts with the TTA its members were fused with: --tta {run.fixed_tta}")
-    thresholds = None
-    if args.thresholds:
-        if run.thresholds is None:
-            raise CommandError(f"{source} has no thresholds: choose them with deepsea thresholds --workdir {source}")
-        if (run.thresholds["tta"], run.thresholds["combine"]) != (args.tta, args.combine):
-            raise CommandError(
-                f"the thresholds of {source} were chosen for --tta {run.thresholds['tta']} --combine "
-                f"{run.thresholds['combine']}; predict with those (or choose thresholds for these)"
-            )
-        thresholds = Thresholds.from_dict(run.thresholds)
-    run = _with_pixel_size(run, args.pixel_size, source)
+    thresholds = chosen_thresholds(run, args.tta, args.combine) if args.thresholds else None
+    run = with_pixel_size(run, args.pixel_size)
     res = predict_tree(
         run, args.images, args.out, args.tta, args.combine, args.skip_bad_images, args.top, thresholds, args.chunk
     )
@@ -601,13 +558,14 @@ def _export(args: argparse.Namespace) -> None:
         raise CommandError(f"--platforms: unknown platform(s) {unknown or args.platforms!r}; cpu, cuda, rocm or tpu")
     run = restore_run(args.workdir, args.checkpoint, precision=args.precision)
     export_run(run, args.out, platforms)
-    extras = [name for name in ("calibration", "thresholds") if getattr(run, name) is not None]
-    stale = [n for n in extras if getattr(run, n).get("checkpoint", run.key) != run.key]
+    from deepsea.export import fitted_extras
+
+    extras, stale = fitted_extras(run)
     if stale:
         print(
-            f"note: the {' and '.join(stale)} of {args.workdir} were fitted on predictions of "
-            f"{getattr(run, stale[0])['checkpoint']}, not of {run.key}: predict --model will not apply them "
-            "(fit them with the same --checkpoint and --precision, then export again)",
+            f"note: the {' and '.join(stale)} of {args.workdir} were fitted on predictions of another checkpoint "
+            f"or precision than {run.key}: predict --model will not apply them (fit them with the same --checkpoint "
+            "and --precision, then export again)",
             file=sys.stderr,
         )
     print(
@@ -736,15 +694,7 @@ def _ensemble(args: argparse.Namespace) -> None:
             f"validation {res.validation}{cv}"
         )
     if args.scores:
-        if res.validation is None:
-            raise CommandError("--scores needs runs that share a validation split (there is no blend score)")
-        scores = {"runs": list(res.workdirs), "uniform": args.uniform, "tta": args.tta, "weights":
-                  np.asarray(res.weights).tolist(), "single_log_loss": res.single_log_loss,
-                  "validation": res.validation.to_dict()}  # fmt: skip
-        os.makedirs(os.path.dirname(os.path.abspath(args.scores)), exist_ok=True)
-        with open(args.scores, "w") as f:
-            json.dump(scores, f, indent=1)
-        print(f"wrote {args.scores}")
+        print(f"wrote {res.save_scores(args.scores, uniform=args.uniform, tta=args.tta)}")
     if res.test is not None:
         _report_skipped(res.test.skipped)
         write_submission(args.out, res.test.names, res.test.classes, res.test.probs)

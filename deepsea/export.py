@@ -30,7 +30,7 @@ import numpy as np
 from deepsea.data import AugmentParams, AugmentRanges, Preprocess
 from deepsea.errors import UserError
 
-__all__ = ["FORMAT", "ExportedModel", "export_run", "load_model"]
+__all__ = ["FORMAT", "ExportedModel", "export_run", "fitted_extras", "load_model"]
 
 FORMAT = 1
 _MODULE, _PARAMS, _META = "model.jax", "params.npz", "model.json"
@@ -102,6 +102,14 @@ def export_run(run: Any, out: str, platforms: tuple[str, ...] = ("cpu",)) -> str
         },
     )
     return out
+
+
+def fitted_extras(run: Any) -> tuple[list[str], list[str]]:
+    """The calibration and thresholds a run has (which :func:`export_run` carries into the model), and those of
+    them fitted on another checkpoint's or precision's predictions (the exported model will not apply them)."""
+    extras = [name for name in ("calibration", "thresholds") if getattr(run, name) is not None]
+    stale = [n for n in extras if getattr(run, n).get("checkpoint", run.key) != run.key]
+    return extras, stale
 
 
 def _write(path: str, data: bytes) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -552,6 +553,19 @@ class EnsembleResult:
     validation: Evaluation | None
     cv_log_loss: float | None
     test: Prediction | None
+
+    def save_scores(self, path: str, uniform: bool, tta: int | str) -> str:
+        """Writes the blend's validation scores as JSON (for a claims page); an error when the runs share no
+        validation split (there is no blend score)."""
+        if self.validation is None:
+            raise EnsembleError("--scores needs runs that share a validation split (there is no blend score)")
+        scores = {"runs": list(self.workdirs), "uniform": uniform, "tta": tta,
+                  "weights": np.asarray(self.weights).tolist(), "single_log_loss": self.single_log_loss,
+                  "validation": self.validation.to_dict()}  # fmt: skip
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(scores, f, indent=1)
+        return path
 
 
 class EnsembleError(UserError):

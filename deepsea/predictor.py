@@ -31,10 +31,12 @@ __all__ = [
     "batch_probs",
     "cached_probs",
     "check_tta",
+    "chosen_thresholds",
     "load_predictor",
     "predictor_calibration",
     "predictor_kind",
     "predictor_probs",
+    "with_pixel_size",
 ]
 
 log = logging.getLogger(__name__)
@@ -224,3 +226,42 @@ def load_predictor(
     from deepsea.inference import restore_run
 
     return restore_run(path, checkpoint, orbit_average, precision)
+
+
+def with_pixel_size(predictor: Predictor, pixel_size: float | None) -> Predictor:
+    """The predictor predicting images of ``pixel_size`` micrometres per pixel: required when it learnt physical
+    sizes (``data.pixel_size``), refused when it learnt sizes in pixels; unchanged for ``None`` then."""
+    trained = predictor.preprocess.pixel_size
+    where = predictor.workdir
+    if trained and pixel_size is None:
+        raise UserError(
+            f"{where} learnt sizes in micrometres (its images: {trained} um per pixel): give these images' "
+            "pixel size with --pixel-size"
+        )
+    if pixel_size is not None and not trained:
+        raise UserError(f"{where} learnt sizes in pixels (no data.pixel_size): --pixel-size does not apply")
+    if pixel_size is None:
+        return predictor
+    if not pixel_size > 0:
+        raise UserError(f"--pixel-size must be > 0 micrometres, got {pixel_size}")
+    if "preprocess" not in {f.name for f in dataclasses.fields(predictor)}:  # type: ignore[arg-type]
+        raise UserError(f"{where}: a fused run predicts images of its members' pixel size ({trained} um) only")
+    pp = dataclasses.replace(predictor.preprocess, pixel_size=pixel_size)
+    return dataclasses.replace(predictor, preprocess=pp)  # type: ignore[type-var]
+
+
+def chosen_thresholds(predictor: Predictor, tta: int | str, combine: Combine) -> Any:
+    """The per-class thresholds chosen for the predictor (``deepsea thresholds``) for predictions made with
+    ``tta`` and ``combine``; an error saying what to run when it has none, or has them for another setting."""
+    from deepsea.calibration import Thresholds
+
+    where = predictor.workdir
+    if predictor.thresholds is None:
+        raise UserError(f"{where} has no thresholds: choose them with deepsea thresholds --workdir {where}")
+    fitted = (predictor.thresholds["tta"], predictor.thresholds["combine"])
+    if fitted != (tta, combine):
+        raise UserError(
+            f"the thresholds of {where} were chosen for --tta {fitted[0]} --combine {fitted[1]}; predict with "
+            "those (or choose thresholds for these)"
+        )
+    return Thresholds.from_dict(predictor.thresholds)

@@ -40,7 +40,7 @@ from deepsea.step import TrainState, create_train_state, make_train_step
 from deepsea.teachers import align_teacher_predictions, load_teacher_predictions, log_probabilities
 from deepsea.tta import combine_probs, transforms_for, tta_ranges_for
 
-__all__ = ["Budget", "TrainResult", "TrainingDiverged", "resolve_data", "train", "training_split"]
+__all__ = ["Budget", "TrainResult", "TrainingDiverged", "bag", "resolve_data", "train", "training_split"]
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +299,28 @@ def _measure_budget(
         steps = int(multihost_utils.broadcast_one_to_all(np.int32(budget.steps)))
         budget = dataclasses.replace(budget, steps=steps)
     return budget
+
+
+def bag(
+    make_config: Any, copies: int, prefix: str, report: Any = log.info, progress: bool = True
+) -> list[str]:
+    """Bagging: trains ``copies`` copies of ``make_config()`` (a fresh config each), copy ``i`` with split seed and
+    seed raised by ``i``, into ``<prefix>_<i>`` (each resumes if killed); returns the run folders.  ``report`` is
+    told of each copy and its best validation score."""
+    if copies < 1:
+        raise UserError(f"--copies must be at least 1, got {copies}")
+    base = make_config()
+    runs = []
+    for i in range(copies):
+        config = make_config()
+        config.data.split_seed = base.data.split_seed + i
+        config.seed = base.seed + i
+        workdir = f"{prefix}_{i}"
+        report(f"bag {i + 1}/{copies}: {config.name} with split seed {config.data.split_seed} in {workdir}")
+        best = train(config, workdir, progress=progress).best
+        report(f"  best validation {best} on its own split")
+        runs.append(workdir)
+    return runs
 
 
 def train(config: Any, workdir: str, stop_after: int | None = None, progress: bool = True) -> TrainResult:

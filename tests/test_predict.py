@@ -308,8 +308,9 @@ def test_streamed_prediction_resumes_after_a_kill_and_equals_one_pass(tiny_run, 
 def test_pixel_size_makes_the_size_feature_physical_and_is_required_to_predict(tiny_run, tmp_path):
     import dataclasses
 
-    from deepsea.cli import CommandError, _with_pixel_size
     from deepsea.data.pipeline import _example
+    from deepsea.errors import UserError
+    from deepsea.predictor import with_pixel_size
     from deepsea.rundir import load_preprocess, save_run_data
 
     folder, _, _, pp = tiny_run
@@ -322,8 +323,8 @@ def test_pixel_size_makes_the_size_feature_physical_and_is_required_to_predict(t
     with pytest.raises(ValueError, match="pixel size"):
         Preprocess(pixel_size=-1.0)
     physical = dataclasses.replace(_tiny_run_object(tiny_run, tmp_path), preprocess=um)
-    with pytest.raises(CommandError, match="give these images' pixel size"):
-        _with_pixel_size(physical, None, "run")
-    assert _with_pixel_size(physical, 7.0, "run").preprocess.pixel_size == 7.0
-    with pytest.raises(CommandError, match="learnt sizes in pixels"):
-        _with_pixel_size(_tiny_run_object(tiny_run, tmp_path), 7.0, "run")
+    with pytest.raises(UserError, match="give these images' pixel size"):
+        with_pixel_size(physical, None)
+    assert with_pixel_size(physical, 7.0).preprocess.pixel_size == 7.0
+    with pytest.raises(UserError, match="learnt sizes in pixels"):
+        with_pixel_size(_tiny_run_object(tiny_run, tmp_path), 7.0)
