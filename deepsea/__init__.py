@@ -2,10 +2,12 @@
 
 The public API: the groups (``C4``, ``D4``), the exact group operations (:mod:`deepsea.ops` and their named
 forms here), their Flax layers and the seed's blocks (:mod:`deepsea.layers`), the equivariance checks, and the
-modules ``models``, ``backends``, ``configs``, ``step``, ``train``, ``inference``, ``data``, ``calibration``,
-``stream`` (large folders), ``export`` (models without the training code), ``distributed``, ``teachers``
-(pseudo-labels, distillation), ``features`` and ``fusion`` (image features late-fused) and ``pretrain`` (the tied
-convolutional autoencoder) and ``sweep`` (grids of runs at equal budgets).  Names are
+modules ``models``, ``backends``, ``configs``, ``step``, ``train``, ``data``, ``predictor`` (one way to predict
+for runs, exported models and fused runs), ``runs`` (a restored run), ``evaluation``, ``fitting`` (calibration
+and thresholds), ``ensemble``, ``submission``, ``mesh``, ``calibration``, ``stream`` (large folders), ``export``
+(models without the training code), ``distributed``, ``teachers`` (pseudo-labels, distillation), ``features`` and
+``fusion`` (image features late-fused), ``pretrain`` (the tied convolutional autoencoder), ``sweep`` (grids of runs
+at equal budgets), ``cost`` and ``frontier`` (networks at equal compute) and ``errors`` (``UserError``).  Names are
 imported on first use, so the command line starts without loading JAX.
 """
 
@@ -25,7 +27,7 @@ _FROM = {
     "check_invariance": "deepsea.equivariance",
     "max_pool": "deepsea.backends",
     "Predictor": "deepsea.predictor",
-    "load_predictor": "deepsea.predictor",
+    "load_predictor": "deepsea.load",
     "UserError": "deepsea.errors",
     **{
         name: "deepsea.ops"
@@ -58,8 +60,15 @@ _MODULES = (
     "features",
     "frontier",
     "fusion",
-    "inference",
+    "ensemble",
+    "errors",
+    "evaluation",
+    "fitting",
+    "mesh",
+    "runs",
+    "submission",
     "layers",
+    "load",
     "models",
     "ops",
     "predictor",
@@ -81,18 +90,25 @@ if TYPE_CHECKING:  # pragma: no cover
         cost,
         data,
         distributed,
+        ensemble,
+        errors,
+        evaluation,
         export,
         features,
+        fitting,
         frontier,
         fusion,
-        inference,
         layers,
+        load,
+        mesh,
         models,
         ops,
         predictor,
         pretrain,
+        runs,
         step,
         stream,
+        submission,
         sweep,
         teachers,
         train,
@@ -101,6 +117,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from deepsea.equivariance import check_equivariance, check_invariance  # noqa: F401
     from deepsea.errors import UserError  # noqa: F401
     from deepsea.groups import C4, D4, Group, get_group  # noqa: F401
+    from deepsea.load import load_predictor  # noqa: F401
     from deepsea.ops import (  # noqa: F401
         cyclic_conv_roll,
         cyclic_pool,
@@ -117,7 +134,7 @@ if TYPE_CHECKING:  # pragma: no cover
         permute_views,
         pooling_is_symmetric,
     )
-    from deepsea.predictor import Predictor, load_predictor  # noqa: F401
+    from deepsea.predictor import Predictor  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,7 @@
   precision on the validation split; below its threshold an image is ``unclassified``, for an ecologist to look
   at rather than to count wrongly.
 
-Everything here is numpy/scipy on ``(N, K)`` probabilities; :mod:`deepsea.inference` stores the fitted values in
+Everything here is numpy/scipy on ``(N, K)`` probabilities; :mod:`deepsea.fitting` stores the fitted values in
 the run folder and applies them.
 """
 

@@ -446,7 +446,7 @@ def _bag(args: argparse.Namespace) -> None:
 def _load_predictor(path: str, args: argparse.Namespace, orbit_average: str | None = None):
     """Any kind of model folder (a run, an exported model, a fused run) as a predictor; a choice its kind fixed
     (an exported model's precision, say) is a one-line error."""
-    from deepsea.predictor import load_predictor
+    from deepsea.load import load_predictor
 
     try:
         return load_predictor(path, args.checkpoint, args.precision, orbit_average)
@@ -455,8 +455,9 @@ def _load_predictor(path: str, args: argparse.Namespace, orbit_average: str | No
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from deepsea.inference import NoValidationSplit, evaluate_run
+    from deepsea.evaluation import evaluate_run
     from deepsea.plots import save_confusion_png
+    from deepsea.runs import NoValidationSplit
 
     orbit = None if args.orbit_average is None else "" if args.orbit_average == "none" else args.orbit_average
     predictor = _load_predictor(args.workdir, args, orbit)
@@ -483,7 +484,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _print_scores(rows, labels=None) -> None:
-    """A table of :class:`~deepsea.inference.Evaluation` rows (labelled by ``labels`` or their own)."""
+    """A table of :class:`~deepsea.evaluation.Evaluation` rows (labelled by ``labels`` or their own)."""
     print(f"{'':<26} {'log loss':>9} {'accuracy':>9} {'top-5':>7}")
     for i, ev in enumerate(rows):
         label = ev.label if labels is None else labels[i]
@@ -493,7 +494,7 @@ def _print_scores(rows, labels=None) -> None:
 def _report_per_class(workdir: str, probs, labels) -> None:
     import numpy as np
 
-    from deepsea.inference import per_class_recall
+    from deepsea.evaluation import per_class_recall
 
     res = per_class_recall(workdir, probs, labels)
     path = res.write_csv(os.path.join(workdir, "per_class.csv"))
@@ -550,7 +551,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from deepsea.export import export_run
-    from deepsea.inference import restore_run
+    from deepsea.runs import restore_run
 
     platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
     unknown = sorted(set(platforms) - {"cpu", "cuda", "rocm", "tpu"})
@@ -587,8 +588,8 @@ def _holdout(args: argparse.Namespace) -> None:
 
 
 def _features(args: argparse.Namespace) -> None:
+    from deepsea.data.sources import list_images
     from deepsea.features import folder_features
-    from deepsea.stream import list_images
 
     rel = list_images(args.data)
     table = folder_features(args.data, [os.path.join(args.data, r) for r in rel], args.pixel_size, args.workers)
@@ -600,7 +601,8 @@ def _features(args: argparse.Namespace) -> None:
 
 
 def _fuse(args: argparse.Namespace) -> None:
-    from deepsea.fusion import FusionSettings, fuse_runs
+    from deepsea.fitting import fuse_runs
+    from deepsea.fusion import FusionSettings
 
     settings = FusionSettings(hidden=args.hidden, restarts=args.restarts, steps=args.steps)
     res = fuse_runs(
@@ -630,7 +632,8 @@ def _pseudolabel(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    from deepsea.inference import NoValidationSplit, calibrate_run
+    from deepsea.fitting import calibrate_run
+    from deepsea.runs import NoValidationSplit
 
     run = _load_predictor(args.workdir, args)
     try:
@@ -650,7 +653,7 @@ def _calibrate(args: argparse.Namespace) -> None:
 def _thresholds(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from deepsea.inference import threshold_run
+    from deepsea.fitting import threshold_run
 
     run = _load_predictor(args.workdir, args)
     try:
@@ -672,7 +675,8 @@ def _thresholds(args: argparse.Namespace) -> None:
 def _ensemble(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from deepsea.inference import ensemble_runs, write_submission
+    from deepsea.ensemble import ensemble_runs
+    from deepsea.submission import write_submission
 
     res = ensemble_runs(
         args.runs,
@@ -740,7 +744,7 @@ def _preview(args: argparse.Namespace) -> None:
     import dataclasses
 
     from deepsea.data import TRAIN_RANGES, Preprocess, Rescale, scan_flat_folder, scan_labelled_folder
-    from deepsea.data.synthetic import default_synthetic_dir
+    from deepsea.data.sources import default_synthetic_dir
     from deepsea.plots import save_preview
 
     data = args.data or default_synthetic_dir()

@@ -41,7 +41,7 @@ def _inputs(pp: Preprocess) -> tuple[str, ...]:
 
 
 def export_run(run: Any, out: str, platforms: tuple[str, ...] = ("cpu",)) -> str:
-    """Writes ``run`` (a :class:`deepsea.inference.Run`) to the folder ``out`` (created; files replaced) for
+    """Writes ``run`` (a :class:`deepsea.runs.Run`) to the folder ``out`` (created; files replaced) for
     ``platforms`` (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``; one module serves them all).  Returns ``out``."""
     import jax.numpy as jnp
 

@@ -125,7 +125,7 @@ class FeatureTable:
 
 
 def _cache_path(root: str, pixel_size: float) -> str:
-    from deepsea.data.synthetic import data_cache_dir
+    from deepsea.data.sources import data_cache_dir
 
     key = f"{os.path.abspath(root)}|{pixel_size}|{FEATURE_VERSION}"
     return os.path.join(data_cache_dir(), "features", hashlib.sha256(key.encode()).hexdigest()[:16] + ".npz")

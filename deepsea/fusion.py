@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepsea.errors import UserError
-from deepsea.teachers import log_probabilities
+from deepsea.metrics import log_probabilities
 
-__all__ = ["FusedRun", "FusionResult", "FusionSettings", "fit_fusion", "fuse_runs", "load_fused"]
+__all__ = ["FusedRun", "FusionResult", "FusionSettings", "fit_fusion", "fusion_probs", "load_fused", "standardise"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,14 +126,14 @@ def fit_fusion(
     return [jax.tree.map(np.asarray, train(k)) for k in keys]
 
 
-def _predict(params: list[Any], feats: np.ndarray, logp: np.ndarray, hidden: int, dropout: float) -> np.ndarray:
+def fusion_probs(params: list[Any], feats: np.ndarray, logp: np.ndarray, hidden: int, dropout: float) -> np.ndarray:
     net = _net(hidden, logp.shape[1], dropout)
     apply = jax.jit(lambda p, f, lp: jax.nn.softmax(net.apply(p, f, lp), axis=-1))
     f, lp = jnp.asarray(feats, jnp.float32), jnp.asarray(logp, jnp.float32)
     return np.mean([np.asarray(apply(p, f, lp), np.float64) for p in params], axis=0)
 
 
-def _standardise(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+def standardise(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return ((values - mean) / std).astype(np.float32)
 
 
@@ -144,74 +144,6 @@ class FusionResult:
     out: str
     convnets: Any  # Evaluation of the members' blend, on the same images
     cv: Any  # Evaluation of the out-of-fold fused predictions
-
-
-def fuse_runs(
-    workdirs: Sequence[str],
-    out: str,
-    tta: int | str = 0,
-    combine: str = "mean",
-    weights: str = "fitted",
-    checkpoint: str = "best",
-    precision: str | None = None,
-    settings: FusionSettings = FusionSettings(),
-    progress: bool = True,
-) -> FusionResult:
-    """Fits the fusion of ``workdirs``' blend (see :func:`deepsea.teachers.teacher_predictions` for ``weights``)
-    with the image features on their shared validation split, cross-validated, and writes the fused run ``out``."""
-    from deepsea import rundir
-    from deepsea.features import folder_features
-    from deepsea.inference import evaluate_probs, validation_set
-    from deepsea.teachers import blend_probs, blend_runs
-
-    if os.path.exists(os.path.join(out, "config.json")):
-        raise UserError(f"{out!r} is a training run; write the fused run elsewhere")
-    val = validation_set(workdirs[0])
-    for w in workdirs[1:]:
-        if validation_set(w).paths != val.paths:
-            raise UserError(f"{w!r} has another validation split than {workdirs[0]!r}: fusion needs a shared one")
-    members, w = blend_runs(workdirs, tta, combine, weights, checkpoint, precision)
-    probs = blend_probs(members, w, val.paths, tta, combine, progress)
-    pixel_size = members[0].preprocess.pixel_size
-    root = os.path.commonpath([os.path.abspath(p) for p in val.paths])
-    table = folder_features(root, val.paths, pixel_size, progress=progress)
-    mean, std = table.values.mean(0), table.values.std(0) + 1e-6
-    feats, logp, labels = _standardise(table.values, mean, std), log_probabilities(probs), val.labels
-    folds = np.random.default_rng(settings.seed).permutation(len(labels)) % settings.folds
-    oof = np.zeros_like(probs, dtype=np.float64)
-    largest = max(int(np.sum(folds != k)) for k in range(settings.folds))
-    for k in range(settings.folds):
-        fit, held = folds != k, folds == k
-        params = fit_fusion(feats[fit], logp[fit], labels[fit], settings, pad_to=largest)
-        oof[held] = _predict(params, feats[held], logp[held], settings.hidden, settings.dropout)
-    params = fit_fusion(feats, logp, labels, settings)
-    convnets, cv = evaluate_probs(probs, labels, "convnets"), evaluate_probs(oof, labels, "fused (cross-validated)")
-    os.makedirs(out, exist_ok=True)
-    leaves = [leaf for p in params for leaf in jax.tree.leaves(p)]
-    tmp = os.path.join(out, ".params.tmp.npz")
-    np.savez(tmp, *leaves)
-    os.replace(tmp, os.path.join(out, "params.npz"))
-    rundir.save_json(
-        os.path.join(out, "fused.json"),
-        {
-            "members": [os.path.abspath(m.workdir) for m in members],
-            "weights": [float(x) for x in w],
-            "checkpoint": checkpoint,
-            "precision": precision,
-            "tta": tta,
-            "combine": combine,
-            "classes": list(members[0].classes),
-            "pixel_size": pixel_size,
-            "features": list(table.names),
-            "mean": mean.tolist(),
-            "std": std.tolist(),
-            "settings": dataclasses.asdict(settings),
-            "validation_images": len(labels),
-            "convnets": convnets.to_dict(),
-            "cross_validated": cv.to_dict(),
-        },
-    )
-    return FusionResult(out, convnets, cv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,14 +196,14 @@ class FusedRun:
     @property
     def fitted_scores(self) -> tuple[Any, ...]:
         """The members' blend and the fusion (cross-validated) on the validation split it was fitted on."""
-        from deepsea.inference import Evaluation
+        from deepsea.evaluation import Evaluation
 
         return tuple(dataclasses.replace(Evaluation.from_dict(self.meta[k]), label=k)
                      for k in ("convnets", "cross_validated"))  # fmt: skip
 
     def member_probs(self, paths: Sequence[str], progress: bool = True) -> np.ndarray:
         """The members' blended probabilities ``(N, K)`` for any images: what the fusion starts from."""
-        from deepsea.teachers import blend_probs
+        from deepsea.predictor import blend_probs
 
         m = self.meta
         return blend_probs(self.members, np.asarray(m["weights"]), paths, m["tta"], m["combine"], progress)
@@ -288,9 +220,9 @@ class FusedRun:
         members = self.member_probs(paths, progress) if members is None else members
         root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
         table = folder_features(root, paths, m["pixel_size"], progress=progress)
-        feats = _standardise(table.values, np.asarray(m["mean"]), np.asarray(m["std"]))
+        feats = standardise(table.values, np.asarray(m["mean"]), np.asarray(m["std"]))
         s = m["settings"]
-        return _predict(self.params, feats, log_probabilities(members), s["hidden"], s["dropout"])
+        return fusion_probs(self.params, feats, log_probabilities(members), s["hidden"], s["dropout"])
 
     def probs(
         self,
@@ -311,9 +243,9 @@ class FusedRun:
 
 
 def load_fused(workdir: str) -> FusedRun:
-    """Reads a fused run written by :func:`fuse_runs`; its members must still be where they were."""
+    """Reads a fused run written by :func:`deepsea.fitting.fuse_runs`; its members must still be where they were."""
     from deepsea import rundir
-    from deepsea.inference import restore_run
+    from deepsea.runs import restore_run
 
     meta = rundir.load_json(os.path.join(workdir, "fused.json"))
     members = tuple(restore_run(w, meta["checkpoint"], precision=meta["precision"]) for w in meta["members"])

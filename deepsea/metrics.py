@@ -9,6 +9,7 @@ __all__ = [
     "accuracy",
     "confusion_matrix",
     "log_loss",
+    "log_probabilities",
     "per_class_accuracy",
     "top_k_accuracy",
 ]
@@ -46,3 +47,12 @@ def per_class_accuracy(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     m = confusion_matrix(probs, labels)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.diag(m) / m.sum(1)
+
+
+_PROB_FLOOR = 1e-7  # log(0) guard for predictions used as inputs or targets (Kaggle's scoring clips at 1e-15)
+
+
+def log_probabilities(probs: np.ndarray) -> np.ndarray:
+    """``log(probs)`` (float32), floored so that a zero probability stays finite: what distillation and late fusion
+    take of the teachers' predictions."""
+    return np.log(np.maximum(probs, _PROB_FLOOR)).astype(np.float32)

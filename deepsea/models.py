@@ -393,11 +393,20 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
 _BACKEND_CHOICES = frozenset({"conv_impl", "max_pool_impl", "roll_impl"})  # where layers run: moot without them
 
 
-def _set_but_not_taken(items: dict[str, Any], accepted: frozenset[str]) -> list[str]:
-    """The keys of ``items`` the builder does not take whose values differ from the recipe's defaults."""
-    from deepsea.configs import base_config
+def _defaults() -> dict[str, Any]:
+    """Every ``config.model`` key's default: :class:`RollNet`'s fields and the builders' keyword parameters (the
+    recipe, :func:`deepsea.configs.base_config`, holds the same values)."""
+    out = {f.name: f.default for f in dataclasses.fields(RollNet) if f.default is not dataclasses.MISSING}
+    for builder in MODELS.values():
+        for p in inspect.signature(builder).parameters.values():
+            if p.default is not inspect.Parameter.empty:
+                out.setdefault(p.name, p.default)
+    return out
 
-    defaults = base_config().model
+
+def _set_but_not_taken(items: dict[str, Any], accepted: frozenset[str]) -> list[str]:
+    """The keys of ``items`` the builder does not take whose values differ from their defaults."""
+    defaults = _defaults()
     return sorted(
         k for k, v in items.items()
         if k not in accepted and k not in _BACKEND_CHOICES and (k not in defaults or defaults[k] != v)

@@ -2,11 +2,11 @@
 
 A :class:`Predictor` has the classes, the preprocessing, the TTA ranges, the calibration and thresholds fitted for
 it, the keys that name its predictions, and ``probs(paths, transforms) -> (T, N, K)``.  Runs
-(:class:`deepsea.inference.Run`) and exported models (:class:`deepsea.export.ExportedModel`) compute it with the
+(:class:`deepsea.runs.Run`) and exported models (:class:`deepsea.export.ExportedModel`) compute it with the
 one batch loop here (:func:`batch_probs`); a fused run (:class:`deepsea.fusion.FusedRun`) predicts with the TTA
 setting its members were fused with (``fixed_tta``).  Everything above this module (evaluate, predict, calibrate,
 thresholds, ensemble, pseudo-labels, fusion) takes any predictor through :func:`predictor_probs`;
-:func:`load_predictor` decides the kind of a path in one place.
+:func:`deepsea.load.load_predictor` decides the kind of a path in one place.
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ from deepsea.tta import Combine, combine_probs, transforms_for
 __all__ = [
     "Predictor",
     "batch_probs",
+    "blend_probs",
     "cached_probs",
     "check_tta",
     "chosen_thresholds",
-    "load_predictor",
     "predictor_calibration",
-    "predictor_kind",
     "predictor_probs",
     "with_pixel_size",
 ]
@@ -187,47 +186,6 @@ def predictor_probs(
     return probs if calibration is None else calibration.apply(probs)
 
 
-def predictor_kind(path: str) -> str:
-    """``"fused"`` (a ``fused.json``), ``"exported"`` (``model.json``) or ``"run"`` (``config.json``); an error
-    naming the path for anything else."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path!r} is not a folder: give a run folder, an exported model or a fused run")
-    for name, kind in (("fused.json", "fused"), ("model.json", "exported"), ("config.json", "run")):
-        if os.path.isfile(os.path.join(path, name)):
-            return kind
-    raise FileNotFoundError(
-        f"{path!r} is neither a run (config.json), an exported model (model.json) nor a fused run (fused.json)"
-    )
-
-
-def load_predictor(
-    path: str, checkpoint: str = "best", precision: str | None = None, orbit_average: str | None = None
-) -> Predictor:
-    """The predictor in the folder ``path``, whatever its kind (:func:`predictor_kind`).  ``checkpoint``,
-    ``precision`` and ``orbit_average`` choose how a run (and a fused run's members) predicts; an exported model
-    was fixed when it was exported, so they are errors there unless left at their defaults."""
-    kind = predictor_kind(path)
-    if kind == "exported":
-        given = [n for n, v in (("precision", precision), ("orbit average", orbit_average)) if v is not None]
-        given += [] if checkpoint == "best" else ["checkpoint"]
-        if given:
-            raise UserError(f"{path} is an exported model: its {', '.join(given)} was fixed when it was exported")
-        from deepsea.export import load_model
-
-        return load_model(path)
-    if kind == "fused":
-        given = [n for n, v in (("precision", precision), ("orbit average", orbit_average)) if v is not None]
-        given += [] if checkpoint == "best" else ["checkpoint"]
-        if given:
-            raise UserError(f"{path} is a fused run: its members' {', '.join(given)} was fixed when they were fused")
-        from deepsea.fusion import load_fused
-
-        return load_fused(path)
-    from deepsea.inference import restore_run
-
-    return restore_run(path, checkpoint, orbit_average, precision)
-
-
 def with_pixel_size(predictor: Predictor, pixel_size: float | None) -> Predictor:
     """The predictor predicting images of ``pixel_size`` micrometres per pixel: required when it learnt physical
     sizes (``data.pixel_size``), refused when it learnt sizes in pixels; unchanged for ``None`` then."""
@@ -265,3 +223,15 @@ def chosen_thresholds(predictor: Predictor, tta: int | str, combine: Combine) ->
             "those (or choose thresholds for these)"
         )
     return Thresholds.from_dict(predictor.thresholds)
+
+
+def blend_probs(
+    runs: Sequence[Any], weights: np.ndarray, paths: Sequence[str], tta: int | str, combine: str, progress: bool
+) -> np.ndarray:
+    """The weighted mean of the runs' (cached, calibrated, TTA-combined) probabilities for ``paths``, float64."""
+    probs = sum(
+        wi * predictor_probs(r, list(paths), tta, combine, progress)  # type: ignore[arg-type]
+        for wi, r in zip(weights, runs, strict=True)
+    )
+    probs = np.asarray(probs, np.float64)
+    return probs / probs.sum(1, keepdims=True)

@@ -172,8 +172,7 @@ def pretrain(
     from deepsea import rundir
     from deepsea.data import AugmentedSource, AugmentRanges, Preprocess, compute_stats, train_batches
     from deepsea.data.folders import ImageFolder
-    from deepsea.stream import list_images
-    from deepsea.train import resolve_data
+    from deepsea.data.sources import list_images, resolve_data
 
     cfg = config.pretrain
     root = images or resolve_data(config)

@@ -25,31 +25,13 @@ from typing import Any
 import numpy as np
 
 from deepsea.calibration import UNCLASSIFIED, Thresholds, apply_thresholds
-from deepsea.data import BadImageError, FolderError
-from deepsea.data.images import IMAGE_EXTENSIONS
+from deepsea.data import BadImageError
 from deepsea.data.pipeline import read_input
+from deepsea.data.sources import list_images
 
-__all__ = ["StreamResult", "csv_to_ecotaxa", "csv_to_parquet", "list_images", "predict_tree"]
+__all__ = ["StreamResult", "csv_to_ecotaxa", "csv_to_parquet", "predict_tree"]
 
 DEFAULT_CHUNK = 4096
-
-
-def list_images(root: str) -> list[str]:
-    """Every image file under ``root`` (recursively; hidden files and folders left out), as sorted paths
-    relative to ``root``."""
-    root = os.fspath(root)
-    if not os.path.isdir(root):
-        raise FolderError(f"image folder {root!r} does not exist or is not a folder")
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = os.path.relpath(dirpath, root)
-        for f in sorted(filenames):
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
-                out.append(f if rel == "." else os.path.join(rel, f))
-    if not out:
-        raise FolderError(f"image folder {root!r} has no images")
-    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,8 +162,8 @@ def _predict_list(
     """Predicts the images ``rel`` (relative to ``root``) into the CSV ``out``, resuming a killed call."""
     from tqdm.auto import tqdm
 
-    from deepsea.inference import submission_header, submission_rows
     from deepsea.predictor import check_tta, predictor_calibration, predictor_probs
+    from deepsea.submission import submission_header, submission_rows
 
     check_tta(run, tta)
     classes = list(run.classes)

@@ -146,8 +146,9 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     from deepsea.configs import apply_overrides
-    from deepsea.inference import evaluate_run, restore_run
+    from deepsea.evaluation import evaluate_run
     from deepsea.rundir import load_json
+    from deepsea.runs import restore_run
     from deepsea.train import train
 
     given = {"epochs": epochs, "budget_minutes": budget_minutes, "steps": steps}

@@ -19,26 +19,18 @@ from typing import Any
 
 import numpy as np
 
+from deepsea.ensemble import blend_runs
 from deepsea.errors import UserError
+from deepsea.predictor import blend_probs
 
 __all__ = [
     "TeacherPredictions",
     "align_teacher_predictions",
-    "blend_probs",
-    "blend_runs",
     "load_teacher_predictions",
-    "log_probabilities",
     "save_teacher_predictions",
     "teacher_predictions",
 ]
 
-_PROB_FLOOR = 1e-7  # log(0) guard for predictions used as inputs or targets (Kaggle's scoring clips at 1e-15)
-
-
-def log_probabilities(probs: np.ndarray) -> np.ndarray:
-    """``log(probs)`` (float32), floored so that a zero probability stays finite: what distillation and late fusion
-    take of the teachers' predictions."""
-    return np.log(np.maximum(probs, _PROB_FLOOR)).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,49 +42,6 @@ class TeacherPredictions:
     classes: tuple[str, ...]
     probs: np.ndarray  # (N, K) float32
     teachers: dict[str, Any]  # runs, checkpoints, TTA, combination, weights
-
-
-def blend_runs(
-    workdirs: Sequence[str],
-    tta: int | str = 0,
-    combine: str = "mean",
-    weights: str = "fitted",
-    checkpoint: str = "best",
-    precision: str | None = None,
-) -> tuple[list[Any], np.ndarray]:
-    """The predictors of a blend (runs, exported models or fused runs: :func:`deepsea.predictor.load_predictor`)
-    and their weights: ``"fitted"`` (:func:`deepsea.inference.ensemble_runs` on the runs' shared validation split,
-    models chosen by cross-validation; one predictor has weight 1) or ``"uniform"``."""
-    from deepsea.inference import ensemble_runs
-    from deepsea.predictor import load_predictor
-
-    if weights not in ("fitted", "uniform"):
-        raise UserError(f"weights must be 'fitted' or 'uniform', got {weights!r}")
-    if not workdirs:
-        raise UserError("no runs given")
-    if len(workdirs) == 1:
-        chosen, w = (0,), np.ones(1)
-    else:
-        blend = ensemble_runs(workdirs, checkpoint, tta, combine, uniform=weights == "uniform", precision=precision)  # type: ignore[arg-type]
-        chosen, w = blend.chosen, np.asarray(blend.weights, np.float64)
-    runs = [load_predictor(workdirs[i], checkpoint, precision) for i in chosen]
-    if any(r.classes != runs[0].classes for r in runs):
-        raise UserError("the runs were trained on different class lists")
-    return runs, w
-
-
-def blend_probs(
-    runs: Sequence[Any], weights: np.ndarray, paths: Sequence[str], tta: int | str, combine: str, progress: bool
-) -> np.ndarray:
-    """The weighted mean of the runs' (cached, calibrated, TTA-combined) probabilities for ``paths``, float64."""
-    from deepsea.predictor import predictor_probs
-
-    probs = sum(
-        wi * predictor_probs(r, list(paths), tta, combine, progress)  # type: ignore[arg-type]
-        for wi, r in zip(weights, runs, strict=True)
-    )
-    probs = np.asarray(probs, np.float64)
-    return probs / probs.sum(1, keepdims=True)
 
 
 def teacher_predictions(
@@ -107,7 +56,7 @@ def teacher_predictions(
 ) -> TeacherPredictions:
     """The blended predictions of ``workdirs`` (:func:`blend_runs`) for every image under ``images``
     (recursively)."""
-    from deepsea.stream import list_images
+    from deepsea.data.sources import list_images
 
     runs, w = blend_runs(workdirs, tta, combine, weights, checkpoint, precision)
     rel = list_images(images)

@@ -34,13 +34,17 @@ from deepsea.data import (
     stratified_split,
     train_batches,
 )
+from deepsea.data.sources import resolve_data
 from deepsea.errors import UserError
-from deepsea.inference import Evaluation, data_mesh, evaluate_probs, put_batch, tta_probs
+from deepsea.evaluation import Evaluation, evaluate_probs
+from deepsea.mesh import data_mesh, put_batch
+from deepsea.metrics import log_probabilities
+from deepsea.runs import tta_probs
 from deepsea.step import TrainState, create_train_state, make_train_step
-from deepsea.teachers import align_teacher_predictions, load_teacher_predictions, log_probabilities
+from deepsea.teachers import align_teacher_predictions, load_teacher_predictions
 from deepsea.tta import combine_probs, transforms_for, tta_ranges_for
 
-__all__ = ["Budget", "TrainResult", "TrainingDiverged", "bag", "resolve_data", "train", "training_split"]
+__all__ = ["Budget", "TrainResult", "TrainingDiverged", "bag", "train", "training_split"]
 
 log = logging.getLogger(__name__)
 
@@ -57,40 +61,6 @@ class TrainResult:
     final: Evaluation | None
     best: Evaluation | None
     state: TrainState
-
-
-def resolve_data(config: Any) -> str:
-    """The labelled folder to train on: ``config.data.path``; for ``tfds:DIR``, a tensorflow-datasets dataset built
-    by :func:`deepsea.data.tfds_plankton.build_tfds`, and for ``ecotaxa:EXPORT.tsv`` an EcoTaxa export, each
-    exported once as a folder under the cache; or, if empty, the generated dataset (made on first use)."""
-    path = config.data.path
-    for prefix in ("tfds:", "ecotaxa:"):
-        if path.startswith(prefix):
-            return _exported(prefix[:-1], os.path.abspath(os.path.expanduser(path[len(prefix) :])))
-    if path:
-        return path
-    from deepsea.data.synthetic import default_synthetic_dir
-
-    return default_synthetic_dir(per_class=config.data.synthetic_per_class, colour=config.data.synthetic_colour)
-
-
-def _exported(kind: str, source: str) -> str:
-    """A tensorflow-datasets dataset (``tfds``) or an EcoTaxa export (``ecotaxa``) as a labelled folder, made once
-    under the data cache (keyed by the source's path)."""
-    import hashlib
-
-    from deepsea.data.synthetic import data_cache_dir
-
-    out = os.path.join(data_cache_dir(), kind, hashlib.sha256(source.encode()).hexdigest()[:12])
-    if kind == "ecotaxa":
-        from deepsea.data.ecotaxa import export_labelled_folder
-
-        return export_labelled_folder(source, out)
-    from deepsea.data.tfds_plankton import export_folder
-
-    if not os.path.isdir(source):
-        raise FileNotFoundError(f"no tensorflow-datasets dataset at {source!r} (from --data tfds:{source})")
-    return export_folder(source, out)
 
 
 def class_weights(labels: np.ndarray, num_classes: int, power: float) -> np.ndarray | None:

@@ -1,7 +1,7 @@
 """Test-time augmentation: the transforms (quasi-random Halton transforms, TenCrop) and how per-transform
 predictions are combined (mean probability, mean logits or geometric mean).
 
-Predicting under them is :func:`deepsea.inference.tta_probs`.
+Predicting under them is :func:`deepsea.runs.tta_probs`.
 """
 
 from __future__ import annotations

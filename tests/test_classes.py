@@ -85,7 +85,8 @@ def test_the_loss_weighs_each_example(tmp_path_factory, monkeypatch):
 
 @pytest.mark.slow
 def test_a_run_keeps_its_class_mapping_for_evaluation(tmp_path, monkeypatch):
-    from deepsea.inference import evaluate_run, restore_run
+    from deepsea.evaluation import evaluate_run
+    from deepsea.runs import restore_run
 
     monkeypatch.setenv("DEEPSEA_DATA", str(tmp_path / "cache"))
     config = load_experiment(os.path.join(ROOT, "experiments", "synthetic.py"), small=True)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from deepsea.groups import D4
-from deepsea.inference import read_submission
+from deepsea.submission import read_submission
 from deepsea.tools import bench_ops, demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -253,10 +253,10 @@ def test_exported_model_predicts_like_its_run(cli, trained_run, tmp_path):
     import numpy as np
 
     from deepsea.data import AugmentParams, tta_batches
+    from deepsea.data.sources import list_images
     from deepsea.export import load_model
-    from deepsea.inference import restore_run
     from deepsea.models import build_model
-    from deepsea.stream import list_images
+    from deepsea.runs import restore_run
 
     run, flat = trained_run
     model_dir = tmp_path / "exported"

@@ -153,7 +153,7 @@ def test_an_rgb_run_separates_the_colour_pairs_and_a_grayscale_run_does_not(tmp_
     """Both runs train on the red and green rings only; scored on 40 fresh images of each."""
     from deepsea.configs import apply_overrides, load_experiment
     from deepsea.data import eval_batches
-    from deepsea.inference import predict_probs, restore_run
+    from deepsea.runs import predict_probs, restore_run
     from deepsea.train import train
 
     monkeypatch.setenv("DEEPSEA_DATA", str(tmp_path / "cache"))

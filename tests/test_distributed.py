@@ -15,8 +15,9 @@ import pytest
 
 from deepsea.configs import apply_overrides, load_experiment
 from deepsea.data.synthetic import make_synthetic
-from deepsea.inference import read_submission, restore_run
+from deepsea.runs import restore_run
 from deepsea.stream import predict_tree
+from deepsea.submission import read_submission
 from deepsea.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +35,8 @@ SCRIPT = textwrap.dedent(
     initialize(f"localhost:{port}", 2, int(pid))
     import jax
     from deepsea.configs import apply_overrides, load_experiment
-    from deepsea.inference import local_variables, restore_run
+    from deepsea.mesh import local_variables
+    from deepsea.runs import restore_run
     from deepsea.stream import predict_tree
     from deepsea.train import train
 

@@ -106,7 +106,7 @@ def test_predictions_round_trip_through_the_import_format(tmp_path):
 
 def test_training_data_can_be_an_ecotaxa_export(tmp_path, rng, monkeypatch):
     from deepsea.configs import base_config
-    from deepsea.train import resolve_data
+    from deepsea.data.sources import resolve_data
 
     monkeypatch.setenv("DEEPSEA_DATA", str(tmp_path / "cache"))
     config = base_config()

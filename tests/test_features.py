@@ -126,7 +126,7 @@ def test_folder_features_are_computed_once_and_name_a_corrupt_image(tmp_path, mo
 
 
 def test_fusion_starts_at_the_convnets_and_learns_what_the_features_add(rng):
-    from deepsea.fusion import FusionSettings, _predict, fit_fusion
+    from deepsea.fusion import FusionSettings, fit_fusion, fusion_probs
 
     n, k = 600, 4
     labels = rng.integers(0, k, n)
@@ -135,10 +135,10 @@ def test_fusion_starts_at_the_convnets_and_learns_what_the_features_add(rng):
     logp = np.log(np.full((n, k), 1.0 / k, np.float32))
     logp[np.arange(n), labels // 2 * 2] += 0.0  # the convnets know nothing
     untrained = fit_fusion(feats, logp, labels, FusionSettings(steps=0, restarts=2))
-    np.testing.assert_allclose(_predict(untrained, feats, logp, 80, 0.5), np.full((n, k), 0.25), rtol=1e-6)
+    np.testing.assert_allclose(fusion_probs(untrained, feats, logp, 80, 0.5), np.full((n, k), 0.25), rtol=1e-6)
     params = fit_fusion(feats[:400], logp[:400], labels[:400], FusionSettings(steps=300, restarts=3, lr=1e-3))
     assert len(params) == 3
-    probs = _predict(params, feats[400:], logp[400:], 80, 0.5)
+    probs = fusion_probs(params, feats[400:], logp[400:], 80, 0.5)
     odd = probs[:, 1] + probs[:, 3]
     assert np.mean((odd > 0.5) == (labels[400:] % 2 == 1)) > 0.85  # held-out images
     assert -np.mean(np.log(probs[np.arange(200), labels[400:]])) < np.log(k) - 0.2
@@ -147,7 +147,7 @@ def test_fusion_starts_at_the_convnets_and_learns_what_the_features_add(rng):
 def test_fusion_with_uninformative_features_stays_at_the_convnets(rng):
     """Early stopping on held-out images: noise features cannot make the fused predictions worse than the
     convnets' beyond a small margin (without it they did, overfitting the fitting images)."""
-    from deepsea.fusion import FusionSettings, _predict, fit_fusion
+    from deepsea.fusion import FusionSettings, fit_fusion, fusion_probs
 
     n, k = 900, 10
     labels = rng.integers(0, k, n)
@@ -155,7 +155,7 @@ def test_fusion_with_uninformative_features_stays_at_the_convnets(rng):
     logp = (logits - np.log(np.exp(logits).sum(1, keepdims=True))).astype(np.float32)
     feats = rng.standard_normal((n, 40)).astype(np.float32)
     params = fit_fusion(feats[:600], logp[:600], labels[:600], FusionSettings(steps=300, restarts=2, lr=1e-3))
-    fused = _predict(params, feats[600:], logp[600:], 80, 0.5)
+    fused = fusion_probs(params, feats[600:], logp[600:], 80, 0.5)
     before = -np.mean(logp[600:][np.arange(300), labels[600:]])
     after = -np.mean(np.log(fused[np.arange(300), labels[600:]]))
     assert after < before + 0.01

@@ -11,10 +11,11 @@ from deepsea import metrics as M
 from deepsea.data import AugmentParams, Preprocess, Rescale, eval_batches, scan_labelled_folder
 from deepsea.data.synthetic import make_synthetic
 from deepsea.ensemble import blend, cross_validated_selection, fit_blend_weights
-from deepsea.inference import predict_probs, read_submission, tta_probs, write_submission
 from deepsea.models import tiny_rollnet
 from deepsea.plots import save_confusion_png
 from deepsea.predictor import cached_probs
+from deepsea.runs import predict_probs, tta_probs
+from deepsea.submission import read_submission, write_submission
 from deepsea.tta import combine_probs, identity_transforms, transforms_for
 
 
@@ -202,7 +203,7 @@ def test_tta_ranges_never_exceed_the_training_ranges():
 
 def test_repeated_predictions_reuse_one_compiled_function(tiny_run):
     """Validation runs every few thousand steps: it must not trace and compile anew each time."""
-    from deepsea.inference import _predict_fn
+    from deepsea.runs import _predict_fn
 
     folder, model, variables, pp = tiny_run
     for _ in range(3):
@@ -249,7 +250,7 @@ def test_tencrop_predictions_through_the_cache(tiny_run, tmp_path):
 
 def _tiny_run_object(tiny_run, workdir):
     from deepsea.configs import base_config
-    from deepsea.inference import Run
+    from deepsea.runs import Run
 
     folder, model, variables, pp = tiny_run
     config = base_config()
@@ -260,7 +261,8 @@ def _tiny_run_object(tiny_run, workdir):
 def test_streamed_prediction_resumes_after_a_kill_and_equals_one_pass(tiny_run, tmp_path):
     import shutil
 
-    from deepsea.stream import list_images, predict_tree
+    from deepsea.data.sources import list_images
+    from deepsea.stream import predict_tree
 
     folder, model, variables, pp = tiny_run
     tree = tmp_path / "tree"

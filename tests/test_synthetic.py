@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from deepsea.data import invert, read_image, scan_labelled_folder, stratified_split
-from deepsea.data.synthetic import SYNTHETIC_CLASSES, default_synthetic_dir, make_synthetic
+from deepsea.data.sources import default_synthetic_dir
+from deepsea.data.synthetic import SYNTHETIC_CLASSES, make_synthetic
 
 PER_CLASS = 40
 

@@ -52,7 +52,7 @@ def test_training_reads_a_built_dataset_as_its_folder(synth, tmp_path, monkeypat
     """``deepsea train --data tfds:DIR``: the built dataset is exported once to a labelled folder, the same
     images (losslessly) under the same classes, and reused on the next call."""
     from deepsea.configs import base_config
-    from deepsea.train import resolve_data
+    from deepsea.data.sources import resolve_data
 
     monkeypatch.setenv("DEEPSEA_DATA", str(tmp_path / "cache"))
     path = build_tfds(synth.root, str(tmp_path / "tfds"))

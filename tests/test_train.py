@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from deepsea.configs import ConfigError, apply_overrides, base_config, load_experiment
-from deepsea.inference import restore_run
 from deepsea.models import build_model, count_params
+from deepsea.runs import restore_run
 from deepsea.step import create_train_state, example_inputs, make_optimizer, make_train_step
 from deepsea.train import Budget, TrainingDiverged, train
 
@@ -499,7 +499,7 @@ def test_run_folders_written_before_the_key_renames_still_load(tmp_path):
 
 def test_validation_during_training_can_use_the_test_time_transforms(small_config, tmp_path):
     """``train.eval_tta``: the best checkpoint is chosen on the predictions ``evaluate --tta`` will make."""
-    from deepsea.inference import evaluate_run
+    from deepsea.evaluation import evaluate_run
 
     apply_overrides(small_config, ["train.eval_tta=2", "train.steps=2", "train.eval_every=2"])
     result = train(small_config, str(tmp_path / "run"), progress=False)
@@ -528,6 +528,12 @@ def test_a_runs_config_is_restored_strictly(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(stored))
     with pytest.raises(ConfigError, match=r"config.json: unknown config key 'model.dropuot'"):
         load_config(str(tmp_path))
+    from deepsea.models import _defaults
+
+    recipe = base_config().model  # the check compares with the models' own defaults: the recipe holds the same
+    assert {k: v for k, v in _defaults().items() if k in recipe and k != "name"} == {
+        k: v for k, v in recipe.items() if k in _defaults() and k != "name"
+    }
     resnet = load_experiment_with(os.path.join(ROOT, "experiments", "resnet50_cpu.py"), ["model.precision=bfloat16"])
     with pytest.raises(ValueError, match=r"'resnet50' does not take model.precision"):
         build_model(resnet.model, 5)

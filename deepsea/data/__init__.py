@@ -7,6 +7,7 @@ from deepsea.data.folders import (
     read_class_map,
     scan_flat_folder,
     scan_labelled_folder,
+    stratified_split,
 )
 from deepsea.data.images import BadImageError, invert, read_image
 from deepsea.data.pipeline import (
@@ -17,7 +18,6 @@ from deepsea.data.pipeline import (
     compute_stats,
     eval_batches,
     preprocess_image,
-    stratified_split,
     train_batches,
     tta_batches,
 )

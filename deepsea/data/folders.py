@@ -201,13 +201,37 @@ class HoldOut:
     aside: int
 
 
+def stratified_split(
+    labels: np.ndarray, fraction: float = 0.1, seed: int = 0, min_class_size: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class random split: ``round(fraction * n_c)`` validation images of each class.
+
+    Every class with at least ``min_class_size`` images has at least one
+    validation image, and every class keeps at least one training image.
+    Returns sorted ``(train_indices, validation_indices)``.
+    """
+    if not 0 < fraction < 1:
+        raise UserError(f"validation fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    val: list[np.ndarray] = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n_val = int(np.floor(fraction * len(idx) + 0.5))
+        if len(idx) >= min_class_size:
+            n_val = max(n_val, 1)
+        n_val = min(n_val, len(idx) - 1)
+        val.append(rng.permutation(idx)[:n_val])
+    val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
+    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
+    return train_idx, val_idx
+
+
 def hold_out(root: str | os.PathLike, out: str | os.PathLike, fraction: float = 0.1, seed: int = 0) -> HoldOut:
     """Sets ``fraction`` of every class of the labelled folder ``root`` aside, as symbolic links (no copies):
     ``out/train/<class>/`` (the rest, to train on), ``out/aside/<class>/`` (labelled, touched only to score) and
     ``out/aside_images/`` (the same images flat, named ``<n>_<file>`` without their class: what pseudo-labelling
     may see).  Refuses an ``out`` that exists."""
-    from deepsea.data.pipeline import stratified_split
-
     folder = scan_labelled_folder(root)
     out = os.fspath(out)
     if os.path.exists(out):

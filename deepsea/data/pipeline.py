@@ -45,7 +45,6 @@ __all__ = [
     "preprocess_image",
     "preprocess_inputs",
     "read_input",
-    "stratified_split",
     "train_batches",
     "tta_batches",
 ]
@@ -204,32 +203,6 @@ def check_images(
     keep = np.array([r[2] is None for r in results], dtype=bool)
     sizes = np.array([r[1] for r in results if r[1] is not None], dtype=np.int32).reshape(-1, 2)
     return folder.subset(np.flatnonzero(keep)), sizes, bad
-
-
-def stratified_split(
-    labels: np.ndarray, fraction: float = 0.1, seed: int = 0, min_class_size: int = 10
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class random split: ``round(fraction * n_c)`` validation images of each class.
-
-    Every class with at least ``min_class_size`` images has at least one
-    validation image, and every class keeps at least one training image.
-    Returns sorted ``(train_indices, validation_indices)``.
-    """
-    if not 0 < fraction < 1:
-        raise UserError(f"validation fraction must be in (0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    val: list[np.ndarray] = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        n_val = int(np.floor(fraction * len(idx) + 0.5))
-        if len(idx) >= min_class_size:
-            n_val = max(n_val, 1)
-        n_val = min(n_val, len(idx) - 1)
-        val.append(rng.permutation(idx)[:n_val])
-    val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
-    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
-    return train_idx, val_idx
 
 
 def compute_stats(

@@ -31,8 +31,6 @@ __all__ = [
     "PALETTE",
     "SYNTHETIC_CLASSES",
     "colour_classes",
-    "data_cache_dir",
-    "default_synthetic_dir",
     "draw",
     "make_synthetic",
 ]
@@ -230,29 +228,3 @@ SYNTHETIC_VERSION = 1
 DEFAULT_PER_CLASS = 150
 
 
-def data_cache_dir() -> str:
-    """Where generated and exported datasets are kept: ``$DEEPSEA_DATA``, else ``~/.cache/deepsea``."""
-    return os.environ.get("DEEPSEA_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "deepsea")
-
-
-def default_synthetic_dir(
-    per_class: int = DEFAULT_PER_CLASS, seed: int = 0, generate: bool = True, colour: bool = False
-) -> str:
-    """The default generated dataset, made on first use under ``$DEEPSEA_DATA`` (or ``~/.cache/deepsea``).
-
-    Generation writes to a temporary folder renamed into place, so an
-    interrupted run never leaves a half-written dataset behind.
-    """
-    base = data_cache_dir()
-    path = os.path.join(base, f"synthetic-v{SYNTHETIC_VERSION}{'-colour' if colour else ''}-{per_class}-{seed}")
-    if generate and not os.path.isdir(path):
-        os.makedirs(base, exist_ok=True)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        make_synthetic(tmp, per_class=per_class, seed=seed, colour=colour)
-        try:
-            os.rename(tmp, path)
-        except OSError:  # another process finished first
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path

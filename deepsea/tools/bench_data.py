@@ -109,7 +109,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main_with_args(args: argparse.Namespace) -> None:
     if args.data is None:
-        from deepsea.data.synthetic import default_synthetic_dir
+        from deepsea.data.sources import default_synthetic_dir
 
         args.data = default_synthetic_dir()
     folder = scan_labelled_folder(args.data)
