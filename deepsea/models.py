@@ -142,22 +142,35 @@ class RollNet(nn.Module):
         x = x.reshape((x.shape[0], -1))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = self.dense(self.dense_features, self.maxout_pieces, dtype=compute, name="dense0")(x)
-        if sym:
-            if self.dense_roll:
-                x = self.roll_layer(group=self.symmetry, implementation=self.roll_impl, name="roll")(x)
-            x = self.view_pool_layer(group=self.symmetry, mode=self.view_pool_mode, name="view_pool")(x)
-        if k > 1:  # pool over the rotated copies too: rms of rms over equal groups is the rms over all views
-            x = ops.pool_stack(x.reshape((k, x.shape[0] // k, *x.shape[1:])), self.view_pool_mode)
+        rolled = sym and self.dense_roll  # the roll feeds dense1, which runs per view; the view pool comes after it
+        if rolled:
+            x = self.roll_layer(group=self.symmetry, implementation=self.roll_impl, name="roll")(x)
+        else:
+            x = self._pool_views(x, k)
         if self.size_features:
             if raw_size is None:
                 raise ValueError("this model late-fuses the raw image size: pass raw_size=(B, 2) heights and widths")
-            x = jnp.concatenate([x, size_features(raw_size).astype(x.dtype)], axis=-1)
+            sizes = size_features(raw_size).astype(x.dtype)
+            if rolled:  # every view of an image gets its size (sorted sides: the same for every view)
+                sizes = jnp.concatenate([sizes] * (x.shape[0] // sizes.shape[0]), axis=0)
+            x = jnp.concatenate([x, sizes], axis=-1)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = self.dense(self.dense_features, self.maxout_pieces, dtype=compute, name="dense1")(x)
+        if rolled:
+            x = self._pool_views(x, k)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         if self.features_only:
             return x
         return self.classifier(self.num_classes, name="logits")(x.astype(jnp.float32))
+
+    def _pool_views(self, x: jax.Array, k: int) -> jax.Array:
+        """The view pool over the group's views (with a symmetry), then over the ``k`` rotated input copies (RMS
+        of RMS over equal groups is the RMS over all views)."""
+        if self.symmetry is not None:
+            x = self.view_pool_layer(group=self.symmetry, mode=self.view_pool_mode, name="view_pool")(x)
+        if k > 1:
+            x = ops.pool_stack(x.reshape((k, x.shape[0] // k, *x.shape[1:])), self.view_pool_mode)
+        return x
 
 
 def size_features(raw_size: jax.Array) -> jax.Array:

@@ -169,3 +169,26 @@ def test_bfloat16_convroll4_shaped_network_is_invariant_at_95(rng):
     fn = _net_fn(net, 95)
     x = jnp.asarray(rng.standard_normal((2, 95, 95, 1)), jnp.float32)
     check_invariance(fn, "c4", x, atol=1e-5)
+
+
+@pytest.mark.parametrize("group", ["c4", "d4"])
+def test_the_dense_roll_feeds_a_per_view_layer_before_the_pool(group, rng):
+    """A roll followed directly by the view pool only copies pooled features (every block pools to the same
+    vector), so the roll must feed dense1 per view: replacing it by a copy of each view changes the logits."""
+    import flax.linen as nn
+
+    from deepsea import layers
+
+    net = models.tiny_rollnet(symmetry=group, dense_roll=True)
+    x = jnp.asarray(rng.standard_normal((2, 23, 23, 1)), jnp.float32)
+    params = net.init(jax.random.key(0), x)
+    v = 4 if group == "c4" else 8
+
+    def copies(next_fun, args, kwargs, context):
+        if isinstance(context.module, layers.Roll) and context.method_name == "__call__":
+            return jnp.concatenate([args[0]] * v, axis=-1)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(copies):
+        copied = net.apply(params, x)
+    assert float(jnp.abs(net.apply(params, x) - copied).max()) > 1e-3

@@ -12,6 +12,7 @@ not a multiple of the block size, float32, bfloat16 and float16.  The op suite
 import functools
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,9 +38,12 @@ OPS = {
 COMPILED = not deepsea_kernels._blocks.interpret_default()  # on a GPU the kernels are compiled
 
 
-def _skip_compiled_dense_roll(impl: str) -> None:
-    if impl == "pallas" and COMPILED:
-        pytest.skip("the compiled dense roll kernel is disabled (see kernels/roll.py)")
+def _compiled_dense_roll(x: jax.Array, group) -> jax.Array:
+    """The dense roll kernel compiled (its public entry refuses compiled use): what the GPU tests measure."""
+    from deepsea_kernels._blocks import block_elements
+    from deepsea_kernels.roll import _roll
+
+    return _roll(x, group, int(block_elements(x.size // group.order, False)), False)
 
 
 GROUPS = [C4, D4]
@@ -84,9 +88,10 @@ def test_conv_roll_forward_matches_reference(impl, group, shape, dtype, rng):
 @pytest.mark.parametrize("group", GROUPS, ids=gid)
 @pytest.mark.parametrize(("impl", "shape", "dtype"), _cases([(2, 7), (3, 16), (2, 3, 5), (1, 1)]))
 def test_dense_roll_forward_matches_reference(impl, group, shape, dtype, rng):
-    _skip_compiled_dense_roll(impl)
+    """Alone the dense roll is bitwise the reference, compiled too (on a GPU: its internal entry)."""
     x = _random(rng, (group.order * shape[0], *shape[1:]), dtype)
-    out = jax.jit(OPS["roll", impl], static_argnums=1)(x, group)
+    op = _compiled_dense_roll if impl == "pallas" and COMPILED else OPS["roll", impl]
+    out = jax.jit(op, static_argnums=1)(x, group)
     assert out.dtype == dtype and out.shape == (*x.shape[:-1], group.order * shape[-1])
     np.testing.assert_array_equal(np.asarray(out, np.float64), roll_ref(np.asarray(x, np.float64), group.name, False))
 
@@ -229,6 +234,33 @@ def test_whole_convroll4_network_is_the_same_with_either_implementation(symmetry
         for a, b in zip(grads["pallas"], grads["xla"], strict=True):
             assert np.linalg.norm(a - b) <= 1e-2 * np.linalg.norm(b) + 1e-12
     assert float(jnp.abs(out["xla"][1]).max()) > 0
+
+
+@pytest.mark.skipif(not COMPILED, reason="compiles the Pallas kernels: needs a GPU (interpret mode is tested above)")
+@pytest.mark.xfail(strict=True, reason="inside convroll4 the compiled dense roll gave a 70% wrong upstream gradient "
+                   "on an H100 (cause unknown): a pass means it was fixed, and the refusal can go")  # fmt: skip
+def test_compiled_dense_roll_inside_a_network_gives_the_reference_gradient(rng):
+    cfg = {"name": "rollnet", "symmetry": "c4", "dense_roll": True, "dropout_rate": 0.0, "width": 0.25}
+    cfg["stages"] = CONVROLL4_STAGES[:3]
+    model = build_model(cfg, 121)
+    x, labels = _random(rng, (2, 23, 23, 1)), jnp.asarray([3, 7])
+    params = model.init(jax.random.key(0), x)["params"]
+
+    def loss(params, roll):
+        with nn.intercept_methods(roll):
+            logits = model.apply({"params": params}, x)
+        return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(2), labels])
+
+    def compiled(next_fun, args, kwargs, context):  # the model's dense roll through the compiled kernel
+        if isinstance(context.module, layers.Roll) and context.method_name == "__call__":
+            return _compiled_dense_roll(args[0], C4)
+        return next_fun(*args, **kwargs)
+
+    with jax.default_matmul_precision("highest"):
+        want = jax.grad(loss)(params, lambda f, a, k, c: f(*a, **k))
+        got = jax.grad(loss)(params, compiled)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert np.linalg.norm(np.asarray(a) - np.asarray(b)) <= 1e-2 * np.linalg.norm(np.asarray(b)) + 1e-12
 
 
 def test_compiled_dense_roll_is_refused(rng):
