@@ -2,9 +2,9 @@
 (``ndsb_cpu``), a C4 rolled network of the same recipe whose width gives the same measured step time (``equal_c4``,
 width 0.22), the C4 network at the plain one's FLOPs per image (width 0.396, about half the plain step's speed) and
 the D4 network at its FLOPs (``equal_d4``, width 0.225; no width gives D4 the plain step time: at 0.075 it is still
-slower), each trained for the same minutes of 2-core training time on the NDSB images (the steps that fill the
-budget, measured once on quiet cores with ``deepsea bench``) and scored on the tenth of every class held out for
-validation.
+slower), each trained for the same minutes of 2-core training time (5 and 10 minutes for the first two) on the NDSB
+images (the steps that fill the budget, measured once on quiet cores with ``deepsea bench``) and scored on the tenth
+of every class held out for validation.
 
 Launch (the steps: 10 minutes at each network's measured rate; every run alone on the cores, or beside work that
 does not change its steps), then the page:
@@ -14,6 +14,8 @@ does not change its steps), then the page:
     deepsea bench experiments/equal_d4.py --match-flops experiments/ndsb_cpu.py  # -> equal_d4.WIDTH
     deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 2 --steps 4700 --set train.eval_every=940 --out $E/plain
     deepsea sweep experiments/equal_c4.py --data $D --seeds 2 --steps 4700 --set train.eval_every=940 --out $E/c4
+    deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 2350 --set train.eval_every=470 --out $E/plain_5
+    deepsea sweep experiments/equal_c4.py --data $D --seeds 1 --steps 2350 --set train.eval_every=470 --out $E/c4_5
     deepsea sweep experiments/equal_c4.py --data $D --seeds 1 --steps 2400 --set train.eval_every=480 \\
         --set model.width=0.396 --out $E/c4_flops
     deepsea sweep experiments/equal_d4.py --data $D --seeds 1 --steps 1650 --set train.eval_every=330 --out $E/d4_flops
@@ -35,9 +37,12 @@ def get_config(small: bool = False):
 
 def frontier() -> list[Arm]:
     """The networks and budgets compared (the sweep folders of the launch commands above)."""
+    plain, c4 = "plain + D4 orbit average (ndsb_cpu)", "C4 rolled, equal step time (width 0.22)"
     return [
-        Arm("plain + D4 orbit average (ndsb_cpu)", "plain", 10),
-        Arm("C4 rolled, equal step time (width 0.22)", "c4", 10),
+        Arm(plain, "plain_5", 5),
+        Arm(plain, "plain", 10),
+        Arm(c4, "c4_5", 5),
+        Arm(c4, "c4", 10),
         Arm("C4 rolled, equal FLOPs (width 0.396)", "c4_flops", 10),
         Arm("D4 rolled, equal FLOPs (width 0.225)", "d4_flops", 10),
     ]
