@@ -289,6 +289,13 @@ def test_exported_model_predicts_like_its_run(cli, trained_run, tmp_path):
     assert (model_dir / "calibration.json").exists() and (model_dir / "reliability.png").exists()
     refit = score(cli("evaluate", "--workdir", str(model_dir), "--data", data))
     assert refit[0] <= by_model[0] + 1e-6  # fitted on these very images: no worse there
+    # it is a teacher and an ensemble member like a run
+    cli("pseudolabel", str(model_dir), "--images", str(flat), "--out", str(tmp_path / "pl.npz"))
+    with np.load(tmp_path / "pl.npz") as f:
+        assert f["probs"].shape == (12, len(classes))
+    assert "--uniform" in cli("ensemble", run, str(model_dir), rc=2)  # no shared split to fit weights on
+    cli("ensemble", run, str(model_dir), "--uniform", "--images", str(flat), "--out", str(tmp_path / "e.csv"))
+    assert read_submission(str(tmp_path / "e.csv"))[0] == names_r
     restored = restore_run(run)
     mc = restored.config.model
     mc.conv_impl, mc.max_pool_impl = "xla", "slices"
