@@ -80,6 +80,16 @@ def _map_classes(config: Any, workdir: str, folder: Any, lead: bool) -> Any:
     resolved mapping (every original class to its name, or null) is saved as ``class_map.json`` for resuming,
     evaluation and prediction."""
     mapping = read_class_map(config.data.class_map) if config.data.class_map else {}
+    unknown = sorted(set(mapping) - set(folder.classes))
+    if unknown:  # a typo would leave the class it meant in training
+        import difflib
+
+        hints = [f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, folder.classes, 1)) else
+                 repr(u) for u in unknown[:10]]  # fmt: skip
+        raise UserError(
+            f"{config.data.class_map}: class(es) that {folder.root!r} does not have: {', '.join(hints)}; nothing "
+            "was trained"
+        )
     resolved = {c: mapping.get(c, c) or None for c in folder.classes}
     minimum = config.data.min_class_size
     if minimum > 0:

@@ -10,6 +10,7 @@ import pytest
 
 from deepsea.configs import apply_overrides, load_experiment
 from deepsea.data import FolderError, ImageFolder, map_classes, read_class_map
+from deepsea.errors import UserError
 from deepsea.step import create_train_state, make_train_step
 from deepsea.train import class_weights, train
 
@@ -94,6 +95,13 @@ def test_a_run_keeps_its_class_mapping_for_evaluation(tmp_path, monkeypatch):
     overrides = [f"data.class_map={tmp_path / 'map.csv'}", "train.steps=2", "train.class_weight_power=0.5"]
     apply_overrides(config, [*overrides, "model.symmetry=none"])  # a plain net compiles faster; the mapping is tested
     workdir = str(tmp_path / "run")
+    # a typo in the map is refused by name before anything trains (it would have kept the class it meant)
+    (tmp_path / "typo.csv").write_text("disc_small,disc\nrdo,\n")
+    typo = load_experiment(os.path.join(ROOT, "experiments", "synthetic.py"), small=True)
+    apply_overrides(typo, [f"data.class_map={tmp_path / 'typo.csv'}", "model.symmetry=none"])
+    with pytest.raises(UserError, match=r"'rdo' \(did you mean 'rod'\?\); nothing was trained"):
+        train(typo, str(tmp_path / "typo_run"), progress=False)
+    assert not os.path.exists(tmp_path / "typo_run" / "config.json")  # no run was started
     train(config, workdir, progress=False)
     run = restore_run(workdir, "latest")
     assert len(run.classes) == 10 and "disc" in run.classes and "rod" not in run.classes
