@@ -118,7 +118,8 @@ def test_check_images_names_every_bad_file_and_skips_only_when_asked(labelled):
     (labelled / "a_class" / "broken.jpg").write_bytes(b"not a jpeg")
     (labelled / "b_class" / "cut.jpg").write_bytes((labelled / "b_class" / "b_class0.jpg").read_bytes()[:40])
     f = scan_labelled_folder(labelled)
-    with pytest.raises(BadImageError, match=r"2 unreadable image\(s\).*broken\.jpg.*cut\.jpg"):
+    advice = r"\(to skip and list them: --set data.skip_bad_images=true when training, --skip-bad-images when"
+    with pytest.raises(BadImageError, match=r"2 unreadable image\(s\) " + advice + r".*broken\.jpg.*cut\.jpg"):
         check_images(f, progress=False)
     kept, sizes, bad = check_images(f, skip_bad=True, progress=False)
     assert len(kept) == len(f) - 2 and sorted(os.path.basename(p) for p, _ in bad) == [

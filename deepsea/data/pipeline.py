@@ -196,7 +196,10 @@ def check_images(
     if bad and not skip_bad:
         listing = "; ".join(f"{p}: {r}" for p, r in bad[:20]) + ("; ..." if len(bad) > 20 else "")
         err = BadImageError(bad[0][0], bad[0][1])
-        err.args = (f"{len(bad)} unreadable image(s) (pass skip_bad / --skip-bad-images to skip them): {listing}",)
+        err.args = (
+            f"{len(bad)} unreadable image(s) (to skip and list them: --set data.skip_bad_images=true when training, "
+            f"--skip-bad-images when predicting): {listing}",
+        )
         raise err
     for p, reason in bad:
         log.warning("skipping unreadable image %s: %s", p, reason)
