@@ -113,3 +113,30 @@ def test_training_data_can_be_an_ecotaxa_export(tmp_path, rng, monkeypatch):
     config.data.path = "ecotaxa:" + _export(tmp_path, rng)
     folder = scan_labelled_folder(resolve_data(config))
     assert len(folder) == 6 and str(tmp_path / "cache") in folder.root
+
+
+def test_a_failed_export_leaves_no_entry_and_the_corrected_file_builds(tmp_path, rng):
+    """A duplicate object id fails the export; the cache entry is not half-written, so the corrected file
+    exports (it failed with shutil.SameFileError until the entry was deleted by hand)."""
+    dup = [["obj_0", "1", "Calanidae", "validated", "imgs/obj_1.jpg"]]
+    tsv = _export(tmp_path, rng, extra=dup)
+    out = str(tmp_path / "folder")
+    with pytest.raises(EcoTaxaError, match="object id 'obj_0' appears twice"):
+        export_labelled_folder(tsv, out)
+    assert not os.path.exists(out) and not [p for p in os.listdir(tmp_path) if p.startswith("folder.tmp")]
+    os.makedirs(os.path.join(out, "Calanidae"))  # a half-made entry from an older version is rebuilt too
+    os.symlink(tmp_path / "imgs" / "obj_0.jpg", os.path.join(out, "Calanidae", "obj_0.jpg"))
+    _export(tmp_path, rng)
+    assert len(scan_labelled_folder(export_labelled_folder(tsv, out))) == 6
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "latin-1"])
+def test_spreadsheet_encodings_are_read(tmp_path, rng, encoding):
+    """A byte-order mark (spreadsheets write one) and Latin-1 (older exports) read like plain UTF-8."""
+    tsv = _export(tmp_path, rng, extra=[["obj_é", "1", "Calanidae", "validated", "imgs/obj_0.jpg"]])
+    with open(tsv, encoding="utf-8", newline="") as f:
+        text = f.read()
+    with open(tsv, "w", encoding=encoding, newline="") as f:
+        f.write(text)
+    objs = read_ecotaxa(tsv)
+    assert objs.object_ids[0] == "obj_0" and "obj_é" in objs.object_ids

@@ -23,6 +23,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
+import logging
 import os
 from collections.abc import Iterable, Sequence
 
@@ -38,6 +40,8 @@ __all__ = [
     "write_ecotaxa",
     "write_ecotaxa_rows",
 ]
+
+log = logging.getLogger(__name__)
 
 REQUIRED = ("object_id", "img_file_name", "object_annotation_category")
 
@@ -66,14 +70,25 @@ def category_name(folder: str) -> str:
     return folder.replace("%2F", "/").replace("%25", "%")
 
 
+def _decoded(tsv: str) -> str:
+    """The TSV's text: UTF-8 with or without a byte-order mark (as spreadsheets write it), else Latin-1 (every
+    byte is a character there, so an old export still reads; logged)."""
+    with open(tsv, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        log.warning("%s is not UTF-8 (byte %d): read as Latin-1", tsv, e.start)
+        return raw.decode("latin-1")
+
+
 def read_ecotaxa(tsv: str, statuses: Sequence[str] | None = ("validated",)) -> EcoTaxaObjects:
     """The objects of ``tsv`` whose annotation status is in ``statuses`` (``None``: every object with a
     category).  Raises :class:`EcoTaxaError` naming the file, the line or the missing column."""
     tsv = os.fspath(tsv)
     if not os.path.isfile(tsv):
         raise EcoTaxaError(f"no EcoTaxa TSV at {tsv!r}")
-    with open(tsv, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
+    rows = list(csv.reader(io.StringIO(_decoded(tsv), newline=""), delimiter="\t"))
     if not rows:
         raise EcoTaxaError(f"{tsv!r} is empty")
     header = [h.strip() for h in rows[0]]
@@ -122,7 +137,23 @@ def export_labelled_folder(tsv: str, out: str, statuses: Sequence[str] | None = 
         with open(done) as f:
             if f.read().split()[0] == digest:
                 return out
+    if os.path.exists(out):  # another version of the export, or one a failure left half-made: rebuilt
         shutil.rmtree(out)
+    tmp = f"{out}.tmp.{os.getpid()}"  # made aside and renamed into place: a failure leaves no entry behind
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _link_objects(tsv, objects, tmp)
+        with open(os.path.join(tmp, ".complete"), "w") as f:
+            f.write(f"{digest} {len(objects.paths)} objects from {tsv}\n")
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _link_objects(tsv: str, objects: EcoTaxaObjects, out: str) -> None:
+    import shutil
+
     seen: set[str] = set()
     for oid, path, cat in zip(objects.object_ids, objects.paths, objects.categories, strict=True):
         folder = os.path.join(out, folder_name(cat))
@@ -136,9 +167,6 @@ def export_labelled_folder(tsv: str, out: str, statuses: Sequence[str] | None = 
             os.symlink(path, target)
         except OSError:
             shutil.copyfile(path, target)
-    with open(done, "w") as f:
-        f.write(f"{digest} {len(objects.paths)} objects from {tsv}\n")
-    return out
 
 
 def write_ecotaxa(
