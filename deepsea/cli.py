@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from deepsea.errors import UserError
+from deepsea.paths import output_file, output_folder
 
 __all__ = ["CPU_XLA_FLAGS", "main"]
 
@@ -208,6 +209,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the exported network's precision (default float32: XLA's own bfloat16 convolutions are slow on CPUs)",
     )
     p.add_argument("--platforms", default="cpu,cuda", help="comma-separated: cpu, cuda, rocm, tpu (default cpu,cuda)")
+    p.add_argument("--overwrite", action="store_true", help="replace the exported model already in --out")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("calibrate", help="fit temperature scaling on a run's validation split (reliability.png)")
@@ -365,6 +367,7 @@ def _train(args: argparse.Namespace) -> None:
 
     config = _config(args)
     workdir = args.workdir or os.path.join("runs", config.name)
+    output_folder(workdir, "--workdir")
     print(f"training {config.name} in {workdir} on {config.data.path or 'the synthetic dataset'}")
     _print_best(train(config, workdir).best, workdir)
 
@@ -373,6 +376,7 @@ def _pretrain(args: argparse.Namespace) -> None:
     from deepsea.pretrain import pretrain
 
     config = _config(args)
+    output_folder(args.workdir, "--workdir")
     res = pretrain(config, args.workdir, args.images)
     print(
         f"pre-trained {config.name}'s convolutions for {res.steps} steps (reconstruction error {res.final_mse:.4f}); "
@@ -384,6 +388,7 @@ def _pretrain(args: argparse.Namespace) -> None:
 def _sweep(args: argparse.Namespace) -> None:
     from deepsea.sweep import run_sweep
 
+    output_folder(args.out, "--out")
     try:
         tta = [_tta_arg(t.strip()) for t in args.tta.split(",") if t.strip()]
     except argparse.ArgumentTypeError as e:
@@ -516,6 +521,9 @@ def _predict(args: argparse.Namespace) -> None:
     from deepsea.stream import predict_tree
 
     _init_distributed(args)
+    for flag, path in (("--out", args.out), ("--ecotaxa", args.ecotaxa), ("--parquet", args.parquet)):
+        if path:
+            output_file(path, flag)
     source = args.model or args.workdir
     run = _load_predictor(source, args)
     if run.fixed_tta is not None and args.tta != run.fixed_tta:
@@ -557,6 +565,9 @@ def _export(args: argparse.Namespace) -> None:
     unknown = sorted(set(platforms) - {"cpu", "cuda", "rocm", "tpu"})
     if unknown or not platforms:
         raise CommandError(f"--platforms: unknown platform(s) {unknown or args.platforms!r}; cpu, cuda, rocm or tpu")
+    if os.path.isfile(os.path.join(args.out, "model.json")) and not args.overwrite:
+        raise CommandError(f"{args.out} holds an exported model already: --overwrite replaces it, or use another --out")
+    output_folder(args.out, "--out")
     run = restore_run(args.workdir, args.checkpoint, precision=args.precision)
     export_run(run, args.out, platforms)
     from deepsea.export import fitted_extras
@@ -580,6 +591,7 @@ def _export(args: argparse.Namespace) -> None:
 def _holdout(args: argparse.Namespace) -> None:
     from deepsea.data.folders import hold_out
 
+    output_folder(args.out, "--out")
     res = hold_out(args.data, args.out, args.fraction, args.seed)
     print(
         f"wrote {args.out}: train/ ({res.train} images), aside/ ({res.aside} images, labelled, for scoring: "
@@ -604,6 +616,10 @@ def _fuse(args: argparse.Namespace) -> None:
     from deepsea.fitting import fuse_runs
     from deepsea.fusion import FusionSettings
 
+    for flag, value in (("--steps", args.steps), ("--restarts", args.restarts), ("--hidden", args.hidden)):
+        if value < 1:  # --steps 0 wrote a fusion network that had learnt nothing
+            raise CommandError(f"{flag} must be at least 1, got {value}")
+    output_folder(args.out, "--out")
     settings = FusionSettings(hidden=args.hidden, restarts=args.restarts, steps=args.steps)
     res = fuse_runs(
         args.runs, args.out, args.tta, args.combine, args.weights, args.checkpoint, args.precision, settings
@@ -619,6 +635,7 @@ def _pseudolabel(args: argparse.Namespace) -> None:
 
     if not args.out.endswith(".npz"):
         raise CommandError(f"--out must be an .npz file, got {args.out!r}")
+    output_file(args.out, "--out")
     tp = teacher_predictions(
         args.runs, args.images, args.tta, args.combine, args.weights, args.checkpoint, args.precision
     )
@@ -678,6 +695,9 @@ def _ensemble(args: argparse.Namespace) -> None:
     from deepsea.ensemble import ensemble_runs
     from deepsea.submission import write_submission
 
+    for flag, path in (("--out", args.out if args.images else ""), ("--scores", args.scores)):
+        if path:
+            output_file(path, flag)
     res = ensemble_runs(
         args.runs,
         args.checkpoint,

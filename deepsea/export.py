@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -183,10 +184,16 @@ def load_model(path: str) -> ExportedModel:
         raise UserError(f"{meta_path}: not valid JSON ({e})") from None
     if meta.get("format") != FORMAT:
         raise UserError(f"{meta_path}: format {meta.get('format')!r}; this deepsea reads format {FORMAT}")
-    with open(os.path.join(path, _MODULE), "rb") as f:
-        exported = jax.export.deserialize(bytearray(f.read()))
-    with np.load(os.path.join(path, _PARAMS)) as f:
-        params = [f[f"p{i:05d}"] for i in range(len(f.files))]
+    try:
+        with open(os.path.join(path, _MODULE), "rb") as f:
+            exported = jax.export.deserialize(bytearray(f.read()))
+    except Exception as e:  # a truncated or foreign file: the flatbuffer's error names nothing
+        raise UserError(f"{os.path.join(path, _MODULE)}: not a readable exported module ({type(e).__name__})") from e
+    try:
+        with open(os.path.join(path, _PARAMS), "rb") as fh, np.load(fh) as f:  # closed on a bad file too
+            params = [f[f"p{i:05d}"] for i in range(len(f.files))]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise UserError(f"{os.path.join(path, _PARAMS)}: not a readable parameter file ({e})") from e
     want = [tuple(p["shape"]) for p in meta["parameters"]]
     if [x.shape for x in params] != want:
         raise UserError(f"{os.path.join(path, _PARAMS)}: parameter shapes do not match {meta_path}")

@@ -249,4 +249,13 @@ def restore_state(manager: Any, step: int, template: Any) -> Any:
     from deepsea.step import TrainState
 
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _as_tree(template))
-    return TrainState(**manager.restore(step, args=ocp.args.StandardRestore(abstract)))
+    try:
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # an emptied, truncated or foreign checkpoint: orbax's message names none of it
+        where = os.path.join(str(manager.directory), str(step))
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"checkpoint {where!r} cannot be read ({reason}): it is damaged or from another model; delete that step's "
+            "folder to fall back on an earlier one, or start a new run"
+        ) from e
+    return TrainState(**restored)

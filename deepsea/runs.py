@@ -175,6 +175,9 @@ def restore_run(
     latest, best = rundir.checkpoint_managers(workdir, config.train.keep_checkpoints)
     try:
         manager = best if which == "best" and best.latest_step() is not None else latest
+        if which == "best" and manager is latest and latest.latest_step() is not None:
+            log.warning("%s has no best checkpoint (best/): predicting with the latest, step %d",
+                        workdir, latest.latest_step())  # fmt: skip
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {workdir!r}")

@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,8 @@ from deepsea.data.pipeline import read_input
 from deepsea.data.sources import list_images
 
 __all__ = ["StreamResult", "csv_to_ecotaxa", "csv_to_parquet", "predict_tree"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 4096
 
@@ -181,6 +184,11 @@ def _predict_list(
             skipped = [tuple(s) for s in state["skipped"]]
             with open(out, "r+b") as f:
                 f.truncate(state["bytes"])  # whatever a killed chunk had begun to write
+        else:
+            log.warning(
+                "%s holds %d images predicted with other options (model, TTA, combination, top-n, thresholds or "
+                "chunk size): predicting all %d again with these", out, state.get("images", 0), len(rel)
+            )
     resumed_from = written
     mode = "a" if done_chunks else "w"
     t0 = time.perf_counter()

@@ -281,6 +281,42 @@ def _measure_budget(
     return budget
 
 
+# Settings a resumed run may change: where files and threads go, how often it reports and saves; none of them
+# changes the parameters it ends with.
+_RESUMABLE = frozenset({
+    "experiment_file", "data.path", "data.workers", "data.cache_images", "train.log_every", "train.eval_every",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size", "train.budget_minutes",
+    "train.budget_probe_steps",
+})  # fmt: skip
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.loads(json.dumps(v, default=str))  # tuples and lists alike
+    return out
+
+
+def _check_resume(config: Any, workdir: str) -> None:
+    """Refuses to resume ``workdir`` with settings that would change its result (naming them): the run folder
+    must go on describing its model.  A budgeted run's steps were chosen when it started, so they are its own."""
+    stored = _flat(rundir.load_config(workdir).to_dict())
+    given = _flat(json.loads(config.to_json_best_effort()))
+    budgeted = stored.get("train.budget_minutes", 0) > 0 and given.get("train.budget_minutes", 0) > 0
+    ignore = _RESUMABLE | ({"train.steps"} if budgeted else set())
+    changed = sorted(k for k in set(stored) | set(given) if k not in ignore and stored.get(k) != given.get(k))
+    if changed:
+        shown = "; ".join(f"{k}: {stored.get(k)!r} in the run, {given.get(k)!r} now" for k in changed[:6])
+        raise UserError(
+            f"{workdir} is a run trained with other settings ({shown}{'; ...' if len(changed) > 6 else ''}): "
+            "resuming would change what it trains. Start a new run with another --workdir (or resume this one "
+            "with its own settings: its config.json)"
+        )
+
+
 def bag(
     make_config: Any, copies: int, prefix: str, report: Any = log.info, progress: bool = True
 ) -> list[str]:
@@ -319,6 +355,14 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
     folder = scan_labelled_folder(resolve_data(config))
     ckpt, best_mgr = rundir.checkpoint_managers(workdir, config.train.keep_checkpoints)
     resuming = ckpt.latest_step() is not None
+    if resuming:
+        try:
+            _check_resume(config, workdir)
+        except UserError:
+            ckpt.close()
+            best_mgr.close()
+            raise
+        log.info("resuming %s from step %d with the settings it started with", workdir, ckpt.latest_step())
     folder = rundir.apply_class_map(workdir, folder) if resuming else _map_classes(config, workdir, folder, lead)
     if resuming:
         train_idx, val_idx, pp = rundir.load_run_data(workdir, folder)

@@ -536,3 +536,60 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, cap
     monkeypatch.setattr(cli_module, "_parser", patched(ValueError("an internal bug")))
     with pytest.raises(ValueError, match="an internal bug"):
         cli_module.main(["info"])
+
+
+def test_resume_refuses_settings_that_change_the_run(cli, trained_run, tmp_path):
+    """Issue 33: starting a run again with other settings trained on with them silently (or failed in orbax with
+    asyncio tracebacks); now it is refused by name and the run folder keeps describing its model."""
+    import shutil
+
+    run = str(tmp_path / "run")
+    shutil.copytree(trained_run[0], run)
+    before = Path(run, "config.json").read_text()
+    out = cli("train", "synthetic", "--small", "--workdir", run, "--set", "optim.lr=0.05", "--set", "train.steps=9",
+              rc=2)  # fmt: skip
+    assert "optim.lr: 0.01 in the run, 0.05 now" in out and "train.steps: 6 in the run, 9 now" in out
+    assert "another --workdir" in out and "Traceback" not in out
+    out = cli("train", "synthetic", "--small", "--workdir", run, "--set", "model.dense_features=32", rc=2)
+    assert "model.dense_features: 16 in the run, 32 now" in out and "Traceback" not in out
+    assert Path(run, "config.json").read_text() == before
+    assert "best validation" in cli("train", "synthetic", "--small", "--workdir", run, "--set", "train.log_every=1")
+
+
+def test_outputs_are_checked_before_the_work_and_damaged_files_are_named(cli, trained_run, tmp_path):
+    """Issue 33: a folder where a file goes (and the reverse), a folder that cannot be made, a truncated exported
+    model, an emptied checkpoint, an export over an existing model and a fusion that learns nothing: one line
+    each, before any work."""
+    import shutil
+
+    run, flat = trained_run
+    (tmp_path / "a_file").write_text("x")
+    under_a_file = str(tmp_path / "a_file" / "out.csv")
+    args = ("--workdir", run, "--images", str(flat))
+    assert "--out" in (out := cli("predict", *args, "--out", str(tmp_path), rc=2)) and "is a folder" in out
+    assert "cannot be made" in cli("predict", *args, "--out", under_a_file, rc=2)
+    assert "--ecotaxa" in cli("predict", *args, "--out", str(tmp_path / "p.csv"), "--ecotaxa", str(tmp_path), rc=2)
+    assert not (tmp_path / "p.csv").exists()  # refused before predicting
+    assert "is a file" in cli("train", "synthetic", "--small", "--workdir", str(tmp_path / "a_file"), rc=2)
+    assert "is a file" in cli("export", "--workdir", run, "--out", str(tmp_path / "a_file"), rc=2)
+    (tmp_path / "dir.npz").mkdir()
+    assert "is a folder" in cli("pseudolabel", run, "--images", str(flat), "--out", str(tmp_path / "dir.npz"), rc=2)
+    assert "cannot be made" in cli("holdout", str(flat), "--out", str(tmp_path / "a_file" / "h"), rc=2)
+    model = str(tmp_path / "model")
+    cli("export", "--workdir", run, "--out", model)
+    assert "--overwrite" in cli("export", "--workdir", run, "--out", model, rc=2)
+    cli("export", "--workdir", run, "--out", model, "--overwrite")
+    params = Path(model, "params.npz")
+    params.write_bytes(params.read_bytes()[:100])
+    out = cli("predict", "--model", model, "--images", str(flat), "--out", str(tmp_path / "m.csv"), rc=2)
+    assert "params.npz: not a readable parameter file" in out and "Traceback" not in out
+    damaged = str(tmp_path / "damaged")
+    shutil.copytree(run, damaged)
+    for ckpt in ("checkpoints", "best"):
+        steps = [d for d in Path(damaged, ckpt).iterdir() if d.name.isdigit()]
+        for d in steps:
+            shutil.rmtree(d)
+            d.mkdir()
+    out = cli("evaluate", "--workdir", damaged, rc=2)
+    assert "cannot be read" in out and "Traceback" not in out
+    assert "--steps must be at least 1" in cli("fuse", run, "--out", str(tmp_path / "f"), "--steps", "0", rc=2)
