@@ -330,3 +330,21 @@ def test_pixel_size_makes_the_size_feature_physical_and_is_required_to_predict(t
     assert with_pixel_size(physical, 7.0).preprocess.pixel_size == 7.0
     with pytest.raises(UserError, match="learnt sizes in pixels"):
         with_pixel_size(_tiny_run_object(tiny_run, tmp_path), 7.0)
+
+
+def test_a_prediction_restarted_with_other_options_says_it_starts_again(tiny_run, tmp_path, caplog):
+    from deepsea.stream import predict_tree
+
+    folder = tiny_run[0]
+    tree = tmp_path / "flat"
+    tree.mkdir()
+    import shutil
+
+    for i, p in enumerate(folder.paths[:10]):
+        shutil.copy(p, tree / f"{i}.jpg")
+    run = _tiny_run_object(tiny_run, tmp_path / "run")
+    out = str(tmp_path / "p.csv")
+    predict_tree(run, str(tree), out, tta=2, chunk=5, progress=False, stop_after_chunks=1)
+    res = predict_tree(run, str(tree), out, tta=0, chunk=5, progress=False)
+    assert res.resumed_from == 0 and res.images == 10
+    assert "holds 5 images predicted with other options" in caplog.text
