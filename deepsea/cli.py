@@ -53,6 +53,29 @@ def _tta_arg(value: str) -> int | str:
     return n
 
 
+def _at_least(low: int):
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            n = low - 1
+        if n < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {value!r}")
+        return n
+
+    return parse
+
+
+def _precision_arg(value: str) -> float:
+    try:
+        p = float(value)
+    except ValueError:
+        p = -1.0
+    if not 0 < p <= 1:
+        raise argparse.ArgumentTypeError(f"expected a precision in (0, 1], got {value!r}")
+    return p
+
+
 def _distributed_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("several processes (jax.distributed; every process runs the same command)")
     g.add_argument("--distributed", action="store_true", help="join the other processes (deepsea.distributed)")
@@ -179,9 +202,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="CSV file to write")
     _prediction_args(p)
     p.add_argument("--skip-bad-images", action="store_true", help="skip (and list) unreadable images")
-    p.add_argument("--top", type=int, default=0, metavar="N", help="also the N most probable classes per image")
+    p.add_argument("--top", type=_at_least(0), default=0, metavar="N", help="also the N most probable classes")
     p.add_argument("--ecotaxa", default="", metavar="TSV", help="also write the predictions as an EcoTaxa import TSV")
-    p.add_argument("--chunk", type=int, default=4096, help="images decoded and predicted at a time (memory)")
+    p.add_argument("--chunk", type=_at_least(1), default=4096, help="images decoded and predicted at a time (memory)")
     p.add_argument("--parquet", default="", metavar="FILE", help="also write the output as Parquet (needs pyarrow)")
     p.add_argument(
         "--pixel-size",
@@ -221,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("thresholds", help="per-class thresholds for a target precision; the rest is 'unclassified'")
     p.add_argument("--workdir", required=True, help="a run, an exported model or a fused run")
     p.add_argument("--data", default=None, help="choose on this labelled folder (models without a validation split)")
-    p.add_argument("--target-precision", type=float, required=True, metavar="P", help="e.g. 0.9")
+    p.add_argument("--target-precision", type=_precision_arg, required=True, metavar="P", help="e.g. 0.9")
     _prediction_args(p)
     p.set_defaults(func=_thresholds)
 
@@ -526,6 +549,8 @@ def _predict(args: argparse.Namespace) -> None:
             output_file(path, flag)
     source = args.model or args.workdir
     run = _load_predictor(source, args)
+    if args.top > len(run.classes):
+        raise CommandError(f"--top {args.top}: {source} has {len(run.classes)} classes")
     if run.fixed_tta is not None and args.tta != run.fixed_tta:
         raise CommandError(f"{source} predicts with the TTA its members were fused with: --tta {run.fixed_tta}")
     thresholds = chosen_thresholds(run, args.tta, args.combine) if args.thresholds else None

@@ -197,6 +197,10 @@ def ensemble_runs(
     from deepsea.load import load_predictor
 
     groups = [tuple(w.split("+")) for w in workdirs]
+    members = [os.path.realpath(w) for g in groups for w in g]
+    twice = sorted({w for w in members if members.count(w) > 1})
+    if twice:
+        raise EnsembleError(f"the ensemble names {twice[0]!r} more than once: give each run once")
     runs = [[load_predictor(w, checkpoint, precision) for w in g] for g in groups]
     flat = [r for g in runs for r in g]
     if any(r.classes != flat[0].classes for r in flat):

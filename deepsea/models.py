@@ -316,6 +316,8 @@ def _scaled(stages: Sequence[Sequence[int]], width: float) -> tuple[tuple[int, .
 @register("rollnet")
 def rollnet(num_classes: int, width: float = 1.0, **fields: Any) -> RollNet:
     """:class:`RollNet` with any of its fields; ``width`` scales every layer's channels and units."""
+    if not width > 0:
+        raise UserError(f"model.width must be > 0, got {width}")
     fields["stages"] = _scaled(fields.get("stages", CONVROLL4_STAGES), width)
     fields["dense_features"] = max(1, round(fields.get("dense_features", RollNet.dense_features) * width))
     return RollNet(num_classes=num_classes, **fields)
