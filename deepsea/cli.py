@@ -443,6 +443,7 @@ def _frontier(args: argparse.Namespace) -> None:
         raise CommandError(f"{args.experiment} has no frontier() listing the networks and budgets to compare")
     if not os.path.isdir(args.root):
         raise CommandError(f"no sweep folder {args.root}")
+    output_file(args.out, "--out")
     intro = inspect.cleandoc(module.__doc__ or "").split("\n\n")[0].replace("\n", " ")  # the protocol
     print(write_frontier_page(args.root, module.frontier(), args.out, args.title, intro))
     print(f"wrote {args.out} and {os.path.splitext(args.out)[0]}.png")

@@ -104,6 +104,7 @@ def write_frontier_page(root: str, arms: Sequence[Arm], out: str, title: str, in
 
     rows = frontier_rows(root, arms)
     settings = sorted({k for r in rows for k in r if k == "plain" or k.startswith("tta_")}, key=lambda s: s != "plain")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     plot = os.path.splitext(out)[0] + ".png"
     plot_frontier(plot, rows)
     lines = [f"# {title}", "", *([intro, ""] if intro else [])]
@@ -146,7 +147,6 @@ def write_frontier_page(root: str, arms: Sequence[Arm], out: str, title: str, in
             where = ", ".join(f"{m:.1f} min" for m in found) if found else "none between the budgets measured"
             lines.append(f"- {a} and {b} cross: {where}.")
     text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         f.write(text)
     return text

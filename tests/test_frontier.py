@@ -53,10 +53,11 @@ def test_the_page_lists_every_run_with_its_cost_and_finds_the_crossing(tmp_path)
     expected = math.exp(math.log(1) + 0.2 / 0.35 * (math.log(4) - math.log(1)))
     assert crossings(rows, "plain", "C4") == [pytest.approx(expected)]
     assert crossings(rows, "plain", "D4") == []
-    text = write_frontier_page(str(tmp_path), arms, str(tmp_path / "page.md"), "Equal compute", "The protocol.")
+    page = str(tmp_path / "docs" / "page.md")  # a folder made for it
+    text = write_frontier_page(str(tmp_path), arms, page, "Equal compute", "The protocol.")
     assert "The protocol." in text and f"cross: {expected:.1f} min" in text
     assert "| plain | 1.1000 | 0.9000 |" in text and "| C4 | 1.3000 | 0.7500 |" in text
-    assert text.count("| plain | 1 |") == 2 and os.path.getsize(tmp_path / "page.png") > 10_000
+    assert text.count("| plain | 1 |") == 2 and os.path.getsize(tmp_path / "docs" / "page.png") > 10_000
 
 
 def test_a_tie_at_a_budget_is_a_crossing():
