@@ -307,6 +307,11 @@ def plot_frontier(path: str, rows: list[dict]) -> None:
                  for m in budgets]  # fmt: skip
         ax.plot(budgets, means, "-s", color=colours[n], lw=2, ms=6, label=n)
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    plain_numbers = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain_numbers)
+    ax.xaxis.set_minor_formatter(plain_numbers)
     ax.set(xlabel="training minutes on 2 CPU cores (log scale)", ylabel="validation log loss")
     ax.set_title("thin lines: each run's validation passes; squares: the mean over seeds at each budget", fontsize=9)
     if networks:
