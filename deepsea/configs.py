@@ -216,7 +216,14 @@ def _parse_as(old: Any, raw: str) -> Any:
         return float(raw)
     if isinstance(old, str):
         return None if raw.lower() == "none" else raw
-    value = ast.literal_eval(raw)
+    if old is None and raw.lower() == "none":
+        return None
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        if old is None:  # a key unset in the recipe (model.symmetry on a plain net) takes a bare word as text
+            return raw
+        raise
     if isinstance(old, tuple):
         if not isinstance(value, list | tuple):
             raise UserError(f"expected a tuple like {old!r}")

@@ -537,3 +537,15 @@ def test_a_runs_config_is_restored_strictly(tmp_path):
     resnet = load_experiment_with(os.path.join(ROOT, "experiments", "resnet50_cpu.py"), ["model.precision=bfloat16"])
     with pytest.raises(ValueError, match=r"'resnet50' does not take model.precision"):
         build_model(resnet.model, 5)
+
+
+def test_a_key_unset_in_the_recipe_takes_a_bare_word():
+    """``--set model.symmetry=c4`` on a plain experiment (symmetry None) failed with 'malformed node or string'."""
+    from deepsea.configs import load_experiment_with
+
+    plain = os.path.join(ROOT, "experiments", "ndsb_cpu.py")
+    assert load_experiment_with(plain, ["model.symmetry=c4"]).model.symmetry == "c4"
+    assert load_experiment_with(plain, ["model.symmetry='d4'"]).model.symmetry == "d4"
+    assert load_experiment_with(plain, ["model.symmetry=none"]).model.symmetry is None
+    with pytest.raises(ConfigError, match="model.stages"):
+        load_experiment_with(plain, ["model.stages=((16,), (32"])  # a tuple key still wants a literal
