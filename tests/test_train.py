@@ -547,5 +547,5 @@ def test_a_key_unset_in_the_recipe_takes_a_bare_word():
     assert load_experiment_with(plain, ["model.symmetry=c4"]).model.symmetry == "c4"
     assert load_experiment_with(plain, ["model.symmetry='d4'"]).model.symmetry == "d4"
     assert load_experiment_with(plain, ["model.symmetry=none"]).model.symmetry is None
-    with pytest.raises(ConfigError, match="model.stages"):
+    with pytest.raises(ConfigError, match=r"model\.stages"):
         load_experiment_with(plain, ["model.stages=((16,), (32"])  # a tuple key still wants a literal
