@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +41,8 @@ __all__ = [
     "ensemble_runs",
     "fit_blend_weights",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def blend(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -199,8 +202,8 @@ def ensemble_runs(
     groups = [tuple(w.split("+")) for w in workdirs]
     members = [os.path.realpath(w) for g in groups for w in g]
     twice = sorted({w for w in members if members.count(w) > 1})
-    if twice:
-        raise EnsembleError(f"the ensemble names {twice[0]!r} more than once: give each run once")
+    if twice:  # harmless (the blend counts it once per mention), but rarely meant
+        log.warning("the ensemble names %s more than once: each mention is a member", twice[0])
     runs = [[load_predictor(w, checkpoint, precision) for w in g] for g in groups]
     flat = [r for g in runs for r in g]
     if any(r.classes != flat[0].classes for r in flat):

@@ -595,7 +595,7 @@ def test_outputs_are_checked_before_the_work_and_damaged_files_are_named(cli, tr
     assert "--steps must be at least 1" in cli("fuse", run, "--out", str(tmp_path / "f"), "--steps", "0", rc=2)
 
 
-def test_bad_values_of_my_own_trials_are_one_line_before_any_work(cli, trained_run, tmp_path):
+def test_bad_values_of_my_own_trials_are_one_line_before_any_work(cli, trained_run, tmp_path, caplog):
     """Trials beyond the issue's list: each was a traceback, a silent acceptance or an error after the work."""
     run, flat = trained_run
     args = ("--workdir", run, "--images", str(flat), "--out", str(tmp_path / "x.csv"))
@@ -603,5 +603,6 @@ def test_bad_values_of_my_own_trials_are_one_line_before_any_work(cli, trained_r
     out = cli("predict", *args, "--top", "500", rc=2)  # was refused only after predicting
     assert "--top 500: " in out and "img/s" not in out  # no progress bar: nothing was predicted
     assert "expected a precision in (0, 1]" in cli("thresholds", "--workdir", run, "--target-precision", "1.5", rc=2)
-    assert "more than once" in cli("ensemble", run, run, "--images", str(flat), "--out", str(tmp_path / "e.csv"), rc=2)
+    cli("ensemble", run, run, "--images", str(flat), "--out", str(tmp_path / "e.csv"))
+    assert "more than once" in caplog.text  # harmless, but rarely meant: said
     assert "model.width must be > 0" in cli("params", "ndsb_cpu", "--set", "model.width=0", rc=2)  # built 1 channel
