@@ -55,6 +55,8 @@ class Predictor(Protocol):
     key: str  # the checkpoint it predicts with: what a calibration or thresholds were fitted for
     cache_key: str  # names its predictions in the cache (two predictors with one key may round differently)
     fixed_tta: int | str | None  # the only TTA setting it predicts with (a fused run), or None for any
+    validation_split: str | None  # the run folder whose split it is scored on (None: score it on a labelled folder)
+    class_map: dict | None  # original class names to its own (null: dropped), applied to labelled folders
 
     def probs(
         self,

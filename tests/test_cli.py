@@ -301,6 +301,9 @@ def test_exported_model_predicts_like_its_run(cli, trained_run, tmp_path):
     mc.conv_impl, mc.max_pool_impl = "xla", "slices"
     reference = dataclasses.replace(restored, model=build_model(mc, len(restored.classes)))
     exported = load_model(str(model_dir))
+    from deepsea.predictor import Predictor
+
+    assert isinstance(exported, Predictor) and isinstance(restored, Predictor)  # the protocol, every member
     paths = [str(flat / r) for r in list_images(str(flat))]
     for _, _, batch in tta_batches(paths, exported.preprocess, [AugmentParams()], 5):  # any batch size
         np.testing.assert_array_equal(exported.predict_batch(batch), reference.predict_batch(batch))
