@@ -22,14 +22,14 @@ import dataclasses
 import json
 import os
 import zipfile
-from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from deepsea.data import AugmentParams, AugmentRanges, Preprocess
+from deepsea.data import AugmentRanges, Preprocess
 from deepsea.errors import UserError
+from deepsea.predictor import BatchPredictor
 
 __all__ = ["FORMAT", "ExportedModel", "export_run", "fitted_extras", "load_model"]
 
@@ -121,7 +121,7 @@ def _write(path: str, data: bytes) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportedModel:
+class ExportedModel(BatchPredictor):
     """An exported model loaded for prediction: a :class:`deepsea.predictor.Predictor`.  A calibration or thresholds
     fitted for it later (``deepsea calibrate --workdir MODEL --data DIR``) are ``calibration.json`` and
     ``thresholds.json`` in its folder, and replace those it was exported with."""
@@ -157,17 +157,6 @@ class ExportedModel:
             raise UserError(f"the batch lacks the model input(s) {missing} (it has {sorted(batch)})")
         return np.asarray(self._fn(self._params, *(np.asarray(batch[n], np.float32) for n in self.meta["inputs"])))
 
-    def probs(
-        self,
-        paths: Sequence[str],
-        transforms: Sequence[AugmentParams],
-        images: Sequence[np.ndarray] | None = None,
-        progress: bool = True,
-    ) -> np.ndarray:
-        """``(T, N, K)`` probabilities of ``paths`` under ``transforms`` (:class:`deepsea.predictor.Predictor`)."""
-        from deepsea.predictor import batch_probs
-
-        return batch_probs(self.predict_batch, paths, self.preprocess, transforms, self.batch_size, images, progress)
 
 
 def load_model(path: str) -> ExportedModel:

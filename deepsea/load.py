@@ -31,19 +31,17 @@ def load_predictor(
     ``precision`` and ``orbit_average`` choose how a run (and a fused run's members) predicts; an exported model
     was fixed when it was exported, so they are errors there unless left at their defaults."""
     kind = predictor_kind(path)
-    if kind == "exported":
+    if kind != "run":
         given = [n for n, v in (("precision", precision), ("orbit average", orbit_average)) if v is not None]
         given += [] if checkpoint == "best" else ["checkpoint"]
         if given:
-            raise UserError(f"{path} is an exported model: its {', '.join(given)} was fixed when it was exported")
+            what = "an exported model: its" if kind == "exported" else "a fused run: its members'"
+            raise UserError(f"{path} is {what} {', '.join(given)} was fixed when it was made")
+    if kind == "exported":
         from deepsea.export import load_model
 
         return load_model(path)
     if kind == "fused":
-        given = [n for n, v in (("precision", precision), ("orbit average", orbit_average)) if v is not None]
-        given += [] if checkpoint == "best" else ["checkpoint"]
-        if given:
-            raise UserError(f"{path} is a fused run: its members' {', '.join(given)} was fixed when they were fused")
         from deepsea.fusion import load_fused
 
         return load_fused(path)

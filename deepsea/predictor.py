@@ -27,6 +27,7 @@ from deepsea.errors import UserError
 from deepsea.tta import Combine, combine_probs, transforms_for
 
 __all__ = [
+    "BatchPredictor",
     "Predictor",
     "batch_probs",
     "blend_probs",
@@ -98,6 +99,22 @@ def batch_probs(
             bar.update(k)
     assert out is not None
     return out
+
+
+class BatchPredictor:
+    """``probs`` for a predictor that computes one padded batch at a time (``predict_batch``): a restored run and an
+    exported model share it."""
+
+    def probs(
+        self,
+        paths: Sequence[str],
+        transforms: Sequence[AugmentParams],
+        images: Sequence[np.ndarray] | None = None,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """``(T, N, K)`` probabilities of ``paths`` under ``transforms`` (:class:`Predictor`)."""
+        pp, size = self.preprocess, self.batch_size  # type: ignore[attr-defined]
+        return batch_probs(self.predict_batch, paths, pp, transforms, size, images, progress)  # type: ignore[attr-defined]
 
 
 def _cache_file(predictor: Predictor, paths: Sequence[str], transforms: Sequence[AugmentParams]) -> str:

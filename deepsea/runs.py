@@ -25,7 +25,7 @@ from deepsea.data import (
 from deepsea.errors import UserError
 from deepsea.mesh import data_mesh, local_variables, put_batch
 from deepsea.models import PRECISIONS, build_model, network_layers
-from deepsea.predictor import batch_probs
+from deepsea.predictor import BatchPredictor, batch_probs
 from deepsea.tta import tta_ranges_for
 
 __all__ = [
@@ -90,7 +90,7 @@ def tta_probs(
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class Run(BatchPredictor):
     """A trained run restored for prediction."""
 
     workdir: str
@@ -140,15 +140,6 @@ class Run:
         """Softmax probabilities (float32) of one padded batch of model inputs (``image``, ``raw_size``, ...)."""
         return np.asarray(_predict_fn(self.model)(self.variables, put_batch(batch, data_mesh(local=True))))
 
-    def probs(
-        self,
-        paths: Sequence[str],
-        transforms: Sequence[AugmentParams],
-        images: Sequence[np.ndarray] | None = None,
-        progress: bool = True,
-    ) -> np.ndarray:
-        """``(T, N, K)`` probabilities of ``paths`` under ``transforms`` (:class:`deepsea.predictor.Predictor`)."""
-        return batch_probs(self.predict_batch, paths, self.preprocess, transforms, self.batch_size, images, progress)
 
 
 def restore_run(

@@ -8,7 +8,7 @@ Small run: deepsea train experiments/equal_c4.py --data ../shared/data/ndsb/trai
 from deepsea.configs import small_run
 from experiments import ndsb_cpu
 
-WIDTH = 0.22  # the step time of ndsb_cpu: deepsea bench experiments/equal_c4.py --match-time experiments/ndsb_cpu.py
+WIDTH = 0.22  # deepsea bench experiments/equal_c4.py --match-time experiments/ndsb_cpu.py
 
 
 def get_config(small: bool = False):

@@ -1,10 +1,9 @@
 """The equal-compute study (issue 27): a plain network made D4-invariant by an orbit average at prediction
 (``ndsb_cpu``), a C4 rolled network of the same recipe whose width gives the same measured step time (``equal_c4``,
-width 0.22), the C4 network at the plain one's FLOPs per image (width 0.396, about half the plain step's speed) and
-the D4 network at its FLOPs (``equal_d4``, width 0.225; no width gives D4 the plain step time: at 0.075 it is still
-slower), each trained for the same minutes of 2-core training time (5 and 10 minutes for the first two) on the NDSB
-images (the steps that fill the budget, measured once on quiet cores with ``deepsea bench``) and scored on the tenth
-of every class held out for validation.
+width 0.22), the C4 network at the plain one's FLOPs per image (width 0.396, slower per step) and the D4 network at
+its FLOPs (``equal_d4``, width 0.225; no width gives D4 the plain step time), each trained for the same minutes of
+2-core training time (5 and 10 minutes for the first two) on the NDSB images (the steps that fill the budget,
+measured once on quiet cores with ``deepsea bench``) and scored on the tenth of every class held out for validation.
 
 Launch (the steps: 10 minutes at each network's measured rate; every run alone on the cores, or beside work that
 does not change its steps), then the page:

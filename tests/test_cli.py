@@ -271,7 +271,7 @@ def test_exported_model_predicts_like_its_run(cli, trained_run, tmp_path):
     np.testing.assert_allclose(probs_m, probs_r, atol=1e-5)  # oneDNN and XLA sum the convolutions differently
     labels = lambda p: [r.split(",")[-5] for r in p.read_text().splitlines()[1:]]  # noqa: E731
     assert labels(tmp_path / "m.csv") == labels(tmp_path / "r.csv")
-    assert "its precision was fixed when it was exported" in cli(
+    assert "an exported model: its precision was fixed" in cli(
         "predict", "--model", str(model_dir), "--out", "z.csv", "--images", str(flat), "--precision", "float32", rc=2
     )
     assert "neither a run" in cli("predict", "--model", str(flat), "--out", "z.csv", "--images", str(flat), rc=2)
