@@ -29,6 +29,7 @@ TOOLS = {
     "bench-ops": ("deepsea.tools.bench_ops", "time each symmetry op beside the layer that follows it"),
     "bench-kernels": ("deepsea.tools.bench_kernels", "time the Pallas roll kernels against the XLA reference"),
     "bench-data": ("deepsea.tools.bench_data", "loader images/s per worker and the share of a step spent waiting"),
+    "gpu-check": ("deepsea.tools.gpu_check", "the prepared device call: kernels, step table, a budgeted convroll4 run"),
 }
 
 

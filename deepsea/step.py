@@ -24,6 +24,7 @@ __all__ = [
     "TrainSetup",
     "TrainState",
     "create_train_state",
+    "drop_steps",
     "example_inputs",
     "example_losses",
     "forward",
@@ -47,6 +48,12 @@ class TrainState:
         return {"params": self.params, **self.model_state}
 
 
+def drop_steps(cfg: Any, total_steps: int) -> list[int]:
+    """The steps at which a ``schedule="step"`` optimizer config (``config.optim``) drops its rate: ``decay_steps``
+    entries below 1.0 are fractions of ``total_steps`` (so a time budget scales the schedule), others are steps."""
+    return [round(b * total_steps) if isinstance(b, float) and b < 1 else int(b) for b in cfg.decay_steps]
+
+
 def _schedule(cfg: Any, total_steps: int) -> optax.Schedule:
     kind = cfg.schedule
     if kind == "cosine":
@@ -54,14 +61,11 @@ def _schedule(cfg: Any, total_steps: int) -> optax.Schedule:
             raise UserError(
                 f"optim.warmup_steps={cfg.warmup_steps} must be smaller than the {total_steps} training steps"
             )
-        return optax.warmup_cosine_decay_schedule(
-            0.0, cfg.lr, cfg.warmup_steps, total_steps, cfg.lr * cfg.end_factor
-        )
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, total_steps, cfg.lr * cfg.end_factor)
     if kind != "step":
         raise UserError(f"unknown learning-rate schedule {kind!r}; expected 'step' or 'cosine'")
     boundaries: dict[int, float] = {}
-    for b in cfg.decay_steps:
-        step = round(b * total_steps) if isinstance(b, float) and b < 1 else int(b)
+    for step in drop_steps(cfg, total_steps):
         boundaries[step] = boundaries.get(step, 1.0) * cfg.decay_factor
     sched = optax.piecewise_constant_schedule(cfg.lr, boundaries)
     if cfg.warmup_steps:

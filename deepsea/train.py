@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -40,11 +41,11 @@ from deepsea.evaluation import Evaluation, evaluate_probs
 from deepsea.mesh import data_mesh, put_batch
 from deepsea.metrics import log_probabilities
 from deepsea.runs import tta_probs
-from deepsea.step import TrainState, create_train_state, make_train_step
+from deepsea.step import TrainState, create_train_state, drop_steps, make_train_step
 from deepsea.teachers import align_teacher_predictions, load_teacher_predictions
 from deepsea.tta import combine_probs, transforms_for, tta_ranges_for
 
-__all__ = ["Budget", "TrainResult", "TrainingDiverged", "bag", "train", "training_split"]
+__all__ = ["Budget", "TrainResult", "TrainingDiverged", "bag", "schedule_fits_budget", "train", "training_split"]
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class Budget:
     step_s: float
     eval_s: float
     steps: int
+    lr_drops_at: tuple[int, ...] = ()  # a step schedule's drops, scaled to these steps
 
     @staticmethod
     def fit(minutes: float, setup_s: float, step_s: float, eval_s: float, eval_every: int) -> Budget:
@@ -155,6 +157,22 @@ class Budget:
         per_step = step_s + eval_s / eval_every
         steps = max(1, int((60.0 * minutes - setup_s - eval_s) / per_step))
         return Budget(minutes, setup_s, step_s, eval_s, steps)
+
+
+def schedule_fits_budget(optim: Any, steps: int) -> tuple[int, ...]:
+    """A step schedule's drops at the ``steps`` a time budget chose; a :class:`UserError` when one given as a step
+    count lies beyond them (the rate would never drop: give the drops as fractions of the steps instead)."""
+    if optim.schedule != "step":
+        return ()
+    drops = tuple(drop_steps(optim, steps))
+    late = [d for d, b in zip(drops, optim.decay_steps, strict=True) if b >= 1 and d >= steps]  # counts, not fractions
+    if late:
+        raise UserError(
+            f"optim.decay_steps={tuple(optim.decay_steps)}: the drop(s) at step {late} lie beyond the {steps} steps "
+            "that fill train.budget_minutes, so the rate would never drop; give them as fractions of the steps "
+            "(e.g. 0.84,0.95 for the seed's)"
+        )
+    return drops
 
 
 def _eval_transforms(config: Any, pp: Preprocess) -> list:
@@ -260,9 +278,9 @@ def _measure_budget(
         state, metrics = step(state, put_batch(next(batches), mesh), rng)
         jax.block_until_ready(metrics)
         t0 = time.perf_counter()
-        for _ in range(config.train.budget_probe_steps):
+        for _ in range(config.train.budget_probe_steps):  # dispatched as training dispatches them: no sync per step
             state, metrics = step(state, put_batch(next(batches), mesh), rng)
-            jax.block_until_ready(metrics)
+        jax.block_until_ready(metrics)
         step_s = (time.perf_counter() - t0) / config.train.budget_probe_steps
     bs = config.train.eval_batch_size
     head = min(len(val_paths), 2 * bs)
@@ -317,9 +335,7 @@ def _check_resume(config: Any, workdir: str) -> None:
         )
 
 
-def bag(
-    make_config: Any, copies: int, prefix: str, report: Any = log.info, progress: bool = True
-) -> list[str]:
+def bag(make_config: Any, copies: int, prefix: str, report: Any = log.info, progress: bool = True) -> list[str]:
     """Bagging: trains ``copies`` copies of ``make_config()`` (a fresh config each), copy ``i`` with split seed and
     seed raised by ``i``, into ``<prefix>_<i>`` (each resumes if killed); returns the run folders.  ``report`` is
     told of each copy and its best validation score."""
@@ -337,6 +353,35 @@ def bag(
         report(f"  best validation {best} on its own split")
         runs.append(workdir)
     return runs
+
+
+def _no_loss() -> jax.Array:
+    return jnp.full((), -jnp.inf, jnp.float32)
+
+
+@jax.jit
+def _worst_loss(worst: jax.Array, loss: jax.Array) -> jax.Array:
+    """The running maximum of the training loss; NaN propagates, so one NaN step is caught at the next check."""
+    return jnp.maximum(worst, loss.astype(jnp.float32))
+
+
+def _check_divergence(worst: float, first: int, last: int, limit: float, ckpt: Any, workdir: str) -> None:
+    """Raises :class:`TrainingDiverged` when the largest loss of steps ``first..last`` is not finite or above
+    ``limit``; runs before anything is logged, evaluated or checkpointed, so no checkpoint holds a diverged state."""
+    if np.isfinite(worst) and worst <= limit:
+        return
+    ckpt.wait_until_finished()
+    good = ckpt.latest_step()
+    where = (
+        f"The last good checkpoint is step {good} in {os.path.join(workdir, 'checkpoints')}"
+        if good is not None
+        else "No checkpoint was saved before it"
+    )
+    steps = f"step {last}" if first == last else f"steps {first}-{last}"
+    raise TrainingDiverged(
+        f"training loss reached {worst} in {steps} (limit {limit}); stopped. "
+        f"{where}; lower optim.lr, set optim.grad_clip, or check the data."
+    )
 
 
 def train(config: Any, workdir: str, stop_after: int | None = None, progress: bool = True) -> TrainResult:
@@ -378,6 +423,7 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
         else:
             budget = _measure_budget(config, len(folder.classes), source, val_paths, val_labels, pp, t_start)
             steps = budget.steps
+            budget = dataclasses.replace(budget, lr_drops_at=schedule_fits_budget(config.optim, steps))
             log.info("budget of %.1f minutes: %d steps of %.3f s", budget.minutes, budget.steps, budget.step_s)
             if lead:
                 rundir.save_json(os.path.join(workdir, "budget.json"), dataclasses.asdict(budget))
@@ -419,7 +465,8 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
 
     last_val: Evaluation | None = None
     bs = config.train.batch_size
-    t_last, n_last = time.perf_counter(), 0
+    t_last, n_last, waited = time.perf_counter(), 0, 0.0
+    worst, checked = _no_loss(), start  # the largest training loss since the last check, and that check's step
     try:
         with (
             train_batches(
@@ -433,31 +480,30 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
             tqdm(total=steps, initial=start, desc=config.name, unit="step", disable=not progress) as bar,
         ):
             for step in range(start, steps):
-                state, m = train_step(state, put_batch(next(batches), mesh), rng)
+                t0 = time.perf_counter()
+                batch = put_batch(next(batches), mesh)
+                waited += time.perf_counter() - t0
+                state, m = train_step(state, batch, rng)
+                worst = _worst_loss(worst, m["loss"])  # on the device: no host sync per step
                 done = step + 1
-                loss = float(m["loss"])
-                if not np.isfinite(loss) or loss > config.train.divergence_loss:
-                    ckpt.wait_until_finished()
-                    last = ckpt.latest_step()
-                    where = (
-                        f"The last good checkpoint is step {last} in {os.path.join(workdir, 'checkpoints')}"
-                        if last is not None
-                        else "No checkpoint was saved before it"
-                    )
-                    raise TrainingDiverged(
-                        f"training loss is {loss} at step {done} (limit {config.train.divergence_loss}); stopped. "
-                        f"{where}; lower optim.lr, set optim.grad_clip, or check the data."
-                    )
                 n_last += bs
                 bar.update(1)
-                if done % config.train.log_every == 0 or done == steps:
+                logging_now = done % config.train.log_every == 0 or done == steps
+                checking = (
+                    logging_now or done % config.train.eval_every == 0 or done % config.train.checkpoint_every == 0
+                )
+                if checking or (stop_after is not None and done >= stop_after):
+                    _check_divergence(float(worst), checked + 1, done, config.train.divergence_loss, ckpt, workdir)
+                    worst, checked = _no_loss(), done
+                if logging_now:
                     now = time.perf_counter()
                     rate = n_last / max(now - t_last, 1e-9)
-                    t_last, n_last = now, 0
                     rec = {k: float(v) for k, v in m.items()}
+                    rec["data_wait_share"] = waited / max(now - t_last, 1e-9)
+                    t_last, n_last, waited = now, 0, 0.0
                     if lead:
                         rundir.append_metrics(workdir, {**rec, "step": done, "split": "train", "images_per_s": rate})
-                    bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}", lr=f"{rec['lr']:.2g}")
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", img_s=f"{rate:.0f}", lr=f"{rec['lr']:.2g}")
                 if done % config.train.eval_every == 0 or done == steps:
                     last_val = run_eval(done)
                     if best is None or last_val.log_loss < best.log_loss:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from deepsea.configs import ConfigError, apply_overrides, base_config, load_experiment
+from deepsea.errors import UserError
 from deepsea.models import build_model, count_params
 from deepsea.runs import restore_run
 from deepsea.step import create_train_state, example_inputs, make_optimizer, make_train_step
@@ -146,12 +147,44 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(smal
         return managers
 
     monkeypatch.setattr(rundir, "checkpoint_managers", recorded)
-    with pytest.raises(TrainingDiverged, match=r"at step (\d+).*last good checkpoint is step") as err:
+    with pytest.raises(TrainingDiverged, match=r"in step (\d+) .*last good checkpoint is step") as err:
         train(small_config, str(tmp_path / "run"), progress=False)
     assert len(closed) == 2  # both managers closed (their threads end, pending saves finish) despite the error
-    bad_step = int(err.value.args[0].split("at step ")[1].split()[0])
+    bad_step = int(err.value.args[0].split("in step ")[1].split()[0])
     ckpts = sorted(int(d) for d in os.listdir(tmp_path / "run" / "checkpoints") if d.isdigit())
     assert ckpts and max(ckpts) == bad_step - 1
+
+
+def test_the_loop_reads_the_loss_only_at_its_checks_and_a_divergence_between_them_is_caught(
+    small_config, tmp_path, monkeypatch
+):
+    """No host sync per step (a GPU's dispatch runs ahead): the loss is read at log, evaluation and checkpoint steps
+    only, and the largest loss since the last check catches one bad step between them, before any checkpoint."""
+    from deepsea import train as train_module
+
+    apply_overrides(
+        small_config, ["train.checkpoint_every=5", "train.log_every=5", "train.eval_every=100", "train.steps=30"]
+    )
+    real_step = train_module._train_step
+
+    def one_nan_at_step_12(config, setup):
+        step = real_step(config, setup)
+
+        def stepped(state, batch, rng):
+            state, m = step(state, batch, rng)
+            return state, m | {"loss": jnp.where(state.step == 12, jnp.nan, m["loss"])}
+
+        return stepped
+
+    checks = []
+    real_check = train_module._check_divergence
+    monkeypatch.setattr(train_module, "_train_step", one_nan_at_step_12)
+    monkeypatch.setattr(train_module, "_check_divergence", lambda *a: checks.append(a[1:3]) or real_check(*a))
+    with pytest.raises(TrainingDiverged, match=r"reached nan in steps 11-15 .*last good checkpoint is step 10"):
+        train(small_config, str(tmp_path / "run"), progress=False)
+    assert checks == [(1, 5), (6, 10), (11, 15)]  # one read per 5 steps, none between
+    ckpts = sorted(int(d) for d in os.listdir(tmp_path / "run" / "checkpoints") if d.isdigit())
+    assert max(ckpts) == 10  # the window's steps were never checkpointed
 
 
 def test_convroll4_parameter_count_matches_the_published_table():
@@ -478,10 +511,25 @@ def test_a_time_budget_chooses_the_steps_and_resume_keeps_them(small_config, tmp
     assert budget["step_s"] > 0 and budget["eval_s"] > 0 and budget["minutes"] == 0.05
     fitted = Budget.fit(0.05, budget["setup_s"], budget["step_s"], budget["eval_s"], 1000)
     assert budget["steps"] == fitted.steps < 100000
+    assert budget["lr_drops_at"] == [round(f * budget["steps"]) for f in small_config.optim.decay_steps]
     resumed = train(small_config, str(run), progress=False)  # resumes with the steps chosen at the start
     assert int(resumed.state.step) == budget["steps"]
     assert json.loads((run / "budget.json").read_text()) == budget  # not measured again
     assert small_config.train.steps == 100000  # the caller's config is not changed
+
+
+def test_a_budget_scales_a_fractional_step_schedule_and_refuses_drops_it_never_reaches():
+    from deepsea.configs import base_config
+    from deepsea.train import schedule_fits_budget
+
+    optim = base_config().optim  # the seed's drops as steps: (180000, 205000) of 215000
+    with pytest.raises(UserError, match=r"optim.decay_steps=\(180000, 205000\).*beyond the 5000 steps.*fractions"):
+        schedule_fits_budget(optim, 5000)
+    assert schedule_fits_budget(optim, 215_000) == (180_000, 205_000)
+    optim.decay_steps = (0.84, 0.95)
+    assert schedule_fits_budget(optim, 5000) == (4200, 4750)
+    optim.schedule = "cosine"
+    assert schedule_fits_budget(optim, 10) == ()
 
 
 def test_run_folders_written_before_the_key_renames_still_load(tmp_path):
