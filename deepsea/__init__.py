@@ -7,7 +7,8 @@ for runs, exported models and fused runs), ``runs`` (a restored run), ``evaluati
 and thresholds), ``ensemble``, ``submission``, ``mesh``, ``calibration``, ``stream`` (large folders), ``export``
 (models without the training code), ``distributed``, ``teachers`` (pseudo-labels, distillation), ``features`` and
 ``fusion`` (image features late-fused), ``pretrain`` (the tied convolutional autoencoder), ``sweep`` (grids of runs
-at equal budgets), ``cost`` and ``frontier`` (networks at equal compute) and ``errors`` (``UserError``).  Names are
+at equal budgets), ``cost`` and ``frontier`` (networks at equal compute), ``abundance`` (class counts of samples, corrected for prior
+shift) and ``errors`` (``UserError``).  Names are
 imported on first use, so the command line starts without loading JAX.
 """
 
@@ -50,6 +51,7 @@ _FROM = {
     },
 }
 _MODULES = (
+    "abundance",
     "backends",
     "calibration",
     "configs",

@@ -29,8 +29,15 @@ TOOLS = {
     "bench-ops": ("deepsea.tools.bench_ops", "time each symmetry op beside the layer that follows it"),
     "bench-kernels": ("deepsea.tools.bench_kernels", "time the Pallas roll kernels against the XLA reference"),
     "bench-data": ("deepsea.tools.bench_data", "loader images/s per worker and the share of a step spent waiting"),
+    "bench-abundance": (
+        "deepsea.tools.bench_abundance",
+        "the abundance corrections on shifted samples of a run's split",
+    ),
     "gpu-check": ("deepsea.tools.gpu_check", "the prepared device call: kernels, step table, a budgeted convroll4 run"),
 }
+
+
+_ABUNDANCE_METHODS = ("cc", "pcc", "acc", "pacc", "em")  # deepsea.abundance.METHODS, without importing it here
 
 
 class CommandError(UserError):
@@ -221,6 +228,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     _distributed_args(p)
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser(
+        "abundance", help="class counts of samples with error bars, corrected for the shift in the class mix"
+    )
+    p.add_argument("--workdir", required=True, help="the run, exported model or fused run that predicted them")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--predictions", help="a CSV written by deepsea predict (the same --tta and --combine)")
+    what.add_argument("--images", help="a folder of images to predict first (searched recursively)")
+    p.add_argument("--out", required=True, help="CSV: a row per sample, class and method")
+    p.add_argument("--plot", default="", metavar="PNG", help="also draw the most abundant classes with their intervals")
+    p.add_argument("--by", default="", choices=["", "folder"], help="folder: a sub-folder per sample")
+    p.add_argument("--groups", default="", metavar="CSV", help="image,sample rows: which sample each image is from")
+    p.add_argument("--volume", type=float, default=None, help="the (single) sample's volume: also counts per volume")
+    p.add_argument("--volumes", default="", metavar="CSV", help="sample,volume rows: also counts per volume")
+    p.add_argument("--methods", default=",".join(_ABUNDANCE_METHODS), help="of cc, pcc, acc, pacc, em")
+    p.add_argument("--bootstrap", type=_at_least(0), default=200, help="resamples for the intervals")
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--data", default=None, help="learn the corrections on this labelled folder (default: the run's validation)"
+    )
+    p.add_argument("--pixel-size", type=float, default=None, metavar="UM", help="with --images: micrometres per pixel")
+    _prediction_args(p)
+    p.set_defaults(func=_abundance)
 
     p = sub.add_parser("export", help="write a run as a model folder that predicts without the training code")
     p.add_argument("--workdir", required=True)
@@ -482,6 +513,70 @@ def _load_predictor(path: str, args: argparse.Namespace, orbit_average: str | No
         return load_predictor(path, args.checkpoint, args.precision, orbit_average)
     except (FileNotFoundError, ValueError) as e:
         raise CommandError(str(e)) from None
+
+
+def _abundance(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from deepsea.abundance import Quantifier, abundance, group_samples, read_volumes, write_abundances
+    from deepsea.predictor import predictor_probs, with_pixel_size
+    from deepsea.runs import NoValidationSplit, scoring_set
+
+    output_file(args.out, "--out")
+    if args.plot:
+        output_file(args.plot, "--plot")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    predictor = _load_predictor(args.workdir, args)
+    if args.predictions:
+        from deepsea.submission import read_submission
+
+        names, classes, probs = read_submission(args.predictions)
+        if tuple(classes) != tuple(predictor.classes):
+            raise CommandError(
+                f"{args.predictions} has other classes than {args.workdir} ({len(classes)} vs "
+                f"{len(predictor.classes)}): give the predictions that model made"
+            )
+    else:
+        from deepsea.data.sources import list_images
+
+        names = list_images(args.images)
+        if not names:
+            raise CommandError(f"{args.images} has no images")
+        paths = [os.path.join(args.images, n) for n in names]
+        probs = predictor_probs(with_pixel_size(predictor, args.pixel_size), paths, args.tta, args.combine)
+    samples = group_samples(names, args.by, args.groups)
+    volumes = read_volumes(args.volumes) if args.volumes else {}
+    if args.volume is not None:
+        if len(samples) > 1:
+            raise CommandError(f"--volume is one sample's; these images are {len(samples)} samples: use --volumes")
+        volumes = dict.fromkeys(samples, args.volume)
+    try:
+        labelled = scoring_set(predictor, args.data)
+    except NoValidationSplit as e:
+        raise CommandError(str(e)) from None
+    val_probs = predictor_probs(predictor, list(labelled.paths), args.tta, args.combine)
+    q = Quantifier.fit(val_probs, labelled.labels, predictor.classes)
+    results = [
+        abundance(
+            q, val_probs, labelled.labels, np.asarray(probs)[idx], sample, methods, args.bootstrap, args.confidence,
+            args.seed, volumes.get(sample),
+        )
+        for sample, idx in samples.items()
+    ]  # fmt: skip
+    write_abundances(results, args.out)
+    for a in results:
+        order = np.argsort(-a.counts.mean(0))[:5]
+        print(f"{a.sample}: {a.images} images; most abundant ({', '.join(a.methods)}):")
+        for i in order:
+            cells = ", ".join(
+                f"{a.counts[m, i]:.1f} [{a.low[m, i]:.1f}, {a.high[m, i]:.1f}]" for m in range(len(methods))
+            )
+            print(f"  {a.classes[i]}: {cells}")
+    if args.plot:
+        from deepsea.plots import plot_abundances
+
+        print(f"wrote {plot_abundances(results, args.plot)}")
+    print(f"wrote {args.out}: {len(results)} sample(s) x {len(predictor.classes)} classes x {len(methods)} methods")
 
 
 def _evaluate(args: argparse.Namespace) -> None:

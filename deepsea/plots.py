@@ -26,10 +26,12 @@ from deepsea.metrics import accuracy, confusion_matrix
 from deepsea.rundir import read_metrics
 
 __all__ = [
+    "plot_abundances",
     "plot_frontier",
     "plot_metrics",
     "plot_reconstruction",
     "plot_rounds",
+    "plot_shift_study",
     "plot_sweep",
     "plot_views",
     "save_confusion_png",
@@ -341,3 +343,58 @@ def plot_claims(path: str, results: list) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_shift_study(study: Any, path: str) -> str:
+    """A :class:`deepsea.abundance.ShiftStudy`: estimated against true proportions, a panel per method (log axes;
+    the diagonal is a perfect estimate)."""
+    plt = _pyplot()
+    n = len(study.methods)
+    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.8), sharex=True, sharey=True)
+    floor = 0.5 / study.sample_size
+    rows = np.arange(study.samples)
+    for ax, m in zip(np.atleast_1d(axes), study.methods, strict=True):
+        t, e = np.maximum(study.true, floor), np.maximum(study.estimates[m], floor)
+        ax.scatter(t.ravel(), e.ravel(), s=4, alpha=0.3, color="grey", label="other classes")
+        ax.scatter(t[rows, study.boosted], e[rows, study.boosted], s=12, color="tab:red", label=f"x{study.boost:g}")
+        ax.scatter(t[rows, study.absent], e[rows, study.absent], s=12, color="tab:blue", label="absent (at the floor)")
+        ax.plot([floor, 1], [floor, 1], color="black", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{m}: L1 {study.l1[m]:.3f}", fontsize=10)
+        ax.set_xlabel("true proportion", fontsize=9)
+        ax.tick_params(labelsize=8)
+    first = np.atleast_1d(axes)[0]
+    first.set_ylabel("estimated proportion", fontsize=9)
+    first.legend(fontsize=7, loc="upper left")
+    fig.suptitle(
+        f"{study.samples} samples of {study.sample_size} images: one class x{study.boost:g}, one absent", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_abundances(results: Sequence[Any], path: str, top: int = 15) -> str:
+    """Abundances (:class:`deepsea.abundance.Abundance`) per sample (up to 6): the ``top`` most abundant classes'
+    counts by every method with their intervals."""
+    plt = _pyplot()
+    shown = list(results)[:6]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(9, 0.32 * top * len(shown) + 1.2), squeeze=False)
+    for ax, a in zip(axes[:, 0], shown, strict=True):
+        order = np.argsort(-a.counts.mean(0))[:top][::-1]
+        y = np.arange(len(order))
+        for mi, m in enumerate(a.methods):
+            off = (mi - (len(a.methods) - 1) / 2) * 0.8 / len(a.methods)
+            c, lo, hi = a.counts[mi, order], a.low[mi, order], a.high[mi, order]
+            (dots,) = ax.plot(c, y + off, "o", ms=3, label=m)  # a percentile interval need not contain its estimate
+            ax.hlines(y + off, lo, hi, color=dots.get_color(), lw=1)
+        ax.set_yticks(y, [a.classes[i] for i in order], fontsize=7)
+        ax.set_title(f"{a.sample}: {a.images} images ({a.confidence:.0%} intervals)", fontsize=9)
+        ax.set_xlabel("count")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

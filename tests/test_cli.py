@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from deepsea.groups import D4
-from deepsea.submission import read_submission
+from deepsea.submission import read_submission, write_submission
 from deepsea.tools import bench_ops, demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -241,6 +241,55 @@ def test_scoring_on_a_held_aside_folder_and_late_fusion(cli, trained_run, tmp_pa
     (held / "zzz_unknown").mkdir()
     os.symlink(os.path.join(split["root"], split["validation"][0]), held / "zzz_unknown" / "a.jpg")
     assert "not trained on: ['zzz_unknown']" in cli("evaluate", "--workdir", run, "--data", str(held), rc=2)
+
+
+def test_abundance_of_samples_from_folders_and_from_a_predictions_csv(cli, trained_run, tmp_path):
+    """deepsea abundance: a sub-folder per sample (predicted first) or a predictions CSV with an image,sample
+    table; counts per method that add up to each sample, intervals around them, volumes, a plot; and the errors."""
+    import csv
+    import shutil
+
+    run, flat = trained_run
+    cruise = tmp_path / "cruise"
+    images = sorted(f for f in os.listdir(flat) if f.endswith(".jpg"))
+    for i, f in enumerate(images):
+        (cruise / f"st{i % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(flat / f, cruise / f"st{i % 2}" / f)
+    (tmp_path / "vol.csv").write_text("sample,volume\nst0,2.0\nst1,4.0\n")
+    out_csv, png = str(tmp_path / "ab.csv"), str(tmp_path / "ab.png")
+    args = ["--by", "folder", "--volumes", str(tmp_path / "vol.csv"), "--bootstrap", "5", "--plot", png]
+    out = cli("abundance", "--workdir", run, "--images", str(cruise), "--out", out_csv, *args)
+    assert "st0: 6 images" in out and "st1: 6 images" in out and os.path.getsize(png) > 0
+    rows = list(csv.DictReader(Path(out_csv).read_text().splitlines()))
+    assert len(rows) == 2 * 12 * 5  # samples x classes x methods
+    for sample, volume in (("st0", 2.0), ("st1", 4.0)):
+        for m in ("cc", "pcc", "acc", "pacc", "em"):
+            mine = [r for r in rows if r["sample"] == sample and r["method"] == m]
+            assert sum(float(r["count"]) for r in mine) == pytest.approx(6, abs=1e-3)
+            assert all(0 <= float(r["low"]) <= float(r["high"]) <= 6 + 1e-3 for r in mine)
+            assert all(float(r["per_volume"]) == pytest.approx(float(r["count"]) / volume, rel=1e-3, abs=1e-4) for r in mine)
+    preds = str(tmp_path / "p.csv")
+    cli("predict", "--workdir", run, "--images", str(flat), "--out", preds)
+    names, _, _ = read_submission(preds)
+    (tmp_path / "g.csv").write_text("image,sample\n" + "".join(f"{n},{'ab'[i % 2]}\n" for i, n in enumerate(names)))
+    out = cli("abundance", "--workdir", run, "--predictions", preds, "--groups", str(tmp_path / "g.csv"),
+              "--bootstrap", "0", "--methods", "cc,em", "--volume", "1", "--out", out_csv, rc=2)  # fmt: skip
+    assert "--volume is one sample's; these images are 2 samples" in out
+    out = cli("abundance", "--workdir", run, "--predictions", preds, "--groups", str(tmp_path / "g.csv"),
+              "--bootstrap", "0", "--methods", "cc,em", "--out", out_csv)  # fmt: skip
+    assert "a: 6 images" in out and "b: 6 images" in out
+    (tmp_path / "g.csv").write_text("image,sample\n" + f"{names[0]},a\n")
+    out = cli("abundance", "--workdir", run, "--predictions", preds, "--groups", str(tmp_path / "g.csv"),
+              "--out", out_csv, rc=2)  # fmt: skip
+    assert "g.csv names no sample for 11 image(s)" in out
+    other = str(tmp_path / "other.csv")
+    write_submission(other, names, [f"c{i}" for i in range(12)], np.full((12, 12), 1 / 12))
+    assert "has other classes than" in cli(
+        "abundance", "--workdir", run, "--predictions", other, "--out", out_csv, rc=2
+    )
+    assert "unknown abundance method 'median'" in cli(
+        "abundance", "--workdir", run, "--predictions", preds, "--methods", "cc,median", "--out", out_csv, rc=2
+    )
 
 
 def test_exported_model_predicts_like_its_run(cli, trained_run, tmp_path):
