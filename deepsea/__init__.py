@@ -7,9 +7,9 @@ for runs, exported models and fused runs), ``runs`` (a restored run), ``evaluati
 and thresholds), ``ensemble``, ``submission``, ``mesh``, ``calibration``, ``stream`` (large folders), ``export``
 (models without the training code), ``distributed``, ``teachers`` (pseudo-labels, distillation), ``features`` and
 ``fusion`` (image features late-fused), ``pretrain`` (the tied convolutional autoencoder), ``sweep`` (grids of runs
-at equal budgets), ``cost`` and ``frontier`` (networks at equal compute), ``abundance`` (class counts of samples, corrected for prior
-shift) and ``errors`` (``UserError``).  Names are
-imported on first use, so the command line starts without loading JAX.
+at equal budgets), ``cost`` and ``frontier`` (networks at equal compute), ``abundance`` (class counts of samples,
+corrected for prior shift) and ``errors`` (``UserError``).  Names are imported on first use, so the command line
+starts without loading JAX.
 """
 
 from __future__ import annotations
