@@ -103,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.warmup_steps = 0
     c.optim.end_factor = 0.0  # cosine: the final learning rate as a fraction of lr
     c.optim.grad_clip = 0.0  # 0: off
-    c.optim.pretrained_lr_multiplier = 1.0  # the pre-trained layers' learning rate as a share of the others'
+    c.optim.pretrained_lr_multiplier = 1.0  # the pre-trained (or init_from) layers' rate as a share of the others'
 
     c.pretrain = ml_collections.ConfigDict()  # deepsea pretrain: the tied convolutional autoencoder
     c.pretrain.greedy_steps = 200  # per convolution, one at a time
@@ -123,7 +123,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_batch_size = 64
     c.train.class_weight_power = 0.0  # loss weight of a class: (its share of the training images)^-power, mean 1
     c.train.pretrained = ""  # a deepsea pretrain folder: its convolutions initialise this network's
-    c.train.pretrained_frozen_steps = 0  # the pre-trained layers stay frozen for this many steps
+    c.train.init_from = ""  # a trained run: all its layers but the classifier initialise this one (fine-tuning)
+    c.train.pretrained_frozen_steps = 0  # the pre-trained (or init_from) layers stay frozen for this many steps
     c.train.pretrained_warmup_steps = 0  # then their learning rate ramps up linearly over this many steps
     c.train.distill_weight = 0.5  # with data.distill: the teacher's share of the loss (the labels' is 1 - it)
     c.train.distill_temperature = 2.0  # with data.distill: both predictions softened by it (Hinton's T)

@@ -156,7 +156,9 @@ def create_train_state(
     and the initial state from ``config.seed``; ``abstract=True`` gives the state's shapes without computing it."""
     model = build_model(config.model, num_classes)
     tx, schedule = make_optimizer(config.optim, config.train.steps if steps is None else steps)
-    if config.train.pretrained:
+    if config.train.pretrained and config.train.init_from:
+        raise UserError("train.pretrained and train.init_from cannot be used together: a run already has its layers")
+    if config.train.pretrained or config.train.init_from:
         tx = _pretrained_groups(
             config, tx, make_optimizer(config.optim, config.train.steps if steps is None else steps)[0]
         )
@@ -194,10 +196,12 @@ def example_losses(
 
 
 def _pretrained_groups(config: Any, rest: optax.GradientTransformation, base: optax.GradientTransformation) -> Any:
-    """Two parameter groups (``optax.multi_transform``): the convolutions (``conv*`` layers, which a pre-trained
-    autoencoder initialised) update not at all for ``train.pretrained_frozen_steps`` steps, then at a rate that
-    ramps up over ``train.pretrained_warmup_steps`` to ``optim.pretrained_lr_multiplier`` times the others';
-    everything else as usual."""
+    """Two parameter groups (``optax.multi_transform``): the layers something else initialised (the convolutions,
+    ``conv*``, from a pre-trained autoencoder; or every layer but the classifier from a run, ``train.init_from``)
+    update not at all for ``train.pretrained_frozen_steps`` steps, then at a rate that ramps up over
+    ``train.pretrained_warmup_steps`` to ``optim.pretrained_lr_multiplier`` times the others'; the rest as usual."""
+    from deepsea.transfer import is_backbone
+
     frozen, multiplier = config.train.pretrained_frozen_steps, config.optim.pretrained_lr_multiplier
     warmup = config.train.pretrained_warmup_steps
 
@@ -210,6 +214,8 @@ def _pretrained_groups(config: Any, rest: optax.GradientTransformation, base: op
     def labels(params: Any) -> Any:
         def label(path: tuple, _: Any) -> str:
             names = [getattr(k, "key", "") for k in path]
+            if config.train.init_from:
+                return "pretrained" if is_backbone(names) else "rest"
             return "pretrained" if any(str(n).startswith("conv") for n in names) else "rest"
 
         return jax.tree_util.tree_map_with_path(label, params)

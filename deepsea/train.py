@@ -128,7 +128,13 @@ def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool)
             f"classes give none at data.validation_fraction={config.data.validation_fraction} (a class of 10 or "
             "more images always gives one)"
         )
-    mean, std = compute_stats(folder.subset(train_idx), pp, config.data.stats_images, config.seed)
+    if config.train.init_from:  # the run's normalisation: its layers see the inputs they learnt from
+        from deepsea.transfer import source_preprocess
+
+        source = source_preprocess(config.train.init_from)
+        mean, std = source.mean, source.std
+    else:
+        mean, std = compute_stats(folder.subset(train_idx), pp, config.data.stats_images, config.seed)
     pp = pp.with_stats(mean, std)
     if lead:
         data = config.data
@@ -440,6 +446,16 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
         from deepsea.pretrain import load_pretrained
 
         state = dataclasses.replace(state, params=load_pretrained(config.train.pretrained, state.params))
+    if config.train.init_from and not resuming:
+        from deepsea.transfer import init_from_run
+
+        source = config.train.init_from
+        params, model_state, took = init_from_run(source, state.params, state.model_state, folder.classes)
+        state = dataclasses.replace(state, params=params, model_state=model_state)
+        if lead:
+            rundir.save_json(os.path.join(workdir, "init_from.json"), dataclasses.asdict(took))
+        log.info("initialised from %s (step %d): %d layers, %d shared classes", took.workdir, took.step,
+                 len(took.layers), len(took.shared_classes))  # fmt: skip
     if resuming:
         start = int(ckpt.latest_step())
         state = rundir.restore_state(ckpt, start, state)
