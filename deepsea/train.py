@@ -449,8 +449,8 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
     if config.train.init_from and not resuming:
         from deepsea.transfer import init_from_run
 
-        source = config.train.init_from
-        params, model_state, took = init_from_run(source, state.params, state.model_state, folder.classes)
+        origin = config.train.init_from
+        params, model_state, took = init_from_run(origin, state.params, state.model_state, folder.classes)
         state = dataclasses.replace(state, params=params, model_state=model_state)
         if lead:
             rundir.save_json(os.path.join(workdir, "init_from.json"), dataclasses.asdict(took))
