@@ -215,6 +215,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=_at_least(1), default=4096, help="images decoded and predicted at a time (memory)")
     p.add_argument("--parquet", default="", metavar="FILE", help="also write the output as Parquet (needs pyarrow)")
     p.add_argument(
+        "--ifcb-scores",
+        default="",
+        metavar="DIR",
+        help="also write IFCB class-score files, <bin>_class.h5 per bin (the IFCB dashboard's v3 layout)",
+    )
+    p.add_argument(
+        "--embeddings",
+        default="",
+        metavar="PARQUET",
+        help="also write each image's penultimate-layer features (a run's) to Parquet, for clustering",
+    )
+    p.add_argument(
         "--pixel-size",
         type=float,
         default=None,
@@ -641,9 +653,12 @@ def _predict(args: argparse.Namespace) -> None:
     from deepsea.stream import predict_tree
 
     _init_distributed(args)
-    for flag, path in (("--out", args.out), ("--ecotaxa", args.ecotaxa), ("--parquet", args.parquet)):
+    for flag, path in (("--out", args.out), ("--ecotaxa", args.ecotaxa), ("--parquet", args.parquet),
+                       ("--embeddings", args.embeddings)):  # fmt: skip
         if path:
             output_file(path, flag)
+    if args.ifcb_scores:
+        output_folder(args.ifcb_scores, "--ifcb-scores")
     source = args.model or args.workdir
     run = _load_predictor(source, args)
     if args.top > len(run.classes):
@@ -673,6 +688,22 @@ def _predict(args: argparse.Namespace) -> None:
             print(f"wrote {csv_to_parquet(args.out, args.parquet)}")
         except ImportError as e:
             raise CommandError(str(e)) from None
+    if args.ifcb_scores:
+        from deepsea.stream import csv_to_ifcb_scores
+
+        try:
+            files = csv_to_ifcb_scores(args.out, args.ifcb_scores, run.classes, os.path.abspath(source))
+        except ImportError as e:
+            raise CommandError(str(e)) from None
+        print(f"wrote {len(files)} IFCB class-score file(s) in {args.ifcb_scores}")
+    if args.embeddings:
+        from deepsea.stream import embed_csv_images
+
+        try:
+            n = embed_csv_images(run, args.out, args.images, args.embeddings, args.chunk)
+        except ImportError as e:
+            raise CommandError(str(e)) from None
+        print(f"wrote {args.embeddings}: the embeddings of {n} images")
     print(
         f"wrote {args.out}: {res.images} images x {len(run.classes)} classes ({args.tta or 'no'} TTA transforms), "
         f"{res.images_per_s:.0f} images/s"

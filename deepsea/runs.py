@@ -57,6 +57,33 @@ def _predict_fn(model: nn.Module):
     return fn
 
 
+@functools.lru_cache(maxsize=8)
+def _embed_fn(model: nn.Module):
+    """The network's penultimate features: the input of its classifier (``logits``), averaged over an orbit
+    average's copies (stacked on the batch axis), so an orbit-averaged network's embedding is invariant too."""
+    from deepsea.step import forward
+    from deepsea.transfer import HEAD
+
+    @jax.jit
+    def fn(variables, batch):
+        seen = []
+
+        def record(next_fun, args, kwargs, context):
+            if context.module.name == HEAD and context.method_name == "__call__":
+                seen.append(args[0])
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(record):
+            forward(model, variables, batch, False)
+        if len(seen) != 1:
+            raise ValueError(f"expected one call of the {HEAD!r} layer, saw {len(seen)}")
+        b = batch["image"].shape[0]
+        feats = seen[0].astype(jnp.float32)
+        return feats.reshape(-1, b, feats.shape[-1]).mean(0)
+
+    return fn
+
+
 def predict_probs(
     model: nn.Module, variables: Any, batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh | None = None
 ) -> np.ndarray:
@@ -139,6 +166,10 @@ class Run(BatchPredictor):
     def predict_batch(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Softmax probabilities (float32) of one padded batch of model inputs (``image``, ``raw_size``, ...)."""
         return np.asarray(_predict_fn(self.model)(self.variables, put_batch(batch, data_mesh(local=True))))
+
+    def embed_batch(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """The penultimate features (float32, the classifier's input) of one padded batch of model inputs."""
+        return np.asarray(_embed_fn(self.model)(self.variables, put_batch(batch, data_mesh(local=True))))
 
 
 

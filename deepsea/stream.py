@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -29,8 +30,9 @@ from deepsea.calibration import UNCLASSIFIED, Thresholds, apply_thresholds
 from deepsea.data import BadImageError
 from deepsea.data.pipeline import read_input
 from deepsea.data.sources import list_images
+from deepsea.errors import UserError
 
-__all__ = ["StreamResult", "csv_to_ecotaxa", "csv_to_parquet", "predict_tree"]
+__all__ = ["StreamResult", "csv_to_ecotaxa", "csv_to_ifcb_scores", "csv_to_parquet", "embed_csv_images", "predict_tree"]
 
 log = logging.getLogger(__name__)
 
@@ -273,3 +275,99 @@ def csv_to_ecotaxa(csv_path: str, tsv_path: str, classes: Sequence[str]) -> str:
 
     write_ecotaxa_rows(tsv_path, rows())
     return tsv_path
+
+
+_IFCB_NAME = re.compile(r"^(?P<bin>.+)_(?P<roi>\d+)$")
+
+
+def csv_to_ifcb_scores(csv_path: str, out_dir: str, classes: Sequence[str], model_id: str) -> list[str]:
+    """The prediction CSV as IFCB class-score files, one per bin: ``<bin>_class.h5`` in the IFCB dashboard's
+    version 3 layout (datasets ``output_scores``, N x C float64; ``class_labels``, ASCII; ``roi_numbers``, int),
+    plus ``model_id``, ``output_classes`` (each ROI's top class) and ``version``.  Images must be named as IFCB
+    ROIs are, ``<bin>_<roi number>.<ext>`` (``D20240101T120000_IFCB001_00042.png``); a bin's rows are read in
+    order and written when the next bin starts, so memory holds one bin."""
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError("writing IFCB class scores needs h5py: pip install h5py") from None
+    os.makedirs(out_dir, exist_ok=True)
+    written: list[str] = []
+    labels = np.array([c.encode("ascii", "replace") for c in classes])
+
+    def flush(bin_id: str, rois: list[int], rows: list[list[float]]) -> None:
+        path = os.path.join(out_dir, f"{bin_id}_class.h5")
+        if path in written:
+            raise UserError(f"{csv_path}: the rows of bin {bin_id} are not together; sort the CSV by image first")
+        scores = np.asarray(rows, np.float64)
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("output_scores", data=scores)
+            f.create_dataset("class_labels", data=labels)
+            f.create_dataset("roi_numbers", data=np.asarray(rois, np.int64))
+            f.create_dataset("output_classes", data=scores.argmax(1))
+            f.attrs["version"] = "v3"
+            f.attrs["model_id"] = model_id
+            f.attrs["bin_id"] = bin_id
+        os.replace(tmp, path)
+        written.append(path)
+
+    with open(csv_path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        if header[1 : 1 + len(classes)] != list(classes):
+            raise UserError(f"{csv_path}: its class columns are not the model's {len(classes)} classes")
+        current, rois, rows = None, [], []
+        for row in reader:
+            name = os.path.splitext(os.path.basename(row[0]))[0]
+            m = _IFCB_NAME.match(name)
+            if m is None:
+                raise UserError(
+                    f"{csv_path}: image {row[0]!r} is not named as an IFCB ROI (<bin>_<roi number>.png), so its "
+                    "bin and ROI number are unknown"
+                )
+            if m["bin"] != current:
+                if current is not None:
+                    flush(current, rois, rows)
+                current, rois, rows = m["bin"], [], []
+            rois.append(int(m["roi"]))
+            rows.append([float(x) for x in row[1 : 1 + len(classes)]])
+        if current is not None:
+            flush(current, rois, rows)
+    return written
+
+
+def embed_csv_images(run: Any, csv_path: str, root: str, parquet_path: str, chunk: int = DEFAULT_CHUNK) -> int:
+    """Penultimate-layer embeddings (the classifier's input; plain rescale, no TTA) of every image of a prediction
+    CSV (paths relative to ``root``), written to Parquet chunk by chunk: an ``image`` column, then ``e0 ...``
+    (float32), for clustering and active learning.  Returns the number of images."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError("writing Parquet needs pyarrow: pip install pyarrow") from None
+    from deepsea.predictor import batch_probs
+    from deepsea.tta import transforms_for
+
+    if not hasattr(run, "embed_batch"):
+        raise UserError(f"{run.workdir}: embeddings need a trained run (an exported or fused model has no layers)")
+    with open(csv_path, newline="") as f:
+        names = [row[0] for i, row in enumerate(csv.reader(f)) if i]
+    transforms = transforms_for(0, run.preprocess.size)
+    tmp = f"{parquet_path}.tmp.{os.getpid()}"
+    writer = None
+    try:
+        for start in range(0, len(names), chunk):
+            part = names[start : start + chunk]
+            paths = [os.path.join(root, n) for n in part]
+            emb = batch_probs(run.embed_batch, paths, run.preprocess, transforms, run.batch_size, progress=False)[0]
+            table = pa.table({"image": part, **{f"e{i}": emb[:, i] for i in range(emb.shape[1])}})
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise UserError(f"{csv_path} has no images to embed")
+    os.replace(tmp, parquet_path)
+    return len(names)

@@ -293,6 +293,50 @@ def test_abundance_of_samples_from_folders_and_from_a_predictions_csv(cli, train
     )
 
 
+def test_ifcb_class_scores_and_embeddings_beside_the_predictions(cli, trained_run, tmp_path):
+    """predict --ifcb-scores: one <bin>_class.h5 per bin in the IFCB dashboard's v3 layout, read back as its reader
+    does; --embeddings: the classifier's input per image, which the classifier maps to the run's probabilities."""
+    import shutil
+
+    import h5py
+    import pyarrow.parquet as pq
+
+    from deepsea.predictor import predictor_probs
+    from deepsea.runs import restore_run
+
+    run, flat = trained_run
+    ifcb = tmp_path / "ifcb"
+    ifcb.mkdir()
+    images = sorted(f for f in os.listdir(flat) if f.endswith(".jpg"))
+    bins = ["D20240101T120000_IFCB001", "D20240101T140000_IFCB001"]
+    for i, f in enumerate(images):
+        shutil.copy(flat / f, ifcb / f"{bins[i // 6]}_{i % 6 + 1:05d}.jpg")
+    preds, scores, emb = str(tmp_path / "p.csv"), str(tmp_path / "scores"), str(tmp_path / "emb.parquet")
+    out = cli("predict", "--workdir", run, "--images", str(ifcb), "--out", preds, "--ifcb-scores", scores,
+              "--embeddings", emb)  # fmt: skip
+    assert "wrote 2 IFCB class-score file(s)" in out and "the embeddings of 12 images" in out
+    names, classes, probs = read_submission(preds)
+    for b, bin_id in enumerate(bins):
+        with h5py.File(os.path.join(scores, f"{bin_id}_class.h5"), "r") as f:  # as the dashboard reads v3
+            got = f["output_scores"][:]
+            labels = [label.decode("ascii") for label in f["class_labels"][:]]
+            rois = f["roi_numbers"][:]
+        assert labels == classes and list(rois) == [1, 2, 3, 4, 5, 6]
+        np.testing.assert_allclose(got, probs[6 * b : 6 * b + 6], rtol=1e-6)
+    table = pq.read_table(emb).to_pandas()
+    assert list(table["image"]) == names
+    features = table.drop(columns="image").to_numpy(np.float64)
+    r = restore_run(run)
+    head = r.variables["params"]["logits"]
+    logits = features @ np.asarray(head["kernel"], np.float64) + np.asarray(head["bias"], np.float64)
+    direct = np.exp(logits - logits.max(1, keepdims=True))
+    direct /= direct.sum(1, keepdims=True)
+    expected = predictor_probs(r, [str(ifcb / n) for n in names], calibrated=False, cache=False, progress=False)
+    np.testing.assert_allclose(direct, expected, atol=1e-5)
+    out = cli("predict", "--workdir", run, "--images", str(flat), "--out", preds, "--ifcb-scores", scores, rc=2)
+    assert "is not named as an IFCB ROI" in out
+
+
 def test_exported_model_predicts_like_its_run(cli, trained_run, tmp_path):
     """deepsea export, then predict --model: the same CSV as the run (with its calibration and thresholds), and
     bitwise the run's own network computed with XLA's operations (what the export serializes)."""
