@@ -75,11 +75,13 @@ _MODULES = (
     "ops",
     "predictor",
     "pretrain",
+    "review",
     "step",
     "stream",
     "sweep",
     "teachers",
     "train",
+    "transfer",
 )
 
 __all__ = sorted([*_FROM, *_MODULES])

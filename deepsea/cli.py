@@ -265,6 +265,15 @@ def _parser() -> argparse.ArgumentParser:
     _prediction_args(p)
     p.set_defaults(func=_abundance)
 
+    p = sub.add_parser("review", help="a local page to check and correct predictions; labels kept in SQLite")
+    p.add_argument("--predictions", required=True, help="a CSV written by deepsea predict")
+    p.add_argument("--images", required=True, help="the folder it predicted (its image column is relative to it)")
+    p.add_argument("--db", default="", help="the label store (default: <CSV>.labels.sqlite)")
+    p.add_argument("--export", default="", metavar="DIR", help="where Export writes (default: <CSV>_reviewed/)")
+    p.add_argument("--export-only", action="store_true", help="write the export and stop (no page)")
+    p.add_argument("--port", type=int, default=0, help="the page's port on 127.0.0.1 (default: a free one)")
+    p.set_defaults(func=_review)
+
     p = sub.add_parser("export", help="write a run as a model folder that predicts without the training code")
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True, help="model folder to write (model.jax, params.npz, model.json)")
@@ -589,6 +598,28 @@ def _abundance(args: argparse.Namespace) -> None:
 
         print(f"wrote {plot_abundances(results, args.plot)}")
     print(f"wrote {args.out}: {len(results)} sample(s) x {len(predictor.classes)} classes x {len(methods)} methods")
+
+
+def _review(args: argparse.Namespace) -> None:
+    from deepsea.review import export_reviewed, load_review_set, open_labels, serve
+
+    review = load_review_set(args.predictions, args.images)
+    stem = os.path.splitext(args.predictions)[0]
+    db = args.db or f"{stem}.labels.sqlite"
+    export = args.export or f"{stem}_reviewed"
+    if review.missing:
+        print(f"warning: {len(review.missing)} image(s) of {args.predictions} are not under {args.images}, "
+              f"e.g. {review.missing[0]}")  # fmt: skip
+    if args.export_only:
+        res = export_reviewed(review, open_labels(db, review), export)
+        print(f"exported {res['images']} labelled images: {res['folder']} (deepsea train --data) and {res['tsv']}")
+        return
+    server = serve(review, db, export, args.port, ready=lambda url: print(f"review page: {url} (Ctrl-C stops)"))
+    print(f"{len(review.names)} images, {len(review.classes)} classes; labels in {db}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -183,9 +183,12 @@ def write_ecotaxa(
     write_ecotaxa_rows(path, zip(object_ids, image_files, categories, scores, strict=True))
 
 
-def write_ecotaxa_rows(path: str, rows: Iterable[tuple[str, str, str | None, float]]) -> None:
+def write_ecotaxa_rows(
+    path: str, rows: Iterable[tuple[str, str, str | None, float]], status: str = "predicted"
+) -> None:
     """:func:`write_ecotaxa` from ``(object id, image file, category or None, score)`` rows, written as they
-    come (any number of objects in bounded memory)."""
+    come (any number of objects in bounded memory); ``status``: the annotation status of categorised objects
+    (``predicted``, or ``validated`` for labels a person checked)."""
     columns = ["img_file_name", "object_id", "object_annotation_category", "object_annotation_status"]
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -193,5 +196,5 @@ def write_ecotaxa_rows(path: str, rows: Iterable[tuple[str, str, str | None, flo
         w.writerow([*columns, "object_deepsea_score"])
         w.writerow(["[t]", "[t]", "[t]", "[t]", "[f]"])
         for oid, img, cat, score in rows:
-            w.writerow([img, oid, cat or "", "predicted" if cat else "", f"{float(score):.6g}"])
+            w.writerow([img, oid, cat or "", status if cat else "", f"{float(score):.6g}"])
     os.replace(tmp, path)
