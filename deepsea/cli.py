@@ -285,6 +285,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the exported network's precision (default float32: XLA's own bfloat16 convolutions are slow on CPUs)",
     )
     p.add_argument("--platforms", default="cpu,cuda", help="comma-separated: cpu, cuda, rocm, tpu (default cpu,cuda)")
+    p.add_argument(
+        "--format",
+        default="jax",
+        choices=["jax", "onnx"],
+        help="jax: jax.export (model.jax, params.npz); onnx: model.onnx for onnxruntime (needs deepsea[onnx])",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace the exported model already in --out")
     p.set_defaults(func=_export)
 
@@ -753,7 +759,15 @@ def _export(args: argparse.Namespace) -> None:
         raise CommandError(f"{args.out} holds an exported model already: --overwrite replaces it, or use another --out")
     output_folder(args.out, "--out")
     run = restore_run(args.workdir, args.checkpoint, precision=args.precision)
-    export_run(run, args.out, platforms)
+    if args.format == "onnx":
+        from deepsea.export import export_onnx
+
+        if args.precision != "float32":
+            raise CommandError("--format onnx exports float32 only")
+        export_onnx(run, args.out)
+        platforms = ("onnxruntime",)
+    else:
+        export_run(run, args.out, platforms)
     from deepsea.export import fitted_extras
 
     extras, stale = fitted_extras(run)

@@ -14,6 +14,10 @@
 :func:`load_model` reads the folder back as an :class:`ExportedModel`, which :func:`deepsea.stream.predict_tree`
 (``deepsea predict --model DIR``) uses like a restored run.  Loading imports neither the experiment module, nor
 the model definitions, nor Flax or Optax: only JAX, numpy and this package's image preprocessing.
+
+:func:`export_onnx` writes the same network as ``model.onnx`` (ONNX, converted by jax2onnx, the parameters
+inside, a symbolic batch size) beside the same ``model.json``; :func:`load_model` runs it with onnxruntime (CPU or
+CUDA), the runtime the IFCB community's tools use, without JAX.
 """
 
 from __future__ import annotations
@@ -31,66 +35,51 @@ from deepsea.data import AugmentRanges, Preprocess
 from deepsea.errors import UserError
 from deepsea.predictor import BatchPredictor
 
-__all__ = ["FORMAT", "ExportedModel", "export_run", "fitted_extras", "load_model"]
+__all__ = ["FORMAT", "ExportedModel", "export_onnx", "export_run", "fitted_extras", "load_model"]
 
 FORMAT = 1
-_MODULE, _PARAMS, _META = "model.jax", "params.npz", "model.json"
+_MODULE, _PARAMS, _META, _ONNX = "model.jax", "params.npz", "model.json", "model.onnx"
 
 
 def _inputs(pp: Preprocess) -> tuple[str, ...]:
     return ("image", "raw_size", "image2") if pp.second_size else ("image", "raw_size")
 
 
-def export_run(run: Any, out: str, platforms: tuple[str, ...] = ("cpu",)) -> str:
-    """Writes ``run`` (a :class:`deepsea.runs.Run`) to the folder ``out`` (created; files replaced) for
-    ``platforms`` (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``; one module serves them all).  Returns ``out``."""
-    import jax.numpy as jnp
-
-    from deepsea import rundir
+def _xla_network(run: Any) -> tuple[Any, Any]:
+    """The run's network with XLA's operations (no FFI custom calls, which neither a serialized module nor ONNX can
+    carry), and its model config."""
     from deepsea.models import build_model
-    from deepsea.step import forward
 
-    # the same network with XLA's operations: no FFI custom calls in the serialized module
     mc = run.config.model.copy_and_resolve_references()
     mc.conv_impl = "xla"
     mc.max_pool_impl = "slices"
-    model = build_model(mc, len(run.classes))
-    leaves, treedef = jax.tree_util.tree_flatten(run.variables)
-    pp = run.preprocess
-    names = _inputs(pp)
+    return build_model(mc, len(run.classes)), mc
 
-    def predict(params: list[jax.Array], *inputs: jax.Array) -> jax.Array:
-        batch = dict(zip(names, inputs, strict=True))
-        logits, _ = forward(model, jax.tree_util.tree_unflatten(treedef, params), batch, False)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
-    (b,) = jax.export.symbolic_shape("b")
-    specs = {
-        "image": jax.ShapeDtypeStruct((b, pp.size, pp.size, pp.channels * (1 + len(pp.extra_rotations))), jnp.float32),
-        "raw_size": jax.ShapeDtypeStruct((b, 2), jnp.float32),
-        "image2": jax.ShapeDtypeStruct((b, pp.second_size, pp.second_size, pp.channels), jnp.float32),
+def _input_shapes(pp: Preprocess, batch: Any) -> dict[str, tuple]:
+    return {
+        "image": (batch, pp.size, pp.size, pp.channels * (1 + len(pp.extra_rotations))),
+        "raw_size": (batch, 2),
+        "image2": (batch, pp.second_size, pp.second_size, pp.channels),
     }
-    params = [jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) for x in leaves]
-    exported = jax.export.export(jax.jit(predict), platforms=platforms)(params, *(specs[n] for n in names))
-    os.makedirs(out, exist_ok=True)
-    _write(os.path.join(out, _MODULE), bytes(exported.serialize()))
-    tmp = os.path.join(out, f".{_PARAMS}.tmp.npz")
-    np.savez(tmp, **{f"p{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
-    os.replace(tmp, os.path.join(out, _PARAMS))
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(run.variables)[0]]
+
+
+def _write_meta(run: Any, out: str, mc: Any, names: tuple[str, ...], runtime: str, extra: dict) -> None:
+    from deepsea import rundir
+
     rundir.save_json(
         os.path.join(out, _META),
         {
             "format": FORMAT,
+            "runtime": runtime,
             "classes": list(run.classes),
-            "preprocess": rundir.preprocess_to_dict(pp),
+            "preprocess": rundir.preprocess_to_dict(run.preprocess),
             "tta_ranges": dataclasses.asdict(run.tta_ranges),
             "calibration": run.calibration,
             "thresholds": run.thresholds,
             "class_map": run.class_map,
             "batch_size": run.batch_size,
             "inputs": list(names),
-            "platforms": list(platforms),
             "source": {
                 "workdir": os.path.abspath(run.workdir),
                 "checkpoint": run.key,
@@ -99,9 +88,71 @@ def export_run(run: Any, out: str, platforms: tuple[str, ...] = ("cpu",)) -> str
                 "precision": mc.precision,
                 "jax": jax.__version__,
             },
-            "parameters": [{"path": p, "shape": list(np.shape(x))} for p, x in zip(paths, leaves, strict=True)],
+            **extra,
         },
     )
+
+
+def export_run(run: Any, out: str, platforms: tuple[str, ...] = ("cpu",)) -> str:
+    """Writes ``run`` (a :class:`deepsea.runs.Run`) to the folder ``out`` (created; files replaced) for
+    ``platforms`` (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``; one module serves them all).  Returns ``out``."""
+    import jax.numpy as jnp
+
+    from deepsea.step import forward
+
+    model, mc = _xla_network(run)
+    leaves, treedef = jax.tree_util.tree_flatten(run.variables)
+    names = _inputs(run.preprocess)
+
+    def predict(params: list[jax.Array], *inputs: jax.Array) -> jax.Array:
+        batch = dict(zip(names, inputs, strict=True))
+        logits, _ = forward(model, jax.tree_util.tree_unflatten(treedef, params), batch, False)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    (b,) = jax.export.symbolic_shape("b")
+    shapes = _input_shapes(run.preprocess, b)
+    params = [jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) for x in leaves]
+    specs = [jax.ShapeDtypeStruct(shapes[n], jnp.float32) for n in names]
+    exported = jax.export.export(jax.jit(predict), platforms=platforms)(params, *specs)
+    os.makedirs(out, exist_ok=True)
+    _write(os.path.join(out, _MODULE), bytes(exported.serialize()))
+    tmp = os.path.join(out, f".{_PARAMS}.tmp.npz")
+    np.savez(tmp, **{f"p{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
+    os.replace(tmp, os.path.join(out, _PARAMS))
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(run.variables)[0]]
+    parameters = [{"path": p, "shape": list(np.shape(x))} for p, x in zip(paths, leaves, strict=True)]
+    _write_meta(run, out, mc, names, "jax", {"platforms": list(platforms), "parameters": parameters})
+    return out
+
+
+def export_onnx(run: Any, out: str) -> str:
+    """Writes ``run`` to the folder ``out`` as ``model.onnx`` (float32 ONNX with its parameters, any batch size;
+    converted by jax2onnx) and ``model.json``.  Returns ``out``."""
+    import jax.numpy as jnp
+
+    from deepsea.step import forward
+
+    try:
+        from jax2onnx import to_onnx
+    except ImportError:
+        raise UserError("ONNX export needs jax2onnx: pip install 'deepsea[onnx]'") from None
+    model, mc = _xla_network(run)
+    variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                             run.variables)  # fmt: skip
+    names = _inputs(run.preprocess)
+
+    def predict(*inputs: jax.Array) -> jax.Array:
+        logits, _ = forward(model, variables, dict(zip(names, inputs, strict=True)), False)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    shapes = _input_shapes(run.preprocess, "B")
+    proto = to_onnx(predict, [shapes[n] for n in names], model_name="deepsea", input_names=list(names),
+                    output_names=["probabilities"])  # fmt: skip
+    os.makedirs(out, exist_ok=True)
+    _write(os.path.join(out, _ONNX), proto.SerializeToString())
+    import importlib.metadata
+
+    _write_meta(run, out, mc, names, "onnx", {"jax2onnx": importlib.metadata.version("jax2onnx")})
     return out
 
 
@@ -143,8 +194,10 @@ class ExportedModel(BatchPredictor):
 
     @property
     def cache_key(self) -> str:
-        """Its predictions differ from the run's in rounding (XLA's operations, its precision): cached apart."""
-        return f"exported:{self.key}:{self.meta['source'].get('precision', 'float32')}"
+        """Its predictions differ from the run's in rounding (XLA's operations or ONNX's, its precision): cached
+        apart."""
+        runtime = self.meta.get("runtime", "jax")
+        return f"exported:{self.key}:{self.meta['source'].get('precision', 'float32')}:{runtime}"
 
     @property
     def class_map(self) -> dict | None:
@@ -158,34 +211,23 @@ class ExportedModel(BatchPredictor):
         return np.asarray(self._fn(self._params, *(np.asarray(batch[n], np.float32) for n in self.meta["inputs"])))
 
 
-
 def load_model(path: str) -> ExportedModel:
-    """Reads a folder written by :func:`export_run`; a missing file or another format is an error naming it."""
+    """Reads a folder written by :func:`export_run` or :func:`export_onnx`; a missing file or another format is an
+    error naming it."""
     from deepsea import rundir
 
-    for name in (_MODULE, _PARAMS, _META):
+    meta_path = os.path.join(path, _META)
+    onnx = os.path.isfile(os.path.join(path, _ONNX))
+    for name in (_ONNX, _META) if onnx else (_MODULE, _PARAMS, _META):
         if not os.path.isfile(os.path.join(path, name)):
             raise FileNotFoundError(f"{path!r} is not an exported model: {name} is missing (deepsea export writes it)")
-    meta_path = os.path.join(path, _META)
     try:
         meta = rundir.load_json(meta_path)
     except json.JSONDecodeError as e:
         raise UserError(f"{meta_path}: not valid JSON ({e})") from None
     if meta.get("format") != FORMAT:
         raise UserError(f"{meta_path}: format {meta.get('format')!r}; this deepsea reads format {FORMAT}")
-    try:
-        with open(os.path.join(path, _MODULE), "rb") as f:
-            exported = jax.export.deserialize(bytearray(f.read()))
-    except Exception as e:  # a truncated or foreign file: the flatbuffer's error names nothing
-        raise UserError(f"{os.path.join(path, _MODULE)}: not a readable exported module ({type(e).__name__})") from e
-    try:
-        with open(os.path.join(path, _PARAMS), "rb") as fh, np.load(fh) as f:  # closed on a bad file too
-            params = [f[f"p{i:05d}"] for i in range(len(f.files))]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise UserError(f"{os.path.join(path, _PARAMS)}: not a readable parameter file ({e})") from e
-    want = [tuple(p["shape"]) for p in meta["parameters"]]
-    if [x.shape for x in params] != want:
-        raise UserError(f"{os.path.join(path, _PARAMS)}: parameter shapes do not match {meta_path}")
+    fn, params = _load_onnx(path, meta) if onnx else _load_jax(path, meta)
     fitted = {}
     for name in ("calibration", "thresholds"):  # fitted for the exported model itself, after export
         extra = os.path.join(path, f"{name}.json")
@@ -200,6 +242,46 @@ def load_model(path: str) -> ExportedModel:
         calibration=fitted["calibration"],
         thresholds=fitted["thresholds"],
         meta=meta,
-        _fn=jax.jit(exported.call),
-        _params=[jax.device_put(x) for x in params],
+        _fn=fn,
+        _params=params,
     )
+
+
+def _load_jax(path: str, meta: dict) -> tuple[Any, list]:
+    meta_path = os.path.join(path, _META)
+    try:
+        with open(os.path.join(path, _MODULE), "rb") as f:
+            exported = jax.export.deserialize(bytearray(f.read()))
+    except Exception as e:  # a truncated or foreign file: the flatbuffer's error names nothing
+        raise UserError(f"{os.path.join(path, _MODULE)}: not a readable exported module ({type(e).__name__})") from e
+    try:
+        with open(os.path.join(path, _PARAMS), "rb") as fh, np.load(fh) as f:  # closed on a bad file too
+            params = [f[f"p{i:05d}"] for i in range(len(f.files))]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise UserError(f"{os.path.join(path, _PARAMS)}: not a readable parameter file ({e})") from e
+    want = [tuple(p["shape"]) for p in meta["parameters"]]
+    if [x.shape for x in params] != want:
+        raise UserError(f"{os.path.join(path, _PARAMS)}: parameter shapes do not match {meta_path}")
+    return jax.jit(exported.call), [jax.device_put(x) for x in params]
+
+
+def _load_onnx(path: str, meta: dict) -> tuple[Any, list]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError(
+            f"{path} is an ONNX model: predicting with it needs onnxruntime (pip install onnxruntime)"
+        ) from None
+    file = os.path.join(path, _ONNX)
+    try:
+        session = ort.InferenceSession(file, providers=ort.get_available_providers())
+    except Exception as e:  # onnxruntime's own error types; a damaged file
+        raise UserError(f"{file}: not a readable ONNX model ({type(e).__name__})") from e
+    inputs = [i.name for i in session.get_inputs()]
+    if inputs != meta["inputs"]:
+        raise UserError(f"{file} takes the inputs {inputs}, its model.json says {meta['inputs']}")
+
+    def fn(_params: list, *arrays: np.ndarray) -> np.ndarray:
+        return session.run(None, dict(zip(inputs, arrays, strict=True)))[0]
+
+    return fn, []

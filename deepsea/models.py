@@ -114,7 +114,7 @@ class RollNet(nn.Module):
         if k > 1:
             if x.shape[-1] % k:
                 raise UserError(f"{k} rotated inputs need a channel count divisible by {k}, got {x.shape}")
-            x = jnp.concatenate(jnp.split(x, k, axis=-1), axis=0)  # (k * B, H, W, C)
+            x = ops.stack_views(jnp.split(x, k, axis=-1))  # (k * B, H, W, C)
         compute = jnp.dtype(self.precision)
         x = x.astype(compute)
         if sym:
@@ -152,7 +152,7 @@ class RollNet(nn.Module):
                 raise ValueError("this model late-fuses the raw image size: pass raw_size=(B, 2) heights and widths")
             sizes = size_features(raw_size).astype(x.dtype)
             if rolled:  # every view of an image gets its size (sorted sides: the same for every view)
-                sizes = jnp.concatenate([sizes] * (x.shape[0] // sizes.shape[0]), axis=0)
+                sizes = ops.stack_views([sizes] * (x.shape[0] // sizes.shape[0]))
             x = jnp.concatenate([x, sizes], axis=-1)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = self.dense(self.dense_features, self.maxout_pieces, dtype=compute, name="dense1")(x)
@@ -222,7 +222,7 @@ class OrbitAverage(nn.Module):
             return self.inner(x, train, raw_size, x2)
         g = get_group(self.group)
         v, b = g.order, x.shape[0]
-        tile = lambda a: None if a is None else jnp.concatenate([a] * v, axis=0)  # noqa: E731
+        tile = lambda a: None if a is None else ops.stack_views([a] * v)  # noqa: E731
         x2v = None if x2 is None else ops.group_slice(x2, g)
         logits = self.inner(ops.group_slice(x, g), False, tile(raw_size), x2v)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import jax
@@ -47,11 +48,19 @@ __all__ = [
     "permute_views",
     "pool_stack",
     "pooling_is_symmetric",
+    "stack_views",
 ]
 
 PoolMode = Literal["mean", "max", "rms"]
 
 DEFAULT_RMS_EPS = 1e-12
+
+
+def stack_views(parts: Sequence[jax.Array]) -> jax.Array:
+    """``V`` arrays ``(B, ...)`` -> ``(V*B, ...)``, view-major (the layout every op here takes): a stack and a
+    reshape, which exporters with a symbolic batch size (jax2onnx) follow where they mis-shape a concatenation."""
+    first = parts[0]
+    return jnp.stack(parts, axis=0).reshape((len(parts) * first.shape[0], *first.shape[1:]))
 
 
 def _split_views(x: jax.Array, group: Group, what: str) -> jax.Array:
@@ -90,7 +99,7 @@ def group_slice(x: jax.Array, group: str | Group) -> jax.Array:
 
 
 def _slice_values(x: jax.Array, g: Group) -> jax.Array:
-    return jnp.concatenate([g.act(v, x, axes=(1, 2)) for v in range(g.order)], axis=0)
+    return stack_views([g.act(v, x, axes=(1, 2)) for v in range(g.order)])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))

@@ -337,6 +337,36 @@ def test_ifcb_class_scores_and_embeddings_beside_the_predictions(cli, trained_ru
     assert "is not named as an IFCB ROI" in out
 
 
+def test_onnx_export_predicts_like_its_run_at_batch_sizes_it_never_saw(cli, trained_run, tmp_path):
+    """export --format onnx, then predict --model with onnxruntime: the run's predictions (to 1e-4) with its
+    classes, calibration and thresholds; batches of 3 and 7 images straight through the session too."""
+    from deepsea.data import AugmentParams, tta_batches
+    from deepsea.data.sources import list_images
+    from deepsea.export import load_model
+    from deepsea.runs import restore_run
+
+    run, flat = trained_run
+    model_dir = tmp_path / "onnx"
+    out = cli("export", "--workdir", run, "--out", str(model_dir), "--format", "onnx")
+    assert "predict with: deepsea predict --model" in out and (model_dir / "model.onnx").is_file()
+    args = ("--images", str(flat), "--thresholds")
+    cli("predict", "--workdir", run, "--out", str(tmp_path / "r.csv"), *args)
+    cli("predict", "--model", str(model_dir), "--out", str(tmp_path / "m.csv"), *args)
+    names_r, classes, probs_r = read_submission(str(tmp_path / "r.csv"))
+    names_m, classes_m, probs_m = read_submission(str(tmp_path / "m.csv"))
+    assert (names_m, classes_m) == (names_r, classes)
+    np.testing.assert_allclose(probs_m, probs_r, atol=1e-4)
+    model, restored = load_model(str(model_dir)), restore_run(run)
+    assert model.meta["runtime"] == "onnx" and model.classes == restored.classes
+    paths = [str(flat / n) for n in list_images(str(flat))]
+    for size in (3, 7):
+        (_, _, batch), *_ = tta_batches(paths[:size], model.preprocess, [AugmentParams()], batch_size=size)
+        batch = {k: v for k, v in batch.items() if k != "mask"}
+        np.testing.assert_allclose(model.predict_batch(batch), restored.predict_batch(batch), atol=1e-4)
+    (model_dir / "model.onnx").write_bytes(b"not onnx")
+    assert "not a readable ONNX model" in cli("evaluate", "--workdir", str(model_dir), "--data", str(flat), rc=2)
+
+
 def test_exported_model_predicts_like_its_run(cli, trained_run, tmp_path):
     """deepsea export, then predict --model: the same CSV as the run (with its calibration and thresholds), and
     bitwise the run's own network computed with XLA's operations (what the export serializes)."""

@@ -26,7 +26,7 @@ def test_the_device_call_runs_every_stage_on_the_cpu_and_brings_back_its_files(t
         tar.add(tmp_path / "train", arcname="train")
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "DEVICE_DIR": str(staged)}
     proc = subprocess.run(
-        ["bash", "tools/gpu_check.sh", "0.6", "--small", "--bench-steps", "2"],
+        ["bash", "tools/gpu_check.sh", "4", "--small", "--bench-steps", "2"],  # small: trains 0.15 minutes
         cwd=ROOT,
         env=env,
         capture_output=True,

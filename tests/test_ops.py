@@ -343,3 +343,11 @@ def test_pool_stack_accumulates_half_precision_in_float32_and_rounds_once(mode, 
     np.testing.assert_array_equal(ops.pool_stack(xb[::-1], mode), ops.pool_stack(xb, mode))  # order-free, bitwise
     with pytest.raises(ValueError, match="powers of two"):
         ops.pool_stack(xb[:1].repeat(3, 0), mode)
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (2, 5, 5, 3), (3, 4, 6, 2)])
+def test_stack_views_is_the_view_major_concatenation(shape, rng):
+    from deepsea.ops import stack_views
+
+    parts = [jnp.asarray(rng.standard_normal(shape), jnp.float32) for _ in range(4)]
+    np.testing.assert_array_equal(np.asarray(stack_views(parts)), np.concatenate([np.asarray(p) for p in parts], 0))

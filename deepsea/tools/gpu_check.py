@@ -46,6 +46,7 @@ KERNELS_TIMEOUT_S = 150.0
 TRAIN_MIN_S = 120.0  # below this the training stage is skipped: too short to say anything
 RESERVE_S = 45.0  # kept after training for the final summary and packing
 SMALL_SCALE = 0.05  # --small: the margins above, scaled to its tiny runs
+SMALL_TRAIN_MINUTES = 0.15  # --small: its training run's budget, whatever the call has left
 SMALL_KERNEL_TESTS = "test_destination_tables or test_block_size_choice or test_gradients_are and C4 and float32"
 
 
@@ -174,7 +175,7 @@ def _train(call: _Call, workdir: str) -> dict[str, Any]:
     seconds = call.left() - call.margin(RESERVE_S)
     if seconds < call.margin(TRAIN_MIN_S):
         raise RuntimeError(f"only {seconds:.0f} s left for training (at least {call.margin(TRAIN_MIN_S):.0f} s)")
-    minutes = seconds / 60.0
+    minutes = min(seconds / 60.0, SMALL_TRAIN_MINUTES) if call.args.small else seconds / 60.0
     cfg = load_experiment_with(EXPERIMENT, [f"train.budget_minutes={minutes:.3f}"], call.args.small, call.args.data)
     print(f"training {cfg.name} for {minutes:.2f} minutes on {cfg.data.path or 'the synthetic dataset'}", flush=True)
     result = train(cfg, workdir)
