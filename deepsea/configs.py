@@ -121,6 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 5000
     c.train.log_every = 100
     c.train.eval_batch_size = 64
+    c.train.accumulate = 1  # K: each step averages the gradients of K batches of train.batch_size (same memory)
     c.train.class_weight_power = 0.0  # loss weight of a class: (its share of the training images)^-power, mean 1
     c.train.pretrained = ""  # a deepsea pretrain folder: its convolutions initialise this network's
     c.train.init_from = ""  # a trained run: all its layers but the classifier initialise this one (fine-tuning)

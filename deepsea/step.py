@@ -229,30 +229,62 @@ def make_train_step(
     schedule: optax.Schedule,
     distill_weight: float = 0.0,
     distill_temperature: float = 1.0,
+    accumulate: int = 1,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """``(state, batch, rng) -> (state, metrics)``, jitted, donating the state.  The loss is
-    :func:`example_losses` averaged with the batch's per-example ``weight`` where it has them."""
+    :func:`example_losses` averaged with the batch's per-example ``weight`` where it has them.
 
-    def step(state: TrainState, batch: Batch, rng: jax.Array):
-        dropout_rng = jax.random.fold_in(rng, state.step)
+    ``accumulate = K``: the batch is ``K`` micro-batches, whose gradients (of their mean losses) are computed one
+    after another (``lax.scan``: the memory of one) and averaged for one update, the large batch's gradient to
+    float rounding; batch statistics are updated micro-batch by micro-batch, and each has its own dropout key."""
+    if accumulate < 1:
+        raise UserError(f"train.accumulate must be >= 1, got {accumulate}")
 
+    def grads_of(params: Any, batch: Batch, dropout_rng: jax.Array, model_state: Any):
         def loss_fn(params):
-            logits, model_state = forward(model, {"params": params, **state.model_state}, batch, True, dropout_rng)
+            logits, new_state = forward(model, {"params": params, **model_state}, batch, True, dropout_rng)
             logits = logits.astype(jnp.float32)
             ce = example_losses(logits, batch, distill_weight, distill_temperature)
             # per-example loss weights (class weights, pseudo-label weights) where the batch has them
             ce = jnp.mean(ce * batch["weight"]) if "weight" in batch else jnp.mean(ce)
-            return ce, (logits, model_state)
+            return ce, (logits, new_state)
 
-        (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        correct = jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+        return loss, correct, grads, dict(new_state)
+
+    def step(state: TrainState, batch: Batch, rng: jax.Array):
+        dropout_rng = jax.random.fold_in(rng, state.step)
+        n = batch["label"].shape[0]
+        if accumulate == 1:
+            loss, correct, grads, model_state = grads_of(state.params, batch, dropout_rng, state.model_state)
+        else:
+            if n % accumulate:
+                raise UserError(f"a batch of {n} does not split into train.accumulate={accumulate} micro-batches")
+            micro = jax.tree.map(lambda a: a.reshape(accumulate, n // accumulate, *a.shape[1:]), batch)
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+
+            def body(carry, xs):
+                loss_sum, correct_sum, grad_sum, model_state = carry
+                mb, i = xs
+                loss, correct, grads, model_state = grads_of(
+                    state.params, mb, jax.random.fold_in(dropout_rng, i), model_state
+                )
+                grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+                return (loss_sum + loss, correct_sum + correct, grad_sum, model_state), None
+
+            init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), zeros, dict(state.model_state))
+            (loss, correct, grads, model_state), _ = jax.lax.scan(body, init, (micro, jnp.arange(accumulate)))
+            loss = loss / accumulate
+            grads = jax.tree.map(lambda g: g / accumulate, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss,
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "accuracy": correct / n,
             "grad_norm": optax.tree.norm(grads),
             "lr": jnp.asarray(schedule(state.step), jnp.float32),
         }
-        return TrainState(state.step + 1, params, opt_state, dict(model_state)), metrics
+        return TrainState(state.step + 1, params, opt_state, model_state), metrics
 
     return jax.jit(step, donate_argnums=0)

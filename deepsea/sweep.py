@@ -112,10 +112,10 @@ def _config(experiment: str, base: Sequence[str], run: SweepRun, small: bool, da
 def _epoch_steps(config: Any, epochs: float) -> int:
     """The steps that show a run ``epochs`` passes over its training images (at least one): the images training
     keeps after its class map, minimum class size and skipped files."""
-    from deepsea.train import training_split
+    from deepsea.train import step_batch, training_split
 
     _, train_idx, _ = training_split(config)
-    return max(1, math.ceil(epochs * len(train_idx) / config.train.batch_size))
+    return max(1, math.ceil(epochs * len(train_idx) / step_batch(config)))
 
 
 def _read_results(out: str) -> list[dict]:
@@ -149,7 +149,7 @@ def run_sweep(
     from deepsea.evaluation import evaluate_run
     from deepsea.rundir import load_json
     from deepsea.runs import restore_run
-    from deepsea.train import train
+    from deepsea.train import step_batch, train
 
     given = {"epochs": epochs, "budget_minutes": budget_minutes, "steps": steps}
     given = {k: v for k, v in given.items() if v is not None}
@@ -209,8 +209,8 @@ def run_sweep(
                 "overrides": run.overrides,
                 "seed": run.seed,
                 "steps": steps,
-                "batch_size": int(config.train.batch_size),
-                "images_seen": steps * int(config.train.batch_size),
+                "batch_size": step_batch(config),
+                "images_seen": steps * step_batch(config),
                 "wall_s": wall,
                 "best_step": restored.step,
                 **scores,

@@ -45,7 +45,16 @@ from deepsea.step import TrainState, create_train_state, drop_steps, make_train_
 from deepsea.teachers import align_teacher_predictions, load_teacher_predictions
 from deepsea.tta import combine_probs, transforms_for, tta_ranges_for
 
-__all__ = ["Budget", "TrainResult", "TrainingDiverged", "bag", "schedule_fits_budget", "train", "training_split"]
+__all__ = [
+    "Budget",
+    "TrainResult",
+    "TrainingDiverged",
+    "bag",
+    "schedule_fits_budget",
+    "step_batch",
+    "train",
+    "training_split",
+]
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +225,11 @@ def validate(
     return evaluate_probs(combine_probs(per), labels)
 
 
+def step_batch(config: Any) -> int:
+    """The images one training step takes: ``train.batch_size`` times ``train.accumulate`` micro-batches."""
+    return config.train.batch_size * config.train.accumulate
+
+
 def _train_step(config: Any, setup: Any) -> Any:
     return make_train_step(
         setup.model,
@@ -223,6 +237,7 @@ def _train_step(config: Any, setup: Any) -> Any:
         setup.schedule,
         distill_weight=config.train.distill_weight,
         distill_temperature=config.train.distill_temperature,
+        accumulate=config.train.accumulate,
     )
 
 
@@ -260,8 +275,8 @@ def _training_source(
             "the validation score would see them in training"
         )
     pseudo = AugmentedSource(pseudo_paths, tp.probs.argmax(1), seed=config.seed + 1, targets=tp.probs, **common)
-    per_batch = round(data.pseudo_fraction * config.train.batch_size)
-    return MixedSource(real, pseudo, config.train.batch_size, per_batch, k)
+    per_batch = round(data.pseudo_fraction * step_batch(config))
+    return MixedSource(real, pseudo, step_batch(config), per_batch, k)
 
 
 def _measure_budget(
@@ -276,7 +291,7 @@ def _measure_budget(
     rng = jax.random.key(config.seed)
     with train_batches(
         source,
-        config.train.batch_size,
+        step_batch(config),
         workers=config.data.workers,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
@@ -480,7 +495,7 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
         return res
 
     last_val: Evaluation | None = None
-    bs = config.train.batch_size
+    bs = step_batch(config)
     t_last, n_last, waited = time.perf_counter(), 0, 0.0
     worst, checked = _no_loss(), start  # the largest training loss since the last check, and that check's step
     try:

@@ -597,3 +597,45 @@ def test_a_key_unset_in_the_recipe_takes_a_bare_word():
     assert load_experiment_with(plain, ["model.symmetry=none"]).model.symmetry is None
     with pytest.raises(ConfigError, match=r"model\.stages"):
         load_experiment_with(plain, ["model.stages=((16,), (32"])  # a tuple key still wants a literal
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_accumulated_micro_batches_give_the_large_batchs_step(weighted):
+    """train.accumulate = K: K micro-batches of 8, averaged, are one step on the batch of 8K (no dropout, no batch
+    norm: then the arithmetic differs only in the order of the sums: float rounding); the loss is bitwise the
+    large batch's mean where the micro-batches are equal in size."""
+    cfg = load_experiment(os.path.join(ROOT, "experiments", "synthetic.py"), small=True)
+    apply_overrides(cfg, ["model.dropout_rate=0.0", "optim.name=sgd"])
+    setup = create_train_state(cfg, 12)
+    big = _batch(n=32, seed=3)
+    if weighted:
+        big["weight"] = np.random.default_rng(1).uniform(0.5, 2.0, 32).astype(np.float32)
+    rng = jax.random.key(0)
+    results = {}
+    for k in (1, 4):
+        step = make_train_step(setup.model, setup.optimizer, setup.schedule, accumulate=k)
+        state = jax.tree.map(jnp.copy, setup.state)  # the step donates its state
+        state, metrics = step(state, {n: jnp.asarray(v) for n, v in big.items()}, rng)
+        results[k] = (state, metrics)
+    (s1, m1), (s4, m4) = results[1], results[4]
+    np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-6)
+    assert float(m4["accuracy"]) == float(m1["accuracy"])
+    before = [np.asarray(x, np.float64) for x in jax.tree.leaves(setup.state.params)]
+    for a, b, p0 in zip(jax.tree.leaves(s4.params), jax.tree.leaves(s1.params), before, strict=True):
+        update4, update1 = np.asarray(a, np.float64) - p0, np.asarray(b, np.float64) - p0
+        assert np.abs(update1).max() > 1e-5  # every layer moved: the comparison is not vacuous
+        np.testing.assert_allclose(update4, update1, rtol=1e-4, atol=1e-8)  # the updates, not the parameters
+    with pytest.raises(UserError, match="does not split into train.accumulate=5"):
+        make_train_step(setup.model, setup.optimizer, setup.schedule, accumulate=5)(
+            jax.tree.map(jnp.copy, setup.state), {n: jnp.asarray(v) for n, v in big.items()}, rng
+        )
+
+
+def test_a_run_with_accumulation_takes_k_batches_a_step(small_config, tmp_path):
+    apply_overrides(small_config, ["train.accumulate=3", "train.steps=2", "train.log_every=1"])
+    train(small_config, str(tmp_path / "run"), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2]
+    from deepsea.train import step_batch
+
+    assert step_batch(small_config) == 3 * small_config.train.batch_size
