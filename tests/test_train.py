@@ -625,7 +625,7 @@ def test_accumulated_micro_batches_give_the_large_batchs_step(weighted):
         update4, update1 = np.asarray(a, np.float64) - p0, np.asarray(b, np.float64) - p0
         assert np.abs(update1).max() > 1e-5  # every layer moved: the comparison is not vacuous
         np.testing.assert_allclose(update4, update1, rtol=1e-4, atol=1e-8)  # the updates, not the parameters
-    with pytest.raises(UserError, match="does not split into train.accumulate=5"):
+    with pytest.raises(UserError, match=r"does not split into train\.accumulate=5"):
         make_train_step(setup.model, setup.optimizer, setup.schedule, accumulate=5)(
             jax.tree.map(jnp.copy, setup.state), {n: jnp.asarray(v) for n, v in big.items()}, rng
         )
