@@ -70,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.aug.contrast = 0.0
     c.aug.saturation = 0.0
     c.aug.hue = 0.0  # shift in turns, in [-hue, hue], at most 0.5
+    c.aug.draws = "uniform"  # uniform | gaussian: shift, zoom, shear, stretch from truncated normals (sd: half range)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "convroll4"
@@ -84,6 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.untied_biases = False  # the seed's untied convolution biases (one per output position and channel)
     c.model.view_pool_mode = "rms"
     c.model.negative_slope = 1.0 / 3.0  # the leaky ReLU after every convolution (0: ReLU)
+    c.model.activation = "leaky_relu"  # leaky_relu | prelu (learnt slopes) | smooth_leaky (the seed's trials)
+    c.model.dropout_kind = "bernoulli"  # bernoulli | gaussian (multiplicative noise of the same variance)
+    c.model.conv_dropout_rate = 0.0  # dropout after every convolutional stage (the seed tried it)
+    c.model.dense_units = "maxout"  # maxout | channel_out (winner-take-all units)
     c.model.precision = "float32"  # or bfloat16: activations and products (float32 accumulation); params float32
     c.model.max_pool_impl = "auto"  # auto | onednn | slices | reduce_window: deepsea.backends.max_pool
     c.model.conv_impl = "auto"  # auto | onednn | xla: deepsea.backends.conv; the same function
@@ -121,6 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 5000
     c.train.log_every = 100
     c.train.eval_batch_size = 64
+    c.train.bootstrap = ""  # soft | hard: Reed et al.'s bootstrapping against noisy labels ("": none)
+    c.train.bootstrap_beta = 0.95  # the labels' share of the bootstrapped target (Reed et al.: 0.95 soft, 0.8 hard)
     c.train.accumulate = 1  # K: each step averages the gradients of K batches of train.batch_size (same memory)
     c.train.class_weight_power = 0.0  # loss weight of a class: (its share of the training images)^-power, mean 1
     c.train.pretrained = ""  # a deepsea pretrain folder: its convolutions initialise this network's

@@ -23,16 +23,22 @@ from deepsea.backends.xla import DEFAULT_NEGATIVE_SLOPE, leaky_relu
 from deepsea.groups import Group
 
 __all__ = [
+    "ACTIVATIONS",
     "DEFAULT_NEGATIVE_SLOPE",
+    "DROPOUTS",
+    "ChannelOut",
     "Conv",
     "ConvRoll",
+    "GaussianDropout",
     "LeakyReLU",
     "MaxPool",
     "Maxout",
+    "PReLU",
     "Pool",
     "Roll",
     "RollImplementation",
     "Slice",
+    "SmoothLeakyReLU",
     "UntiedConv",
     "gain",
     "leaky_relu",
@@ -115,6 +121,60 @@ class LeakyReLU(nn.Module):
         return leaky_relu(x, self.negative_slope)
 
 
+class PReLU(nn.Module):
+    """A leaky ReLU whose slope is learnt, one per channel, starting at ``negative_slope`` (He et al. 2015; the seed
+    tried it)."""
+
+    negative_slope: float = DEFAULT_NEGATIVE_SLOPE
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        slope = self.param("slope", nn.initializers.constant(self.negative_slope), (x.shape[-1],), jnp.float32)
+        return jnp.where(x >= 0, x, x * slope.astype(x.dtype))
+
+
+class SmoothLeakyReLU(nn.Module):
+    """A smoothed leaky ReLU: ``a x + (1 - a) softplus(x)``, the leaky ReLU of slope ``a`` with its kink rounded
+    (slope ``a`` far left, 1 far right; the seed tried one)."""
+
+    negative_slope: float = DEFAULT_NEGATIVE_SLOPE
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        a = self.negative_slope
+        return a * x + (1.0 - a) * jax.nn.softplus(x)
+
+
+ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
+    "leaky_relu": LeakyReLU,
+    "prelu": PReLU,
+    "smooth_leaky": SmoothLeakyReLU,
+}
+"""``model.activation``: the nonlinearity after every convolution (each takes ``negative_slope``)."""
+
+
+class GaussianDropout(nn.Module):
+    """Multiplicative Gaussian noise of mean 1 and variance ``rate / (1 - rate)`` in training (Srivastava et al.
+    2014: the same mean and variance as inverted dropout of that rate); the identity when ``deterministic``."""
+
+    rate: float
+    deterministic: bool | None = None
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        if deterministic or self.rate == 0.0:
+            return x
+        std = math.sqrt(self.rate / (1.0 - self.rate))
+        noise = jax.random.normal(self.make_rng(self.rng_collection), x.shape, jnp.float32)
+        return x * (1.0 + std * noise).astype(x.dtype)
+
+
+DROPOUTS: dict[str, Callable[..., nn.Module]] = {"bernoulli": nn.Dropout, "gaussian": GaussianDropout}
+"""``model.dropout_kind``: how dropout drops (each takes ``rate`` and ``deterministic``)."""
+
+
 def gain(nonlinearity: str = "leaky_relu", negative_slope: float = DEFAULT_NEGATIVE_SLOPE) -> float:
     """The initialisation gain that keeps activations' variance: ``sqrt(2 / (1 + a**2))`` for leaky ReLU.
 
@@ -158,6 +218,32 @@ class Maxout(nn.Module):
         )(x)
         y = y.reshape((*y.shape[:-1], self.features, self.pieces))
         return jnp.max(y, axis=-1)
+
+
+class ChannelOut(nn.Module):
+    """Dense layer with ``features * pieces`` outputs in groups of ``pieces``, of which only each group's largest
+    passes (the others are zero): winner-take-all "channel-out" units (Wang and JaJa 2013), which keep the
+    winner's position where maxout keeps only its value; ``features * pieces`` outputs."""
+
+    features: int
+    pieces: int = 2
+    kernel_init: Initializer = orthogonal("linear")
+    bias_init: Initializer = nn.initializers.zeros
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = nn.Dense(
+            self.features * self.pieces,
+            kernel_init=self.kernel_init,
+            bias_init=self.bias_init,
+            dtype=self.dtype,
+            name="dense",
+        )(x)
+        groups = y.reshape((*y.shape[:-1], self.features, self.pieces))
+        winner = jnp.argmax(groups, axis=-1)
+        keep = jax.nn.one_hot(winner, self.pieces, dtype=groups.dtype)
+        return (groups * keep).reshape(y.shape)
 
 
 class UntiedConv(nn.Module):

@@ -81,6 +81,10 @@ class RollNet(nn.Module):
     size_features: bool = False
     conv_roll: bool = True  # False: slice and view pool only, no conv rolls (an ablation)
     untied_biases: bool = False  # the seed's untied convolution biases (one per position); passed to conv when set
+    activation: str = "leaky_relu"  # after every convolution: a key of layers.ACTIVATIONS (the seed tried them all)
+    dropout_kind: str = "bernoulli"  # a key of layers.DROPOUTS: bernoulli, or gaussian (multiplicative noise)
+    conv_dropout_rate: float = 0.0  # dropout after every convolutional stage (the seed tried it), of dropout_kind
+    dense_units: str = "maxout"  # maxout, or channel_out (winner-take-all units that keep the winner's position)
     rotated_inputs: int = 1
     features_only: bool = False
     conv_impl: str = "auto"  # see deepsea.backends.conv
@@ -119,8 +123,15 @@ class RollNet(nn.Module):
         x = x.astype(compute)
         if sym:
             x = self.slice_layer(group=self.symmetry, name="slice")(x)
+        for key, table in (("activation", layers.ACTIVATIONS), ("dropout_kind", layers.DROPOUTS),
+                           ("dense_units", {"maxout": None, "channel_out": None})):  # fmt: skip
+            if getattr(self, key) not in table:
+                raise UserError(f"model.{key}={getattr(self, key)!r}: expected one of {sorted(table)}")
+        dropout = layers.DROPOUTS[self.dropout_kind]
+        dense = self.dense if self.dense_units == "maxout" else layers.ChannelOut
         init = layers.orthogonal("leaky_relu", self.negative_slope)
-        slope = None if self.batch_norm else self.negative_slope  # the convolution applies (and may fuse) it
+        fused = self.activation == "leaky_relu" and not self.batch_norm
+        slope = self.negative_slope if fused else None  # the convolution applies (and may fuse) a leaky ReLU
         for i, stage in enumerate(self.stages):
             for j, features in enumerate(stage):
                 extra = {"untied_bias": True} if self.untied_biases else {}
@@ -135,13 +146,16 @@ class RollNet(nn.Module):
                 x = conv(x)
                 if self.batch_norm:
                     x = self.norm(use_running_average=not train, dtype=compute, name=f"norm{i}_{j}")(x)
-                    x = layers.leaky_relu(x, self.negative_slope)
+                if not fused:
+                    x = layers.ACTIVATIONS[self.activation](self.negative_slope, name=f"act{i}_{j}")(x)
             x = self.downsample(check_symmetry=sym, implementation=self.max_pool_impl, name=f"pool{i}")(x)
+            if self.conv_dropout_rate:
+                x = dropout(self.conv_dropout_rate, deterministic=not train)(x)
             if sym and self.conv_roll:
                 x = self.conv_roll_layer(group=self.symmetry, implementation=self.roll_impl, name=f"conv_roll{i}")(x)
         x = x.reshape((x.shape[0], -1))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = self.dense(self.dense_features, self.maxout_pieces, dtype=compute, name="dense0")(x)
+        x = dropout(self.dropout_rate, deterministic=not train)(x)
+        x = dense(self.dense_features, self.maxout_pieces, dtype=compute, name="dense0")(x)
         rolled = sym and self.dense_roll  # the roll feeds dense1, which runs per view; the view pool comes after it
         if rolled:
             x = self.roll_layer(group=self.symmetry, implementation=self.roll_impl, name="roll")(x)
@@ -154,11 +168,11 @@ class RollNet(nn.Module):
             if rolled:  # every view of an image gets its size (sorted sides: the same for every view)
                 sizes = ops.stack_views([sizes] * (x.shape[0] // sizes.shape[0]))
             x = jnp.concatenate([x, sizes], axis=-1)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = self.dense(self.dense_features, self.maxout_pieces, dtype=compute, name="dense1")(x)
+        x = dropout(self.dropout_rate, deterministic=not train)(x)
+        x = dense(self.dense_features, self.maxout_pieces, dtype=compute, name="dense1")(x)
         if rolled:
             x = self._pool_views(x, k)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = dropout(self.dropout_rate, deterministic=not train)(x)
         if self.features_only:
             return x
         return self.classifier(self.num_classes, name="logits")(x.astype(jnp.float32))

@@ -177,14 +177,31 @@ def create_train_state(
 
 
 def example_losses(
-    logits: jax.Array, batch: Batch, distill_weight: float = 0.0, distill_temperature: float = 1.0
+    logits: jax.Array,
+    batch: Batch,
+    distill_weight: float = 0.0,
+    distill_temperature: float = 1.0,
+    bootstrap: str = "",
+    bootstrap_beta: float = 0.95,
 ) -> jax.Array:
     """Each example's loss: cross-entropy against its ``target`` probabilities (soft targets: pseudo-labels) or,
     without them, its integer ``label``; with a ``teacher`` (log-probabilities) in the batch, Hinton's
-    distillation mix ``(1 - w) * that + w * T^2 * cross-entropy(softmax(teacher / T), softmax(logits / T))``."""
+    distillation mix ``(1 - w) * that + w * T^2 * cross-entropy(softmax(teacher / T), softmax(logits / T))``.
+
+    ``bootstrap`` (Reed et al. 2015, against noisy labels): the target becomes ``beta * label + (1 - beta) * q``
+    with ``q`` the network's own prediction (``"soft"``) or its top class one-hot (``"hard"``); the paper used
+    beta 0.95 (soft) and 0.8 (hard)."""
     logits = logits.astype(jnp.float32)
-    if "target" in batch:
-        ce = optax.softmax_cross_entropy(logits, batch["target"].astype(jnp.float32))
+    k = logits.shape[-1]
+    target = batch["target"].astype(jnp.float32) if "target" in batch else jax.nn.one_hot(batch["label"], k)
+    if bootstrap:
+        if bootstrap not in ("soft", "hard"):
+            raise UserError(f"train.bootstrap={bootstrap!r}: expected 'soft', 'hard' or '' (none)")
+        q = jax.nn.softmax(logits, axis=-1)
+        own = q if bootstrap == "soft" else jax.nn.one_hot(jnp.argmax(logits, axis=-1), k)
+        target = bootstrap_beta * target + (1.0 - bootstrap_beta) * own
+    if "target" in batch or bootstrap:
+        ce = optax.softmax_cross_entropy(logits, target)
     else:
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     if "teacher" in batch:
@@ -230,6 +247,8 @@ def make_train_step(
     distill_weight: float = 0.0,
     distill_temperature: float = 1.0,
     accumulate: int = 1,
+    bootstrap: str = "",
+    bootstrap_beta: float = 0.95,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """``(state, batch, rng) -> (state, metrics)``, jitted, donating the state.  The loss is
     :func:`example_losses` averaged with the batch's per-example ``weight`` where it has them.
@@ -244,7 +263,7 @@ def make_train_step(
         def loss_fn(params):
             logits, new_state = forward(model, {"params": params, **model_state}, batch, True, dropout_rng)
             logits = logits.astype(jnp.float32)
-            ce = example_losses(logits, batch, distill_weight, distill_temperature)
+            ce = example_losses(logits, batch, distill_weight, distill_temperature, bootstrap, bootstrap_beta)
             # per-example loss weights (class weights, pseudo-label weights) where the batch has them
             ce = jnp.mean(ce * batch["weight"]) if "weight" in batch else jnp.mean(ce)
             return ce, (logits, new_state)

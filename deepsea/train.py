@@ -238,6 +238,8 @@ def _train_step(config: Any, setup: Any) -> Any:
         distill_weight=config.train.distill_weight,
         distill_temperature=config.train.distill_temperature,
         accumulate=config.train.accumulate,
+        bootstrap=config.train.bootstrap,
+        bootstrap_beta=config.train.bootstrap_beta,
     )
 
 

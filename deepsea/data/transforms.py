@@ -61,8 +61,14 @@ class AugmentRanges:
     contrast: float = 0.0
     saturation: float = 0.0
     hue: float = 0.0
+    # "uniform" (the ranges above), or "gaussian": shift, log zoom, shear and log stretch drawn from a normal of
+    # standard deviation half the range, truncated at the range (the seed tried Gaussian draws); rotation and
+    # mirror stay uniform
+    draws: str = "uniform"
 
     def __post_init__(self) -> None:
+        if self.draws not in ("uniform", "gaussian"):
+            raise UserError(f"aug.draws={self.draws!r}: expected 'uniform' or 'gaussian'")
         for name in ("rotation", "shift", "shear", "brightness", "contrast", "saturation", "hue"):
             if getattr(self, name) < 0:
                 raise UserError(f"augmentation range {name}={getattr(self, name)} must be >= 0")
@@ -86,8 +92,9 @@ class AugmentRanges:
         as in runs written before they existed) as ranges."""
         jitter = {k: float(aug.get(k, 0.0)) for k in ("brightness", "contrast", "saturation", "hue")}
         return cls(
-            aug["rotation"], aug["shift"], aug["zoom"], aug["shear"], aug["stretch"], bool(aug["flip"]), **jitter
-        )
+            aug["rotation"], aug["shift"], aug["zoom"], aug["shear"], aug["stretch"], bool(aug["flip"]), **jitter,
+            draws=str(aug.get("draws", "uniform")),
+        )  # fmt: skip
 
 
 TRAIN_RANGES = AugmentRanges()
@@ -124,13 +131,20 @@ def params_from_unit(u: Sequence[float], ranges: AugmentRanges) -> AugmentParams
     u = np.asarray(u, dtype=np.float64)
     if u.shape != (7,):
         raise ValueError(f"expected 7 coordinates in [0, 1), got shape {u.shape}")
+    if ranges.draws == "gaussian":  # a normal of standard deviation 1/2, truncated at +-1 (its 2-sigma tails)
+        from scipy.special import ndtr, ndtri
+
+        lo = ndtr(-2.0)
+        centred = ndtri(lo + (1 - 2 * lo) * u) / 2.0
+    else:
+        centred = 2 * u - 1  # uniform in [-1, 1]
     return AugmentParams(
         rotation=float(u[0] * ranges.rotation),
-        shift_row=float((2 * u[1] - 1) * ranges.shift),
-        shift_col=float((2 * u[2] - 1) * ranges.shift),
-        zoom=float(math.exp((2 * u[3] - 1) * math.log(ranges.zoom))),
-        shear=float((2 * u[4] - 1) * ranges.shear),
-        stretch=float(math.exp((2 * u[5] - 1) * math.log(ranges.stretch))),
+        shift_row=float(centred[1] * ranges.shift),
+        shift_col=float(centred[2] * ranges.shift),
+        zoom=float(math.exp(centred[3] * math.log(ranges.zoom))),
+        shear=float(centred[4] * ranges.shear),
+        stretch=float(math.exp(centred[5] * math.log(ranges.stretch))),
         flip=bool(ranges.flip and u[6] < 0.5),
     )
 
