@@ -1,11 +1,12 @@
 """Hand-made image features the seed late-fused with its convnets: size, shape from image moments, Hu and Zernike
-moments, Haralick texture and threshold adjacency statistics.
+moments, Haralick texture, threshold adjacency statistics and local binary patterns (the seed's list had them too).
 
 Every feature is computed on the raw grayscale image, inverted so the organism is bright on a dark background,
 and is invariant to the eight rotations by 90 degrees and mirror images of the pixel grid (the D4 group): sizes
 are sorted, the seventh Hu moment (whose sign a mirror flips) enters as its absolute value, Zernike moments as
-magnitudes, and Haralick statistics as means over the four directions.  With a pixel size (micrometres per
-pixel) lengths are in micrometres and areas in square micrometres.
+magnitudes, Haralick statistics as means over the four directions, and local binary patterns as the histogram of
+rotation-invariant uniform codes (8 neighbours at radius 1, which the eight symmetries map onto each other).
+With a pixel size (micrometres per pixel) lengths are in micrometres and areas in square micrometres.
 
 :func:`image_features` computes one image's vector (names: :data:`FEATURE_NAMES`); :func:`folder_features`
 computes a list of images in worker processes with a progress bar, cached per folder under the data cache
@@ -26,7 +27,8 @@ import numpy as np
 
 __all__ = ["FEATURE_NAMES", "FEATURE_VERSION", "FeatureTable", "folder_features", "image_features"]
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: local binary patterns added
+LBP_POINTS, LBP_RADIUS = 8, 1  # 10 rotation-invariant uniform codes
 ZERNIKE_DEGREE = 8  # 25 moments
 HARALICK_SHIFT = 2  # co-occurrences of 64 grey levels, not 256: far faster, and enough for texture statistics
 _SHAPE = (
@@ -52,6 +54,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"zernike{i}" for i in range(25)),
     *(f"haralick{i}" for i in range(1, 14)),
     *(f"pftas{i}" for i in range(54)),
+    *(f"lbp{i}" for i in range(LBP_POINTS + 2)),
 )
 _POOL_MIN = 256  # fewer images are computed in this process: starting worker processes would take longer
 _LENGTHS = {"size_short", "size_long", "perimeter", "major_axis", "minor_axis", "equivalent_diameter"}
@@ -61,7 +64,7 @@ _AREAS = {"area"}
 def image_features(image: np.ndarray, pixel_size: float = 0.0) -> np.ndarray:
     """The :data:`FEATURE_NAMES` of one uint8 grayscale image ``(H, W)`` (a white background), float64."""
     import mahotas
-    from skimage import filters, measure
+    from skimage import feature, filters, measure
 
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(f"features need a uint8 grayscale image, got {image.dtype}{image.shape}")
@@ -104,7 +107,9 @@ def image_features(image: np.ndarray, pixel_size: float = 0.0) -> np.ndarray:
     if not flat and min(h, w) > 1:
         haralick = mahotas.features.haralick(inv >> HARALICK_SHIFT, return_mean=True)
     pftas = mahotas.features.pftas(inv) if not flat else np.zeros(54)
-    out = np.concatenate([[shape[k] for k in _SHAPE], hu, zernike, haralick, pftas]).astype(np.float64)
+    codes = feature.local_binary_pattern(inv, LBP_POINTS, LBP_RADIUS, method="uniform").astype(np.int64)
+    lbp = np.bincount(codes.ravel(), minlength=LBP_POINTS + 2) / codes.size
+    out = np.concatenate([[shape[k] for k in _SHAPE], hu, zernike, haralick, pftas, lbp]).astype(np.float64)
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 

@@ -220,7 +220,11 @@ class FusedRun:
         members = self.member_probs(paths, progress) if members is None else members
         root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
         table = folder_features(root, paths, m["pixel_size"], progress=progress)
-        feats = standardise(table.values, np.asarray(m["mean"]), np.asarray(m["std"]))
+        missing = [n for n in m["features"] if n not in table.names]
+        if missing:
+            raise UserError(f"{self.workdir} was fused on features this deepsea does not compute: {missing[:3]}")
+        cols = [table.names.index(n) for n in m["features"]]  # the features it was fused on, in its order
+        feats = standardise(table.values[:, cols], np.asarray(m["mean"]), np.asarray(m["std"]))
         s = m["settings"]
         return fusion_probs(self.params, feats, log_probabilities(members), s["hidden"], s["dropout"])
 

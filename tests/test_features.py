@@ -159,3 +159,20 @@ def test_fusion_with_uninformative_features_stays_at_the_convnets(rng):
     before = -np.mean(logp[600:][np.arange(300), labels[600:]])
     after = -np.mean(np.log(fused[np.arange(300), labels[600:]]))
     assert after < before + 0.01
+
+
+def test_local_binary_patterns_are_the_histogram_of_uniform_codes(rng):
+    """The lbp features against a direct count of rotation-invariant uniform patterns (8 neighbours at radius 1,
+    sampled bilinearly as skimage does), on the inverted image."""
+    from skimage.feature import local_binary_pattern
+
+    img = _organism(rng, 33, 41)
+    f = dict(zip(FEATURE_NAMES, image_features(img), strict=True))
+    lbp = np.array([f[f"lbp{i}"] for i in range(10)])
+    inv = 255 - img.astype(np.int64)
+    codes = local_binary_pattern(inv.astype(np.uint8), 8, 1, method="default").astype(np.int64)
+    bits = (codes[..., None] >> np.arange(8)) & 1
+    transitions = (bits != np.roll(bits, 1, axis=-1)).sum(-1)
+    uniform = np.where(transitions <= 2, bits.sum(-1), 9)  # rotation-invariant uniform: the count of ones, else 9
+    np.testing.assert_allclose(lbp, np.bincount(uniform.ravel(), minlength=10) / uniform.size, atol=1e-12)
+    assert lbp.sum() == pytest.approx(1.0) and np.count_nonzero(lbp) >= 3
