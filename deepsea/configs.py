@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.validation_fraction = 0.1
     c.data.split_seed = 0
     c.data.size = 95
-    c.data.rescale = "max_side:85"  # max_side:N | factor:F | none
+    c.data.rescale = "max_side:85"  # max_side:N | factor:F | none | moments:R (centroid centred, gyration radius R)
     c.data.workers = 1
     c.data.cache_images = False  # keep decoded training images in memory (each loader worker its own copy)
     c.data.skip_bad_images = False

@@ -186,3 +186,31 @@ def test_tta_transforms_use_the_milder_ranges():
     assert all(1 / 1.4 <= p.zoom <= 1.4 and 1 / 1.2 <= p.stretch <= 1.2 for p in ps)
     assert 25 <= sum(p.flip for p in ps) <= 45
     assert tta_params(70) == ps  # deterministic
+
+
+def test_moments_rescale_centres_the_centroid_and_scales_the_radius_of_gyration(rng):
+    """data.rescale=moments:R: the organism's intensity centroid lands on the patch centre and its radius of
+    gyration becomes R pixels (measured on the patch, float64), for any shift of the organism in its image; and
+    the preprocessing commutes with the eight symmetries, as the max-side rescale does."""
+    from deepsea.data.pipeline import Preprocess, preprocess_image
+    from deepsea.data.transforms import Rescale
+
+    pp = Preprocess(size=47, rescale=Rescale.parse("moments:8"))
+    img = np.full((40, 52), 255, np.uint8)
+    img[8:20, 30:44] = rng.integers(0, 120, (12, 14))  # a dark organism off-centre on white
+    x = preprocess_image(img, pp)[..., 0].astype(np.float64) * pp.std + pp.mean  # the inverted patch: bright on dark
+    rows, cols = np.mgrid[0:47, 0:47]
+    m = x.sum()
+    cr, cc = (rows * x).sum() / m, (cols * x).sum() / m
+    assert abs(cr - 23) < 0.3 and abs(cc - 23) < 0.3
+    radius = np.sqrt((((rows - cr) ** 2 + (cols - cc) ** 2) * x).sum() / m)
+    assert abs(radius - 8) < 0.4  # bilinear resampling blurs a little
+    for k in range(4):
+        for flip in (False, True):
+            copy = np.rot90(img[:, ::-1] if flip else img, k)
+            want = np.rot90(
+                (preprocess_image(img, pp)[..., 0])[:, ::-1] if flip else preprocess_image(img, pp)[..., 0], k
+            )
+            np.testing.assert_allclose(preprocess_image(np.ascontiguousarray(copy), pp)[..., 0], want, atol=1e-5)
+    with pytest.raises(ValueError, match="depends on the image"):
+        Rescale.parse("moments:8").factor(10, 10)

@@ -138,7 +138,11 @@ def _unnormalised(image: np.ndarray, pp: Preprocess, params: AugmentParams) -> n
     x = image.astype(np.float32) / np.float32(255)
     if pp.inverted:
         x = np.float32(1) - x
-    forward = affine_matrix((h, w), pp.size, pp.rescale.factor(h, w), params)
+    if pp.rescale.kind == "moments":
+        scale, centre = pp.rescale.by_moments(x)  # x, inverted where needed: the organism bright on dark
+        forward = affine_matrix((h, w), pp.size, scale, params, centre)
+    else:
+        forward = affine_matrix((h, w), pp.size, pp.rescale.factor(h, w), params)
     x = warp(x, forward, pp.size, pp.fill)
     if params.jitters:
         x = np.float32(1) - colour_jitter(np.float32(1) - x, params) if pp.inverted else colour_jitter(x, params)

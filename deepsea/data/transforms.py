@@ -230,14 +230,16 @@ class Rescale:
     ``kind="max_side"``: the largest side becomes ``value`` pixels (the seed: 85
     inside a 95x95 patch).  ``kind="factor"``: multiply by ``value`` (the seed's
     multiscale branch: 1/5 into 47x47).  ``kind="none"``: keep the raw size.
+    ``kind="moments"``: centre the organism's intensity centroid and scale its radius of gyration (from the image
+    moments of the inverted image) to ``value`` pixels (the seed tried it): :meth:`by_moments`.
     """
 
-    kind: Literal["max_side", "factor", "none"] = "max_side"
+    kind: Literal["max_side", "factor", "none", "moments"] = "max_side"
     value: float = 85.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("max_side", "factor", "none"):
-            raise UserError(f"unknown rescale kind {self.kind!r}; expected 'max_side', 'factor' or 'none'")
+        if self.kind not in ("max_side", "factor", "none", "moments"):
+            raise UserError(f"unknown rescale kind {self.kind!r}; expected 'max_side', 'factor', 'none' or 'moments'")
         if self.kind != "none" and not self.value > 0:
             raise UserError(f"rescale value must be > 0, got {self.value}")
 
@@ -250,14 +252,31 @@ class Rescale:
         try:
             return cls(kind, float(value))  # type: ignore[arg-type]
         except ValueError as e:
-            raise UserError(f"bad rescale {text!r} ({e}); expected max_side:N, factor:F or none") from None
+            raise UserError(f"bad rescale {text!r} ({e}); expected max_side:N, factor:F, moments:R or none") from None
 
     def factor(self, height: int, width: int) -> float:
+        if self.kind == "moments":
+            raise ValueError("a moments rescale depends on the image: use Rescale.by_moments")
         if self.kind == "max_side":
             return self.value / max(height, width)
         if self.kind == "factor":
             return self.value
         return 1.0
+
+    def by_moments(self, bright: np.ndarray) -> tuple[float, tuple[float, float]]:
+        """``(scale, (row, col) centre)`` of a ``moments`` rescale for an image whose organism is bright
+        (``(H, W)`` or ``(H, W, C)``, summed over channels): the intensity centroid, and the scale that makes the
+        radius of gyration about it ``value`` pixels (a blank image: its centre, and a uniform square's radius)."""
+        x = np.asarray(bright, np.float64)
+        x = x.sum(-1) if x.ndim == 3 else x
+        h, w = x.shape
+        mass = x.sum()
+        if not mass > 0:
+            return self.value / (max(h, w) / math.sqrt(6.0)), ((h - 1) / 2.0, (w - 1) / 2.0)
+        rows, cols = np.mgrid[0:h, 0:w]
+        cr, cc = (rows * x).sum() / mass, (cols * x).sum() / mass
+        radius = math.sqrt((((rows - cr) ** 2 + (cols - cc) ** 2) * x).sum() / mass)
+        return self.value / max(radius, 0.5), (cr, cc)
 
 
 def _translate(dr: float, dc: float) -> np.ndarray:
@@ -271,10 +290,16 @@ def _linear(m: np.ndarray) -> np.ndarray:
 
 
 def affine_matrix(
-    in_shape: tuple[int, int], out_size: int, scale: float, params: AugmentParams = AugmentParams()
+    in_shape: tuple[int, int],
+    out_size: int,
+    scale: float,
+    params: AugmentParams = AugmentParams(),
+    centre: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    """The forward 3x3 map from input ``(row, col, 1)`` to output coordinates (see the module docstring)."""
+    """The forward 3x3 map from input ``(row, col, 1)`` to output coordinates (see the module docstring);
+    ``centre``: the input point that lands on the output's centre (default: the image's centre)."""
     h, w = in_shape
+    c_in = ((h - 1) / 2.0, (w - 1) / 2.0) if centre is None else centre
     theta = math.radians(params.rotation)
     shear = math.radians(params.shear)
     c, s = math.cos(theta), math.sin(theta)
@@ -289,7 +314,7 @@ def affine_matrix(
         @ shear_m
         @ zoom
         @ mirror
-        @ _translate(-(h - 1) / 2.0, -(w - 1) / 2.0)
+        @ _translate(-c_in[0], -c_in[1])
     )
 
 
