@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.pixel_size = 0.0  # micrometres per pixel (0: unknown): the raw-size feature in micrometres
     c.data.gray_to_rgb = False  # channels 3: read grayscale files as three equal channels instead of refusing them
     c.data.pseudo_labels = ""  # teacher predictions for unlabelled images (deepsea pseudolabel): soft targets
+    c.data.pseudo_hard = False  # the teacher's top class as a one-hot target instead of its probabilities
     c.data.pseudo_fraction = 0.33  # the share of every batch drawn from the pseudo-labelled images (seed: 0.33, 0.67)
     c.data.distill = ""  # teacher predictions for the training images (deepsea pseudolabel): distillation
 

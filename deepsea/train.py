@@ -225,6 +225,14 @@ def validate(
     return evaluate_probs(combine_probs(per), labels)
 
 
+def pseudo_targets(probs: np.ndarray, hard: bool) -> np.ndarray:
+    """The pseudo-labelled images' targets: the teacher's probabilities (soft, the seed's choice) or, with
+    ``data.pseudo_hard``, its top class one-hot (hard pseudo-labels, which the seed tried)."""
+    if not hard:
+        return probs
+    return np.eye(probs.shape[1], dtype=probs.dtype)[probs.argmax(1)]
+
+
 def step_batch(config: Any) -> int:
     """The images one training step takes: ``train.batch_size`` times ``train.accumulate`` micro-batches."""
     return config.train.batch_size * config.train.accumulate
@@ -276,7 +284,8 @@ def _training_source(
             f"{data.pseudo_labels} pseudo-labels {len(leaked)} validation image(s) (e.g. {sorted(leaked)[:2]}): "
             "the validation score would see them in training"
         )
-    pseudo = AugmentedSource(pseudo_paths, tp.probs.argmax(1), seed=config.seed + 1, targets=tp.probs, **common)
+    targets = pseudo_targets(tp.probs, data.pseudo_hard)
+    pseudo = AugmentedSource(pseudo_paths, tp.probs.argmax(1), seed=config.seed + 1, targets=targets, **common)
     per_batch = round(data.pseudo_fraction * step_batch(config))
     return MixedSource(real, pseudo, step_batch(config), per_batch, k)
 

@@ -639,3 +639,11 @@ def test_a_run_with_accumulation_takes_k_batches_a_step(small_config, tmp_path):
     from deepsea.train import step_batch
 
     assert step_batch(small_config) == 3 * small_config.train.batch_size
+
+
+def test_hard_pseudo_labels_are_the_teachers_top_class_one_hot():
+    from deepsea.train import pseudo_targets
+
+    probs = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]], np.float32)
+    np.testing.assert_array_equal(pseudo_targets(probs, hard=True), [[0, 1, 0], [1, 0, 0]])
+    assert pseudo_targets(probs, hard=False) is probs
