@@ -71,6 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.aug.contrast = 0.0
     c.aug.saturation = 0.0
     c.aug.hue = 0.0  # shift in turns, in [-hue, hue], at most 0.5
+    c.aug.elastic = 0.0  # elastic distortion: the largest displacement in pixels (0: off; the seed tried it)
+    c.aug.elastic_sigma = 4.0  # its smoothness: the Gaussian's standard deviation in pixels
     c.aug.draws = "uniform"  # uniform | gaussian: shift, zoom, shear, stretch from truncated normals (sd: half range)
 
     c.model = ml_collections.ConfigDict()

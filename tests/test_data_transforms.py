@@ -214,3 +214,29 @@ def test_moments_rescale_centres_the_centroid_and_scales_the_radius_of_gyration(
             np.testing.assert_allclose(preprocess_image(np.ascontiguousarray(copy), pp)[..., 0], want, atol=1e-5)
     with pytest.raises(ValueError, match="depends on the image"):
         Rescale.parse("moments:8").factor(10, 10)
+
+
+def test_elastic_distortion_is_a_smooth_displacement_drawn_last(rng):
+    """aug.elastic: a Gaussian-smoothed random displacement of the output pixels, as large as asked; a constant
+    displacement is the translated affine warp (the reference path); the affine draws are those without it."""
+    import dataclasses
+
+    from deepsea.data.transforms import AugmentRanges, elastic_field, sample_params
+
+    plain = sample_params(np.random.default_rng(5), AugmentRanges())
+    ela = sample_params(np.random.default_rng(5), AugmentRanges(elastic=3.0, elastic_sigma=4.0))
+    assert dataclasses.replace(ela, elastic=0.0, elastic_sigma=4.0, elastic_seed=0) == plain
+    field = elastic_field(ela, 47)
+    assert field.shape == (2, 47, 47) and np.abs(field).max() == pytest.approx(3.0)
+    np.testing.assert_array_equal(field, elastic_field(ela, 47))  # a function of the seed
+    assert np.corrcoef(field[0, :, :-1].ravel(), field[0, :, 1:].ravel())[0, 1] > 0.9  # smooth
+    image = rng.uniform(size=(30, 36)).astype(np.float32)
+    forward = affine_matrix((30, 36), 31, 0.8, AugmentParams(rotation=30.0))
+    const = np.stack([np.full((31, 31), 1.25), np.full((31, 31), -0.5)])
+    moved = np.array([[1, 0, -1.25], [0, 1, 0.5], [0, 0, 1.0]]) @ forward
+    np.testing.assert_allclose(warp(image, forward, 31, displacement=const), warp(image, moved, 31), atol=1e-5)
+    assert not np.allclose(warp(image, forward, 31, displacement=field[:, :31, :31]), warp(image, forward, 31))
+    from deepsea.errors import UserError
+
+    with pytest.raises(UserError, match=r"aug\.elastic=-1\.0"):
+        AugmentRanges(elastic=-1.0)

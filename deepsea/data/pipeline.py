@@ -28,6 +28,7 @@ from deepsea.data.transforms import (
     Rescale,
     affine_matrix,
     colour_jitter,
+    elastic_field,
     sample_params,
     warp,
 )
@@ -143,7 +144,8 @@ def _unnormalised(image: np.ndarray, pp: Preprocess, params: AugmentParams) -> n
         forward = affine_matrix((h, w), pp.size, scale, params, centre)
     else:
         forward = affine_matrix((h, w), pp.size, pp.rescale.factor(h, w), params)
-    x = warp(x, forward, pp.size, pp.fill)
+    field = elastic_field(params, pp.size) if params.elastic else None
+    x = warp(x, forward, pp.size, pp.fill, field)
     if params.jitters:
         x = np.float32(1) - colour_jitter(np.float32(1) - x, params) if pp.inverted else colour_jitter(x, params)
     return x[:, :, None] if x.ndim == 2 else x

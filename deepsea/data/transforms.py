@@ -37,6 +37,7 @@ __all__ = [
     "Rescale",
     "affine_matrix",
     "colour_jitter",
+    "elastic_field",
     "halton",
     "params_from_unit",
     "sample_params",
@@ -65,8 +66,14 @@ class AugmentRanges:
     # standard deviation half the range, truncated at the range (the seed tried Gaussian draws); rotation and
     # mirror stay uniform
     draws: str = "uniform"
+    # elastic distortion (Simard et al. 2003; the seed tried it): a random displacement of every output pixel,
+    # Gaussian-smoothed with standard deviation elastic_sigma and scaled to elastic pixels at most (0: off)
+    elastic: float = 0.0
+    elastic_sigma: float = 4.0
 
     def __post_init__(self) -> None:
+        if self.elastic < 0 or not self.elastic_sigma > 0:
+            raise UserError(f"aug.elastic={self.elastic} must be >= 0 and aug.elastic_sigma={self.elastic_sigma} > 0")
         if self.draws not in ("uniform", "gaussian"):
             raise UserError(f"aug.draws={self.draws!r}: expected 'uniform' or 'gaussian'")
         for name in ("rotation", "shift", "shear", "brightness", "contrast", "saturation", "hue"):
@@ -93,7 +100,8 @@ class AugmentRanges:
         jitter = {k: float(aug.get(k, 0.0)) for k in ("brightness", "contrast", "saturation", "hue")}
         return cls(
             aug["rotation"], aug["shift"], aug["zoom"], aug["shear"], aug["stretch"], bool(aug["flip"]), **jitter,
-            draws=str(aug.get("draws", "uniform")),
+            draws=str(aug.get("draws", "uniform")), elastic=float(aug.get("elastic", 0.0)),
+            elastic_sigma=float(aug.get("elastic_sigma", 4.0)),
         )  # fmt: skip
 
 
@@ -117,6 +125,9 @@ class AugmentParams:
     contrast: float = 1.0
     saturation: float = 1.0
     hue: float = 0.0
+    elastic: float = 0.0  # the displacement's largest size in output pixels (0: none)
+    elastic_sigma: float = 4.0
+    elastic_seed: int = 0  # the displacement field's random draw
 
     @property
     def jitters(self) -> bool:
@@ -154,16 +165,31 @@ def sample_params(rng: np.random.Generator, ranges: AugmentRanges) -> AugmentPar
     jitter colours, four more uniforms for brightness, contrast, saturation and hue (drawn after the affine
     part, which is therefore the same draw with or without jitter)."""
     params = params_from_unit(rng.random(7), ranges)
-    if not ranges.jitters:
-        return params
-    b, c, s, h = rng.random(4)
-    return dataclasses.replace(
-        params,
-        brightness=float(1 + (2 * b - 1) * ranges.brightness),
-        contrast=float(1 + (2 * c - 1) * ranges.contrast),
-        saturation=float(1 + (2 * s - 1) * ranges.saturation),
-        hue=float((2 * h - 1) * ranges.hue),
-    )
+    if ranges.jitters:
+        b, c, s, h = rng.random(4)
+        params = dataclasses.replace(
+            params,
+            brightness=float(1 + (2 * b - 1) * ranges.brightness),
+            contrast=float(1 + (2 * c - 1) * ranges.contrast),
+            saturation=float(1 + (2 * s - 1) * ranges.saturation),
+            hue=float((2 * h - 1) * ranges.hue),
+        )
+    if ranges.elastic:  # drawn last: the draws before are the same with it or without
+        seed = int(rng.integers(2**31))
+        params = dataclasses.replace(
+            params, elastic=ranges.elastic, elastic_sigma=ranges.elastic_sigma, elastic_seed=seed
+        )
+    return params
+
+
+def elastic_field(params: AugmentParams, out_size: int) -> np.ndarray:
+    """``(2, S, S)`` row and column displacements of every output pixel: uniform noise in ``[-1, 1]`` from
+    ``params.elastic_seed``, Gaussian-smoothed (``elastic_sigma``), scaled so its largest component is
+    ``params.elastic`` pixels."""
+    noise = np.random.default_rng(params.elastic_seed).uniform(-1, 1, (2, out_size, out_size))
+    field = np.stack([scipy.ndimage.gaussian_filter(n, params.elastic_sigma, mode="reflect") for n in noise])
+    peak = np.abs(field).max()
+    return field * (params.elastic / peak) if peak > 0 else field
 
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2, as PIL's and torchvision's grayscale
@@ -318,33 +344,41 @@ def affine_matrix(
     )
 
 
-def warp(image: np.ndarray, forward: np.ndarray, out_size: int, fill: float = 0.0) -> np.ndarray:
+def warp(
+    image: np.ndarray, forward: np.ndarray, out_size: int, fill: float = 0.0, displacement: np.ndarray | None = None
+) -> np.ndarray:
     """Samples ``image`` (``(H, W)`` or ``(H, W, C)``) at ``forward^-1`` of each output pixel.
 
     Pixels are squares: input pixel ``(i, j)`` covers ``[i - 1/2, i + 1/2] x
     [j - 1/2, j + 1/2]``.  Inside the image, values are interpolated bilinearly
     (clamped at the border); outside, they are ``fill`` (0: the inverted white background).  So
     a 1x1 image scales to a uniform square, like any other image.  Returns
-    float32 ``(S, S[, C])``.
+    float32 ``(S, S[, C])``.  ``displacement``: ``(2, S, S)`` offsets added to the output pixels' coordinates
+    before they are mapped back (an elastic distortion, :func:`elastic_field`).
     """
     inv = np.linalg.inv(forward)
     image = np.asarray(image, dtype=np.float32)
     h, w = image.shape[:2]
     rows, cols = np.mgrid[0:out_size, 0:out_size].astype(np.float64)
+    if displacement is not None:
+        rows, cols = rows + displacement[0], cols + displacement[1]
     src_r = inv[0, 0] * rows + inv[0, 1] * cols + inv[0, 2]
     src_c = inv[1, 0] * rows + inv[1, 1] * cols + inv[1, 2]
     inside = (src_r >= -0.5) & (src_r <= h - 0.5) & (src_c >= -0.5) & (src_c <= w - 0.5)
     channels = [image] if image.ndim == 2 else [image[..., i] for i in range(image.shape[-1])]
     out = []
     for ch in channels:
-        warped = scipy.ndimage.affine_transform(
-            ch,
-            inv[:2, :2],
-            offset=inv[:2, 2],
-            output_shape=(out_size, out_size),
-            order=1,
-            mode="nearest",
-            prefilter=False,
-        )
+        if displacement is None:
+            warped = scipy.ndimage.affine_transform(
+                ch,
+                inv[:2, :2],
+                offset=inv[:2, 2],
+                output_shape=(out_size, out_size),
+                order=1,
+                mode="nearest",
+                prefilter=False,
+            )
+        else:
+            warped = scipy.ndimage.map_coordinates(ch, [src_r, src_c], order=1, mode="nearest", prefilter=False)
         out.append(np.where(inside, warped, fill).astype(np.float32))
     return out[0] if image.ndim == 2 else np.stack(out, axis=-1)
