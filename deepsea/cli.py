@@ -274,6 +274,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="the page's port on 127.0.0.1 (default: a free one)")
     p.set_defaults(func=_review)
 
+    p = sub.add_parser("tto", help="test-time transform optimisation on a run's validation split, against plain")
+    p.add_argument("--workdir", required=True, help="a trained run")
+    p.add_argument("--steps", type=_at_least(0), default=10)
+    p.add_argument("--lr", type=float, default=0.5, help="Adam's rate on the parameters (degrees, pixels, logs)")
+    p.add_argument("--objective", default="max", choices=["max", "min"], help="the top probability's direction")
+    p.add_argument("--starts", type=_at_least(0), default=0, help="also start from the first N TTA transforms")
+    p.add_argument("--limit", type=_at_least(1), default=None, help="only the first N validation images")
+    p.add_argument("--out", default="", help="append the scores as a JSON line to this file")
+    p.set_defaults(func=_tto)
+
     p = sub.add_parser("export", help="write a run as a model folder that predicts without the training code")
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True, help="model folder to write (model.jax, params.npz, model.json)")
@@ -626,6 +636,32 @@ def _review(args: argparse.Namespace) -> None:
         server.serve_forever()
     finally:
         server.server_close()
+
+
+def _tto(args: argparse.Namespace) -> None:
+    import json
+
+    from deepsea.data.transforms import AugmentParams, tta_params
+    from deepsea.evaluation import evaluate_probs
+    from deepsea.predictor import predictor_probs
+    from deepsea.runs import restore_run, validation_set
+    from deepsea.tto import TTOSettings, optimised_probs
+
+    run = restore_run(args.workdir)
+    val = validation_set(args.workdir)
+    paths, labels = list(val.paths)[: args.limit], val.labels[: args.limit]
+    starts = [AugmentParams(), *tta_params(args.starts, run.tta_ranges)] if args.starts else [AugmentParams()]
+    settings = TTOSettings(args.steps, args.lr, args.objective, run.batch_size)
+    plain = evaluate_probs(predictor_probs(run, paths, 0, calibrated=False), labels)
+    tto = evaluate_probs(optimised_probs(run, paths, settings, starts), labels)
+    print(f"{len(paths)} validation images of {args.workdir}")
+    print(f"plain: {plain}")
+    print(f"TTO ({args.objective}, {args.steps} steps at {args.lr}, {len(starts)} start(s)): {tto}")
+    if args.out:
+        with open(output_file(args.out, "--out"), "a") as f:
+            f.write(json.dumps({"workdir": args.workdir, "images": len(paths), "steps": args.steps, "lr": args.lr,
+                                "objective": args.objective, "starts": len(starts), "plain": plain.to_dict(),
+                                "tto": tto.to_dict()}) + "\n")  # fmt: skip
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -1,0 +1,38 @@
+"""Test-time transform optimisation: before any step it predicts as the run does through the SciPy warp; its steps
+move the confidence the way asked, within the TTA ranges."""
+
+import os
+
+import numpy as np
+import pytest
+
+from deepsea.configs import apply_overrides, load_experiment
+from deepsea.predictor import predictor_probs
+from deepsea.runs import restore_run, validation_set
+from deepsea.train import train
+from deepsea.tto import TTOSettings, optimised_probs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tto")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEEPSEA_DATA", str(tmp_path_factory.getbasetemp() / "deepsea-data"))
+        c = load_experiment(os.path.join(ROOT, "experiments", "synthetic.py"), small=True)
+        apply_overrides(c, ["train.steps=30", "model.dropout_rate=0.0"])
+        train(c, str(base / "run"), progress=False)
+        return restore_run(str(base / "run"))
+
+
+def test_without_steps_it_predicts_as_the_run_and_its_steps_move_the_confidence(run):
+    paths = list(validation_set(run.workdir).paths)[:24]
+    plain = predictor_probs(run, paths, 0, calibrated=False, cache=False, progress=False)
+    zero = optimised_probs(run, paths, TTOSettings(steps=0), progress=False)
+    np.testing.assert_allclose(zero, plain, atol=1e-4)  # the JAX warp is the SciPy warp
+    up = optimised_probs(run, paths, TTOSettings(steps=8, lr=0.5, objective="max"), progress=False)
+    down = optimised_probs(run, paths, TTOSettings(steps=8, lr=0.5, objective="min"), progress=False)
+    top = lambda p: p.max(1).mean()  # noqa: E731
+    assert top(down) < top(plain) < top(up)
+    np.testing.assert_allclose(up.sum(1), 1.0, rtol=1e-5)
