@@ -2,7 +2,7 @@
 (``ndsb_cpu``), a C4 rolled network of the same recipe whose width gives the same measured step time (``equal_c4``,
 width 0.22), the C4 network at the plain one's FLOPs per image (width 0.396, slower per step) and the D4 network at
 its FLOPs (``equal_d4``, width 0.225; no width gives D4 the plain step time), each trained for the same minutes of
-2-core training time (5 and 10 minutes for the first two) on the NDSB images (the steps that fill the budget,
+2-core training time (5, 10 and 30 minutes for the first two) on the NDSB images (the steps that fill the budget,
 measured once on quiet cores with ``deepsea bench``) and scored on the tenth of every class held out for validation.
 
 Launch (the steps: 10 minutes at each network's measured rate; every run alone on the cores, or beside work that
@@ -18,6 +18,10 @@ does not change its steps), then the page:
     deepsea sweep experiments/equal_c4.py --data $D --seeds 1 --steps 2400 --set train.eval_every=480 \\
         --set model.width=0.396 --out $E/c4_flops
     deepsea sweep experiments/equal_d4.py --data $D --seeds 1 --steps 1650 --set train.eval_every=330 --out $E/d4_flops
+    deepsea sweep experiments/equal_c4.py --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \
+        --out $E/c4_30
+    deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \
+        --out $E/plain_30
     deepsea frontier experiments/equal_compute.py --root $E --out docs/equal_compute.md --title "Equal compute"
 
 Small run: deepsea train experiments/equal_compute.py --small
@@ -40,8 +44,10 @@ def frontier() -> list[Arm]:
     return [
         Arm(plain, "plain_5", 5),
         Arm(plain, "plain", 10),
+        Arm(plain, "plain_30", 30),
         Arm(c4, "c4_5", 5),
         Arm(c4, "c4", 10),
+        Arm(c4, "c4_30", 30),
         Arm("C4 rolled, equal FLOPs (width 0.396)", "c4_flops", 10),
         Arm("D4 rolled, equal FLOPs (width 0.225)", "d4_flops", 10),
     ]
