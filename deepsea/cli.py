@@ -280,7 +280,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.5, help="Adam's rate on the parameters (degrees, pixels, logs)")
     p.add_argument("--objective", default="max", choices=["max", "min"], help="the top probability's direction")
     p.add_argument("--starts", type=_at_least(0), default=0, help="also start from the first N TTA transforms")
-    p.add_argument("--limit", type=_at_least(1), default=None, help="only the first N validation images")
+    p.add_argument("--subset", type=_at_least(1), default=None, help="N validation images, evenly spaced over it")
     p.add_argument("--out", default="", help="append the scores as a JSON line to this file")
     p.set_defaults(func=_tto)
 
@@ -641,6 +641,8 @@ def _review(args: argparse.Namespace) -> None:
 def _tto(args: argparse.Namespace) -> None:
     import json
 
+    import numpy as np
+
     from deepsea.data.transforms import AugmentParams, tta_params
     from deepsea.evaluation import evaluate_probs
     from deepsea.predictor import predictor_probs
@@ -649,7 +651,8 @@ def _tto(args: argparse.Namespace) -> None:
 
     run = restore_run(args.workdir)
     val = validation_set(args.workdir)
-    paths, labels = list(val.paths)[: args.limit], val.labels[: args.limit]
+    pick = np.linspace(0, len(val.paths) - 1, min(args.subset or len(val.paths), len(val.paths))).round().astype(int)
+    paths, labels = [val.paths[i] for i in pick], val.labels[pick]  # every class's share, not the first classes
     starts = [AugmentParams(), *tta_params(args.starts, run.tta_ranges)] if args.starts else [AugmentParams()]
     settings = TTOSettings(args.steps, args.lr, args.objective, run.batch_size)
     plain = evaluate_probs(predictor_probs(run, paths, 0, calibrated=False), labels)
