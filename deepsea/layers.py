@@ -198,8 +198,9 @@ def orthogonal(nonlinearity: str = "leaky_relu", negative_slope: float = DEFAULT
     return nn.initializers.orthogonal(scale=gain(nonlinearity, negative_slope))
 
 
-class Maxout(nn.Module):
-    """Dense layer with ``features * pieces`` outputs, max-pooled over adjacent groups of ``pieces``."""
+class _GroupedDense(nn.Module):
+    """A dense layer with ``features * pieces`` outputs seen as ``features`` groups of ``pieces`` (the parameters
+    of ``nn.Dense`` under ``dense``); subclasses say what a group passes on."""
 
     features: int
     pieces: int = 2
@@ -216,34 +217,27 @@ class Maxout(nn.Module):
             dtype=self.dtype,
             name="dense",
         )(x)
-        y = y.reshape((*y.shape[:-1], self.features, self.pieces))
-        return jnp.max(y, axis=-1)
+        return self.combine(y.reshape((*y.shape[:-1], self.features, self.pieces)))
+
+    def combine(self, groups: jax.Array) -> jax.Array:
+        raise NotImplementedError
 
 
-class ChannelOut(nn.Module):
+class Maxout(_GroupedDense):
+    """Dense layer with ``features * pieces`` outputs, max-pooled over adjacent groups of ``pieces``."""
+
+    def combine(self, groups: jax.Array) -> jax.Array:
+        return jnp.max(groups, axis=-1)
+
+
+class ChannelOut(_GroupedDense):
     """Dense layer with ``features * pieces`` outputs in groups of ``pieces``, of which only each group's largest
     passes (the others are zero): winner-take-all "channel-out" units (Wang and JaJa 2013), which keep the
     winner's position where maxout keeps only its value; ``features * pieces`` outputs."""
 
-    features: int
-    pieces: int = 2
-    kernel_init: Initializer = orthogonal("linear")
-    bias_init: Initializer = nn.initializers.zeros
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = nn.Dense(
-            self.features * self.pieces,
-            kernel_init=self.kernel_init,
-            bias_init=self.bias_init,
-            dtype=self.dtype,
-            name="dense",
-        )(x)
-        groups = y.reshape((*y.shape[:-1], self.features, self.pieces))
-        winner = jnp.argmax(groups, axis=-1)
-        keep = jax.nn.one_hot(winner, self.pieces, dtype=groups.dtype)
-        return (groups * keep).reshape(y.shape)
+    def combine(self, groups: jax.Array) -> jax.Array:
+        keep = jax.nn.one_hot(jnp.argmax(groups, axis=-1), self.pieces, dtype=groups.dtype)
+        return (groups * keep).reshape((*groups.shape[:-2], -1))
 
 
 class UntiedConv(nn.Module):
