@@ -134,7 +134,7 @@ def optimised_probs(
             for _ in range(settings.steps):
                 params, opt_state = step(params, opt_state, canvas, sizes)
             probs, value = predict(canvas, sizes, params)
-            probs, value = np.asarray(probs), np.asarray(value)
+            probs, value = np.array(probs), np.array(value)  # writable copies
             if best_probs is None:
                 best_probs, best_value = probs, value
             else:

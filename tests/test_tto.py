@@ -36,3 +36,9 @@ def test_without_steps_it_predicts_as_the_run_and_its_steps_move_the_confidence(
     top = lambda p: p.max(1).mean()  # noqa: E731
     assert top(down) < top(plain) < top(up)
     np.testing.assert_allclose(up.sum(1), 1.0, rtol=1e-5)
+    from deepsea.data.transforms import AugmentParams
+
+    starts = [AugmentParams(), AugmentParams(rotation=90.0), AugmentParams(flip=True)]
+    best = optimised_probs(run, paths, TTOSettings(steps=0), starts=starts, progress=False)
+    each = [optimised_probs(run, paths, TTOSettings(steps=0), starts=[s], progress=False) for s in starts]
+    np.testing.assert_allclose(best.max(1), np.max([e.max(1) for e in each], axis=0), rtol=1e-6)  # the best start
