@@ -42,4 +42,5 @@ def get_config(small: bool = False):
         c.train.eval_batch_size = 16
         c.train.eval_every = c.train.checkpoint_every = 200  # a budget's steps, not the small run's 8
         c.train.log_every = 50
+        c.train.budget_probe_steps = 2
     return c

@@ -61,10 +61,8 @@ def test_channel_out_passes_each_groups_winner_in_its_place(rng):
 @pytest.mark.parametrize(
     "switch",
     [
-        {"activation": "prelu"},
-        {"activation": "smooth_leaky"},
-        {"dropout_kind": "gaussian", "conv_dropout_rate": 0.2},
-        {"dense_units": "channel_out"},
+        {"activation": "prelu", "dense_units": "channel_out"},
+        {"activation": "smooth_leaky", "dropout_kind": "gaussian", "conv_dropout_rate": 0.2},
     ],
     ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()),
 )

@@ -599,17 +599,15 @@ def test_a_key_unset_in_the_recipe_takes_a_bare_word():
         load_experiment_with(plain, ["model.stages=((16,), (32"])  # a tuple key still wants a literal
 
 
-@pytest.mark.parametrize("weighted", [False, True])
-def test_accumulated_micro_batches_give_the_large_batchs_step(weighted):
+def test_accumulated_micro_batches_give_the_large_batchs_step():
     """train.accumulate = K: K micro-batches of 8, averaged, are one step on the batch of 8K (no dropout, no batch
-    norm: then the arithmetic differs only in the order of the sums: float rounding); the loss is bitwise the
-    large batch's mean where the micro-batches are equal in size."""
+    norm: then the arithmetic differs only in the order of the sums: float rounding), with per-example loss
+    weights too; the loss is the large batch's mean."""
     cfg = load_experiment(os.path.join(ROOT, "experiments", "synthetic.py"), small=True)
     apply_overrides(cfg, ["model.dropout_rate=0.0", "optim.name=sgd"])
     setup = create_train_state(cfg, 12)
     big = _batch(n=32, seed=3)
-    if weighted:
-        big["weight"] = np.random.default_rng(1).uniform(0.5, 2.0, 32).astype(np.float32)
+    big["weight"] = np.random.default_rng(1).uniform(0.5, 2.0, 32).astype(np.float32)  # per-example loss weights
     rng = jax.random.key(0)
     results = {}
     for k in (1, 4):

@@ -21,7 +21,7 @@ def run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DEEPSEA_DATA", str(tmp_path_factory.getbasetemp() / "deepsea-data"))
         c = load_experiment(os.path.join(ROOT, "experiments", "synthetic.py"), small=True)
-        apply_overrides(c, ["train.steps=30", "model.dropout_rate=0.0"])
+        apply_overrides(c, ["train.steps=15", "model.dropout_rate=0.0"])
         train(c, str(base / "run"), progress=False)
         return restore_run(str(base / "run"))
 
