@@ -9,7 +9,7 @@ import pytest
 from deepsea.data import device_warp as dw
 from deepsea.data.transforms import TRAIN_RANGES, affine_matrix, params_from_unit, warp
 
-SHAPES = [(1, 1), (7, 12), (30, 19), (64, 64), (23, 40, 3)]
+SHAPES = [(1, 1), (30, 19), (23, 40, 3)]
 
 
 def _draw(rng, n):
@@ -20,7 +20,7 @@ def _draw(rng, n):
 def test_the_jax_warp_is_the_scipy_warp_to_float_rounding(shape, rng):
     image = rng.uniform(size=shape).astype(np.float32)
     out_size, scale = 31, 25.0 / max(shape[:2])
-    for p in _draw(rng, 6):
+    for p in _draw(rng, 5):
         ref = warp(image, affine_matrix(shape[:2], out_size, scale, p), out_size, fill=0.25)
         forward = dw.affine_matrix(shape[:2], out_size, scale, dw.WarpParams.from_params(p))
         np.testing.assert_allclose(np.asarray(forward), affine_matrix(shape[:2], out_size, scale, p), atol=1e-4)
