@@ -294,7 +294,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=["float32", "bfloat16"],
         help="the exported network's precision (default float32: XLA's own bfloat16 convolutions are slow on CPUs)",
     )
-    p.add_argument("--platforms", default="cpu,cuda", help="comma-separated: cpu, cuda, rocm, tpu (default cpu,cuda)")
+    p.add_argument(
+        "--platforms", default=None, help="comma-separated: cpu, cuda, rocm, tpu (default cpu,cuda; --format jax)"
+    )
     p.add_argument(
         "--format",
         default="jax",
@@ -567,6 +569,8 @@ def _abundance(args: argparse.Namespace) -> None:
     if args.predictions:
         from deepsea.submission import read_submission
 
+        if args.pixel_size is not None:
+            raise CommandError("--pixel-size applies to --images (predicted here), not to --predictions")
         names, classes, probs = read_submission(args.predictions)
         if tuple(classes) != tuple(predictor.classes):
             raise CommandError(
@@ -587,6 +591,9 @@ def _abundance(args: argparse.Namespace) -> None:
         if len(samples) > 1:
             raise CommandError(f"--volume is one sample's; these images are {len(samples)} samples: use --volumes")
         volumes = dict.fromkeys(samples, args.volume)
+    unmeasured = sorted(set(samples) - set(volumes)) if volumes else []
+    if unmeasured:
+        raise CommandError(f"{args.volumes} gives no volume for sample(s) {unmeasured[:5]}")
     try:
         labelled = scoring_set(predictor, args.data)
     except NoValidationSplit as e:
@@ -790,7 +797,9 @@ def _export(args: argparse.Namespace) -> None:
     from deepsea.export import export_run
     from deepsea.runs import restore_run
 
-    platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
+    if args.format == "onnx" and args.platforms is not None:
+        raise CommandError("--platforms is for --format jax: an ONNX model runs wherever onnxruntime does")
+    platforms = tuple(p.strip() for p in (args.platforms or "cpu,cuda").split(",") if p.strip())
     unknown = sorted(set(platforms) - {"cpu", "cuda", "rocm", "tpu"})
     if unknown or not platforms:
         raise CommandError(f"--platforms: unknown platform(s) {unknown or args.platforms!r}; cpu, cuda, rocm or tpu")

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from deepsea import backends, ops
 from deepsea.backends.xla import DEFAULT_NEGATIVE_SLOPE, leaky_relu
+from deepsea.errors import UserError
 from deepsea.groups import Group
 
 __all__ = [
@@ -166,6 +167,8 @@ class GaussianDropout(nn.Module):
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
         if deterministic or self.rate == 0.0:
             return x
+        if not 0.0 <= self.rate < 1.0:
+            raise UserError(f"a Gaussian dropout rate must lie in [0, 1), got {self.rate}")
         std = math.sqrt(self.rate / (1.0 - self.rate))
         noise = jax.random.normal(self.make_rng(self.rng_collection), x.shape, jnp.float32)
         return x * (1.0 + std * noise).astype(x.dtype)

@@ -123,10 +123,10 @@ class RollNet(nn.Module):
         x = x.astype(compute)
         if sym:
             x = self.slice_layer(group=self.symmetry, name="slice")(x)
-        for key, table in (("activation", layers.ACTIVATIONS), ("dropout_kind", layers.DROPOUTS),
-                           ("dense_units", {"maxout": None, "channel_out": None})):  # fmt: skip
-            if getattr(self, key) not in table:
-                raise UserError(f"model.{key}={getattr(self, key)!r}: expected one of {sorted(table)}")
+        for key, choices in (("activation", layers.ACTIVATIONS), ("dropout_kind", layers.DROPOUTS),
+                             ("dense_units", ("maxout", "channel_out"))):  # fmt: skip
+            if getattr(self, key) not in choices:
+                raise UserError(f"model.{key}={getattr(self, key)!r}: expected one of {sorted(choices)}")
         dropout = layers.DROPOUTS[self.dropout_kind]
         dense = self.dense if self.dense_units == "maxout" else layers.ChannelOut
         init = layers.orthogonal("leaky_relu", self.negative_slope)

@@ -41,18 +41,24 @@ class TTOSettings:
     batch_size: int = 32
 
 
-def _canvas(images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    h = max(im.shape[0] for im in images)
-    w = max(im.shape[1] for im in images)
-    canvas = np.zeros((len(images), h, w), np.float32)
+_CANVAS_STEP = 64  # canvas sides are rounded up to a multiple of this: few shapes, few compilations
+
+
+def _canvas(images: Sequence[np.ndarray], batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The images padded into one canvas of ``batch`` slots (the rest 1x1 blanks), its sides rounded up so that
+    batches of similar images share one compiled program."""
+    side = -(-max(max(im.shape[:2]) for im in images) // _CANVAS_STEP) * _CANVAS_STEP
+    canvas = np.zeros((batch, side, side), np.float32)
+    sizes = np.ones((batch, 2), np.int32)
     for k, im in enumerate(images):
         canvas[k, : im.shape[0], : im.shape[1]] = im
-    return canvas, np.array([im.shape[:2] for im in images], np.int32)
+        sizes[k] = im.shape[:2]
+    return canvas, sizes
 
 
 def _forward_fn(run: Any, settings: TTOSettings):
-    """``(canvas, sizes, params) -> (probs, objective)``, jitted: warp each image with its parameters as the
-    run's preprocessing does, normalise, predict."""
+    """``(variables, canvas, sizes, params) -> (probs, objective)``, jitted: warp each image with its parameters
+    as the run's preprocessing does, normalise, predict."""
     pp = run.preprocess
     if pp.channels != 1 or pp.extra_rotations or pp.second_size or pp.rescale.kind not in ("max_side", "factor"):
         raise UserError(
@@ -62,7 +68,7 @@ def _forward_fn(run: Any, settings: TTOSettings):
 
     sign = 1.0 if settings.objective == "max" else -1.0
 
-    def predict(canvas, sizes, params):
+    def predict(variables, canvas, sizes, params):
         x = 1.0 - canvas if pp.inverted else canvas
 
         def one(image, size, p):
@@ -76,7 +82,7 @@ def _forward_fn(run: Any, settings: TTOSettings):
             "image": (warped - pp.mean) / pp.std,
             "raw_size": sizes.astype(jnp.float32) * (pp.pixel_size or 1.0),
         }
-        logits, _ = forward(run.model, run.variables, batch, False)
+        logits, _ = forward(run.model, variables, batch, False)
         probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
         return probs, sign * jnp.max(probs, axis=-1)
 
@@ -109,13 +115,15 @@ def optimised_probs(
     ranges = run.tta_ranges
     tx = optax.adam(settings.lr)
 
+    variables = run.variables
+
     def objective(params, canvas, sizes):
-        _, value = predict(canvas, sizes, params)
-        return jnp.sum(value), value
+        _, value = predict(variables, canvas, sizes, params)
+        return jnp.sum(value)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, canvas, sizes):
-        grads, _ = jax.grad(objective, has_aux=True)(params, canvas, sizes)
+        grads = jax.grad(objective)(params, canvas, sizes)
         grads = jax.tree.map(lambda g: -g, grads)  # ascend the objective
         grads = grads._replace(flip=jnp.zeros_like(grads.flip))  # the mirror stays
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -125,16 +133,16 @@ def optimised_probs(
     for start in tqdm(range(0, len(paths), settings.batch_size), desc="TTO", disable=not progress):
         part = paths[start : start + settings.batch_size]
         images = [read_input(p, run.preprocess).astype(np.float32) / 255.0 for p in part]
-        canvas, sizes = _canvas(images)
+        canvas, sizes = _canvas(images, settings.batch_size)
         canvas, sizes = jnp.asarray(canvas), jnp.asarray(sizes)
         best_probs, best_value = None, None
         for s in starts:
-            params = dw.WarpParams.from_params([s] * len(part))
+            params = dw.WarpParams.from_params([s] * settings.batch_size)
             opt_state = tx.init(params)
             for _ in range(settings.steps):
                 params, opt_state = step(params, opt_state, canvas, sizes)
-            probs, value = predict(canvas, sizes, params)
-            probs, value = np.array(probs), np.array(value)  # writable copies
+            probs, value = predict(variables, canvas, sizes, params)
+            probs, value = np.array(probs[: len(part)]), np.array(value[: len(part)])  # writable copies
             if best_probs is None:
                 best_probs, best_value = probs, value
             else:

@@ -13,9 +13,6 @@ Small run (the CPU test of the device call): deepsea train experiments/convroll4
 from deepsea.configs import small_run
 from experiments import convroll4
 
-SEED_STEPS = 215_000
-SEED_DROPS = (180_000, 205_000)
-
 
 def get_config(small: bool = False):
     c = convroll4.get_config()
@@ -24,7 +21,7 @@ def get_config(small: bool = False):
     c.data.workers = 12
     c.data.cache_images = True
     c.model.precision = "bfloat16"
-    c.optim.decay_steps = tuple(d / SEED_STEPS for d in SEED_DROPS)
+    c.optim.decay_steps = tuple(d / c.train.steps for d in c.optim.decay_steps)  # the seed's drops, as fractions
     c.train.budget_minutes = 5.0  # the device call sets the minutes it has left
     c.train.eval_every = 2000
     c.train.checkpoint_every = 2000

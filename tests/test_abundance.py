@@ -93,3 +93,9 @@ def test_the_table_and_volumes(tmp_path):
     assert read_volumes(str(tmp_path / "v.csv")) == {"st1": 5.0}
     with pytest.raises(UserError, match="volume must be > 0"):
         abundance(q, probs, labels, probs, volume=0.0)
+
+
+def test_the_command_line_offers_the_librarys_methods():
+    from deepsea import cli
+
+    assert cli._ABUNDANCE_METHODS == METHODS  # mirrored so that the parser needs no import of quapy

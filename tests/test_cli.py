@@ -288,6 +288,15 @@ def test_abundance_of_samples_from_folders_and_from_a_predictions_csv(cli, train
     assert "has other classes than" in cli(
         "abundance", "--workdir", run, "--predictions", other, "--out", out_csv, rc=2
     )
+    assert "--pixel-size applies to --images" in cli(
+        "abundance", "--workdir", run, "--predictions", preds, "--pixel-size", "2", "--out", out_csv, rc=2
+    )
+    (tmp_path / "g.csv").write_text("image,sample\n" + "".join(f"{n},{'ab'[i % 2]}\n" for i, n in enumerate(names)))
+    (tmp_path / "v.csv").write_text("sample,volume\na,1.0\n")
+    assert "gives no volume for sample(s) ['b']" in cli(
+        "abundance", "--workdir", run, "--predictions", preds, "--groups", str(tmp_path / "g.csv"), "--volumes",
+        str(tmp_path / "v.csv"), "--out", out_csv, rc=2,
+    )  # fmt: skip
     assert "unknown abundance method 'median'" in cli(
         "abundance", "--workdir", run, "--predictions", preds, "--methods", "cc,median", "--out", out_csv, rc=2
     )
@@ -347,6 +356,9 @@ def test_onnx_export_predicts_like_its_run_at_batch_sizes_it_never_saw(cli, trai
 
     run, flat = trained_run
     model_dir = tmp_path / "onnx"
+    assert "--platforms is for --format jax" in cli(
+        "export", "--workdir", run, "--out", str(model_dir), "--format", "onnx", "--platforms", "cuda", rc=2
+    )
     out = cli("export", "--workdir", run, "--out", str(model_dir), "--format", "onnx")
     assert "predict with: deepsea predict --model" in out and (model_dir / "model.onnx").is_file()
     args = ("--images", str(flat), "--thresholds")

@@ -45,6 +45,8 @@ def test_gaussian_dropout_keeps_the_mean_and_has_dropouts_variance():
     assert abs(y.mean() - 2.0) < 0.01
     assert abs(y.var() - 4.0 * rate / (1 - rate)) < 0.03  # inverted dropout's variance: x^2 p / (1 - p)
     np.testing.assert_array_equal(np.asarray(layers.GaussianDropout(rate).apply({}, x, deterministic=True)), 2.0)
+    with pytest.raises(UserError, match=r"rate must lie in \[0, 1\), got 1.0"):
+        layers.GaussianDropout(1.0).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
 
 
 def test_channel_out_passes_each_groups_winner_in_its_place(rng):

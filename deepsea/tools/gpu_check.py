@@ -226,7 +226,8 @@ def _markdown(call: _Call, bench: list[dict[str, Any]] | None, trained: dict[str
             "|---|---|---|---|",
             f"| this call (best validation) | {best.get('log_loss', float('nan')):.4f} | "
             f"{best.get('accuracy', float('nan')):.4f} | {best.get('top5', float('nan')):.4f} |",
-            f"| the seed's convroll4 (215k steps) | | > {SEED_FIGURES['accuracy']} | > {SEED_FIGURES['top5']} |",
+            f"| the seed's convroll4 ({trained['full_schedule_steps']} steps) | | > {SEED_FIGURES['accuracy']} | "
+            f"> {SEED_FIGURES['top5']} |",
             "",
             f"The full schedule ({trained['full_schedule_steps']} steps) at this rate: "
             f"{trained['full_schedule_device_minutes']} device-minutes.",
