@@ -26,6 +26,7 @@ flags; only the command line does."""
 TOOLS = {
     "demo": ("deepsea.tools.demo", "exact invariance of convroll4 on a drawn organism, under all 8 D4 elements"),
     "bench": ("deepsea.tools.bench", "time an experiment's training step: images/s, GFLOP/s, against PyTorch"),
+    "profile": ("deepsea.tools.profile", "where a training step's time goes, per layer: oneDNN and XLA's work"),
     "bench-ops": ("deepsea.tools.bench_ops", "time each symmetry op beside the layer that follows it"),
     "bench-kernels": ("deepsea.tools.bench_kernels", "time the Pallas roll kernels against the XLA reference"),
     "bench-data": ("deepsea.tools.bench_data", "loader images/s per worker and the share of a step spent waiting"),

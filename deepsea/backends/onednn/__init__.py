@@ -43,6 +43,7 @@ __all__ = [
     "conv",
     "conv_bias_leaky_relu",
     "max_pool",
+    "primitive_times",
     "supports",
     "unavailable_reason",
 ]
@@ -124,6 +125,9 @@ def _build() -> pathlib.Path:
     return out
 
 
+_LIBRARY: list[ctypes.CDLL] = []  # the loaded handlers, once _load() succeeded
+
+
 @functools.cache
 def _load() -> str | None:
     """Builds, loads and registers the FFI targets; returns why not (warning once), or None when they are ready."""
@@ -138,6 +142,9 @@ def _load() -> str | None:
         else:
             for name in _TARGETS:
                 jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+            lib.deepsea_onednn_stats.restype = ctypes.c_int64
+            lib.deepsea_onednn_stats.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int]
+            _LIBRARY.append(lib)
             return None
     warnings.warn(
         f"deepsea: oneDNN convolutions and pooling are not available ({reason}); using XLA's, which are slower "
@@ -164,6 +171,30 @@ def available() -> bool:
 def unavailable_reason() -> str | None:
     """Why oneDNN convolutions are not available, or None when they are."""
     return _load()
+
+
+def primitive_times(reset: bool = False) -> list[dict]:
+    """The wall time of every oneDNN call so far, one row per primitive and shape: ``key`` (what ran, e.g.
+    ``conv_bwd_weights bf16 128x47x47x16->8 k3x3``), ``impl`` (oneDNN's implementation, e.g.
+    ``jit_bf16:avx512_core_bf16``), ``calls``, ``reorder_ms`` (the kernel's conversions to and from oneDNN's
+    layout) and ``exec_ms`` (the primitive), both summed over the calls.  ``reset`` clears the rows afterwards.
+    Empty where oneDNN is not :func:`available`."""
+    if not available():
+        return []
+    get = _LIBRARY[0].deepsea_onednn_stats
+    size = get(None, 0, 0) + 1
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        n = get(buf, size, int(reset))
+        if n < size:  # all rows fit (rows added since the first call may not: then nothing was reset; again)
+            break
+        size = n + 1
+    rows = []
+    for line in buf.value.decode().splitlines():
+        key, impl, calls, reorder_ns, exec_ns = line.split("\t")
+        rows.append({"key": key, "impl": impl, "calls": int(calls), "reorder_ms": int(reorder_ns) / 1e6,
+                     "exec_ms": int(exec_ns) / 1e6})  # fmt: skip
+    return rows
 
 
 def supports(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: str | Sequence[tuple[int, int]]) -> bool:

@@ -14,13 +14,17 @@
 // are made once per shape and kept in a bounded least-recently-used cache. Scratchpads, workspaces and blocked
 // kernels are oneDNN memory objects allocated per call (an allocation failure is an error returned to XLA), so
 // concurrent calls share nothing mutable. Every handler turns any exception into an XLA FFI error.
+#include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <functional>
+#include <algorithm>
 #include <list>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <new>
+#include <sstream>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -105,6 +109,39 @@ void Execute(const dnnl::primitive& p, Args args) {
   Stream().wait();
 }
 
+// ---- time per primitive, for profiles ----------------------------------------------------------------------------
+// Each call adds its wall time to a row keyed by what ran (the primitive's kind and shape, as a readable string),
+// split into the kernel reorders and the primitive itself; deepsea_onednn_stats() hands the rows to Python.
+
+struct StatRow {
+  std::string impl;  // oneDNN's implementation name (e.g. brgconv:avx512_core_bf16, jit_bf16:avx512_core_bf16)
+  int64_t calls = 0, reorder_ns = 0, exec_ns = 0;
+};
+
+std::mutex& StatsMutex() {
+  static std::mutex mu;
+  return mu;
+}
+
+std::map<std::string, StatRow>& Stats() {
+  static std::map<std::string, StatRow> rows;
+  return rows;
+}
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+void Record(const std::string& key, const std::string& impl, int64_t reorder_ns, int64_t exec_ns) {
+  std::lock_guard<std::mutex> lock(StatsMutex());
+  StatRow& row = Stats()[key];
+  row.impl = impl;
+  row.calls += 1;
+  row.reorder_ns += reorder_ns;
+  row.exec_ns += exec_ns;
+}
+
 // ---- convolutions ------------------------------------------------------------------------------------------------
 
 enum Kind { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
@@ -128,6 +165,7 @@ struct ConvPlan {
   dnnl::primitive conv;
   dnnl::primitive reorder;  // HWIO -> oneDNN's kernel layout (fwd, bwd data) or back (bwd weights); empty if equal
   memory::desc src, dst, plain_w, blocked_w, bias, scratch, reorder_scratch;
+  std::string impl, key;  // oneDNN's implementation name; the stats row ("fwd n,h,w,c->f kh x kw ...")
 };
 
 ConvPlan MakeConvPlan(Kind kind, const ConvDims& d) {
@@ -158,20 +196,29 @@ ConvPlan MakeConvPlan(Kind kind, const ConvDims& d) {
   if (kind == kFwd) {
     p.blocked_w = fwd.weights_desc();
     p.scratch = fwd.scratchpad_desc();
+    p.impl = fwd.impl_info_str();
     p.conv = dnnl::convolution_forward(fwd);
   } else if (kind == kBwdData) {
     dnnl::convolution_backward_data::primitive_desc pd(eng, algorithm::convolution_direct, p.src, any_w, p.dst,
                                                        strides, pad_l, pad_r, fwd, attr);
     p.blocked_w = pd.weights_desc();
     p.scratch = pd.scratchpad_desc();
+    p.impl = pd.impl_info_str();
     p.conv = dnnl::convolution_backward_data(pd);
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(eng, algorithm::convolution_direct, p.src, any_w, p.dst,
                                                           strides, pad_l, pad_r, fwd, attr);
     p.blocked_w = pd.diff_weights_desc();
     p.scratch = pd.scratchpad_desc();
+    p.impl = pd.impl_info_str();
     p.conv = dnnl::convolution_backward_weights(pd);
   }
+  std::ostringstream key;
+  key << (kind == kFwd ? (d.bias_act ? "conv_fwd_bias_act" : "conv_fwd") : kind == kBwdData ? "conv_bwd_data"
+                                                                                               : "conv_bwd_weights")
+      << (d.bf16 ? " bf16 " : " f32 ") << d.n << "x" << d.h << "x" << d.w << "x" << d.c << "->" << d.f << " k"
+      << d.kh << "x" << d.kw;
+  p.key = key.str();
   if (p.blocked_w != p.plain_w) {
     const memory::desc& from = kind == kBwdWeights ? p.blocked_w : p.plain_w;
     const memory::desc& to = kind == kBwdWeights ? p.plain_w : p.blocked_w;
@@ -191,6 +238,7 @@ PlanCache<ConvKey, ConvPlan>& ConvPlans() {
 void RunConv(Kind kind, const ConvDims& d, const void* a, const void* b, void* out, const void* bias = nullptr) {
   std::shared_ptr<const ConvPlan> p = ConvPlans().Get(ConvKey{kind, d}, [&] { return MakeConvPlan(kind, d); });
   std::lock_guard<std::mutex> run_lock(RunMutex());
+  const int64_t t0 = NowNs();
   const bool reorder = static_cast<bool>(p->reorder);
   memory plain_w = Wrap(p->plain_w, kind == kBwdWeights ? out : b);
   memory w = reorder ? memory(p->blocked_w, Engine()) : plain_w;
@@ -199,6 +247,7 @@ void RunConv(Kind kind, const ConvDims& d, const void* a, const void* b, void* o
     AddOwned(&args, DNNL_ARG_SCRATCHPAD, p->reorder_scratch);
     Execute(p->reorder, std::move(args));
   }
+  const int64_t t1 = NowNs();
   Args args;
   AddOwned(&args, DNNL_ARG_SCRATCHPAD, p->scratch);
   if (kind == kFwd) {
@@ -210,11 +259,13 @@ void RunConv(Kind kind, const ConvDims& d, const void* a, const void* b, void* o
     args.insert({{DNNL_ARG_SRC, Wrap(p->src, a)}, {DNNL_ARG_DIFF_DST, Wrap(p->dst, b)}, {DNNL_ARG_DIFF_WEIGHTS, w}});
   }
   Execute(p->conv, std::move(args));
+  const int64_t t2 = NowNs();
   if (kind == kBwdWeights && reorder) {
     Args back = {{DNNL_ARG_FROM, w}, {DNNL_ARG_TO, plain_w}};
     AddOwned(&back, DNNL_ARG_SCRATCHPAD, p->reorder_scratch);
     Execute(p->reorder, std::move(back));
   }
+  Record(p->key, p->impl, (t1 - t0) + (NowNs() - t2), t2 - t1);
 }
 
 // ---- max pooling -------------------------------------------------------------------------------------------------
@@ -230,6 +281,7 @@ struct PoolDims {
 struct PoolPlan {
   dnnl::primitive fwd, bwd;  // fwd: inference (the forward call) or training (the backward call, for the workspace)
   memory::desc src, dst, workspace, fwd_scratch, bwd_scratch;
+  std::string impl, key;
 };
 
 PoolPlan MakePoolPlan(const PoolDims& d) {
@@ -245,7 +297,12 @@ PoolPlan MakePoolPlan(const PoolDims& d) {
                                             algorithm::pooling_max, p.src, p.dst, strides, kernel, dilation, pad_l,
                                             pad_r, attr);
   p.fwd_scratch = fwd.scratchpad_desc();
+  p.impl = fwd.impl_info_str();
   p.fwd = dnnl::pooling_forward(fwd);
+  std::ostringstream key;
+  key << (d.backward ? "max_pool_bwd" : "max_pool") << (d.bf16 ? " bf16 " : " f32 ") << d.n << "x" << d.h << "x"
+      << d.w << "x" << d.c << " k" << d.kh << "x" << d.kw << " s" << d.sh;
+  p.key = key.str();
   if (d.backward) {
     p.workspace = fwd.workspace_desc();
     dnnl::pooling_backward::primitive_desc bwd(eng, algorithm::pooling_max, p.src, p.dst, strides, kernel, dilation,
@@ -264,17 +321,20 @@ PlanCache<PoolDims, PoolPlan>& PoolPlans() {
 void RunPool(const PoolDims& d, const void* x, const void* g, void* out) {
   std::shared_ptr<const PoolPlan> p = PoolPlans().Get(d, [&] { return MakePoolPlan(d); });
   std::lock_guard<std::mutex> run_lock(RunMutex());
+  const int64_t t0 = NowNs();
   memory src = Wrap(p->src, x);
   memory dst = d.backward ? memory(p->dst, Engine()) : Wrap(p->dst, out);
   Args fwd = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}};
   AddOwned(&fwd, DNNL_ARG_WORKSPACE, p->workspace);
   AddOwned(&fwd, DNNL_ARG_SCRATCHPAD, p->fwd_scratch);
   Execute(p->fwd, fwd);
-  if (!d.backward) return;
-  Args bwd = {{DNNL_ARG_DIFF_DST, Wrap(p->dst, g)}, {DNNL_ARG_DIFF_SRC, Wrap(p->src, out)},
-              {DNNL_ARG_WORKSPACE, fwd.at(DNNL_ARG_WORKSPACE)}};
-  AddOwned(&bwd, DNNL_ARG_SCRATCHPAD, p->bwd_scratch);
-  Execute(p->bwd, std::move(bwd));
+  if (d.backward) {
+    Args bwd = {{DNNL_ARG_DIFF_DST, Wrap(p->dst, g)}, {DNNL_ARG_DIFF_SRC, Wrap(p->src, out)},
+                {DNNL_ARG_WORKSPACE, fwd.at(DNNL_ARG_WORKSPACE)}};
+    AddOwned(&bwd, DNNL_ARG_SCRATCHPAD, p->bwd_scratch);
+    Execute(p->bwd, std::move(bwd));
+  }
+  Record(p->key, p->impl, 0, NowNs() - t0);
 }
 
 // ---- the handlers ------------------------------------------------------------------------------------------------
@@ -422,3 +482,21 @@ DEEPSEA_POOL(deepsea_max_pool, MaxPool<ffi::F32>, F32Buf);
 DEEPSEA_POOL(deepsea_max_pool_bf16, MaxPool<ffi::BF16>, BF16Buf);
 DEEPSEA_POOL_BWD(deepsea_max_pool_bwd, MaxPoolBwd<ffi::F32>, F32Buf);
 DEEPSEA_POOL_BWD(deepsea_max_pool_bwd_bf16, MaxPoolBwd<ffi::BF16>, BF16Buf);
+
+// The time rows as text, one per line: "key\timpl\tcalls\treorder_ns\texec_ns". Copies at most `size` - 1 bytes
+// into `buf` (NUL-terminated) and returns the full length, so a caller can retry with a larger buffer; `reset`
+// clears the rows afterwards, only when they all fit.
+extern "C" int64_t deepsea_onednn_stats(char* buf, int64_t size, int reset) {
+  std::lock_guard<std::mutex> lock(StatsMutex());
+  std::ostringstream out;
+  for (const auto& [key, row] : Stats())
+    out << key << '\t' << row.impl << '\t' << row.calls << '\t' << row.reorder_ns << '\t' << row.exec_ns << '\n';
+  const std::string text = out.str();
+  if (buf != nullptr && size > 0) {
+    const size_t n = std::min(text.size(), static_cast<size_t>(size - 1));
+    std::memcpy(buf, text.data(), n);
+    buf[n] = '\0';
+  }
+  if (reset && buf != nullptr && static_cast<int64_t>(text.size()) < size) Stats().clear();
+  return static_cast<int64_t>(text.size());
+}
