@@ -42,7 +42,7 @@ from deepsea.models import build_model
 from deepsea.step import create_train_state, example_inputs, forward, make_train_step
 from deepsea.tools.timing import time_call
 
-__all__ = ["count_flops", "match_step_time", "run_ours", "run_torch", "symmetry_op_times"]
+__all__ = ["add_step_arguments", "count_flops", "match_step_time", "run_ours", "run_torch", "symmetry_op_times"]
 
 DEFAULT_TORCH_SCRIPT = os.path.join("..", "shared", "bench", "torch_convroll.py")
 _SYMMETRY_LAYERS = (layers.Slice, layers.Roll, layers.ConvRoll, layers.Pool)
@@ -156,11 +156,16 @@ def run_torch(
     return json.loads(out.strip().splitlines()[-1])
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_step_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments that pick a training step: the experiment, ``--set`` overrides, ``--small``, ``--batch``."""
     p.add_argument("experiment", help="experiments/<name>.py or a path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--small", action="store_true", help="the experiment's small-run configuration")
     p.add_argument("--batch", type=int, default=0, help="images per step (default: the experiment's)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_step_arguments(p)
     p.add_argument("--steps", type=int, default=10, help="timed steps per round (median)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, interleaved with the reference")
     p.add_argument("--torch", default="", metavar="PYTHON", help="a Python with torch: also time the reference")

@@ -35,7 +35,7 @@ import jax
 
 from deepsea.backends import onednn
 from deepsea.configs import load_experiment_with
-from deepsea.tools.bench import _OurStep
+from deepsea.tools.bench import _OurStep, add_step_arguments
 
 __all__ = ["CATEGORIES", "HloOp", "attribute", "compiled_ops", "profile_step"]
 
@@ -80,28 +80,27 @@ class HloOp:
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+) = (?P<rest>.*)$")
 
 
+def _closing(text: str, start: int) -> int:
+    """The index of the parenthesis that closes the one at ``text[start]`` (the end of ``text`` if none does)."""
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    return len(text)
+
+
 def _opcode(rest: str) -> tuple[str, tuple[str, ...]]:
     """The opcode after an instruction's result shape (a tuple shape may contain spaces and parentheses), and the
     names of its operands."""
     if rest.startswith("("):
-        depth = 0
-        for i, ch in enumerate(rest):
-            depth += {"(": 1, ")": -1}.get(ch, 0)
-            if depth == 0:
-                rest = rest[i + 1 :]
-                break
+        rest = rest[_closing(rest, 0) + 1 :]
     else:
         rest = rest.split(" ", 1)[1] if " " in rest else ""
     m = re.match(r"\s*([\w\-]+)\(", rest)
     if not m:
         return "", ()
-    depth, end = 0, len(rest)
-    for i in range(m.end() - 1, len(rest)):
-        depth += {"(": 1, ")": -1}.get(rest[i], 0)
-        if depth == 0:
-            end = i
-            break
-    return m.group(1), tuple(re.findall(r"%([\w.\-]+)", rest[m.end() : end]))
+    return m.group(1), tuple(re.findall(r"%([\w.\-]+)", rest[m.end() : _closing(rest, m.end() - 1)]))
 
 
 def compiled_ops(hlo_text: str) -> dict[str, HloOp]:
@@ -128,8 +127,8 @@ def compiled_ops(hlo_text: str) -> dict[str, HloOp]:
 
 def _inherit_names(ops: dict[str, HloOp]) -> dict[str, HloOp]:
     """Gives instructions without an op name (XLA drops the metadata of some fusions, such as a custom gradient's
-    activation derivative) the op name of the nearest consumer that has one, else of an operand:
-    a custom gradient's activation derivative then counts with the layer whose gradient calls consume it."""
+    activation derivative) the op name of the nearest consumer that has one, else of an operand, so that such a
+    fusion counts with the layer whose gradient calls consume it."""
     users: dict[str, list[str]] = collections.defaultdict(list)
     for op in ops.values():
         for operand in op.operands:
@@ -197,8 +196,8 @@ def attribute(ops: dict[str, HloOp], op_ms: dict[str, float]) -> list[dict[str, 
     return rows
 
 
-def _trace_op_ms(step: _OurStep, steps: int) -> dict[str, float]:
-    """Milliseconds per step of each instruction of the step's module, summed over threads, from a profile."""
+def _trace_op_ms(step: _OurStep, steps: int, module: str) -> dict[str, float]:
+    """Milliseconds per step of each instruction of the step's ``module``, summed over threads, from a profile."""
     with tempfile.TemporaryDirectory() as d:
         jax.profiler.start_trace(d)
         try:
@@ -213,7 +212,7 @@ def _trace_op_ms(step: _OurStep, steps: int) -> dict[str, float]:
         for line in plane.lines:
             for event in line.events:
                 stats = dict(event.stats)
-                if "hlo_op" in stats and str(stats.get("hlo_module", "")).startswith("jit_step"):
+                if "hlo_op" in stats and stats.get("hlo_module") == module:
                     total_ns[stats["hlo_op"]] += event.duration_ns
                     runs.add(stats.get("run_id", 0))
     n = max(len(runs), 1)
@@ -227,9 +226,12 @@ def profile_step(cfg: Any, batch: int, steps: int = 5) -> dict[str, Any]:
     step = _OurStep(cfg, batch)
     hlo = step.step_fn.lower(step.state, step.batch, step.rng).compile().as_text()
     ops = compiled_ops(hlo)
+    module = re.match(r"HloModule ([^\s,]+)", hlo)
+    if module is None:
+        raise ValueError("the compiled step's text does not start with its HloModule name")
     step_ms = step.time_steps(steps) * 1e3
     onednn.primitive_times(reset=True)
-    op_ms = _trace_op_ms(step, steps)
+    op_ms = _trace_op_ms(step, steps, module.group(1))
     calls = steps + 2
     prims = [
         {**r, "calls": r["calls"] / calls, "reorder_ms": r["reorder_ms"] / calls, "exec_ms": r["exec_ms"] / calls}
@@ -284,10 +286,7 @@ def format_profile(result: dict[str, Any]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment", help="experiments/<name>.py or a path")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    p.add_argument("--small", action="store_true", help="the experiment's small-run configuration")
-    p.add_argument("--batch", type=int, default=0, help="images per step (default: the experiment's)")
+    add_step_arguments(p)
     p.add_argument("--steps", type=int, default=5, help="profiled steps (after 2 warm-up steps)")
     p.add_argument("--out", default="", help="also write the Markdown table to this file")
     p.add_argument("--json", default="", help="also write the profile as JSON to this file")

@@ -19,6 +19,7 @@
 #include <cstring>
 #include <functional>
 #include <algorithm>
+#include <atomic>
 #include <list>
 #include <map>
 #include <memory>
@@ -110,12 +111,14 @@ void Execute(const dnnl::primitive& p, Args args) {
 }
 
 // ---- time per primitive, for profiles ----------------------------------------------------------------------------
-// Each call adds its wall time to a row keyed by what ran (the primitive's kind and shape, as a readable string),
-// split into the kernel reorders and the primitive itself; deepsea_onednn_stats() hands the rows to Python.
+// Each plan owns a row of counters keyed by what ran (the primitive's kind and shape, as a readable string); a call
+// adds its wall time, split into the kernel reorders and the primitive itself, with relaxed atomic adds (no lock
+// on the hot path). Rows are never erased (a reset zeroes them), so the plans' pointers stay valid.
+// deepsea_onednn_stats() hands the rows to Python.
 
 struct StatRow {
   std::string impl;  // oneDNN's implementation name (e.g. brgconv:avx512_core_bf16, jit_bf16:avx512_core_bf16)
-  int64_t calls = 0, reorder_ns = 0, exec_ns = 0;
+  std::atomic<int64_t> calls{0}, reorder_ns{0}, exec_ns{0};
 };
 
 std::mutex& StatsMutex() {
@@ -128,18 +131,22 @@ std::map<std::string, StatRow>& Stats() {
   return rows;
 }
 
+StatRow* StatRowFor(const std::string& key, const std::string& impl) {
+  std::lock_guard<std::mutex> lock(StatsMutex());
+  StatRow& row = Stats()[key];
+  row.impl = impl;
+  return &row;
+}
+
 int64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 
-void Record(const std::string& key, const std::string& impl, int64_t reorder_ns, int64_t exec_ns) {
-  std::lock_guard<std::mutex> lock(StatsMutex());
-  StatRow& row = Stats()[key];
-  row.impl = impl;
-  row.calls += 1;
-  row.reorder_ns += reorder_ns;
-  row.exec_ns += exec_ns;
+void Record(StatRow* row, int64_t reorder_ns, int64_t exec_ns) {
+  row->calls.fetch_add(1, std::memory_order_relaxed);
+  row->reorder_ns.fetch_add(reorder_ns, std::memory_order_relaxed);
+  row->exec_ns.fetch_add(exec_ns, std::memory_order_relaxed);
 }
 
 // ---- convolutions ------------------------------------------------------------------------------------------------
@@ -165,7 +172,7 @@ struct ConvPlan {
   dnnl::primitive conv;
   dnnl::primitive reorder;  // HWIO -> oneDNN's kernel layout (fwd, bwd data) or back (bwd weights); empty if equal
   memory::desc src, dst, plain_w, blocked_w, bias, scratch, reorder_scratch;
-  std::string impl, key;  // oneDNN's implementation name; the stats row ("fwd n,h,w,c->f kh x kw ...")
+  StatRow* stats = nullptr;  // this plan's time row
 };
 
 ConvPlan MakeConvPlan(Kind kind, const ConvDims& d) {
@@ -193,24 +200,25 @@ ConvPlan MakeConvPlan(Kind kind, const ConvDims& d) {
     fwd = dnnl::convolution_forward::primitive_desc(eng, prop_kind::forward_training, algorithm::convolution_direct,
                                                     p.src, fwd_w, p.dst, strides, pad_l, pad_r, attr);
   }
+  std::string impl;
   if (kind == kFwd) {
     p.blocked_w = fwd.weights_desc();
     p.scratch = fwd.scratchpad_desc();
-    p.impl = fwd.impl_info_str();
+    impl = fwd.impl_info_str();
     p.conv = dnnl::convolution_forward(fwd);
   } else if (kind == kBwdData) {
     dnnl::convolution_backward_data::primitive_desc pd(eng, algorithm::convolution_direct, p.src, any_w, p.dst,
                                                        strides, pad_l, pad_r, fwd, attr);
     p.blocked_w = pd.weights_desc();
     p.scratch = pd.scratchpad_desc();
-    p.impl = pd.impl_info_str();
+    impl = pd.impl_info_str();
     p.conv = dnnl::convolution_backward_data(pd);
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd(eng, algorithm::convolution_direct, p.src, any_w, p.dst,
                                                           strides, pad_l, pad_r, fwd, attr);
     p.blocked_w = pd.diff_weights_desc();
     p.scratch = pd.scratchpad_desc();
-    p.impl = pd.impl_info_str();
+    impl = pd.impl_info_str();
     p.conv = dnnl::convolution_backward_weights(pd);
   }
   std::ostringstream key;
@@ -218,7 +226,7 @@ ConvPlan MakeConvPlan(Kind kind, const ConvDims& d) {
                                                                                                : "conv_bwd_weights")
       << (d.bf16 ? " bf16 " : " f32 ") << d.n << "x" << d.h << "x" << d.w << "x" << d.c << "->" << d.f << " k"
       << d.kh << "x" << d.kw;
-  p.key = key.str();
+  p.stats = StatRowFor(key.str(), impl);
   if (p.blocked_w != p.plain_w) {
     const memory::desc& from = kind == kBwdWeights ? p.blocked_w : p.plain_w;
     const memory::desc& to = kind == kBwdWeights ? p.plain_w : p.blocked_w;
@@ -265,7 +273,7 @@ void RunConv(Kind kind, const ConvDims& d, const void* a, const void* b, void* o
     AddOwned(&back, DNNL_ARG_SCRATCHPAD, p->reorder_scratch);
     Execute(p->reorder, std::move(back));
   }
-  Record(p->key, p->impl, (t1 - t0) + (NowNs() - t2), t2 - t1);
+  Record(p->stats, (t1 - t0) + (NowNs() - t2), t2 - t1);
 }
 
 // ---- max pooling -------------------------------------------------------------------------------------------------
@@ -281,7 +289,7 @@ struct PoolDims {
 struct PoolPlan {
   dnnl::primitive fwd, bwd;  // fwd: inference (the forward call) or training (the backward call, for the workspace)
   memory::desc src, dst, workspace, fwd_scratch, bwd_scratch;
-  std::string impl, key;
+  StatRow* stats = nullptr;
 };
 
 PoolPlan MakePoolPlan(const PoolDims& d) {
@@ -297,12 +305,11 @@ PoolPlan MakePoolPlan(const PoolDims& d) {
                                             algorithm::pooling_max, p.src, p.dst, strides, kernel, dilation, pad_l,
                                             pad_r, attr);
   p.fwd_scratch = fwd.scratchpad_desc();
-  p.impl = fwd.impl_info_str();
   p.fwd = dnnl::pooling_forward(fwd);
   std::ostringstream key;
   key << (d.backward ? "max_pool_bwd" : "max_pool") << (d.bf16 ? " bf16 " : " f32 ") << d.n << "x" << d.h << "x"
       << d.w << "x" << d.c << " k" << d.kh << "x" << d.kw << " s" << d.sh;
-  p.key = key.str();
+  p.stats = StatRowFor(key.str(), fwd.impl_info_str());
   if (d.backward) {
     p.workspace = fwd.workspace_desc();
     dnnl::pooling_backward::primitive_desc bwd(eng, algorithm::pooling_max, p.src, p.dst, strides, kernel, dilation,
@@ -334,7 +341,7 @@ void RunPool(const PoolDims& d, const void* x, const void* g, void* out) {
     AddOwned(&bwd, DNNL_ARG_SCRATCHPAD, p->bwd_scratch);
     Execute(p->bwd, std::move(bwd));
   }
-  Record(p->key, p->impl, 0, NowNs() - t0);
+  Record(p->stats, 0, NowNs() - t0);
 }
 
 // ---- the handlers ------------------------------------------------------------------------------------------------
@@ -483,20 +490,25 @@ DEEPSEA_POOL(deepsea_max_pool_bf16, MaxPool<ffi::BF16>, BF16Buf);
 DEEPSEA_POOL_BWD(deepsea_max_pool_bwd, MaxPoolBwd<ffi::F32>, F32Buf);
 DEEPSEA_POOL_BWD(deepsea_max_pool_bwd_bf16, MaxPoolBwd<ffi::BF16>, BF16Buf);
 
-// The time rows as text, one per line: "key\timpl\tcalls\treorder_ns\texec_ns". Copies at most `size` - 1 bytes
-// into `buf` (NUL-terminated) and returns the full length, so a caller can retry with a larger buffer; `reset`
-// clears the rows afterwards, only when they all fit.
+// The time rows that have calls, as text, one per line: "key\timpl\tcalls\treorder_ns\texec_ns". Copies at most
+// `size` - 1 bytes into `buf` (NUL-terminated) and returns the full length, so a caller can retry with a larger
+// buffer; `reset` zeroes the rows afterwards, only when they all fit.
 extern "C" int64_t deepsea_onednn_stats(char* buf, int64_t size, int reset) {
   std::lock_guard<std::mutex> lock(StatsMutex());
   std::ostringstream out;
-  for (const auto& [key, row] : Stats())
-    out << key << '\t' << row.impl << '\t' << row.calls << '\t' << row.reorder_ns << '\t' << row.exec_ns << '\n';
+  for (const auto& [key, row] : Stats()) {
+    if (row.calls.load() == 0) continue;
+    out << key << '\t' << row.impl << '\t' << row.calls.load() << '\t' << row.reorder_ns.load() << '\t'
+        << row.exec_ns.load() << '\n';
+  }
   const std::string text = out.str();
   if (buf != nullptr && size > 0) {
     const size_t n = std::min(text.size(), static_cast<size_t>(size - 1));
     std::memcpy(buf, text.data(), n);
     buf[n] = '\0';
   }
-  if (reset && buf != nullptr && static_cast<int64_t>(text.size()) < size) Stats().clear();
+  if (reset && buf != nullptr && static_cast<int64_t>(text.size()) < size) {
+    for (auto& [key, row] : Stats()) row.calls = row.reorder_ns = row.exec_ns = 0;
+  }
   return static_cast<int64_t>(text.size());
 }
