@@ -8,8 +8,8 @@ and thresholds), ``ensemble``, ``submission``, ``mesh``, ``calibration``, ``stre
 (models without the training code), ``distributed``, ``teachers`` (pseudo-labels, distillation), ``features`` and
 ``fusion`` (image features late-fused), ``pretrain`` (the tied convolutional autoencoder), ``sweep`` (grids of runs
 at equal budgets), ``cost`` and ``frontier`` (networks at equal compute), ``abundance`` (class counts of samples,
-corrected for prior shift) and ``errors`` (``UserError``).  Names are imported on first use, so the command line
-starts without loading JAX.
+corrected for prior shift), ``allocator`` (freed buffers kept for the next step) and ``errors`` (``UserError``).
+Names are imported on first use, so the command line starts without loading JAX.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ _FROM = {
 }
 _MODULES = (
     "abundance",
+    "allocator",
     "backends",
     "calibration",
     "configs",

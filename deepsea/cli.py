@@ -50,6 +50,15 @@ def _set_xla_flags() -> None:
         os.environ["XLA_FLAGS"] = CPU_XLA_FLAGS
 
 
+def _keep_freed_memory() -> None:
+    """glibc keeps a step's freed buffers for the next one (:func:`deepsea.allocator.keep_freed_memory`), unless
+    ``DEEPSEA_DEFAULT_MALLOC=0``."""
+    if os.environ.get("DEEPSEA_DEFAULT_MALLOC", "1") != "0":
+        from deepsea.allocator import keep_freed_memory
+
+        keep_freed_memory()
+
+
 def _tta_arg(value: str) -> int | str:
     if value == "tencrop":
         return value
@@ -423,6 +432,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     _set_xla_flags()  # before the first computation initialises the backend
+    _keep_freed_memory()  # before the first step allocates its buffers
     try:
         args.func(args)
     except KeyboardInterrupt:

@@ -256,10 +256,12 @@ def test_models_fuse_their_leaky_relu_into_their_convolutions():
         variables = model.init(jax.random.key(0), x)
         hlo = jax.jit(lambda v, x, model=model: model.apply(v, x)).lower(variables, x).compile().as_text()
         assert hlo.count('custom_call_target="deepsea_conv_fwd_bias_leaky_relu"') == (3 if fused else 0)
-    # the parameters' gradient: no input gradient for the first layer (the image), which XLA drops
+    # the parameters' gradient: the kernel and bias gradients from one primitive, and no input gradient for the
+    # first layer (the image), which XLA drops
     loss = lambda v, x: jnp.sum(model.apply(v, x) ** 2)  # noqa: E731
     hlo = jax.jit(jax.grad(loss)).lower(variables, x).compile().as_text()
-    assert hlo.count('custom_call_target="deepsea_conv_bwd_weights"') == 3
+    assert hlo.count('custom_call_target="deepsea_conv_bwd_weights_bias"') == 3
+    assert hlo.count('custom_call_target="deepsea_conv_bwd_weights"') == 0
     assert hlo.count('custom_call_target="deepsea_conv_bwd_data"') == 2
 
 

@@ -56,7 +56,7 @@ _TARGETS = tuple(
     name + suffix
     for name in (
         "deepsea_conv_fwd", "deepsea_conv_bwd_data", "deepsea_conv_bwd_weights", "deepsea_conv_fwd_bias_leaky_relu",
-        "deepsea_max_pool", "deepsea_max_pool_bwd",
+        "deepsea_conv_bwd_weights_bias", "deepsea_max_pool", "deepsea_max_pool_bwd",
     )
     for suffix in ("", "_bf16")
 )  # fmt: skip
@@ -262,21 +262,25 @@ def _conv_fwd(x, kernel, padding):
     return _conv(x, kernel, padding), (x, kernel)
 
 
+def _xla_vjp(padding: Padding, x: jax.Array, kernel: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """XLA's input and kernel gradients of the convolution (float32 arithmetic), off the CPU."""
+    dx, dk = jax.vjp(lambda x, k: conv_reference(x, k, padding), x.astype(jnp.float32), kernel)[1](
+        g.astype(jnp.float32)
+    )
+    return dx.astype(g.dtype), dk
+
+
+def _input_grad(padding: Padding, x: jax.Array, kernel: jax.Array, g: jax.Array) -> jax.Array:
+    dx_out = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    return _on_cpu("deepsea_conv_bwd_data", dx_out, g, kernel, padding, lambda g, k: _xla_vjp(padding, x, k, g)[0])
+
+
 def _conv_bwd(padding, res, g):
     x, kernel = res
-
-    def xla_vjp(x, kernel, g):
-        dx, dk = jax.vjp(lambda x, k: conv_reference(x, k, padding), x.astype(jnp.float32), kernel)[1](
-            g.astype(jnp.float32)
-        )
-        return dx.astype(g.dtype), dk
-
     g = g.astype(x.dtype)
-    dx_out = jax.ShapeDtypeStruct(x.shape, x.dtype)
     dw_out = jax.ShapeDtypeStruct(kernel.shape, jnp.float32)
-    dx = _on_cpu("deepsea_conv_bwd_data", dx_out, g, kernel, padding, lambda g, k: xla_vjp(x, k, g)[0])
-    dw = _on_cpu("deepsea_conv_bwd_weights", dw_out, x, g, padding, lambda x, g: xla_vjp(x, kernel, g)[1])
-    return dx, dw
+    dw = _on_cpu("deepsea_conv_bwd_weights", dw_out, x, g, padding, lambda x, g: _xla_vjp(padding, x, kernel, g)[1])
+    return _input_grad(padding, x, kernel, g), dw
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -353,7 +357,8 @@ def conv_bias_leaky_relu(
     activation are post-operations of the convolution: no extra pass over the output).
 
     The gradient takes the activation's derivative from the output's sign (the same as the input's for
-    ``negative_slope >= 0``), the bias gradient as a matrix-vector product, and :func:`conv`'s gradients.  Raises
+    ``negative_slope >= 0``), the kernel and bias gradients from one oneDNN primitive (one pass over the output's
+    gradient, summed in float32), and :func:`conv`'s input gradient.  Raises
     like :func:`conv`, and ValueError for a negative slope.
     """
     if not negative_slope >= 0:
@@ -394,9 +399,19 @@ def _conv_act_bwd(negative_slope, padding, res, g):
     # derivative at 0 is taken as 0, as jax.nn.relu's)
     g = g.astype(y.dtype)
     dz = jnp.where(y >= 0 if negative_slope > 0 else y > 0, g, jnp.asarray(negative_slope, g.dtype) * g)
-    db = bias_gradient(dz)
-    dx, dw = _conv_bwd(padding, (x, kernel), dz)
-    return dx, dw, db
+    return _input_grad(padding, x, kernel, dz), *_kernel_and_bias_grad(padding, x, kernel, dz)
+
+
+def _kernel_and_bias_grad(padding: Padding, x: jax.Array, kernel: jax.Array, dz: jax.Array):
+    def ffi(x, dz):
+        out = (jax.ShapeDtypeStruct(kernel.shape, jnp.float32), jax.ShapeDtypeStruct(kernel.shape[-1:], jnp.float32))
+        call = jax.ffi.ffi_call(_target("deepsea_conv_bwd_weights_bias", x.dtype), out, vmap_method="sequential")
+        return call(x, dz, padding=_pad_attr(padding))
+
+    def default(x, dz):
+        return _xla_vjp(padding, x, kernel, dz)[1], bias_gradient(dz)
+
+    return jax.lax.platform_dependent(x, dz, cpu=ffi, default=default)
 
 
 _conv_act.defvjp(_conv_act_fwd, _conv_act_bwd)

@@ -4,7 +4,8 @@
 // deepsea_conv_fwd(x, w) -> y, deepsea_conv_bwd_data(g, w) -> dx, deepsea_conv_bwd_weights(x, g) -> dw, with XLA's
 // explicit padding as the attribute `padding` = [lo_h, hi_h, lo_w, hi_w];
 // deepsea_conv_fwd_bias_leaky_relu(x, w, b) -> leaky_relu(conv(x, w) + b) (attribute `negative_slope`), the bias and
-// activation as oneDNN post-operations;
+// activation as oneDNN post-operations; deepsea_conv_bwd_weights_bias(x, g) -> (dw, db), the kernel gradient with
+// the bias gradient (g summed over all but the channels) from the same pass over g;
 // deepsea_max_pool(x) -> y and deepsea_max_pool_bwd(x, g) -> dx (attributes `window`, `strides`, `padding`; padded
 // cells never win; the gradient goes to the first maximum of each window, as XLA's select-and-scatter). The backward
 // call recomputes the forward with oneDNN's workspace (the argmax), so only the pooled map crosses into XLA.
@@ -155,8 +156,8 @@ enum Kind { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
 
 struct ConvDims {
   int64_t n, h, w, c, f, kh, kw, ho, wo, pt, pb, pl, pr;
-  bool bias_act = false;  // forward only: + bias, then leaky ReLU with `slope` (oneDNN post-op)
-  float slope = 0.f;
+  bool bias_act = false;  // forward: + bias, then leaky ReLU with `slope` (oneDNN post-op); kernel gradient: and the
+  float slope = 0.f;      // bias gradient (the slope is unused there)
   bool bf16 = false;  // activations (and the primitive's kernel) in bfloat16; the HWIO kernel, its gradient and
                       // the bias stay float32 (the reorders convert)
   auto tie() const { return std::tie(n, h, w, c, f, kh, kw, ho, wo, pt, pb, pl, pr, bias_act, slope, bf16); }
@@ -188,8 +189,8 @@ ConvPlan MakeConvPlan(Kind kind, const ConvDims& d) {
   memory::desc fwd_w({d.f, d.c, d.kh, d.kw}, act, tag::any);
   dnnl::primitive_attr attr = UserScratchpad();
   dnnl::convolution_forward::primitive_desc fwd;
-  if (d.bias_act) {
-    p.bias = memory::desc({d.f}, dt::f32, tag::x);
+  if (d.bias_act) p.bias = memory::desc({d.f}, dt::f32, tag::x);
+  if (d.bias_act && kind == kFwd) {
     dnnl::primitive_attr act_attr = UserScratchpad();
     dnnl::post_ops ops;
     ops.append_eltwise(algorithm::eltwise_relu, d.slope, 0.f);  // relu with alpha: leaky ReLU
@@ -214,16 +215,21 @@ ConvPlan MakeConvPlan(Kind kind, const ConvDims& d) {
     impl = pd.impl_info_str();
     p.conv = dnnl::convolution_backward_data(pd);
   } else {
-    dnnl::convolution_backward_weights::primitive_desc pd(eng, algorithm::convolution_direct, p.src, any_w, p.dst,
-                                                          strides, pad_l, pad_r, fwd, attr);
+    dnnl::convolution_backward_weights::primitive_desc pd =
+        d.bias_act ? dnnl::convolution_backward_weights::primitive_desc(eng, algorithm::convolution_direct, p.src,
+                                                                        any_w, p.bias, p.dst, strides, pad_l, pad_r,
+                                                                        fwd, attr)
+                   : dnnl::convolution_backward_weights::primitive_desc(eng, algorithm::convolution_direct, p.src,
+                                                                        any_w, p.dst, strides, pad_l, pad_r, fwd, attr);
     p.blocked_w = pd.diff_weights_desc();
     p.scratch = pd.scratchpad_desc();
     impl = pd.impl_info_str();
     p.conv = dnnl::convolution_backward_weights(pd);
   }
   std::ostringstream key;
-  key << (kind == kFwd ? (d.bias_act ? "conv_fwd_bias_act" : "conv_fwd") : kind == kBwdData ? "conv_bwd_data"
-                                                                                               : "conv_bwd_weights")
+  key << (kind == kFwd       ? (d.bias_act ? "conv_fwd_bias_act" : "conv_fwd")
+          : kind == kBwdData ? "conv_bwd_data"
+                             : (d.bias_act ? "conv_bwd_weights_bias" : "conv_bwd_weights"))
       << (d.bf16 ? " bf16 " : " f32 ") << d.n << "x" << d.h << "x" << d.w << "x" << d.c << "->" << d.f << " k"
       << d.kh << "x" << d.kw;
   p.stats = StatRowFor(key.str(), impl);
@@ -242,7 +248,8 @@ PlanCache<ConvKey, ConvPlan>& ConvPlans() {
   return cache;
 }
 
-// a, b: the inputs (fwd: x, w; bwd data: g, w; bwd weights: x, g); out: the result; bias: the fused forward's.
+// a, b: the inputs (fwd: x, w; bwd data: g, w; bwd weights: x, g); out: the result; bias: the fused forward's bias,
+// or the kernel gradient's bias gradient (written).
 void RunConv(Kind kind, const ConvDims& d, const void* a, const void* b, void* out, const void* bias = nullptr) {
   std::shared_ptr<const ConvPlan> p = ConvPlans().Get(ConvKey{kind, d}, [&] { return MakeConvPlan(kind, d); });
   std::lock_guard<std::mutex> run_lock(RunMutex());
@@ -265,6 +272,7 @@ void RunConv(Kind kind, const ConvDims& d, const void* a, const void* b, void* o
     args.insert({{DNNL_ARG_DIFF_DST, Wrap(p->dst, a)}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, Wrap(p->src, out)}});
   } else {
     args.insert({{DNNL_ARG_SRC, Wrap(p->src, a)}, {DNNL_ARG_DIFF_DST, Wrap(p->dst, b)}, {DNNL_ARG_DIFF_WEIGHTS, w}});
+    if (d.bias_act) args.insert({DNNL_ARG_DIFF_BIAS, Wrap(p->bias, bias)});
   }
   Execute(p->conv, std::move(args));
   const int64_t t2 = NowNs();
@@ -417,6 +425,20 @@ ffi::Error ConvBwdWeights(ffi::Buffer<T> x, ffi::Buffer<T> g, ffi::ResultBuffer<
                [&] { RunConv(kBwdWeights, d, x.untyped_data(), g.untyped_data(), dw->untyped_data()); });
 }
 
+template <ffi::DataType T>
+ffi::Error ConvBwdWeightsBias(ffi::Buffer<T> x, ffi::Buffer<T> g, ffi::ResultBuffer<ffi::F32> dw,
+                              ffi::ResultBuffer<ffi::F32> db, ffi::Span<const int64_t> padding) {
+  ConvDims d;
+  if (auto e = ConvDimsFrom(x.dimensions(), dw->dimensions(), g.dimensions(), padding, &d); e.failure()) return e;
+  if (db->dimensions().size() != 1 || db->dimensions()[0] != d.f)
+    return ffi::Error::InvalidArgument("deepsea oneDNN convolution: the bias gradient must have one value per channel");
+  d.bias_act = true;
+  d.bf16 = T == ffi::BF16;
+  return Guard("convolution kernel and bias gradient", [&] {
+    RunConv(kBwdWeights, d, x.untyped_data(), g.untyped_data(), dw->untyped_data(), db->untyped_data());
+  });
+}
+
 ffi::Error PoolDimsFrom(ffi::Span<const int64_t> x, ffi::Span<const int64_t> y, ffi::Span<const int64_t> window,
                         ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, bool backward,
                         PoolDims* d) {
@@ -474,6 +496,12 @@ DEEPSEA_CONV_BOTH(deepsea_conv_bwd_weights, ConvBwdWeights, F32Buf, F32Buf, F32B
                                               .Attr<ffi::Span<const int64_t>>("padding").Attr<float>("negative_slope"))
 DEEPSEA_CONV_ACT(deepsea_conv_fwd_bias_leaky_relu, ConvFwdBiasAct<ffi::F32>, F32Buf);
 DEEPSEA_CONV_ACT(deepsea_conv_fwd_bias_leaky_relu_bf16, ConvFwdBiasAct<ffi::BF16>, BF16Buf);
+
+#define DEEPSEA_CONV_WB(NAME, FN, A)                                                                     \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN, ffi::Ffi::Bind().Arg<A>().Arg<A>().Ret<F32Buf>().Ret<F32Buf>() \
+                                              .Attr<ffi::Span<const int64_t>>("padding"))
+DEEPSEA_CONV_WB(deepsea_conv_bwd_weights_bias, ConvBwdWeightsBias<ffi::F32>, F32Buf);
+DEEPSEA_CONV_WB(deepsea_conv_bwd_weights_bias_bf16, ConvBwdWeightsBias<ffi::BF16>, BF16Buf);
 
 #define DEEPSEA_POOL(NAME, FN, A)                                                                           \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN, ffi::Ffi::Bind().Arg<A>().Ret<A>()                              \
