@@ -4,8 +4,11 @@
 
 - ``model.jax``: the network's prediction function, ``(parameters, image, raw_size[, image2]) -> probabilities``,
   serialized with :mod:`jax.export` (StableHLO) with a symbolic batch size, lowered with XLA's own
-  convolutions and pooling (the oneDNN calls are this package's compiled FFI targets, which a serialized module
-  cannot carry);
+  convolutions and pooling, so that it runs on every platform it was exported for;
+- ``model_onednn.jax`` (where oneDNN was available at export and the platforms include the CPU): the same function
+  as the run computes it on the CPU, with this package's oneDNN convolutions and pooling (FFI calls) in the
+  run's precision.  :func:`load_model` takes it where this package's oneDNN handlers load (JAX on the CPU), and
+  ``model.jax`` elsewhere;
 - ``params.npz``: the parameters (and batch statistics), as a flat list in the order the function takes them;
 - ``model.json``: everything else prediction needs: the classes, the preprocessing (patch, rescale, global
   statistics, background, pixel size), the test-time augmentation ranges, the calibration and thresholds the run
@@ -25,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import zipfile
 from typing import Any
 
@@ -39,6 +43,7 @@ __all__ = ["FORMAT", "ExportedModel", "export_onnx", "export_run", "fitted_extra
 
 FORMAT = 1
 _MODULE, _PARAMS, _META, _ONNX = "model.jax", "params.npz", "model.json", "model.onnx"
+_ONEDNN_MODULE = "model_onednn.jax"
 
 
 def _inputs(pp: Preprocess) -> tuple[str, ...]:
@@ -98,30 +103,46 @@ def export_run(run: Any, out: str, platforms: tuple[str, ...] = ("cpu",)) -> str
     ``platforms`` (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``; one module serves them all).  Returns ``out``."""
     import jax.numpy as jnp
 
+    from deepsea.backends import onednn
+    from deepsea.models import build_model
     from deepsea.step import forward
 
-    model, mc = _xla_network(run)
+    xla_model, mc = _xla_network(run)
     leaves, treedef = jax.tree_util.tree_flatten(run.variables)
     names = _inputs(run.preprocess)
 
-    def predict(params: list[jax.Array], *inputs: jax.Array) -> jax.Array:
-        batch = dict(zip(names, inputs, strict=True))
-        logits, _ = forward(model, jax.tree_util.tree_unflatten(treedef, params), batch, False)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    def predict_with(model: Any):
+        def predict(params: list[jax.Array], *inputs: jax.Array) -> jax.Array:
+            batch = dict(zip(names, inputs, strict=True))
+            logits, _ = forward(model, jax.tree_util.tree_unflatten(treedef, params), batch, False)
+            return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+        return jax.jit(predict)
 
     (b,) = jax.export.symbolic_shape("b")
     shapes = _input_shapes(run.preprocess, b)
     params = [jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype) for x in leaves]
     specs = [jax.ShapeDtypeStruct(shapes[n], jnp.float32) for n in names]
-    exported = jax.export.export(jax.jit(predict), platforms=platforms)(params, *specs)
+    exported = jax.export.export(predict_with(xla_model), platforms=platforms)(params, *specs)
     os.makedirs(out, exist_ok=True)
     _write(os.path.join(out, _MODULE), bytes(exported.serialize()))
+    extra: dict[str, Any] = {}
+    fast = os.path.join(out, _ONEDNN_MODULE)
+    if "cpu" in platforms and onednn.available():
+        allowed = [jax.export.DisabledSafetyCheck.custom_call(t) for t in onednn.FFI_TARGETS]
+        run_model = build_model(run.config.model, len(run.classes))  # the run's own operations: oneDNN's
+        cpu = jax.export.export(predict_with(run_model), platforms=("cpu",), disabled_checks=allowed)(params, *specs)
+        _write(fast, bytes(cpu.serialize()))
+        targets = sorted(set(re.findall(r"custom_call @(deepsea_\w+)", cpu.mlir_module())))
+        extra["onednn_module"] = {"file": _ONEDNN_MODULE, "targets": targets, "precision": mc.precision}
+    elif os.path.exists(fast):
+        os.remove(fast)  # a previous export's, of other parameters
     tmp = os.path.join(out, f".{_PARAMS}.tmp.npz")
     np.savez(tmp, **{f"p{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
     os.replace(tmp, os.path.join(out, _PARAMS))
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(run.variables)[0]]
     parameters = [{"path": p, "shape": list(np.shape(x))} for p, x in zip(paths, leaves, strict=True)]
-    _write_meta(run, out, mc, names, "jax", {"platforms": list(platforms), "parameters": parameters})
+    _write_meta(run, out, mc, names, "jax", {"platforms": list(platforms), "parameters": parameters, **extra})
     return out
 
 
@@ -186,6 +207,7 @@ class ExportedModel(BatchPredictor):
     calibration: dict | None
     thresholds: dict | None
     meta: dict
+    module: str  # the file that predicts: model.jax, model_onednn.jax or model.onnx
     _fn: Any = dataclasses.field(repr=False)
     _params: list = dataclasses.field(repr=False)
 
@@ -196,7 +218,7 @@ class ExportedModel(BatchPredictor):
     def cache_key(self) -> str:
         """Its predictions differ from the run's in rounding (XLA's operations or ONNX's, its precision): cached
         apart."""
-        runtime = self.meta.get("runtime", "jax")
+        runtime = self.meta.get("runtime", "jax") + ("+onednn" if self.module == _ONEDNN_MODULE else "")
         return f"exported:{self.key}:{self.meta['source'].get('precision', 'float32')}:{runtime}"
 
     @property
@@ -211,9 +233,11 @@ class ExportedModel(BatchPredictor):
         return np.asarray(self._fn(self._params, *(np.asarray(batch[n], np.float32) for n in self.meta["inputs"])))
 
 
-def load_model(path: str) -> ExportedModel:
+def load_model(path: str, onednn: bool | None = None) -> ExportedModel:
     """Reads a folder written by :func:`export_run` or :func:`export_onnx`; a missing file or another format is an
-    error naming it."""
+    error naming it.  ``onednn``: whether to predict with ``model_onednn.jax`` (the run's oneDNN operations on the
+    CPU) rather than ``model.jax`` (XLA's, any platform); None takes it where it runs here (JAX on the CPU, this
+    package's oneDNN handlers built, the module's targets among them); True insists (an error saying why not)."""
     from deepsea import rundir
 
     meta_path = os.path.join(path, _META)
@@ -227,7 +251,8 @@ def load_model(path: str) -> ExportedModel:
         raise UserError(f"{meta_path}: not valid JSON ({e})") from None
     if meta.get("format") != FORMAT:
         raise UserError(f"{meta_path}: format {meta.get('format')!r}; this deepsea reads format {FORMAT}")
-    fn, params = _load_onnx(path, meta) if onnx else _load_jax(path, meta)
+    module = _ONNX if onnx else _choose_module(path, meta, onednn)
+    fn, params = _load_onnx(path, meta) if onnx else _load_jax(path, meta, module)
     fitted = {}
     for name in ("calibration", "thresholds"):  # fitted for the exported model itself, after export
         extra = os.path.join(path, f"{name}.json")
@@ -242,18 +267,42 @@ def load_model(path: str) -> ExportedModel:
         calibration=fitted["calibration"],
         thresholds=fitted["thresholds"],
         meta=meta,
+        module=module,
         _fn=fn,
         _params=params,
     )
 
 
-def _load_jax(path: str, meta: dict) -> tuple[Any, list]:
+def _choose_module(path: str, meta: dict, onednn: bool | None) -> str:
+    """``model_onednn.jax`` where it can run here and ``onednn`` is not False, else ``model.jax``."""
+    if onednn is False:
+        return _MODULE
+    info = meta.get("onednn_module")
+    reason = None
+    if not info or not os.path.isfile(os.path.join(path, info["file"])):
+        reason = f"{path} has no {_ONEDNN_MODULE} (exported without oneDNN, or for platforms without the CPU)"
+    else:
+        from deepsea.backends import onednn as backend
+
+        unknown = sorted(set(info["targets"]) - set(backend.FFI_TARGETS))
+        if not backend.available():  # builds and registers the handlers
+            reason = f"this package's oneDNN handlers are not available here ({backend.unavailable_reason()})"
+        elif unknown:
+            reason = f"{info['file']} calls oneDNN handlers this deepsea does not have: {unknown}"
+    if reason is None:
+        return info["file"]
+    if onednn:
+        raise UserError(f"cannot predict with oneDNN: {reason}")
+    return _MODULE
+
+
+def _load_jax(path: str, meta: dict, module: str) -> tuple[Any, list]:
     meta_path = os.path.join(path, _META)
     try:
-        with open(os.path.join(path, _MODULE), "rb") as f:
+        with open(os.path.join(path, module), "rb") as f:
             exported = jax.export.deserialize(bytearray(f.read()))
     except Exception as e:  # a truncated or foreign file: the flatbuffer's error names nothing
-        raise UserError(f"{os.path.join(path, _MODULE)}: not a readable exported module ({type(e).__name__})") from e
+        raise UserError(f"{os.path.join(path, module)}: not a readable exported module ({type(e).__name__})") from e
     try:
         with open(os.path.join(path, _PARAMS), "rb") as fh, np.load(fh) as f:  # closed on a bad file too
             params = [f[f"p{i:05d}"] for i in range(len(f.files))]

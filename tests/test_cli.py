@@ -436,13 +436,28 @@ def test_exported_model_predicts_like_its_run(cli, trained_run, tmp_path):
     mc = restored.config.model
     mc.conv_impl, mc.max_pool_impl = "xla", "slices"
     reference = dataclasses.replace(restored, model=build_model(mc, len(restored.classes)))
-    exported = load_model(str(model_dir))
+    from deepsea.backends import onednn
+    from deepsea.errors import UserError
+
+    exported, portable = load_model(str(model_dir)), load_model(str(model_dir), onednn=False)
+    assert exported.module == ("model_onednn.jax" if onednn.available() else "model.jax")
+    assert portable.module == "model.jax" and portable.cache_key != exported.cache_key
     from deepsea.predictor import Predictor
 
     assert isinstance(exported, Predictor) and isinstance(restored, Predictor)  # the protocol, every member
     paths = [str(flat / r) for r in list_images(str(flat))]
     for _, _, batch in tta_batches(paths, exported.preprocess, [AugmentParams()], 5):  # any batch size
-        np.testing.assert_array_equal(exported.predict_batch(batch), reference.predict_batch(batch))
+        # model.jax is the network with XLA's operations, model_onednn.jax the run's own (oneDNN's)
+        np.testing.assert_array_equal(portable.predict_batch(batch), reference.predict_batch(batch))
+        np.testing.assert_array_equal(exported.predict_batch(batch), restored.predict_batch(batch))
+    meta = json.loads((model_dir / "model.json").read_text())
+    (model_dir / "model.json").write_text(
+        json.dumps({**meta, "onednn_module": {**meta["onednn_module"], "targets": ["deepsea_conv_v9"]}})
+    )
+    with pytest.raises(UserError, match=r"calls oneDNN handlers this deepsea does not have: \['deepsea_conv_v9'\]"):
+        load_model(str(model_dir), onednn=True)
+    assert load_model(str(model_dir)).module == "model.jax"  # where the oneDNN module cannot run: the portable one
+    (model_dir / "model.json").write_text(json.dumps(meta))
     # loading and predicting imports neither the models nor Flax or Optax
     code = (
         "import sys; from deepsea.export import load_model; import numpy as np; "
@@ -450,6 +465,7 @@ def test_exported_model_predicts_like_its_run(cli, trained_run, tmp_path):
         "s = m.preprocess.size; p = m.predict_batch({'image': np.zeros((3, s, s, 1)), "
         "'raw_size': np.ones((3, 2))}); "
         "assert p.shape == (3, len(m.classes)), p.shape; "
+        f"assert m.module == {exported.module!r}, m.module; "
         "bad = [k for k in ('flax', 'optax', 'deepsea.models', 'deepsea.step', 'deepsea.train') if k in sys.modules]; "
         "assert not bad, bad"
     )

@@ -69,3 +69,13 @@ def test_primitive_times_count_calls_and_reset():
     assert rows["conv_bwd_weights f32 2x6x6x3->4 k3x3"]["calls"] == 2
     assert all(r["exec_ms"] > 0 and r["impl"] for r in rows.values())
     assert onednn.primitive_times() == []
+
+
+def test_a_wrapper_every_layer_shares_is_looked_through():
+    # an orbit average's network is its submodule `inner`: the layers are inner's children; the wrapper's own
+    # operations (the average) are the model's
+    hlo = HLO.replace("jvp(Net))/conv0/", "jvp(Net))/inner/conv0/").replace("jvp(Net)/conv0/", "jvp(Net)/inner/dense0/")
+    hlo = hlo.replace('op_name="jit(step)/add"', 'op_name="jit(step)/jvp(Net)/reduce_sum"')
+    times = {"ffi_call.1": 1.0, "ffi_call.2": 1.0, "add.9": 1.0}
+    rows = {(r["layer"], r["pass"]) for r in attribute(compiled_ops(hlo), times)}
+    assert rows == {("dense0", "forward"), ("conv0", "backward"), ("(model)", "forward")}

@@ -148,15 +148,27 @@ def _inherit_names(ops: dict[str, HloOp]) -> dict[str, HloOp]:
     return {n: dataclasses.replace(op, op_name=named.get(n, op.op_name)) for n, op in ops.items()}
 
 
-def _layer_and_pass(op_name: str) -> tuple[str, str]:
-    """``("conv2_0", "backward")`` from ``jit(step)/transpose(jvp(Model))/conv2_0/...``; operations outside the
-    model (loss, optimizer) are ``("(loss, optimizer)", ...)``."""
+def _module_path(op_name: str) -> tuple[tuple[str, ...] | None, str]:
+    """``(("conv2_0",), "backward")`` from ``jit(step)/transpose(jvp(Model))/conv2_0/...``: the modules an operation
+    sits in (None outside the model: loss, optimizer) and its pass."""
     m = re.search(r"(transpose\()?jvp\((\w+)\)\)?/(.*)", op_name)
     if not m:
-        return "(loss, optimizer)", "backward" if "transpose(" in op_name else "forward"
+        return None, "backward" if "transpose(" in op_name else "forward"
     parts = [p for p in m.group(3).split("/") if p and not p.startswith(("jit(", "cond", "branch_"))]
-    layer = parts[0] if len(parts) > 1 else "(model)"
-    return layer, "backward" if m.group(1) else "forward"
+    return tuple(parts[:-1]), "backward" if m.group(1) else "forward"
+
+
+def _layer_names(paths: list[tuple[str, ...] | None]) -> list[str]:
+    """Each path's layer: its first module below those every layer shares (a wrapper such as an orbit average's
+    ``inner`` network); ``(model)`` for the model's own operations, ``(loss, optimizer)`` outside it."""
+    nested = [p for p in paths if p]
+    shared = nested[0] if nested else ()
+    for path in nested[1:]:
+        n = next((i for i, (a, b) in enumerate(zip(shared, path, strict=False)) if a != b), min(len(shared), len(path)))
+        shared = shared[:n]
+    if any(len(p) == len(shared) for p in nested):
+        shared = shared[:-1]  # a layer that is the shared wrapper itself keeps its name
+    return ["(loss, optimizer)" if p is None else p[len(shared)] if len(p) > len(shared) else "(model)" for p in paths]
 
 
 def _category(op: HloOp) -> str:
@@ -182,9 +194,11 @@ def attribute(ops: dict[str, HloOp], op_ms: dict[str, float]) -> list[dict[str, 
     instructions the profile names but the module text does not (runtime bookkeeping) go to ``(runtime)``."""
     table: dict[tuple[str, str], dict[str, float]] = collections.defaultdict(lambda: dict.fromkeys(CATEGORIES, 0.0))
     order: list[tuple[str, str]] = []
-    for name, ms in op_ms.items():
-        op = ops.get(name)
-        key = _layer_and_pass(op.op_name) if op else ("(runtime)", "forward")
+    found = [(name, ms, ops.get(name)) for name, ms in op_ms.items()]
+    paths = [_module_path(op.op_name) if op else (None, "forward") for _, _, op in found]
+    layers = _layer_names([path for path, _ in paths])
+    for (_, ms, op), (_, pass_), layer in zip(found, paths, layers, strict=True):
+        key = (layer, pass_) if op else ("(runtime)", "forward")
         if key not in table:
             order.append(key)
         table[key][_category(op) if op else "xla_other"] += ms

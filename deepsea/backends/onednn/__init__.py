@@ -38,6 +38,7 @@ import numpy as np
 from deepsea.backends.xla import Padding, bias_gradient, conv_pads, conv_reference, leaky_relu, reduce_window_max
 
 __all__ = [
+    "FFI_TARGETS",
     "available",
     "cache_dir",
     "conv",
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 
 _SOURCE = pathlib.Path(__file__).with_name("onednn_ffi.cc")
 _BUILD_PREFIX = "onednn_ffi-"
-_TARGETS = tuple(
+FFI_TARGETS = tuple(
     name + suffix
     for name in (
         "deepsea_conv_fwd", "deepsea_conv_bwd_data", "deepsea_conv_bwd_weights", "deepsea_conv_fwd_bias_leaky_relu",
@@ -60,6 +61,7 @@ _TARGETS = tuple(
     )
     for suffix in ("", "_bf16")
 )  # fmt: skip
+"""The handlers' FFI target names (float32 and ``_bf16`` forms), registered for the CPU by :func:`available`."""
 ACTIVATION_DTYPES = (jnp.float32, jnp.bfloat16)
 """The activations' dtypes the handlers take; kernels, kernel gradients and biases are float32 either way."""
 
@@ -140,7 +142,7 @@ def _load() -> str | None:
         except (RuntimeError, OSError) as e:
             reason = str(e)
         else:
-            for name in _TARGETS:
+            for name in FFI_TARGETS:
                 jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
             lib.deepsea_onednn_stats.restype = ctypes.c_int64
             lib.deepsea_onednn_stats.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int]
