@@ -160,14 +160,15 @@ def _module_path(op_name: str) -> tuple[tuple[str, ...] | None, str]:
 
 def _layer_names(paths: list[tuple[str, ...] | None]) -> list[str]:
     """Each path's layer: its first module below those every layer shares (a wrapper such as an orbit average's
-    ``inner`` network); ``(model)`` for the model's own operations, ``(loss, optimizer)`` outside it."""
+    ``inner`` network); ``(model)`` for the operations of the model or the wrapper themselves, ``(loss,
+    optimizer)`` outside the model."""
     nested = [p for p in paths if p]
     shared = nested[0] if nested else ()
     for path in nested[1:]:
         n = next((i for i, (a, b) in enumerate(zip(shared, path, strict=False)) if a != b), min(len(shared), len(path)))
         shared = shared[:n]
-    if any(len(p) == len(shared) for p in nested):
-        shared = shared[:-1]  # a layer that is the shared wrapper itself keeps its name
+    while shared and len({p[len(shared)] for p in nested if len(p) > len(shared)}) < 2:
+        shared = shared[:-1]  # a wrapper is looked through only where it holds several layers
     return ["(loss, optimizer)" if p is None else p[len(shared)] if len(p) > len(shared) else "(model)" for p in paths]
 
 
