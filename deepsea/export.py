@@ -1,14 +1,14 @@
 """A trained run as a self-contained model folder that predicts without the training code.
 
-:func:`export_run` writes three files:
+:func:`export_run` writes these files:
 
 - ``model.jax``: the network's prediction function, ``(parameters, image, raw_size[, image2]) -> probabilities``,
   serialized with :mod:`jax.export` (StableHLO) with a symbolic batch size, lowered with XLA's own
   convolutions and pooling, so that it runs on every platform it was exported for;
-- ``model_onednn.jax`` (where oneDNN was available at export and the platforms include the CPU): the same function
-  as the run computes it on the CPU, with this package's oneDNN convolutions and pooling (FFI calls) in the
-  run's precision.  :func:`load_model` takes it where this package's oneDNN handlers load (JAX on the CPU), and
-  ``model.jax`` elsewhere;
+- ``model_onednn.jax`` (where oneDNN was available at export, the platforms include the CPU and the network uses
+  oneDNN's operations): the same function as the run computes it on the CPU, with this package's oneDNN
+  convolutions and pooling (FFI calls).  :func:`load_model` takes it where this package's oneDNN handlers load
+  (JAX on the CPU), and ``model.jax`` elsewhere;
 - ``params.npz``: the parameters (and batch statistics), as a flat list in the order the function takes them;
 - ``model.json``: everything else prediction needs: the classes, the preprocessing (patch, rescale, global
   statistics, background, pixel size), the test-time augmentation ranges, the calibration and thresholds the run
@@ -104,7 +104,6 @@ def export_run(run: Any, out: str, platforms: tuple[str, ...] = ("cpu",)) -> str
     import jax.numpy as jnp
 
     from deepsea.backends import onednn
-    from deepsea.models import build_model
     from deepsea.step import forward
 
     xla_model, mc = _xla_network(run)
@@ -128,13 +127,15 @@ def export_run(run: Any, out: str, platforms: tuple[str, ...] = ("cpu",)) -> str
     _write(os.path.join(out, _MODULE), bytes(exported.serialize()))
     extra: dict[str, Any] = {}
     fast = os.path.join(out, _ONEDNN_MODULE)
+    targets: list[str] = []
     if "cpu" in platforms and onednn.available():
         allowed = [jax.export.DisabledSafetyCheck.custom_call(t) for t in onednn.FFI_TARGETS]
-        run_model = build_model(run.config.model, len(run.classes))  # the run's own operations: oneDNN's
-        cpu = jax.export.export(predict_with(run_model), platforms=("cpu",), disabled_checks=allowed)(params, *specs)
-        _write(fast, bytes(cpu.serialize()))
+        # the run's own network: oneDNN's operations where its layers take them
+        cpu = jax.export.export(predict_with(run.model), platforms=("cpu",), disabled_checks=allowed)(params, *specs)
         targets = sorted(set(re.findall(r"custom_call @(deepsea_\w+)", cpu.mlir_module())))
-        extra["onednn_module"] = {"file": _ONEDNN_MODULE, "targets": targets, "precision": mc.precision}
+    if targets:
+        _write(fast, bytes(cpu.serialize()))
+        extra["onednn_module"] = {"file": _ONEDNN_MODULE, "targets": targets}
     elif os.path.exists(fast):
         os.remove(fast)  # a previous export's, of other parameters
     tmp = os.path.join(out, f".{_PARAMS}.tmp.npz")
