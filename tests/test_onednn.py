@@ -147,16 +147,22 @@ def test_switched_off_or_unbuildable_onednn_says_why(monkeypatch, tmp_path):
         onednn._load.cache_clear()
 
 
-@pytest.mark.slow
 def test_a_new_build_removes_stale_ones(monkeypatch, tmp_path):
+    # a stand-in compiler that writes its -o file: what is kept and removed does not depend on compiling
+    cxx = tmp_path / "cxx"
+    cxx.write_text('#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = -o ] && echo built > "$2"; shift; done\n')
+    cxx.chmod(0o755)
+    monkeypatch.setenv("CXX", str(cxx))
     monkeypatch.setenv("DEEPSEA_CACHE_DIR", str(tmp_path))
     stale = tmp_path / "onednn_ffi-0123456789abcdef.so"
     stale.write_bytes(b"an old build")
     other = tmp_path / "unrelated.so"
     other.write_bytes(b"not ours")
     built = onednn._build()
-    assert built.exists() and built.parent == tmp_path
+    assert built.read_text() == "built\n" and built.parent == tmp_path
     assert not stale.exists() and other.exists()
+    cxx.unlink()
+    assert onednn._build() == built  # cached: no compiler needed again
 
 
 POOL_CASES = [
