@@ -23,6 +23,15 @@ does not change its steps), then the page:
     deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \
         --out $E/plain_30
     deepsea frontier experiments/equal_compute.py --root $E --out docs/equal_compute.md --title "Equal compute"
+The tuning check (10 minutes, seed 0; the same two departures for each network; docs/results.md):
+    for X in "optim.lr=0.005 lr" "model.dropout_rate=0.0 drop"; do set -- $X
+      deepsea sweep experiments/equal_c4.py --data $D --seeds 1 --steps 4700 --set train.eval_every=940 --grid $1 \
+          --out $E/tune_c4_$2
+      deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 4700 --set train.eval_every=940 --grid $1 \
+          --out $E/tune_plain_$2
+      deepsea sweep experiments/equal_d4.py --data $D --seeds 1 --steps 1650 --set train.eval_every=330 --grid $1 \
+          --out $E/tune_d4_$2
+    done
 
 Small run: deepsea train experiments/equal_compute.py --small
 """
