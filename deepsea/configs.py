@@ -124,7 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 32
     c.train.steps = 215_000
     c.train.budget_minutes = 0.0  # > 0: choose train.steps to fill this many minutes, measured on this machine
-    c.train.budget_probe_steps = 20  # timed steps (after one compiling step) that measure the step time
+    c.train.budget_probe_steps = 20  # timed steps of each probe pass (first reads, then the same images again)
     c.train.eval_every = 5000
     c.train.checkpoint_every = 5000
     c.train.log_every = 100

@@ -156,8 +156,9 @@ def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool)
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """How a run with ``train.budget_minutes`` chose its steps: the time spent before training (setup and this
-    measurement), one training step's and one validation pass's measured time, and the steps that fill the
-    budget with them (``budget.json`` in the run folder)."""
+    measurement), one training step's time in the first epoch (``first_step_s``, while the loader decodes every
+    image) and after it (``step_s``, from the image cache where ``data.cache_images`` keeps one), a validation
+    pass's time, and the steps that fill the budget with them (``budget.json`` in the run folder)."""
 
     minutes: float
     setup_s: float
@@ -165,13 +166,42 @@ class Budget:
     eval_s: float
     steps: int
     lr_drops_at: tuple[int, ...] = ()  # a step schedule's drops, scaled to these steps
+    first_step_s: float = 0.0  # 0: every step costs step_s
+    epoch_steps: int = 0  # the steps of the first epoch, which cost first_step_s
 
     @staticmethod
-    def fit(minutes: float, setup_s: float, step_s: float, eval_s: float, eval_every: int) -> Budget:
-        """The most steps whose training, validation every ``eval_every`` steps and final validation fit."""
-        per_step = step_s + eval_s / eval_every
-        steps = max(1, int((60.0 * minutes - setup_s - eval_s) / per_step))
-        return Budget(minutes, setup_s, step_s, eval_s, steps)
+    def fit(
+        minutes: float,
+        setup_s: float,
+        step_s: float,
+        eval_s: float,
+        eval_every: int,
+        first_step_s: float = 0.0,
+        epoch_steps: int = 0,
+    ) -> Budget:
+        """The most steps whose training (the first ``epoch_steps`` at ``first_step_s`` each where that is given,
+        the others at ``step_s``), validation every ``eval_every`` steps and final validation fit."""
+        left = 60.0 * minutes - setup_s - eval_s
+        per_eval = eval_s / eval_every
+        first = epoch_steps if first_step_s > 0 else 0
+        if left <= first * (first_step_s + per_eval):
+            steps = int(left / (first_step_s + per_eval))
+        else:
+            steps = first + int((left - first * (first_step_s + per_eval)) / (step_s + per_eval))
+        return Budget(minutes, setup_s, step_s, eval_s, max(1, steps), (), first_step_s if first else 0.0, first)
+
+
+class _Revisit:
+    """The first ``n`` examples of ``source`` over and over: a second pass reads what the loader has cached."""
+
+    def __init__(self, source: Any, n: int):
+        self.source, self.n = source, n
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.source[int(i) % self.n]
 
 
 def schedule_fits_budget(optim: Any, steps: int) -> tuple[int, ...]:
@@ -291,29 +321,42 @@ def _training_source(
 
 
 def _measure_budget(
-    config: Any, num_classes: int, source: Any, val_paths: list, val_labels: Any, pp: Preprocess, t_start: float
+    config: Any,
+    num_classes: int,
+    source: Any,
+    train_images: int,
+    val_paths: list,
+    val_labels: Any,
+    pp: Preprocess,
+    t_start: float,
 ) -> Budget:
-    """Times the training step (after one compiling step) on real batches from a loader of its own and a fresh
-    state, and a validation pass from its first batches; the run itself starts afresh afterwards."""
+    """Times the training step on real batches from a loader of its own and a fresh state: after one compiling
+    step, ``train.budget_probe_steps`` steps on images the loader reads for the first time (the first epoch) and as
+    many on the same images again (later epochs: with ``data.cache_images`` the loader keeps them decoded); then a
+    validation pass from its first batches.  The run itself starts afresh afterwards."""
     probe = create_train_state(config, num_classes)
     mesh = data_mesh()
     step = _train_step(config, probe)
     state = jax.device_put(probe.state, NamedSharding(mesh, PartitionSpec()))
     rng = jax.random.key(config.seed)
+    batch, timed = step_batch(config), config.train.budget_probe_steps
     with train_batches(
-        source,
-        step_batch(config),
+        _Revisit(source, (timed + 1) * batch),
+        batch,
         workers=config.data.workers,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     ) as batches:
         state, metrics = step(state, put_batch(next(batches), mesh), rng)
         jax.block_until_ready(metrics)
-        t0 = time.perf_counter()
-        for _ in range(config.train.budget_probe_steps):  # dispatched as training dispatches them: no sync per step
-            state, metrics = step(state, put_batch(next(batches), mesh), rng)
-        jax.block_until_ready(metrics)
-        step_s = (time.perf_counter() - t0) / config.train.budget_probe_steps
+        times = []
+        for _ in ("first reads", "read again"):
+            t0 = time.perf_counter()
+            for _ in range(timed):  # dispatched as training dispatches them: no sync per step
+                state, metrics = step(state, put_batch(next(batches), mesh), rng)
+            jax.block_until_ready(metrics)
+            times.append((time.perf_counter() - t0) / timed)
+    first_step_s, step_s = times
     bs = config.train.eval_batch_size
     head = min(len(val_paths), 2 * bs)
     transforms = _eval_transforms(config, pp)
@@ -322,7 +365,10 @@ def _measure_budget(
     validate(probe.model, state.variables(), val_paths[:head], val_labels[:head], pp, bs, transforms[:1])
     eval_s = (time.perf_counter() - t0) * len(val_paths) / head * len(transforms)
     setup_s = time.perf_counter() - t_start
-    budget = Budget.fit(config.train.budget_minutes, setup_s, step_s, eval_s, config.train.eval_every)
+    epoch_steps = -(-train_images // batch)
+    budget = Budget.fit(
+        config.train.budget_minutes, setup_s, step_s, eval_s, config.train.eval_every, first_step_s, epoch_steps
+    )
     if jax.process_count() > 1:  # every host trains the steps the first one measured
         from jax.experimental import multihost_utils
 
@@ -453,10 +499,18 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
         if resuming:  # the steps chosen when the run started, so that the schedule continues unchanged
             steps = int(rundir.load_config(workdir).train.steps)
         else:
-            budget = _measure_budget(config, len(folder.classes), source, val_paths, val_labels, pp, t_start)
+            budget = _measure_budget(
+                config, len(folder.classes), source, len(train_idx), val_paths, val_labels, pp, t_start
+            )
             steps = budget.steps
             budget = dataclasses.replace(budget, lr_drops_at=schedule_fits_budget(config.optim, steps))
-            log.info("budget of %.1f minutes: %d steps of %.3f s", budget.minutes, budget.steps, budget.step_s)
+            log.info(
+                "budget of %.1f minutes: %d steps of %.3f s (%.3f s in the first epoch)",
+                budget.minutes,
+                budget.steps,
+                budget.step_s,
+                budget.first_step_s,
+            )
             if lead:
                 rundir.save_json(os.path.join(workdir, "budget.json"), dataclasses.asdict(budget))
     if lead and not resuming:

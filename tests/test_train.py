@@ -490,6 +490,33 @@ def test_budget_fits_the_most_steps_that_fill_the_minutes():
     b = Budget.fit(1.0, setup_s=10.0, step_s=0.5, eval_s=5.0, eval_every=20)
     assert b.steps == 60  # 60 s - 10 s setup - 5 s final validation = 45 s at 0.5 + 5/20 s a step
     assert Budget.fit(0.1, setup_s=30.0, step_s=0.5, eval_s=5.0, eval_every=20).steps == 1  # at least one
+    # the first epoch's 10 steps at 1.25 s (its images decoded for the first time), the later ones at 0.5 s
+    b = Budget.fit(1.0, setup_s=10.0, step_s=0.5, eval_s=5.0, eval_every=20, first_step_s=1.25, epoch_steps=10)
+    assert (b.steps, b.first_step_s, b.epoch_steps) == (50, 1.25, 10)  # 10 x 1.5 s + 40 x 0.75 s = 45 s
+    assert Budget.fit(1.0, 10.0, 0.5, 5.0, 20, first_step_s=1.25, epoch_steps=100).steps == 30  # 30 x 1.5 s = 45 s
+
+
+def test_the_budget_probe_reads_its_images_again_from_the_cache(monkeypatch, tmp_path):
+    from deepsea.data import pipeline
+    from deepsea.train import _Revisit
+
+    reads = []
+    real_read = pipeline.read_input
+    monkeypatch.setattr(pipeline, "read_input", lambda path, pp: reads.append(path) or real_read(path, pp))
+    from skimage.io import imsave
+
+    from deepsea.data import AugmentedSource, Preprocess
+
+    paths = [str(tmp_path / f"{i}.png") for i in range(6)]
+    for i, path in enumerate(paths):
+        imsave(path, np.full((5 + i, 7), 40 * i, np.uint8), check_contrast=False)
+    source = AugmentedSource(paths, np.arange(6) % 2, Preprocess(size=8), seed=0, cache=True)
+    probe = _Revisit(source, 4)  # the probe's first pass reads 4 images, its second the same 4 again
+    first = [probe[i]["image"] for i in range(4)]
+    assert len(reads) == 4
+    again = [probe[i]["image"] for i in range(4, 8)]
+    assert len(reads) == 4 and len(probe) == len(source)  # read again from the cache, not from the files
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
 
 
 @pytest.mark.slow
@@ -509,7 +536,10 @@ def test_a_time_budget_chooses_the_steps_and_resume_keeps_them(small_config, tmp
     budget = json.loads((run / "budget.json").read_text())
     assert budget["steps"] == json.loads((run / "config.json").read_text())["train"]["steps"] >= 1
     assert budget["step_s"] > 0 and budget["eval_s"] > 0 and budget["minutes"] == 0.05
-    fitted = Budget.fit(0.05, budget["setup_s"], budget["step_s"], budget["eval_s"], 1000)
+    fitted = Budget.fit(
+        0.05, budget["setup_s"], budget["step_s"], budget["eval_s"], 1000, budget["first_step_s"], budget["epoch_steps"]
+    )
+    assert budget["first_step_s"] > 0 and budget["epoch_steps"] >= 1
     assert budget["steps"] == fitted.steps < 100000
     assert budget["lr_drops_at"] == [round(f * budget["steps"]) for f in small_config.optim.decay_steps]
     resumed = train(small_config, str(run), progress=False)  # resumes with the steps chosen at the start
