@@ -95,9 +95,10 @@ def _read_jsonl(path: str) -> list[dict]:
 
 
 def _sweep_records(root: str) -> dict[str, list[dict]]:
-    """Every sweep folder under ``root`` (a folder holding ``results.jsonl``), by its path relative to the root."""
+    """Every sweep folder under ``root`` (a folder holding ``results.jsonl``), by its path relative to the root;
+    a link under the root to a folder kept elsewhere (another study's sweeps) is followed."""
     out = {}
-    for folder, _, files in os.walk(root):
+    for folder, _, files in os.walk(root, followlinks=True):
         if "results.jsonl" in files:
             out[os.path.relpath(folder, root)] = _read_jsonl(os.path.join(folder, "results.jsonl"))
     return out
@@ -254,7 +255,8 @@ def _sweeps_table(root: str, sweeps: dict[str, list[dict]]) -> list[str]:
                 spec = json.load(f)
         budget = (
             f"{spec['epochs']:g} epoch{'' if spec['epochs'] == 1 else 's'}" if spec.get("epochs") else
-            f"{spec['budget_minutes']:g} minutes" if spec.get("budget_minutes") else "—"
+            f"{spec['budget_minutes']:g} minutes" if spec.get("budget_minutes") else
+            f"{spec['steps']:,} steps" if spec.get("steps") else "—"
         )  # fmt: skip
         grid = " ".join(spec.get("grids", [])) + "".join(f" --set {b}" for b in spec.get("base", []))
         minutes = sum(float(r.get("wall_s", 0.0)) for r in records) / 60

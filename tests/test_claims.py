@@ -122,3 +122,24 @@ def test_the_claims_command_measures_the_ablation_set(cli, root, tmp_path):
     assert "no claims()" in cli("claims", "experiments/synthetic.py", "--root", str(root), "--out", str(out), rc=2)
     assert "no sweep folder" in cli("claims", "experiments/ablation.py", "--root", str(tmp_path / "x"), "--out",
                                     str(out), rc=2)  # fmt: skip
+
+
+def test_the_claims_at_10_minutes_read_a_linked_study_and_name_step_budgets(cli, tmp_path):
+    root = tmp_path / "claims"
+    spec = {"experiment": "/x/experiments/claims.py", "grids": [], "seeds": 2, "epochs": None, "budget_minutes": None,
+            "steps": 4700, "base": []}  # fmt: skip
+    _sweep(root, "base", {"base": [0.94, 0.96]}, wall_s=420.0)
+    (root / "base" / "sweep.json").write_text(json.dumps(spec))
+    _sweep(root, "noroll", {"conv_roll=false": [1.0, 1.02]})
+    study = tmp_path / "study"  # the equal-compute study's sweeps, kept in their own folder and linked
+    _sweep(study, "plain", {"base": [0.85, 0.87]})
+    _sweep(study, "c4", {"base": [0.98, 1.0]})
+    (root / "equal").symlink_to(study, target_is_directory=True)
+    out = tmp_path / "claims.md"
+    text = cli("claims", "experiments/claims.py", "--root", str(root), "--out", str(out))
+    row = next(line for line in text.splitlines() if line.startswith("| rolling the feature maps helps"))
+    assert "| 0.9500 | 1.0100 | +0.0600" in row
+    row = next(line for line in text.splitlines() if line.startswith("| an exactly invariant network beats"))
+    assert "| 0.9900 | 0.8600 | -0.1300" in row and "**reversed**" in row
+    assert "| base | claims.py | — | 4,700 steps | 2 | 14 |" in text  # 2 runs of 7 minutes
+    assert "| equal/plain |" in text

@@ -1,0 +1,77 @@
+"""The seed's claims where they mean something (issue 27, item 4): a base that converges on 2 cores in 10 minutes,
+every claim measured on 2 seeds at the base's 10-minute budget (4,700 steps of batch 128: the same images seen by
+every variant, about 25 epochs), and the equal-compute rows of the equal-compute study.
+
+The base is the seed's cyclic network as close as 2 cores allow: C4 slice, conv rolls and RMS view pool, maxout
+dense layers, leaky ReLU 1/3, no batch norm, ``ndsb_cpu``'s inputs and augmentation (47x47, largest side 42), at the
+per-view width whose training step costs what ``ndsb_cpu``'s does (``equal_c4``), with the tuning check's best
+setting (dropout 0; docs/results.md).  It keeps ``ndsb_cpu``'s Adam with a cosine decay: Nesterov momentum with the
+seed's two drops is a claim of its own below.  The page before this one (2 epochs, every network far from
+converged) stays as history in docs/ablation.md.
+
+Launch (each sweep may run beside other work: its steps are fixed), then the page:
+
+    D=../shared/data/ndsb/train C=runs/claims X=experiments/claims.py
+    S="--data $D --seeds 2 --steps 4700 --set train.eval_every=940"
+    deepsea sweep $X $S --tta 8,70 --out $C/base
+    deepsea sweep $X $S --grid model.symmetry=none --out $C/plain
+    deepsea sweep $X $S --set model.symmetry=none --grid model.orbit_average=c4 --out $C/orbit
+    deepsea sweep $X $S --grid model.conv_roll=false --out $C/noroll
+    deepsea sweep $X $S --grid model.dense_roll=true --out $C/denseroll
+    deepsea sweep $X $S --grid model.symmetry=d4 --out $C/d4
+    deepsea sweep $X $S --grid model.view_pool_mode=mean,max --out $C/pool
+    deepsea sweep $X $S --grid model.negative_slope=0.01,0.0 --out $C/slope
+    deepsea sweep $X $S --grid model.maxout_pieces=1 --out $C/maxout
+    deepsea sweep $X $S --grid model.untied_biases=true --out $C/biases
+    deepsea sweep $X $S --set optim.name=sgd --set optim.schedule=step --set "optim.decay_steps=(0.8,0.95)" \\
+        --grid optim.lr=0.01 --out $C/nesterov
+    deepsea ensemble $C/base/runs/base_s0 $C/base/runs/base_s1 --uniform --scores $C/ensemble_2.json
+    ln -s ../equal $C/equal   # the equal-compute study's sweeps (experiments/equal_compute.py)
+    deepsea claims $X --root $C --out docs/claims.md --title "The seed's claims at 10 minutes"
+
+Small run: deepsea train experiments/claims.py --small
+"""
+
+from deepsea.claims import Claim, Measure
+from experiments import equal_c4
+
+
+def get_config(small: bool = False):
+    c = equal_c4.get_config(small)
+    c.name = "claims"
+    c.model.dropout_rate = 0.0  # the tuning check's best for every network at 10 minutes
+    return c
+
+
+def claims() -> list[Claim]:
+    """The seed's claims, each as the setting it says is better against the one it is compared with (the sweep
+    folders of the launch commands above; ``deepsea claims`` measures them)."""
+    base = Measure("base", label="C4, conv rolls (base)")
+    noroll = Measure("noroll", label="C4 slice + pool, no roll")
+    plain = Measure("plain", label="plain, same per-view width")
+    orbit = Measure("orbit", label="plain + C4 orbit average")
+    eq_plain = Measure("equal/plain", label="plain + D4 orbit average (ndsb_cpu)")
+    eq_c4 = Measure("equal/c4", label="C4 rolled, equal step time (w 0.22)")
+    eq_c4_flops = Measure("equal/c4_flops", label="C4 rolled, equal FLOPs (w 0.396)")
+    eq_d4 = Measure("equal/d4_flops", label="D4 rolled, equal FLOPs (w 0.225)")
+    equal = "equal compute (10 minutes, dropout 0.1)"
+    return [
+        Claim("cyclic pooling helps", noroll, plain),
+        Claim("cyclic pooling helps beyond an orbit-averaged plain net", noroll, orbit),
+        Claim("rolling the feature maps helps beyond pooling alone", base, noroll),
+        Claim("rolling the dense layer too helps further", Measure("denseroll", label="C4, conv + dense rolls"), base),
+        Claim("dihedral beats cyclic", Measure("d4", label="D4, conv rolls"), base),
+        Claim("RMS pooling beats mean", base, Measure("pool", "view_pool_mode=mean", label="mean view pool")),
+        Claim("RMS pooling beats max", base, Measure("pool", "view_pool_mode=max", label="max view pool")),
+        Claim("leaky ReLU 1/3 beats 0.01", base, Measure("slope", "negative_slope=0.01", label="leaky ReLU 0.01")),
+        Claim("leaky ReLU 1/3 beats ReLU", base, Measure("slope", "negative_slope=0.0", label="ReLU")),
+        Claim("maxout dense layers help a little", base, Measure("maxout", label="plain dense")),
+        Claim("untied biases help a little", Measure("biases", label="untied biases"), base),
+        Claim("Nesterov momentum ends better than Adam", Measure("nesterov", label="Nesterov SGD, two drops"), base),
+        Claim("TTA (8 transforms) gains about 10%", Measure("base", setting="tta_8", label="base, TTA 8"), base),
+        Claim("TTA (70 transforms) gains about 10%", Measure("base", setting="tta_70", label="base, TTA 70"), base),
+        Claim("an ensemble gains more than TTA", Measure("ensemble_2.json", label="ensemble of 2 seeds"), base),
+        Claim("an exactly invariant network beats an orbit-averaged one", eq_c4, eq_plain, equal),
+        Claim("at equal FLOPs too", eq_c4_flops, eq_plain, equal),
+        Claim("dihedral beats an orbit average at equal FLOPs", eq_d4, eq_plain, equal),
+    ]
