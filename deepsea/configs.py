@@ -43,6 +43,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.rescale = "max_side:85"  # max_side:N | factor:F | none | moments:R (centroid centred, gyration radius R)
     c.data.workers = 1
     c.data.cache_images = False  # keep decoded training images in memory (each loader worker its own copy)
+    c.data.augment_on = "host"  # host: the loader warps | device: the training step warps uint8 images (accelerator)
+    c.data.device_canvas = 256  # augment_on=device: images travel in squares of this side (larger ones shrunk first)
     c.data.skip_bad_images = False
     c.data.stats_images = 2000
     c.data.extra_rotations = ()  # cp8: (45.0,)

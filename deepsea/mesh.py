@@ -39,6 +39,7 @@ def local_variables(variables: Any) -> Any:
 
 
 _MODEL_INPUTS = ("image", "image2", "label", "raw_size", "weight", "target", "teacher")
+_DEVICE_WARP_INPUTS = ("canvas", "canvas_size", "forward", "forward2")  # data.augment_on="device"
 
 
 def put_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
@@ -46,5 +47,6 @@ def put_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str
     is this process's slice of the global batch."""
     sharding = NamedSharding(mesh, PartitionSpec("data"))
     if mesh.is_multi_process:
-        return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in _MODEL_INPUTS if k in batch}
-    return {k: jax.device_put(batch[k], sharding) for k in _MODEL_INPUTS if k in batch}
+        keys = [k for k in _MODEL_INPUTS + _DEVICE_WARP_INPUTS if k in batch]
+        return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in keys}
+    return {k: jax.device_put(batch[k], sharding) for k in _MODEL_INPUTS + _DEVICE_WARP_INPUTS if k in batch}

@@ -249,9 +249,12 @@ def make_train_step(
     accumulate: int = 1,
     bootstrap: str = "",
     bootstrap_beta: float = 0.95,
+    inputs: Callable[[Batch], Batch] | None = None,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """``(state, batch, rng) -> (state, metrics)``, jitted, donating the state.  The loss is
-    :func:`example_losses` averaged with the batch's per-example ``weight`` where it has them.
+    :func:`example_losses` averaged with the batch's per-example ``weight`` where it has them.  ``inputs``: makes
+    the network's inputs from the batch inside the step (``data.augment_on = "device"``: the warp of uint8
+    images, :func:`deepsea.data.device_warp.warp_inputs`).
 
     ``accumulate = K``: the batch is ``K`` micro-batches, whose gradients (of their mean losses) are computed one
     after another (``lax.scan``: the memory of one) and averaged for one update, the large batch's gradient to
@@ -273,6 +276,8 @@ def make_train_step(
         return loss, correct, grads, dict(new_state)
 
     def step(state: TrainState, batch: Batch, rng: jax.Array):
+        if inputs is not None:
+            batch = inputs(batch)
         dropout_rng = jax.random.fold_in(rng, state.step)
         n = batch["label"].shape[0]
         if accumulate == 1:

@@ -10,6 +10,7 @@ and dropout are functions of ``(seed, step)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from deepsea.data import (
     stratified_split,
     train_batches,
 )
+from deepsea.data.device_warp import warp_inputs
 from deepsea.data.sources import resolve_data
 from deepsea.errors import UserError
 from deepsea.evaluation import Evaluation, evaluate_probs
@@ -268,7 +270,23 @@ def step_batch(config: Any) -> int:
     return config.train.batch_size * config.train.accumulate
 
 
-def _train_step(config: Any, setup: Any) -> Any:
+def _augment_on_device(config: Any) -> bool:
+    """``data.augment_on``, checked: whether the training step warps the images (``"device"``)."""
+    where = config.data.augment_on
+    if where not in ("host", "device"):
+        raise UserError(f"data.augment_on={where!r}: expected 'host' (the loader warps) or 'device' (the step warps)")
+    if where == "device":
+        ranges = AugmentRanges.from_config(config.aug)
+        if ranges.elastic or ranges.jitters:
+            raise UserError(
+                "data.augment_on='device' warps affinely: elastic distortions (aug.elastic) and colour jitter "
+                "(aug.brightness, contrast, saturation, hue) run on the host only"
+            )
+    return where == "device"
+
+
+def _train_step(config: Any, setup: Any, pp: Preprocess) -> Any:
+    inputs = functools.partial(warp_inputs, pp=pp) if _augment_on_device(config) else None
     return make_train_step(
         setup.model,
         setup.optimizer,
@@ -278,6 +296,7 @@ def _train_step(config: Any, setup: Any) -> Any:
         accumulate=config.train.accumulate,
         bootstrap=config.train.bootstrap,
         bootstrap_beta=config.train.bootstrap_beta,
+        inputs=inputs,
     )
 
 
@@ -296,7 +315,8 @@ def _training_source(
     if data.distill:
         tp = load_teacher_predictions(data.distill)
         teacher = log_probabilities(align_teacher_predictions(tp, paths, folder.classes, data.distill))
-    common = {"pp": pp, "ranges": ranges, "cache": data.cache_images, "class_weights": weights}
+    canvas = data.device_canvas if _augment_on_device(config) else 0
+    common = {"pp": pp, "ranges": ranges, "cache": data.cache_images, "class_weights": weights, "canvas": canvas}
     real = AugmentedSource(paths, labels, seed=config.seed, balanced=data.balanced_sampling, teacher=teacher, **common)
     if not data.pseudo_labels:
         return real
@@ -336,7 +356,7 @@ def _measure_budget(
     validation pass from its first batches.  The run itself starts afresh afterwards."""
     probe = create_train_state(config, num_classes)
     mesh = data_mesh()
-    step = _train_step(config, probe)
+    step = _train_step(config, probe, pp)
     state = jax.device_put(probe.state, NamedSharding(mesh, PartitionSpec()))
     rng = jax.random.key(config.seed)
     batch, timed = step_batch(config), config.train.budget_probe_steps
@@ -545,7 +565,7 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
     best_path = os.path.join(workdir, "best.json")
     best = Evaluation.from_dict(rundir.load_json(best_path)) if os.path.exists(best_path) and resuming else None
 
-    train_step = _train_step(config, setup)
+    train_step = _train_step(config, setup, pp)
     rng = jax.random.key(config.seed)
 
     eval_transforms = _eval_transforms(config, pp)

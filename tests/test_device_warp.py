@@ -87,3 +87,82 @@ def test_a_padded_batch_of_different_sizes_warps_like_each_image_alone(rng):
     for k, im in enumerate(images):
         alone = dw.warp(im, forwards[k], out_size)
         np.testing.assert_array_equal(np.asarray(batch[k]), np.asarray(alone))
+
+
+def _host_and_device(image, pp, params, canvas):
+    """The host's patches (preprocess_inputs) and the device's (device_inputs, batched, then warp_inputs)."""
+    from deepsea.data.pipeline import device_inputs, preprocess_inputs
+
+    host = preprocess_inputs(image, pp, params)
+    shipped = device_inputs(image, pp, params, canvas)
+    batch = {k: jnp.asarray(v[None]) for k, v in shipped.items()}
+    device = jax.jit(dw.warp_inputs, static_argnums=1)(batch, pp)
+    return host, {k: np.asarray(v[0]) for k, v in device.items()}, shipped
+
+
+@pytest.mark.parametrize(
+    "shape, settings",
+    [
+        ((1, 1), {}),
+        ((30, 19), {"rescale": "moments:8"}),
+        ((23, 40, 3), {"channels": 3, "background": "black"}),
+        ((40, 33), {"extra_rotations": (45.0,), "second_size": 15, "background": "black"}),
+    ],
+    ids=str,
+)
+def test_device_augmentation_makes_the_hosts_patches_to_float_rounding(shape, settings, rng):
+    """data.augment_on='device': uint8 images in a canvas, warped in the step, are the loader's patches; inverted
+    grayscale on white, dark field, RGB, the moments rescale, cp8's extra rotation and the multiscale second patch."""
+    import dataclasses
+
+    from deepsea.data import Preprocess, Rescale
+
+    rescale = Rescale.parse(settings.pop("rescale", "max_side:20"))
+    pp = dataclasses.replace(Preprocess(size=23, rescale=rescale, **settings), mean=0.3, std=0.2)
+    image = rng.integers(0, 256, shape).astype(np.uint8)
+    for p in _draw(rng, 4):
+        host, device, shipped = _host_and_device(image, pp, p, canvas=48)
+        assert shipped["canvas"].shape[:2] == (48, 48) and shipped["canvas"].dtype == np.uint8
+        assert sorted(device) == sorted(host)
+        for key in host:
+            assert device[key].shape == host[key].shape, key
+            far = ~np.isclose(device[key], host[key], atol=1e-4)
+            assert far.sum() <= 3 * device[key].shape[-1], (key, np.abs(device[key] - host[key]).max())  # edges
+
+
+def test_an_image_larger_than_the_canvas_is_shrunk_by_block_means_where_its_pixels_were(rng):
+    """A 96 x 64 ramp in a canvas of 40: shrunk by blocks of 3, its block centres where the original pixels'
+    centres were (a ramp's block mean is the ramp at the block's centre), so the patch is the host's to the uint8
+    rounding of the block means; a wrong centre would shift the ramp by a pixel or more."""
+    from deepsea.data import Preprocess, Rescale
+
+    rows, cols = np.mgrid[0:96, 0:64]
+    image = (20 + rows + cols).astype(np.uint8)  # blocks of 3 average to whole numbers: no rounding
+    pp = Preprocess(size=21, rescale=Rescale.parse("factor:0.2"), background="black")
+    out_r, out_c = np.mgrid[0:21, 0:21]
+    for p in _draw(rng, 3):
+        host, device, shipped = _host_and_device(image, pp, p, canvas=40)
+        assert tuple(shipped["canvas_size"]) == (32, 22)
+        inv = np.linalg.inv(affine_matrix((96, 64), 21, 0.2, p))
+        src_r = inv[0, 0] * out_r + inv[0, 1] * out_c + inv[0, 2]
+        src_c = inv[1, 0] * out_r + inv[1, 1] * out_c + inv[1, 2]
+        # beyond the first and last blocks' centres (1 and 94; the last column's block holds column 63 alone, its
+        # centre taken at 64, so 61 for columns) the shrunk image is clamped where the original still slopes
+        deep = (src_r > 1) & (src_r < 94) & (src_c > 1) & (src_c < 61)
+        assert deep.sum() > 20
+        np.testing.assert_allclose(device["image"][deep, 0], host["image"][deep, 0], atol=1e-5)
+
+
+def test_device_augmentation_refuses_what_it_cannot_warp(tmp_path, monkeypatch):
+    from deepsea.configs import apply_overrides, load_experiment
+    from deepsea.errors import UserError
+    from deepsea.train import train
+
+    monkeypatch.setenv("DEEPSEA_DATA", str(tmp_path / "data"))
+    config = load_experiment("experiments/synthetic.py", small=True)
+    apply_overrides(config, ["data.augment_on=gpu"])
+    with pytest.raises(UserError, match=r"data.augment_on=.gpu.: expected .host.*or .device."):
+        train(config, str(tmp_path / "a"), progress=False)
+    apply_overrides(config, ["data.augment_on=device", "aug.elastic=2.0"])
+    with pytest.raises(UserError, match=r"elastic distortions .aug.elastic. and colour jitter .* host only"):
+        train(config, str(tmp_path / "b"), progress=False)

@@ -93,6 +93,24 @@ def test_resume_equals_uninterrupted_and_checkpoints_round_trip(small_config, tm
     assert (tmp_path / "full" / "metrics.png").exists() and (tmp_path / "full" / "best.json").exists()
 
 
+def test_augmenting_on_the_device_trains_as_the_host_does_and_resumes_exactly(small_config, tmp_path):
+    """data.augment_on='device': the step warps uint8 images; its first losses are the host's (the same images to
+    float rounding), and a killed run resumes to the same parameters as an uninterrupted one."""
+    apply_overrides(small_config, ["train.steps=4", "train.log_every=1", "train.eval_every=4"])
+    train(small_config, str(tmp_path / "host"), progress=False, stop_after=2)
+    apply_overrides(small_config, ["data.augment_on=device", "data.device_canvas=256"])
+    full = train(small_config, str(tmp_path / "device"), progress=False)
+    losses = {}
+    for name in ("host", "device"):
+        rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in rows if r["split"] == "train"][:2]
+    np.testing.assert_allclose(losses["device"], losses["host"], rtol=1e-4)
+    train(small_config, str(tmp_path / "resumed"), stop_after=2, progress=False)
+    resumed = train(small_config, str(tmp_path / "resumed"), progress=False)
+    for a, b in zip(jax.tree.leaves(full.state.params), jax.tree.leaves(resumed.state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_orbit_averaged_run_restores_with_and_without_the_average(small_config, tmp_path, rng):
     """A plain network trained under OrbitAverage: restored as trained its predictions are exactly D4-invariant;
     restored without the average (the ablation of ``deepsea evaluate --orbit-average none``) they are not, and

@@ -6,12 +6,13 @@ gradient (the seed's "affine transformations as network layers").
 parameters given as arrays (:class:`WarpParams`); :func:`warp` samples an image at its inverse with the same
 conventions as :func:`deepsea.data.transforms.warp` (pixel centres, bilinear inside the image with the border
 clamped, ``fill`` outside); :func:`warp_batch` warps a batch of images of different sizes, each padded into one
-canvas, with its own size and transform.
+canvas, with its own size and transform; :func:`warp_inputs` turns a batch of such canvases
+(``data.augment_on = "device"``: :func:`deepsea.data.pipeline.device_inputs` made them) into the network's inputs.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,7 @@ import numpy as np
 
 from deepsea.data.transforms import AugmentParams
 
-__all__ = ["WarpParams", "affine_matrix", "warp", "warp_batch"]
+__all__ = ["WarpParams", "affine_matrix", "warp", "warp_batch", "warp_inputs"]
 
 
 class WarpParams(NamedTuple):
@@ -91,7 +92,9 @@ def warp(
     """Samples ``image`` (``(H, W)`` or ``(H, W, C)``) at ``forward^-1`` of each output pixel: bilinear inside the
     image (the border clamped), ``fill`` outside; float32 ``(S, S[, C])``.  ``size``: the image's own ``(h, w)``
     when it is padded into a larger ``(H, W)`` canvas (its top-left corner), as :func:`warp_batch` does."""
-    image = jnp.asarray(image, jnp.float32)
+    image = jnp.asarray(image)  # an integer image is read as it is and only its samples become float32
+    if not jnp.issubdtype(image.dtype, jnp.integer):
+        image = image.astype(jnp.float32)
     squeeze = image.ndim == 2
     if squeeze:
         image = image[..., None]
@@ -110,7 +113,7 @@ def warp(
     hi, wi = h.astype(jnp.int32) - 1, w.astype(jnp.int32) - 1
 
     def at(r: jax.Array, c: jax.Array) -> jax.Array:
-        return image[jnp.clip(r, 0, hi), jnp.clip(c, 0, wi)]
+        return image[jnp.clip(r, 0, hi), jnp.clip(c, 0, wi)].astype(jnp.float32)
 
     top = at(r0i, c0i) * (1 - fc)[..., None] + at(r0i, c0i + 1) * fc[..., None]
     bottom = at(r0i + 1, c0i) * (1 - fc)[..., None] + at(r0i + 1, c0i + 1) * fc[..., None]
@@ -123,3 +126,34 @@ def warp_batch(images: jax.Array, sizes: jax.Array, forwards: jax.Array, out_siz
     """A batch ``(B, H, W, C)`` of images padded into one canvas (each at its top-left corner), their own sizes
     ``(B, 2)`` and forward maps ``(B, 3, 3)`` -> ``(B, S, S, C)``; jit it with ``out_size`` static."""
     return jax.vmap(lambda im, sz, f: warp(im, f, out_size, fill, (sz[0], sz[1])))(images, sizes, forwards)
+
+
+def warp_inputs(batch: dict[str, jax.Array], pp: Any) -> dict[str, jax.Array]:
+    """A batch of uint8 ``canvas`` images with their ``canvas_size`` and forward maps (``forward``: ``(B, R, 3, 3)``,
+    the patch and each extra rotation; ``forward2``: the second size's) -> the same batch with the network's
+    inputs instead (``image``, ``image2``), as :func:`deepsea.data.pipeline.preprocess_inputs` makes them for
+    :class:`~deepsea.data.pipeline.Preprocess` ``pp``: scaled to [0, 1] (inverted where ``pp`` inverts), warped
+    with ``pp``'s fill outside the image, normalised by its statistics.  Bilinear sampling is linear, so the
+    scaling after it is the CPU's scaling before it, to float rounding."""
+    out = {k: v for k, v in batch.items() if k not in ("canvas", "canvas_size", "forward", "forward2")}
+    canvas, sizes = batch["canvas"], batch["canvas_size"]
+    if canvas.ndim == 3:
+        canvas = canvas[..., None]
+    mean = jnp.asarray(pp.mean, jnp.float32)
+    std = jnp.asarray(pp.std, jnp.float32)
+
+    def patches(forwards: jax.Array, size: int) -> jax.Array:
+        # the warp of the raw values, then [0, 1] and the inversion: the fill is the scaled image's, so raw
+        # samples outside the image are marked and filled after the scaling
+        raw = warp_batch(canvas, sizes, forwards, size, fill=jnp.nan)
+        x = raw / jnp.float32(255)
+        if pp.inverted:
+            x = 1.0 - x
+        x = jnp.where(jnp.isnan(raw), jnp.float32(pp.fill), x)
+        return (x - mean) / std
+
+    forward = batch["forward"]
+    out["image"] = jnp.concatenate([patches(forward[:, r], pp.size) for r in range(forward.shape[1])], axis=-1)
+    if "forward2" in batch:
+        out["image2"] = patches(batch["forward2"], pp.second_size)
+    return out

@@ -132,18 +132,26 @@ class Preprocess:
         return dataclasses.replace(self, mean=as_stat(mean), std=as_stat(std))
 
 
+def _scaled(image: np.ndarray, pp: Preprocess) -> np.ndarray:
+    """uint8 -> float32 in [0, 1], inverted where ``pp`` inverts (the organism bright on dark)."""
+    x = image.astype(np.float32) / np.float32(255)
+    return np.float32(1) - x if pp.inverted else x
+
+
+def _forward_map(x: np.ndarray, pp: Preprocess, params: AugmentParams) -> np.ndarray:
+    """The forward map of ``pp``'s warp of the scaled image ``x`` (its rescale, then ``params``)."""
+    h, w = x.shape[:2]
+    if pp.rescale.kind == "moments":
+        scale, centre = pp.rescale.by_moments(x)
+        return affine_matrix((h, w), pp.size, scale, params, centre)
+    return affine_matrix((h, w), pp.size, pp.rescale.factor(h, w), params)
+
+
 def _unnormalised(image: np.ndarray, pp: Preprocess, params: AugmentParams) -> np.ndarray:
     """The warped float patch before the global statistics: inversion, warp, then colour jitter of the patch as
     displayed (the background the warp filled in too, as torchvision jitters a whole crop)."""
-    h, w = image.shape[:2]
-    x = image.astype(np.float32) / np.float32(255)
-    if pp.inverted:
-        x = np.float32(1) - x
-    if pp.rescale.kind == "moments":
-        scale, centre = pp.rescale.by_moments(x)  # x, inverted where needed: the organism bright on dark
-        forward = affine_matrix((h, w), pp.size, scale, params, centre)
-    else:
-        forward = affine_matrix((h, w), pp.size, pp.rescale.factor(h, w), params)
+    x = _scaled(image, pp)
+    forward = _forward_map(x, pp, params)
     field = elastic_field(params, pp.size) if params.elastic else None
     x = warp(x, forward, pp.size, pp.fill, field)
     if params.jitters:
@@ -259,6 +267,46 @@ def preprocess_inputs(image: np.ndarray, pp: Preprocess, params: AugmentParams =
     return out
 
 
+def device_inputs(image: np.ndarray, pp: Preprocess, params: AugmentParams, canvas: int) -> dict[str, np.ndarray]:
+    """What :func:`deepsea.data.device_warp.warp_inputs` needs to make :func:`preprocess_inputs`'s patches on the
+    device: the uint8 image at the top-left of a ``canvas`` x ``canvas`` square (``canvas``), its size
+    (``canvas_size``) and the forward maps of its warps (``forward``: the patch, then each of ``extra_rotations``;
+    ``forward2``: the second size's).  An image with a side over ``canvas`` is first shrunk by averaging blocks of
+    ``k`` x ``k`` pixels (the smallest ``k`` that fits it; the maps see the shrunk image's pixels where the
+    original ones were), so only such images differ from the CPU's warp by more than rounding."""
+    if params.elastic or params.jitters:
+        raise UserError("elastic distortions and colour jitter run on the CPU only (data.augment_on='host')")
+    moments = "moments" in (pp.rescale.kind, pp.second_rescale.kind if pp.second_size else "")
+    x = _scaled(image, pp) if moments else image  # the moments rescale measures the image as the CPU warp sees it
+    passes = [params] + [dataclasses.replace(params, rotation=params.rotation + a) for a in pp.extra_rotations]
+    out = {"forward": np.stack([_forward_map(x, pp, p) for p in passes]).astype(np.float32)}
+    if pp.second_size:
+        second = dataclasses.replace(
+            pp, size=pp.second_size, rescale=pp.second_rescale, extra_rotations=(), second_size=0
+        )
+        out["forward2"] = _forward_map(x, second, params).astype(np.float32)
+    h, w = image.shape[:2]
+    k = -(-max(h, w) // canvas)
+    if k > 1:  # block means, the last partial block of a side averaging the pixels it has
+        rows, cols = -(-h // k), -(-w // k)
+        padded = np.pad(image.astype(np.float32), [(0, rows * k - h), (0, cols * k - w)] + [(0, 0)] * (image.ndim - 2))
+        counts = np.pad(np.ones((h, w), np.float32), [(0, rows * k - h), (0, cols * k - w)])
+        blocks = padded.reshape(rows, k, cols, k, *image.shape[2:]).sum((1, 3))
+        n = counts.reshape(rows, k, cols, k).sum((1, 3))
+        image = np.rint(blocks / (n if image.ndim == 2 else n[..., None])).astype(np.uint8)
+        # shrunk pixel (i, j) covers original pixels k*i .. k*i + k - 1: its centre is at k*i + (k - 1) / 2
+        to_original = np.array([[k, 0.0, (k - 1) / 2.0], [0.0, k, (k - 1) / 2.0], [0.0, 0.0, 1.0]])
+        out["forward"] = (out["forward"].astype(np.float64) @ to_original).astype(np.float32)
+        if "forward2" in out:
+            out["forward2"] = (out["forward2"].astype(np.float64) @ to_original).astype(np.float32)
+        h, w = image.shape[:2]
+    square = np.zeros((canvas, canvas, *image.shape[2:]), np.uint8)
+    square[:h, :w] = image
+    out["canvas"] = square
+    out["canvas_size"] = np.array([h, w], np.int32)
+    return out
+
+
 def _example(
     paths: Sequence[str],
     labels: np.ndarray | None,
@@ -266,14 +314,16 @@ def _example(
     pp: Preprocess,
     params: AugmentParams,
     image: np.ndarray | None = None,
+    canvas: int = 0,
 ) -> dict[str, Any]:
     """One example: the warped image(s), its raw ``(height, width)``, its index and (if known) its label.
 
-    ``image``: the decoded ``paths[index]``, when the caller has it already.
+    ``image``: the decoded ``paths[index]``, when the caller has it already.  ``canvas``: instead of the warped
+    images, what the device needs to warp them (:func:`device_inputs`).
     """
     img = read_input(paths[index], pp) if image is None else image
     out: dict[str, Any] = {
-        **preprocess_inputs(img, pp, params),
+        **(device_inputs(img, pp, params, canvas) if canvas else preprocess_inputs(img, pp, params)),
         # the raw size, in micrometres when the pixel size is known
         "raw_size": np.array(img.shape[:2], np.float32) * np.float32(pp.pixel_size or 1.0),
         "index": np.int64(index),
@@ -298,7 +348,8 @@ class AugmentedSource:
     with replacement so that every class is equally likely (long-tailed data).
     ``targets`` (``(N, K)`` probabilities): each example's soft ``target``
     (pseudo-labels); ``teacher`` (``(N, K)`` log-probabilities): each
-    example's ``teacher`` predictions (distillation).
+    example's ``teacher`` predictions (distillation).  ``canvas``: each example holds what the device needs to warp
+    it (:func:`device_inputs`, into squares of this side) instead of the warped patches.
     """
 
     def __init__(
@@ -315,9 +366,12 @@ class AugmentedSource:
         balanced: bool = False,
         targets: np.ndarray | None = None,
         teacher: np.ndarray | None = None,
+        canvas: int = 0,
     ):
         if not paths:
             raise ValueError("no images to load")
+        if canvas < 0:
+            raise UserError(f"data.device_canvas must be positive, got {canvas}")
         for name, rows in (("targets", targets), ("teacher", teacher)):
             if rows is not None and len(rows) != len(paths):
                 raise ValueError(f"{len(rows)} rows of {name} for {len(paths)} images")
@@ -329,7 +383,7 @@ class AugmentedSource:
         self.epochs = EPOCHS_FOREVER if epochs is None else epochs
         self._perm_epoch = -1
         self._perm: np.ndarray | None = None
-        self.cache = cache
+        self.cache, self.canvas = cache, canvas
         self._decoded: dict[int, np.ndarray] = {}
         self.class_weights = None if class_weights is None else np.asarray(class_weights, np.float32)
         if self.class_weights is not None and self.labels is None:
@@ -365,7 +419,7 @@ class AugmentedSource:
             image = read_input(self.paths[index], self.pp)
             if self.cache:
                 self._decoded[index] = image
-        out = _example(self.paths, self.labels, index, self.pp, params, image)
+        out = _example(self.paths, self.labels, index, self.pp, params, image, self.canvas)
         if self.class_weights is not None:
             out["weight"] = self.class_weights[out["label"]]
         if self.targets is not None:
