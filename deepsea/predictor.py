@@ -79,10 +79,12 @@ def batch_probs(
     batch_size: int,
     images: Sequence[np.ndarray] | None = None,
     progress: bool = True,
+    canvas: int = 0,
 ) -> np.ndarray:
     """The batch loop every predictor shares: ``(T, N, K)`` probabilities of ``paths`` under ``transforms``, each
     image decoded once (or taken from ``images``) and warped on a thread beside the predictions
-    (:func:`deepsea.data.tta_batches`); ``predict_batch`` maps one padded batch of model inputs to probabilities."""
+    (:func:`deepsea.data.tta_batches`); ``predict_batch`` maps one padded batch of model inputs to probabilities
+    (with ``canvas``, a batch of images for it to warp: ``data.augment_on = "device"``)."""
     from tqdm.auto import tqdm
 
     if not paths or not transforms:
@@ -90,7 +92,7 @@ def batch_probs(
     out: np.ndarray | None = None
     desc = f"TTA x{len(transforms)}" if len(transforms) > 1 else "predict"
     with tqdm(total=len(transforms) * len(paths), desc=desc, unit="img", disable=not progress) as bar:
-        for t, start, batch in tta_batches(paths, pp, transforms, batch_size, images=images):
+        for t, start, batch in tta_batches(paths, pp, transforms, batch_size, images=images, canvas=canvas):
             probs = np.asarray(predict_batch(batch))
             if out is None:
                 out = np.empty((len(transforms), len(paths), probs.shape[-1]), np.float32)
@@ -114,7 +116,8 @@ class BatchPredictor:
     ) -> np.ndarray:
         """``(T, N, K)`` probabilities of ``paths`` under ``transforms`` (:class:`Predictor`)."""
         pp, size = self.preprocess, self.batch_size  # type: ignore[attr-defined]
-        return batch_probs(self.predict_batch, paths, pp, transforms, size, images, progress)  # type: ignore[attr-defined]
+        canvas = getattr(self, "device_canvas", 0)  # a run that warps on the device predicts so too
+        return batch_probs(self.predict_batch, paths, pp, transforms, size, images, progress, canvas)  # type: ignore[attr-defined]
 
 
 def _cache_file(predictor: Predictor, paths: Sequence[str], transforms: Sequence[AugmentParams]) -> str:

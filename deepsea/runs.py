@@ -44,13 +44,17 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=8)
-def _predict_fn(model: nn.Module):
+def _predict_fn(model: nn.Module, device_warp: Preprocess | None = None):
     """One jitted prediction function per model (Linen modules hash by value), so every validation pass
-    of a run reuses the same compiled code instead of tracing anew."""
+    of a run reuses the same compiled code instead of tracing anew.  ``device_warp``: batches hold uint8 images
+    that the function warps first (:func:`deepsea.data.device_warp.warp_inputs` with this preprocessing)."""
+    from deepsea.data.device_warp import warp_inputs
     from deepsea.step import forward
 
     @jax.jit
     def fn(variables, batch):
+        if device_warp is not None:
+            batch = warp_inputs(batch, device_warp)
         logits, _ = forward(model, variables, batch, False)
         return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
@@ -106,14 +110,16 @@ def tta_probs(
     batch_size: int = 64,
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
+    canvas: int = 0,
 ) -> np.ndarray:
     """Per-transform probabilities ``(T, N, K)`` of a model and its variables for ``paths`` (what training's
     validation passes use; a restored run predicts through :meth:`Run.probs`): the shared batch loop,
-    :func:`deepsea.predictor.batch_probs`."""
+    :func:`deepsea.predictor.batch_probs`; ``canvas``: the images are warped on the device, in squares of this
+    side (``data.augment_on = "device"``)."""
     mesh = mesh or data_mesh(local=True)
-    fn, variables = _predict_fn(model), local_variables(variables)
+    fn, variables = _predict_fn(model, pp if canvas else None), local_variables(variables)
     return batch_probs(lambda batch: fn(variables, put_batch(batch, mesh)), paths, pp, transforms, batch_size,
-                       progress=progress)  # fmt: skip
+                       progress=progress, canvas=canvas)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,14 +169,22 @@ class Run(BatchPredictor):
         """Images per prediction batch."""
         return int(self.config.train.eval_batch_size)
 
+    @property
+    def device_canvas(self) -> int:
+        """The side of the squares its images travel in when the run warps them on the device
+        (``data.augment_on = "device"``: its predictions do too), else 0."""
+        data = self.config.data
+        return int(data.device_canvas) if data.augment_on == "device" else 0
+
     def predict_batch(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        """Softmax probabilities (float32) of one padded batch of model inputs (``image``, ``raw_size``, ...)."""
-        return np.asarray(_predict_fn(self.model)(self.variables, put_batch(batch, data_mesh(local=True))))
+        """Softmax probabilities (float32) of one padded batch of model inputs (``image``, ``raw_size``, ...; or,
+        for a run that warps on the device, its uint8 images with their warps)."""
+        fn = _predict_fn(self.model, self.preprocess if self.device_canvas else None)
+        return np.asarray(fn(self.variables, put_batch(batch, data_mesh(local=True))))
 
     def embed_batch(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """The penultimate features (float32, the classifier's input) of one padded batch of model inputs."""
         return np.asarray(_embed_fn(self.model)(self.variables, put_batch(batch, data_mesh(local=True))))
-
 
 
 def restore_run(

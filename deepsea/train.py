@@ -232,13 +232,20 @@ def _eval_transforms(config: Any, pp: Preprocess) -> list:
 
 
 def validate(
-    model: Any, variables: Any, paths: list, labels: Any, pp: Preprocess, batch_size: int, transforms: list
+    model: Any,
+    variables: Any,
+    paths: list,
+    labels: Any,
+    pp: Preprocess,
+    batch_size: int,
+    transforms: list,
+    canvas: int = 0,
 ) -> Evaluation:
     """Scores ``model`` on ``paths`` under ``transforms`` (mean probability over them).  With several processes
     each predicts its contiguous share of ``paths`` and every process gathers all the predictions."""
     n, count = len(paths), jax.process_count()
     if count == 1:
-        per = tta_probs(model, variables, paths, pp, transforms, batch_size, progress=False)
+        per = tta_probs(model, variables, paths, pp, transforms, batch_size, progress=False, canvas=canvas)
         return evaluate_probs(combine_probs(per), labels)
     from jax.experimental import multihost_utils
 
@@ -248,7 +255,7 @@ def validate(
     mine = list(paths[process_share(n)])
     part = np.zeros((len(transforms), share, 0), np.float32)
     if mine:
-        part = tta_probs(model, variables, mine, pp, transforms, batch_size, progress=False)
+        part = tta_probs(model, variables, mine, pp, transforms, batch_size, progress=False, canvas=canvas)
     width = int(multihost_utils.process_allgather(np.int32(part.shape[-1])).max())  # a process may have none
     padded = np.zeros((len(transforms), share, width), np.float32)
     padded[:, : len(mine), : part.shape[-1]] = part
@@ -285,6 +292,11 @@ def _augment_on_device(config: Any) -> bool:
     return where == "device"
 
 
+def _device_canvas(config: Any) -> int:
+    """The side of the squares the images travel in when the device warps them (``data.augment_on``), else 0."""
+    return int(config.data.device_canvas) if _augment_on_device(config) else 0
+
+
 def _train_step(config: Any, setup: Any, pp: Preprocess) -> Any:
     inputs = functools.partial(warp_inputs, pp=pp) if _augment_on_device(config) else None
     return make_train_step(
@@ -315,8 +327,10 @@ def _training_source(
     if data.distill:
         tp = load_teacher_predictions(data.distill)
         teacher = log_probabilities(align_teacher_predictions(tp, paths, folder.classes, data.distill))
-    canvas = data.device_canvas if _augment_on_device(config) else 0
-    common = {"pp": pp, "ranges": ranges, "cache": data.cache_images, "class_weights": weights, "canvas": canvas}
+    common = {
+        "pp": pp, "ranges": ranges, "cache": data.cache_images, "class_weights": weights,
+        "canvas": _device_canvas(config),
+    }  # fmt: skip
     real = AugmentedSource(paths, labels, seed=config.seed, balanced=data.balanced_sampling, teacher=teacher, **common)
     if not data.pseudo_labels:
         return real
@@ -380,9 +394,12 @@ def _measure_budget(
     bs = config.train.eval_batch_size
     head = min(len(val_paths), 2 * bs)
     transforms = _eval_transforms(config, pp)
-    validate(probe.model, state.variables(), val_paths[:bs], val_labels[:bs], pp, bs, transforms[:1])  # compiles
+    canvas = _device_canvas(config)
+    validate(
+        probe.model, state.variables(), val_paths[:bs], val_labels[:bs], pp, bs, transforms[:1], canvas
+    )  # compiles
     t0 = time.perf_counter()
-    validate(probe.model, state.variables(), val_paths[:head], val_labels[:head], pp, bs, transforms[:1])
+    validate(probe.model, state.variables(), val_paths[:head], val_labels[:head], pp, bs, transforms[:1], canvas)
     eval_s = (time.perf_counter() - t0) * len(val_paths) / head * len(transforms)
     setup_s = time.perf_counter() - t_start
     epoch_steps = -(-train_images // batch)
@@ -572,7 +589,14 @@ def train(config: Any, workdir: str, stop_after: int | None = None, progress: bo
 
     def run_eval(step: int) -> Evaluation:
         res = validate(
-            setup.model, state.variables(), val_paths, val_labels, pp, config.train.eval_batch_size, eval_transforms
+            setup.model,
+            state.variables(),
+            val_paths,
+            val_labels,
+            pp,
+            config.train.eval_batch_size,
+            eval_transforms,
+            _device_canvas(config),
         )
         res = dataclasses.replace(res, step=step)
         if lead:

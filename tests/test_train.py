@@ -93,7 +93,7 @@ def test_resume_equals_uninterrupted_and_checkpoints_round_trip(small_config, tm
     assert (tmp_path / "full" / "metrics.png").exists() and (tmp_path / "full" / "best.json").exists()
 
 
-def test_augmenting_on_the_device_trains_as_the_host_does_and_resumes_exactly(small_config, tmp_path):
+def test_augmenting_on_the_device_trains_as_the_host_does_and_resumes_exactly(small_config, tmp_path, monkeypatch):
     """data.augment_on='device': the step warps uint8 images; its first losses are the host's (the same images to
     float rounding), and a killed run resumes to the same parameters as an uninterrupted one."""
     apply_overrides(small_config, ["train.steps=4", "train.log_every=1", "train.eval_every=4"])
@@ -109,6 +109,28 @@ def test_augmenting_on_the_device_trains_as_the_host_does_and_resumes_exactly(sm
     resumed = train(small_config, str(tmp_path / "resumed"), progress=False)
     for a, b in zip(jax.tree.leaves(full.state.params), jax.tree.leaves(resumed.state.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the run predicts (TTA included) on the device too: the host's probabilities to float rounding
+    import copy
+    import dataclasses
+
+    from deepsea.data import tta_params
+    from deepsea.runs import validation_set
+
+    run = restore_run(str(tmp_path / "device"), "latest")
+    host_config = copy.deepcopy(run.config)
+    with host_config.unlocked():
+        host_config.data.augment_on = "host"
+    host_run = dataclasses.replace(run, config=host_config)
+    assert (run.device_canvas, host_run.device_canvas) == (256, 0)
+    paths = list(validation_set(str(tmp_path / "device")).paths[:6])
+    transforms = tta_params(4, run.tta_ranges)
+    from deepsea.data import pipeline
+
+    shipped, real = [], pipeline.device_inputs
+    monkeypatch.setattr(pipeline, "device_inputs", lambda *a: shipped.append(1) or real(*a))
+    on_device = run.probs(paths, transforms, progress=False)
+    assert len(shipped) == len(paths) * len(transforms)  # every image under every transform went as uint8
+    np.testing.assert_allclose(on_device, host_run.probs(paths, transforms, progress=False), atol=1e-5)
 
 
 def test_orbit_averaged_run_restores_with_and_without_the_average(small_config, tmp_path, rng):

@@ -603,9 +603,15 @@ def _padded(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarr
 
 
 def _tta_example(
-    paths: Sequence[str], pp: Preprocess, params: AugmentParams, idx: range, images: list[np.ndarray], j: int
+    paths: Sequence[str],
+    pp: Preprocess,
+    params: AugmentParams,
+    idx: range,
+    images: list[np.ndarray],
+    canvas: int,
+    j: int,
 ) -> dict[str, Any]:
-    return _example(paths, None, idx[j], pp, params, images[j])
+    return _example(paths, None, idx[j], pp, params, images[j], canvas)
 
 
 def tta_batches(
@@ -617,8 +623,10 @@ def tta_batches(
     threads: int = 2,
     prefetch: int = 4,
     images: Sequence[np.ndarray] | None = None,
+    canvas: int = 0,
 ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
-    """Every image of ``paths`` under every transform, each image decoded once.
+    """Every image of ``paths`` under every transform, each image decoded once (``canvas``: the batches hold what
+    the device needs to warp them, :func:`device_inputs`, instead of the warped patches).
 
     The images go in chunks of ``chunk`` (memory stays bounded at any folder
     size): a chunk is decoded once, in ``threads`` threads, then warped under
@@ -661,7 +669,7 @@ def tta_batches(
                     for t, params in enumerate(transforms):
                         for b in range(0, len(idx), batch_size):
                             part = range(b, min(b + batch_size, len(idx)))
-                            warp_one = functools.partial(_tta_example, paths, pp, params, idx, decoded)
+                            warp_one = functools.partial(_tta_example, paths, pp, params, idx, decoded, canvas)
                             examples = list(pool.map(warp_one, part))
                             stacked = {key: np.stack([e[key] for e in examples]) for key in examples[0]}
                             if not put((t, start + b, _padded(stacked, batch_size))):
