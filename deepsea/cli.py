@@ -291,6 +291,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", default="max", choices=["max", "min"], help="the top probability's direction")
     p.add_argument("--starts", type=_at_least(0), default=0, help="also start from the first N TTA transforms")
     p.add_argument("--subset", type=_at_least(1), default=None, help="N validation images, evenly spaced over it")
+    p.add_argument("--transform-net", type=_at_least(0), default=0, metavar="STEPS",
+                   help="also train a network that predicts each image's transform for the run (frozen) for STEPS "
+                        "steps on its training images, and score the run through it")  # fmt: skip
+    p.add_argument("--net-lr", type=float, default=1e-3, help="the transform net's Adam rate")
     p.add_argument("--out", default="", help="append the scores as a JSON line to this file")
     p.set_defaults(func=_tto)
 
@@ -679,11 +683,25 @@ def _tto(args: argparse.Namespace) -> None:
     print(f"{len(paths)} validation images of {args.workdir}")
     print(f"plain: {plain}")
     print(f"TTO ({args.objective}, {args.steps} steps at {args.lr}, {len(starts)} start(s)): {tto}")
+    record = {"workdir": args.workdir, "images": len(paths), "steps": args.steps, "lr": args.lr,
+              "objective": args.objective, "starts": len(starts), "plain": plain.to_dict(),
+              "tto": tto.to_dict()}  # fmt: skip
+    if args.transform_net:
+        from deepsea.runs import training_set
+        from deepsea.tto import train_transform_net, transform_net_probs
+
+        train_paths, train_labels = training_set(args.workdir)
+        net, params, losses = train_transform_net(
+            run, train_paths, train_labels, args.transform_net, run.batch_size, args.net_lr
+        )
+        scored = evaluate_probs(transform_net_probs(run, net, params, paths, run.batch_size), labels)
+        tail = losses[-min(50, len(losses)) :]
+        print(f"transform net ({args.transform_net} steps at {args.net_lr}; training loss {np.mean(losses[:10]):.4f} "
+              f"in its first steps, {np.mean(tail):.4f} in its last): {scored}")  # fmt: skip
+        record.update(transform_net_steps=args.transform_net, net_lr=args.net_lr, transform_net=scored.to_dict())
     if args.out:
         with open(output_file(args.out, "--out"), "a") as f:
-            f.write(json.dumps({"workdir": args.workdir, "images": len(paths), "steps": args.steps, "lr": args.lr,
-                                "objective": args.objective, "starts": len(starts), "plain": plain.to_dict(),
-                                "tto": tto.to_dict()}) + "\n")  # fmt: skip
+            f.write(json.dumps(record) + "\n")
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "predict_probs",
     "restore_run",
     "scoring_set",
+    "training_set",
     "tta_probs",
     "validation_set",
 ]
@@ -251,6 +252,14 @@ class ValidationSet:
     paths: tuple[str, ...]
     labels: np.ndarray
     classes: tuple[str, ...]
+
+
+def training_set(workdir: str) -> tuple[list[str], np.ndarray]:
+    """The training images of ``workdir`` and their labels, read back against its data folder."""
+    split = rundir.load_json(os.path.join(workdir, "split.json"))
+    folder = rundir.apply_class_map(workdir, scan_labelled_folder(split["root"]))
+    train_idx, _, _ = rundir.load_run_data(workdir, folder)
+    return [folder.paths[i] for i in train_idx], folder.labels[train_idx]
 
 
 def validation_set(workdir: str) -> ValidationSet:
