@@ -284,6 +284,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="the page's port on 127.0.0.1 (default: a free one)")
     p.set_defaults(func=_review)
 
+    p = sub.add_parser("specialist", help="a specialist for a general run's most confused classes: prepare, or "
+                       "score the general run merged with one")  # fmt: skip
+    p.add_argument("--workdir", required=True, help="the general run")
+    p.add_argument("--size", type=_at_least(2), default=10, help="classes in the confusable group (prepare)")
+    p.add_argument("--out", default="", help="folder for the group, class map and teacher file (prepare)")
+    p.add_argument("--merge", default="", help="a trained specialist run: score general and merged (no --out)")
+    p.add_argument("--scores", default="", help="with --merge: append the scores as a JSON line to this file")
+    p.set_defaults(func=_specialist)
+
     p = sub.add_parser("tto", help="test-time transform optimisation on a run's validation split, against plain")
     p.add_argument("--workdir", required=True, help="a trained run")
     p.add_argument("--steps", type=_at_least(0), default=10)
@@ -659,6 +668,67 @@ def _review(args: argparse.Namespace) -> None:
         server.serve_forever()
     finally:
         server.server_close()
+
+
+def _specialist(args: argparse.Namespace) -> None:
+    import json
+
+    import numpy as np
+
+    from deepsea import rundir
+    from deepsea.evaluation import evaluate_probs
+    from deepsea.predictor import predictor_probs
+    from deepsea.runs import restore_run, training_set, validation_set
+    from deepsea.specialists import collapse, confusable_group, load_group, merge, save_group
+
+    if bool(args.out) == bool(args.merge):
+        raise CommandError("give --out (prepare a specialist) or --merge SPECIALIST_RUN (score it), one of them")
+    general = restore_run(args.workdir)
+    val = validation_set(args.workdir)
+    probs = predictor_probs(general, list(val.paths), 0, calibrated=False)
+    if args.merge:
+        spec_run = restore_run(args.merge)
+        group_file = os.path.join(os.path.dirname(os.path.abspath(args.merge)), "group.json")
+        if not os.path.exists(group_file):
+            raise CommandError(f"no group.json beside {args.merge} (deepsea specialist --out writes it)")
+        group = load_group(group_file, general.classes)
+        spec = predictor_probs(spec_run, list(val.paths), 0, calibrated=False)
+        merged = merge(probs, spec, general.classes, spec_run.classes, group)
+        before, after = evaluate_probs(probs, val.labels), evaluate_probs(merged, val.labels)
+        in_group = np.isin(val.labels, group)
+        inside = (evaluate_probs(probs[in_group], val.labels[in_group]),
+                  evaluate_probs(merged[in_group], val.labels[in_group]))  # fmt: skip
+        print(f"{len(val.paths)} validation images of {args.workdir}; group of {len(group)} classes "
+              f"({int(in_group.sum())} of its images)")  # fmt: skip
+        print(f"general: {before}\nmerged with {args.merge}: {after}")
+        print(f"on the group's images: general {inside[0]}; merged {inside[1]}")
+        if args.scores:
+            with open(output_file(args.scores, "--scores"), "a") as f:
+                f.write(json.dumps({"general": args.workdir, "specialist": args.merge, "group": len(group),
+                                    "general_scores": before.to_dict(), "merged": after.to_dict(),
+                                    "group_general": inside[0].to_dict(),
+                                    "group_merged": inside[1].to_dict()}) + "\n")  # fmt: skip
+        return
+    group = confusable_group(probs, val.labels, args.size)
+    files = save_group(output_folder(args.out, "--out"), args.workdir, general.classes, group)
+    train_paths, _ = training_set(args.workdir)
+    train_probs = predictor_probs(general, train_paths, 0, calibrated=False)
+    collapsed, spec_classes = collapse(train_probs, general.classes, group)
+    from deepsea.teachers import TeacherPredictions, save_teacher_predictions
+
+    split_root = rundir.load_json(os.path.join(args.workdir, "split.json"))["root"]
+    root = os.path.abspath(split_root)
+    teacher = os.path.join(args.out, "teacher.npz")
+    save_teacher_predictions(teacher, TeacherPredictions(
+        root, tuple(os.path.relpath(os.path.abspath(p), root) for p in train_paths), spec_classes, collapsed,
+        {"runs": [os.path.abspath(args.workdir)], "collapsed_to": list(spec_classes)},
+    ))  # fmt: skip
+    print(f"confusable group of {len(group)}: {', '.join(general.classes[g] for g in group)}")
+    print(f"wrote {files['group']}, {files['class_map']}, {teacher}")
+    experiment = general.config.get("experiment_file", "EXPERIMENT.py")
+    print(f"train the specialist with:\n  deepsea train {experiment} --data {split_root} "
+          f"--workdir {os.path.join(args.out, 'run')} --set data.class_map={files['class_map']} "
+          f"--set data.distill={teacher} --set data.split_from={args.workdir}")  # fmt: skip
 
 
 def _tto(args: argparse.Namespace) -> None:

@@ -129,10 +129,28 @@ def training_split(config: Any, progress: bool = False) -> tuple[Any, np.ndarray
     return folder, train_idx, val_idx
 
 
+def _split_as(run: str, folder: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``data.split_from``: the images of ``folder`` that ``run`` validates on, and the others to train on."""
+    from deepsea.runs import validation_set
+
+    norm = lambda p: os.path.normpath(os.path.abspath(p))  # noqa: E731
+    held = {norm(p) for p in validation_set(run).paths}
+    is_val = np.array([norm(p) in held for p in folder.paths], bool)
+    if not is_val.any():
+        raise UserError(f"data.split_from={run!r}: none of its validation images is in {folder.root!r}")
+    if is_val.sum() < len(held):
+        log.warning("data.split_from=%s: %d of its %d validation images are not in %s (class map, skipped files)",
+                    run, len(held) - int(is_val.sum()), len(held), folder.root)  # fmt: skip
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
 def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool) -> tuple[Any, Any, Any, Preprocess]:
     pp = Preprocess.from_config(config.data)
     folder, _, skipped = check_images(folder, skip_bad=config.data.skip_bad_images, progress=progress, pp=pp)
-    train_idx, val_idx = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
+    if config.data.split_from:
+        train_idx, val_idx = _split_as(config.data.split_from, folder)
+    else:
+        train_idx, val_idx = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
     if len(val_idx) == 0:
         raise UserError(
             f"the validation split of {folder.root!r} is empty: {len(folder)} images in {len(folder.classes)} "
