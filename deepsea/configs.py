@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic_colour = False  # the generated dataset's colour mode (RGB; some classes differ only in colour)
     c.data.validation_fraction = 0.1
     c.data.split_seed = 0
+    c.data.label_noise = 0.0  # this share of the training labels replaced by another class at random (experiments)
     c.data.split_from = ""  # a run whose validation images are this run's (the rest train): specialists, fair pairs
     c.data.size = 95
     c.data.rescale = "max_side:85"  # max_side:N | factor:F | none | moments:R (centroid centred, gyration radius R)

@@ -330,13 +330,29 @@ def _train_step(config: Any, setup: Any, pp: Preprocess) -> Any:
     )
 
 
+def _corrupt_labels(labels: np.ndarray, classes: int, data: Any) -> np.ndarray:
+    """``data.label_noise`` of the training labels (rounded to a whole number of images, drawn with
+    ``data.split_seed``) each replaced by one of the other classes at random: noisy labels at a known rate, to test
+    what is meant to resist them (``train.bootstrap``).  Validation labels are never touched."""
+    rate = float(data.label_noise)
+    if not 0.0 <= rate < 1.0:
+        raise UserError(f"data.label_noise={rate}: expected a share in [0, 1)")
+    if rate == 0.0:
+        return labels
+    rng = np.random.default_rng([int(data.split_seed), 0x6E015E])
+    picked = rng.choice(len(labels), size=round(rate * len(labels)), replace=False)
+    noisy = labels.copy()
+    noisy[picked] = (labels[picked] + rng.integers(1, classes, len(picked))) % classes  # never the true class
+    return noisy
+
+
 def _training_source(
     config: Any, folder: Any, train_idx: np.ndarray, val_paths: list[str], pp: Preprocess
 ) -> AugmentedSource | MixedSource:
     """The training examples: the labelled images (with their teacher's predictions under ``data.distill``),
     mixed with the pseudo-labelled images of ``data.pseudo_labels`` at ``data.pseudo_fraction`` of every batch."""
     data, k = config.data, len(folder.classes)
-    paths, labels = [folder.paths[i] for i in train_idx], folder.labels[train_idx]
+    paths, labels = [folder.paths[i] for i in train_idx], _corrupt_labels(folder.labels[train_idx], k, data)
     weights = class_weights(labels, k, config.train.class_weight_power)
     ranges = AugmentRanges.from_config(config.aug)
     if data.distill and data.pseudo_labels:

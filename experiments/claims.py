@@ -25,6 +25,20 @@ Launch (each sweep may run beside other work: its steps are fixed), then the pag
     deepsea sweep $X $S --grid model.untied_biases=true --out $C/biases
     deepsea sweep $X $S --set optim.name=sgd --set optim.schedule=step --set "optim.decay_steps=(0.8,0.95)" \\
         --grid optim.lr=0.01 --out $C/nesterov
+    # the seed's other experiments (issue 31), each against the base or its own control:
+    deepsea sweep $X $S --set model.dropout_rate=0.1 --grid model.dropout_kind=bernoulli,gaussian --out $C/dropout
+    deepsea sweep $X $S --grid model.conv_dropout_rate=0.1 --out $C/conv_dropout
+    deepsea sweep $X $S --grid model.dense_units=channel_out --out $C/channel_out
+    deepsea sweep $X $S --grid model.activation=smooth_leaky,prelu --out $C/activation
+    deepsea sweep $X $S --grid train.bootstrap=soft --out $C/boot_soft
+    deepsea sweep $X $S --set train.bootstrap_beta=0.8 --grid train.bootstrap=hard --out $C/boot_hard
+    deepsea sweep $X $S --grid data.label_noise=0.2 --out $C/noisy
+    deepsea sweep $X $S --set data.label_noise=0.2 --grid train.bootstrap=soft --out $C/noisy_soft
+    deepsea sweep $X $S --set data.label_noise=0.2 --set train.bootstrap_beta=0.8 --grid train.bootstrap=hard \
+        --out $C/noisy_hard
+    deepsea sweep $X $S --grid aug.elastic=2.0 --out $C/elastic
+    deepsea sweep $X $S --grid aug.draws=gaussian --out $C/draws
+    deepsea sweep $X $S --grid data.rescale=moments:12 --out $C/moments
     deepsea ensemble $C/base/runs/base_s0 $C/base/runs/base_s1 --uniform --scores $C/ensemble_2.json
     ln -s ../equal $C/equal   # the equal-compute study's sweeps (experiments/equal_compute.py)
     deepsea claims $X --root $C --out docs/claims.md --title "The seed's claims at 10 minutes"
@@ -74,4 +88,32 @@ def claims() -> list[Claim]:
         Claim("an exactly invariant network beats an orbit-averaged one", eq_c4, eq_plain, equal),
         Claim("at equal FLOPs too", eq_c4_flops, eq_plain, equal),
         Claim("dihedral beats an orbit average at equal FLOPs", eq_d4, eq_plain, equal),
+        *_other_experiments(base),
     ]
+
+
+def _other_experiments(base: Measure) -> list[Claim]:
+    """The seed's other experiments (issue 31; it found none of them helped), each as the claim that it helps."""
+    tried = "equal epochs: the seed's other experiments"
+    bernoulli = Measure("dropout", "dropout_kind=bernoulli", label="dropout 0.1")
+    noisy = Measure("noisy", label="20% of labels wrong")
+    return [
+        Claim("Gaussian dropout beats dropout", Measure("dropout", "dropout_kind=gaussian", label="Gaussian 0.1"),
+              bernoulli, tried),
+        Claim("dropout in the convolutional layers helps", Measure("conv_dropout", label="conv dropout 0.1"), base,
+              tried),
+        Claim("channel-out beats maxout", Measure("channel_out", label="channel-out dense units"), base, tried),
+        Claim("a smoothed leaky ReLU helps", Measure("activation", "activation=smooth_leaky", label="smooth leaky"),
+              base, tried),
+        Claim("parameterised ReLUs help", Measure("activation", "activation=prelu", label="PReLU"), base, tried),
+        Claim("soft bootstrapping helps on clean labels", Measure("boot_soft", label="soft bootstrap"), base, tried),
+        Claim("hard bootstrapping helps on clean labels", Measure("boot_hard", label="hard bootstrap"), base, tried),
+        Claim("soft bootstrapping resists wrong labels", Measure("noisy_soft", label="20% wrong, soft bootstrap"),
+              noisy, tried),
+        Claim("hard bootstrapping resists wrong labels", Measure("noisy_hard", label="20% wrong, hard bootstrap"),
+              noisy, tried),
+        Claim("elastic distortions help", Measure("elastic", label="elastic 2 px"), base, tried),
+        Claim("Gaussian augmentation draws help", Measure("draws", label="Gaussian draws"), base, tried),
+        Claim("centring and scaling by image moments helps", Measure("moments", label="moments rescale (R 12)"), base,
+              tried),
+    ]  # fmt: skip

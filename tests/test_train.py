@@ -715,3 +715,22 @@ def test_hard_pseudo_labels_are_the_teachers_top_class_one_hot():
     probs = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]], np.float32)
     np.testing.assert_array_equal(pseudo_targets(probs, hard=True), [[0, 1, 0], [1, 0, 0]])
     assert pseudo_targets(probs, hard=False) is probs
+
+
+def test_label_noise_corrupts_that_share_of_the_training_labels_to_other_classes():
+    from ml_collections import ConfigDict
+
+    from deepsea.train import _corrupt_labels
+
+    labels = np.repeat(np.arange(7), 40).astype(np.int32)
+    data = ConfigDict({"label_noise": 0.25, "split_seed": 3})
+    noisy = _corrupt_labels(labels, 7, data)
+    changed = noisy != labels
+    assert changed.sum() == 70 and noisy.min() >= 0 and noisy.max() < 7  # a quarter, each to another class
+    np.testing.assert_array_equal(_corrupt_labels(labels, 7, data), noisy)  # the same draw every time: resumable
+    assert np.bincount(noisy[changed], minlength=7).min() > 0  # spread over the classes
+    data.label_noise = 0.0
+    assert _corrupt_labels(labels, 7, data) is labels
+    data.label_noise = 1.0
+    with pytest.raises(UserError, match=r"data.label_noise=1.0: expected a share in \[0, 1\)"):
+        _corrupt_labels(labels, 7, data)
