@@ -125,8 +125,16 @@ def training_split(config: Any, progress: bool = False) -> tuple[Any, np.ndarray
     folder = _map_classes(config, "", scan_labelled_folder(resolve_data(config)), lead=False)
     if config.data.skip_bad_images:
         folder, _, _ = check_images(folder, skip_bad=True, progress=progress, pp=Preprocess.from_config(config.data))
-    train_idx, val_idx = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
+    train_idx, val_idx = _split(config, folder)
     return folder, train_idx, val_idx
+
+
+def _split(config: Any, folder: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation indices: another run's validation images (``data.split_from``), else a stratified
+    split of ``data.validation_fraction`` of every class."""
+    if config.data.split_from:
+        return _split_as(config.data.split_from, folder)
+    return stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
 
 
 def _split_as(run: str, folder: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -147,10 +155,7 @@ def _split_as(run: str, folder: Any) -> tuple[np.ndarray, np.ndarray]:
 def _new_run(config: Any, workdir: str, folder: Any, lead: bool, progress: bool) -> tuple[Any, Any, Any, Preprocess]:
     pp = Preprocess.from_config(config.data)
     folder, _, skipped = check_images(folder, skip_bad=config.data.skip_bad_images, progress=progress, pp=pp)
-    if config.data.split_from:
-        train_idx, val_idx = _split_as(config.data.split_from, folder)
-    else:
-        train_idx, val_idx = stratified_split(folder.labels, config.data.validation_fraction, config.data.split_seed)
+    train_idx, val_idx = _split(config, folder)
     if len(val_idx) == 0:
         raise UserError(
             f"the validation split of {folder.root!r} is empty: {len(folder)} images in {len(folder.classes)} "
