@@ -63,3 +63,24 @@ def cli(capsys, monkeypatch, tmp_path_factory):
         return out.out + out.err
 
     return run
+
+
+
+@pytest.fixture(scope="session")
+def train_small(tmp_path_factory):
+    """``train_small(name, overrides) -> run folder``: a small run of ``experiments/synthetic.py`` with
+    ``overrides``, trained under a fresh folder ``name``, for module-scoped fixtures (the generated data shared
+    with every test)."""
+    from deepsea.configs import apply_overrides, load_experiment
+    from deepsea.train import train
+
+    def make(name: str, overrides: list[str]) -> str:
+        run = str(tmp_path_factory.mktemp(name) / "run")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("DEEPSEA_DATA", str(tmp_path_factory.getbasetemp() / "deepsea-data"))
+            config = load_experiment(os.path.join(ROOT, "experiments", "synthetic.py"), small=True)
+            apply_overrides(config, overrides)
+            train(config, run, progress=False)
+        return run
+
+    return make

@@ -54,16 +54,8 @@ def test_collapse_and_merge_against_numpy_in_float64(rng):
 
 
 @pytest.fixture(scope="module")
-def general(tmp_path_factory):
-    from deepsea.train import train
-
-    base = tmp_path_factory.mktemp("specialists")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DEEPSEA_DATA", str(tmp_path_factory.getbasetemp() / "deepsea-data"))
-        c = load_experiment(os.path.join(ROOT, "experiments", "synthetic.py"), small=True)
-        apply_overrides(c, ["train.steps=8"])
-        train(c, str(base / "general"), progress=False)
-    return str(base / "general")
+def general(train_small):
+    return train_small("specialists", ["train.steps=8"])
 
 
 def test_a_specialist_is_prepared_trained_on_the_general_split_and_merged(general, cli, tmp_path):

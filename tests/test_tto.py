@@ -6,24 +6,16 @@ import os
 import numpy as np
 import pytest
 
-from deepsea.configs import apply_overrides, load_experiment
 from deepsea.predictor import predictor_probs
 from deepsea.runs import restore_run, validation_set
-from deepsea.train import train
 from deepsea.tto import TTOSettings, optimised_probs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tto")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DEEPSEA_DATA", str(tmp_path_factory.getbasetemp() / "deepsea-data"))
-        c = load_experiment(os.path.join(ROOT, "experiments", "synthetic.py"), small=True)
-        apply_overrides(c, ["train.steps=15", "model.dropout_rate=0.0"])
-        train(c, str(base / "run"), progress=False)
-        return restore_run(str(base / "run"))
+def run(train_small):
+    return restore_run(train_small("tto", ["train.steps=15", "model.dropout_rate=0.0"]))
 
 
 def test_without_steps_it_predicts_as_the_run_and_its_steps_move_the_confidence(run):
