@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from deepsea import backends, ops
 from deepsea.backends.xla import DEFAULT_NEGATIVE_SLOPE, leaky_relu
 from deepsea.errors import UserError
-from deepsea.groups import Group
+from deepsea.groups import Group, get_group
 
 __all__ = [
     "ACTIVATIONS",
@@ -30,6 +30,7 @@ __all__ = [
     "ChannelOut",
     "Conv",
     "ConvRoll",
+    "FoldedConv",
     "GaussianDropout",
     "LeakyReLU",
     "MaxPool",
@@ -314,6 +315,51 @@ class Conv(nn.Module):
             bias,
             strides=self.strides,
             padding=self.padding,
+            negative_slope=self.negative_slope,
+            implementation=self.implementation,
+        )
+
+
+class FoldedConv(nn.Module):
+    """The convolutions of a network's first stage with its views folded into channels: instead of every view
+    (:class:`Slice`'s transformed copies) convolved with one kernel, the input itself convolved with every view's
+    transformed kernel (:func:`deepsea.ops.view_kernels`), ``V`` times the channels on ``1 / V`` of the batch: the
+    same function, fewer and wider convolutions.  ``first``: the stage's first layer, ``(B,H,W,C) ->
+    (B,H,W,V*F)``; else ``(B,H,W,V*C) -> (B,H,W,V*F)`` with each view's block of channels convolved with its own
+    kernel (a block-diagonal kernel).  Parameters as :class:`Conv` (``kernel (kh, kw, C, F)``, ``bias (F,)``, the
+    same initialisation), so checkpoints are interchangeable; :func:`deepsea.ops.unfold_views` turns the stage's
+    output back into stacked views."""
+
+    features: int
+    group: str | Group = "c4"
+    first: bool = True
+    kernel_size: Sequence[int] = (3, 3)
+    kernel_init: Initializer = orthogonal()
+    bias_init: Initializer = nn.initializers.zeros
+    dtype: Any = None
+    negative_slope: float | None = None
+    implementation: backends.ConvImplementation = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        v = get_group(self.group).order
+        if not self.first and x.shape[-1] % v:
+            raise ValueError(f"{x.shape[-1]} channels do not split into {v} views")
+        c = x.shape[-1] if self.first else x.shape[-1] // v
+        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, c, self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        kernels = jnp.stack(ops.view_kernels(kernel, self.group))  # (V, kh, kw, C, F)
+        if self.first:
+            folded = jnp.moveaxis(kernels, 0, -2).reshape((*self.kernel_size, c, v * self.features))
+        else:  # block (u, u) of a (V*C, V*F) kernel is view u's
+            folded = jnp.einsum("vhwio,vu->hwviuo", kernels, jnp.eye(v, dtype=kernels.dtype))
+            folded = folded.reshape((*self.kernel_size, v * c, v * self.features))
+        return backends.conv(
+            x.astype(self.dtype or x.dtype),
+            folded,
+            jnp.tile(bias, v),
+            strides=(1, 1),
+            padding="SAME",
             negative_slope=self.negative_slope,
             implementation=self.implementation,
         )

@@ -80,6 +80,7 @@ class RollNet(nn.Module):
     batch_norm: bool = False  # not in the seed; per-channel statistics over all views keep the invariance
     size_features: bool = False
     conv_roll: bool = True  # False: slice and view pool only, no conv rolls (an ablation)
+    fold_views: bool = False  # the first stage on the input with every view's kernel (folded_conv): the same function
     untied_biases: bool = False  # the seed's untied convolution biases (one per position); passed to conv when set
     activation: str = "leaky_relu"  # after every convolution: a key of layers.ACTIVATIONS (the seed tried them all)
     dropout_kind: str = "bernoulli"  # a key of layers.DROPOUTS: bernoulli, or gaussian (multiplicative noise)
@@ -91,6 +92,7 @@ class RollNet(nn.Module):
     max_pool_impl: str = "auto"  # see deepsea.backends.max_pool
     roll_impl: str = "xla"  # xla | pallas: see deepsea.layers.ConvRoll
     conv: ModuleDef = functools.partial(layers.Conv, kernel_size=(3, 3), padding="SAME")
+    folded_conv: ModuleDef = functools.partial(layers.FoldedConv, kernel_size=(3, 3))
     downsample: ModuleDef = layers.MaxPool
     dense: ModuleDef = functools.partial(layers.Maxout, kernel_init=layers.orthogonal("linear"))
     classifier: ModuleDef = functools.partial(nn.Dense, kernel_init=layers.orthogonal("linear"))
@@ -121,7 +123,14 @@ class RollNet(nn.Module):
             x = ops.stack_views(jnp.split(x, k, axis=-1))  # (k * B, H, W, C)
         compute = jnp.dtype(self.precision)
         x = x.astype(compute)
-        if sym:
+        fused = self.activation == "leaky_relu" and not self.batch_norm
+        fold = sym and self.fold_views
+        if fold and (self.untied_biases or not fused):
+            raise UserError(
+                "model.fold_views computes the first stage with every view's kernel: it needs tied biases and the "
+                "leaky ReLU after each convolution (no batch norm, no other activation)"
+            )
+        if sym and not fold:
             x = self.slice_layer(group=self.symmetry, name="slice")(x)
         for key, choices in (("activation", layers.ACTIVATIONS), ("dropout_kind", layers.DROPOUTS),
                              ("dense_units", ("maxout", "channel_out"))):  # fmt: skip
@@ -130,25 +139,37 @@ class RollNet(nn.Module):
         dropout = layers.DROPOUTS[self.dropout_kind]
         dense = self.dense if self.dense_units == "maxout" else layers.ChannelOut
         init = layers.orthogonal("leaky_relu", self.negative_slope)
-        fused = self.activation == "leaky_relu" and not self.batch_norm
         slope = self.negative_slope if fused else None  # the convolution applies (and may fuse) a leaky ReLU
         for i, stage in enumerate(self.stages):
             for j, features in enumerate(stage):
                 extra = {"untied_bias": True} if self.untied_biases else {}
-                conv = self.conv(
-                    features,
-                    negative_slope=slope,
-                    implementation=self.conv_impl,
-                    kernel_init=init,
-                    name=f"conv{i}_{j}",
-                    **extra,
-                )
+                if fold and i == 0:  # the views folded into channels until the stage's pool
+                    conv = self.folded_conv(
+                        features,
+                        group=self.symmetry,
+                        first=j == 0,
+                        negative_slope=slope,
+                        implementation=self.conv_impl,
+                        kernel_init=init,
+                        name=f"conv{i}_{j}",
+                    )
+                else:
+                    conv = self.conv(
+                        features,
+                        negative_slope=slope,
+                        implementation=self.conv_impl,
+                        kernel_init=init,
+                        name=f"conv{i}_{j}",
+                        **extra,
+                    )
                 x = conv(x)
                 if self.batch_norm:
                     x = self.norm(use_running_average=not train, dtype=compute, name=f"norm{i}_{j}")(x)
                 if not fused:
                     x = layers.ACTIVATIONS[self.activation](self.negative_slope, name=f"act{i}_{j}")(x)
             x = self.downsample(check_symmetry=sym, implementation=self.max_pool_impl, name=f"pool{i}")(x)
+            if fold and i == 0:  # a symmetric pooling grid commutes with the views' transforms: unfold after it
+                x = ops.unfold_views(x, self.symmetry)
             if self.conv_dropout_rate:
                 x = dropout(self.conv_dropout_rate, deterministic=not train)(x)
             if sym and self.conv_roll:

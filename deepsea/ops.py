@@ -49,6 +49,8 @@ __all__ = [
     "pool_stack",
     "pooling_is_symmetric",
     "stack_views",
+    "unfold_views",
+    "view_kernels",
 ]
 
 PoolMode = Literal["mean", "max", "rms"]
@@ -84,6 +86,28 @@ def _check_nhwc(x: jax.Array, what: str, square: bool = True) -> None:
             f"{what} needs square maps so that 90-degree rotations keep the grid; "
             f"got {x.shape[1]}x{x.shape[2]} (shape {x.shape})"
         )
+
+
+def view_kernels(kernel: jax.Array, group: str | Group) -> list[jax.Array]:
+    """A convolution kernel ``(kh, kw, C, F)`` as each view sees the untransformed input: ``conv(g . x, k)`` is
+    ``g . conv(x, g**-1 . k)`` for a square kernel of odd size with "SAME" padding and stride 1, so view ``v``'s
+    maps are those of kernel ``v`` of this list on the input itself, transformed by ``g_v``."""
+    g = get_group(group)
+    if kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
+        raise ValueError(f"view kernels need a square kernel of odd size, got {kernel.shape[:2]}")
+    return [g.act(int(g.inverse[v]), kernel, axes=(0, 1)) for v in range(g.order)]
+
+
+def unfold_views(x: jax.Array, group: str | Group) -> jax.Array:
+    """``(B,H,W,V*C) -> (V*B,H,W,C)``: block ``v`` of the channels (maps computed with :func:`view_kernels`) is
+    transformed by ``g_v`` and becomes view ``v``; the result is what :func:`group_slice` and the convolutions
+    would have given, to the convolutions' rounding."""
+    g = get_group(group)
+    _check_nhwc(x, f"{g.name}_unfold_views")
+    if x.shape[-1] % g.order:
+        raise ValueError(f"unfold_views: {x.shape[-1]} channels do not split into {g.order} views")
+    c = x.shape[-1] // g.order
+    return stack_views([g.act(v, x[..., v * c : (v + 1) * c], axes=(1, 2)) for v in range(g.order)])
 
 
 def group_slice(x: jax.Array, group: str | Group) -> jax.Array:

@@ -31,7 +31,8 @@ def test_small_rolled_network_is_invariant(group, size, dense_roll, rng):
 
 @pytest.mark.parametrize("group", ["c4", "d4"])
 @pytest.mark.parametrize(
-    "variant", [{"conv_roll": False}, {"untied_biases": True}, {"untied_biases": True, "dense_roll": True}]
+    "variant",
+    [{"conv_roll": False}, {"untied_biases": True}, {"untied_biases": True, "dense_roll": True}, {"fold_views": True}],
 )
 def test_the_ablation_variants_stay_invariant(group, variant, rng):
     """Slice and view pool without conv rolls, and the seed's untied biases (each view sees the same bias map in
@@ -192,3 +193,39 @@ def test_the_dense_roll_feeds_a_per_view_layer_before_the_pool(group, rng):
     with nn.intercept_methods(copies):
         copied = net.apply(params, x)
     assert float(jnp.abs(net.apply(params, x) - copied).max()) > 1e-3
+
+
+@pytest.mark.parametrize("group", ["c4", "d4"])
+@pytest.mark.parametrize("size", [11, 12, 23])
+def test_folded_views_are_the_sliced_views_convolved(group, size, rng):
+    """ops.view_kernels and ops.unfold_views: the input convolved with every view's kernel, unfolded, is every
+    view convolved with the kernel (float64 numpy convolution as the reference; even and odd sizes)."""
+    from numpy_reference import conv_ref
+
+    x = rng.standard_normal((2, size, size, 3)).astype(np.float32)  # float32: the permutations are exact
+    kernel = rng.standard_normal((3, 3, 3, 5)).astype(np.float32)
+    expected, _ = conv_ref(np.asarray(ops.group_slice(jnp.asarray(x), group)), kernel, "SAME")
+    kernels = np.concatenate([np.asarray(k) for k in ops.view_kernels(jnp.asarray(kernel), group)], axis=-1)
+    folded, _ = conv_ref(x, kernels, "SAME")
+    np.testing.assert_allclose(np.asarray(ops.unfold_views(jnp.asarray(folded), group)), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("group", ["c4", "d4"])
+def test_a_network_with_folded_views_is_the_sliced_one_with_the_same_parameters(group, rng):
+    """model.fold_views: the same parameters (names, shapes, initial values), the same logits and gradients to
+    float rounding; refused where the first stage is not a plain convolution with a fused leaky ReLU."""
+    from deepsea.errors import UserError
+
+    sliced = models.tiny_rollnet(symmetry=group)
+    folded = models.tiny_rollnet(symmetry=group, fold_views=True)
+    x = jnp.asarray(rng.standard_normal((3, 23, 23, 1)), jnp.float32)
+    params = sliced.init(jax.random.key(2), x[:1])["params"]
+    assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, folded.init(jax.random.key(2), x[:1])["params"])
+    params = jax.tree.map(lambda a: a + 0.1 * jnp.asarray(rng.standard_normal(a.shape), a.dtype), params)
+    loss = lambda net: lambda p: jnp.sum(net.apply({"params": p}, x) ** 2)  # noqa: E731
+    (a, ga), (b, gb) = (jax.value_and_grad(loss(net))(params) for net in (sliced, folded))
+    np.testing.assert_allclose(b, a, rtol=1e-5)
+    for u, w in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
+        np.testing.assert_allclose(w, u, rtol=1e-4, atol=1e-6 * float(np.abs(u).max()))  # float32 sums' rounding
+    with pytest.raises(UserError, match=r"fold_views .* tied biases"):
+        models.tiny_rollnet(symmetry=group, fold_views=True, untied_biases=True).init(jax.random.key(0), x[:1])
