@@ -100,3 +100,28 @@ def test_bench_matches_a_rolled_network_to_a_plain_ones_flops(capsys):
     assert abs(flops / target - 1) < 0.1  # channel counts are integers at this tiny size
     assert 0.2 < width < 0.6  # about a quarter to a half of the plain width, as the counting argument says
     assert '"match": "flops"' in capsys.readouterr().out
+
+
+def test_the_time_match_takes_the_median_ratio_so_one_noisy_round_does_not_move_it(monkeypatch, capsys):
+    """A stand-in step whose time per image is the width (the reference's: 0.3) and whose every third timing is
+    three times too slow: the median of three pairs still finds 0.3; one pair per width would not."""
+    from deepsea.tools import bench
+
+    calls = {"n": 0}
+
+    class FakeStep:
+        def __init__(self, cfg, batch):
+            self.width = cfg.model.width if cfg.model.symmetry else None
+
+        def time_steps(self, steps):
+            if self.width is None:
+                return 0.3 * 8  # the reference: 8 images at 0.3 each
+            calls["n"] += 1
+            return self.width * 8 * (3.0 if calls["n"] % 3 == 1 else 1.0)
+
+    monkeypatch.setattr(bench, "_OurStep", FakeStep)
+    args = argparse.Namespace(experiment=SYNTHETIC, set=["model.symmetry=c4", "model.size_features=false"],
+                              small=True, batch=8, steps=1, match_rounds=3)  # fmt: skip
+    other = load_experiment_with(SYNTHETIC, ["model.symmetry=none", "model.size_features=false"], small=True)
+    assert abs(bench.match_step_time(args, other) - 0.3) < 0.3 * 0.04
+    assert '"round": 2' in capsys.readouterr().out

@@ -190,6 +190,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="search model.width so that the measured step time per image equals OTHER experiment's (the FLOPs "
         "match first, then timed steps near it)",
     )
+    p.add_argument("--match-rounds", type=int, default=3, help="--match-time: timed pairs per width (median ratio)")
     p.add_argument("--no-ops", action="store_true", help="skip timing the symmetry ops")
     p.add_argument("--out", default="", help="append the JSON lines to this file")
     p.add_argument("--plot", default="", metavar="PNG", help="draw images/s per round (ours, variants, PyTorch)")
@@ -212,9 +213,9 @@ def match_flops(args: argparse.Namespace, other: Any) -> tuple[float, float]:
 
 def match_step_time(args: argparse.Namespace, other: Any) -> float:
     """The width of ``args.experiment`` whose measured step time per image matches ``other``'s config: starts
-    from the FLOPs match and searches timed steps in ``[width / 3, width * 1.5]``.  Each candidate is timed right
-    after the reference, and the search matches their ratio to 1, so the machine's drift does not move the
-    answer; every timing is printed."""
+    from the FLOPs match and searches timed steps in ``[width / 3, width * 1.5]``.  Each candidate is timed
+    ``--match-rounds`` times, each right after the reference, and the search matches the median of their ratios to
+    1, so neither the machine's drift nor one noisy round moves the answer; every timing is printed."""
     flops_width, _ = match_flops(args, other)
     batch_other = args.batch or other.train.batch_size
     ref = _OurStep(other, batch_other)
@@ -223,12 +224,15 @@ def match_step_time(args: argparse.Namespace, other: Any) -> float:
         cfg = _width_of(args, w)
         batch = args.batch or cfg.train.batch_size
         step = _OurStep(cfg, batch)
-        ref_s = ref.time_steps(args.steps) / batch_other
-        ours_s = step.time_steps(args.steps) / batch
-        print(json.dumps({"match": "time", "width": w, "images_per_s": round(1 / ours_s, 1),
-                          "other_images_per_s": round(1 / ref_s, 1), "ratio_to_other": round(ref_s / ours_s, 3)}),
-              flush=True)  # fmt: skip
-        return ours_s / ref_s
+        ratios = []
+        for r in range(args.match_rounds):
+            ref_s = ref.time_steps(args.steps) / batch_other
+            ours_s = step.time_steps(args.steps) / batch
+            ratios.append(ours_s / ref_s)
+            print(json.dumps({"match": "time", "width": w, "round": r, "images_per_s": round(1 / ours_s, 1),
+                              "other_images_per_s": round(1 / ref_s, 1), "ratio_to_other": round(ref_s / ours_s, 3)}),
+                  flush=True)  # fmt: skip
+        return statistics.median(ratios)
 
     width, ratio = match_width(cost, 1.0, flops_width / 3, flops_width * 1.5, rel_tol=0.03)
     print(json.dumps({"match": "time", "other": other.name, "width": width, "speed_ratio_to_other": round(1 / ratio, 3),
