@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -240,3 +241,68 @@ def test_elastic_distortion_is_a_smooth_displacement_drawn_last(rng):
 
     with pytest.raises(UserError, match=r"aug\.elastic=-1\.0"):
         AugmentRanges(elastic=-1.0)
+
+
+def _scipy_warp(image, forward, out_size, fill, displacement=None):
+    """The reference: SciPy's order-1 sampling with mode 'nearest', channel by channel, and the fill outside."""
+    import scipy.ndimage
+
+    inv = np.linalg.inv(forward)
+    image = np.asarray(image, np.float32)
+    h, w = image.shape[:2]
+    rows, cols = np.mgrid[0:out_size, 0:out_size].astype(np.float64)
+    if displacement is not None:
+        rows, cols = rows + displacement[0], cols + displacement[1]
+    src_r = inv[0, 0] * rows + inv[0, 1] * cols + inv[0, 2]
+    src_c = inv[1, 0] * rows + inv[1, 1] * cols + inv[1, 2]
+    inside = (src_r >= -0.5) & (src_r <= h - 0.5) & (src_c >= -0.5) & (src_c <= w - 0.5)
+    out = []
+    for ch in [image] if image.ndim == 2 else [image[..., i] for i in range(image.shape[-1])]:
+        if displacement is None:
+            warped = scipy.ndimage.affine_transform(ch, inv[:2, :2], offset=inv[:2, 2], output_shape=(out_size,) * 2,
+                                                    order=1, mode="nearest", prefilter=False)  # fmt: skip
+        else:
+            warped = scipy.ndimage.map_coordinates(ch, [src_r, src_c], order=1, mode="nearest", prefilter=False)
+        out.append(np.where(inside, warped, fill).astype(np.float32))
+    return out[0] if image.ndim == 2 else np.stack(out, axis=-1)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (30, 19), (23, 40, 3), (64, 64)], ids=str)
+def test_the_warp_is_scipys_order_1_sampling(shape, rng):
+    from deepsea.data.transforms import TRAIN_RANGES, affine_matrix, elastic_field, params_from_unit, warp
+
+    image = rng.uniform(0, 1, shape).astype(np.float32)
+    for k in range(6):
+        p = params_from_unit(rng.uniform(size=7), TRAIN_RANGES)
+        out_size = (17, 31, 47)[k % 3]
+        forward = affine_matrix(shape[:2], out_size, 30.0 / max(shape[:2]), p)
+        field = elastic_field(dataclasses.replace(p, elastic=3.0, elastic_seed=k), out_size) if k % 2 else None
+        got, ref = warp(image, forward, out_size, 0.25, field), _scipy_warp(image, forward, out_size, 0.25, field)
+        assert got.shape == ref.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+def test_the_affine_map_is_the_product_of_its_five_factors(rng):
+    """affine_matrix, multiplied out, against T(c_out + shift) . R . Shear . Zoom . Mirror . T(-c_in) in float64."""
+    from deepsea.data.transforms import TRAIN_RANGES, affine_matrix, params_from_unit
+
+    def lin(m):
+        out = np.eye(3)
+        out[:2, :2] = m
+        return out
+
+    def move(dr, dc):
+        return np.array([[1.0, 0.0, dr], [0.0, 1.0, dc], [0.0, 0.0, 1.0]])
+
+    for _ in range(20):
+        p = params_from_unit(rng.uniform(size=7), TRAIN_RANGES)
+        h, w, out = (int(v) for v in rng.integers((1, 1, 5), (90, 90, 96)))
+        scale = rng.uniform(0.1, 2)
+        centre = (rng.uniform(0, h), rng.uniform(0, w)) if rng.uniform() < 0.5 else None
+        cr, cc = ((h - 1) / 2, (w - 1) / 2) if centre is None else centre
+        t, s = math.radians(p.rotation), math.radians(p.shear)
+        expected = (move((out - 1) / 2 + p.shift_row, (out - 1) / 2 + p.shift_col)
+                    @ lin([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]]) @ lin([[1, 0], [math.tan(s), 1]])
+                    @ lin(np.diag([scale * p.zoom / p.stretch, scale * p.zoom * p.stretch]))
+                    @ lin(np.diag([1, -1 if p.flip else 1])) @ move(-cr, -cc))  # fmt: skip
+        np.testing.assert_allclose(affine_matrix((h, w), out, scale, p, centre), expected, rtol=1e-12, atol=1e-10)

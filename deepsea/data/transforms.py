@@ -19,6 +19,7 @@ sequence mapped through the same inverse CDFs (:func:`tta_params`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -305,16 +306,6 @@ class Rescale:
         return self.value / max(radius, 0.5), (cr, cc)
 
 
-def _translate(dr: float, dc: float) -> np.ndarray:
-    return np.array([[1.0, 0.0, dr], [0.0, 1.0, dc], [0.0, 0.0, 1.0]])
-
-
-def _linear(m: np.ndarray) -> np.ndarray:
-    out = np.eye(3)
-    out[:2, :2] = m
-    return out
-
-
 def affine_matrix(
     in_shape: tuple[int, int],
     out_size: int,
@@ -328,20 +319,37 @@ def affine_matrix(
     c_in = ((h - 1) / 2.0, (w - 1) / 2.0) if centre is None else centre
     theta = math.radians(params.rotation)
     shear = math.radians(params.shear)
-    c, s = math.cos(theta), math.sin(theta)
-    rotate = _linear(np.array([[c, -s], [s, c]]))  # counter-clockwise as displayed, like np.rot90
-    shear_m = _linear(np.array([[1.0, 0.0], [math.tan(shear), 1.0]]))
-    zoom = _linear(np.diag([scale * params.zoom / params.stretch, scale * params.zoom * params.stretch]))
-    mirror = _linear(np.diag([1.0, -1.0 if params.flip else 1.0]))
+    c, s = math.cos(theta), math.sin(theta)  # the rotation: counter-clockwise as displayed, like np.rot90
+    t = math.tan(shear)
+    zr, zc = scale * params.zoom / params.stretch, scale * params.zoom * params.stretch
+    m = -1.0 if params.flip else 1.0
+    # rotate . shear . zoom . mirror, multiplied out (the loader computes one per example)
+    a, b = (c - s * t) * zr, -s * zc * m
+    d, e = (s + c * t) * zr, c * zc * m
     c_out = (out_size - 1) / 2.0
-    return (
-        _translate(c_out + params.shift_row, c_out + params.shift_col)
-        @ rotate
-        @ shear_m
-        @ zoom
-        @ mirror
-        @ _translate(-c_in[0], -c_in[1])
+    return np.array(
+        [
+            [a, b, c_out + params.shift_row - a * c_in[0] - b * c_in[1]],
+            [d, e, c_out + params.shift_col - d * c_in[0] - e * c_in[1]],
+            [0.0, 0.0, 1.0],
+        ]
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _output_grid(out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The output pixels' row and column coordinates (float64, read-only), made once per size."""
+    rows, cols = np.mgrid[0:out_size, 0:out_size].astype(np.float64)
+    rows.flags.writeable = cols.flags.writeable = False
+    return rows, cols
+
+
+def _affine_inverse(m: np.ndarray) -> np.ndarray:
+    """The inverse of an affine 3x3 map (last row ``0 0 1``), in closed form."""
+    a, b, c, d, tr, tc = m[0, 0], m[0, 1], m[1, 0], m[1, 1], m[0, 2], m[1, 2]
+    det = a * d - b * c
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+    return np.array([[ia, ib, -(ia * tr + ib * tc)], [ic, id_, -(ic * tr + id_ * tc)], [0.0, 0.0, 1.0]])
 
 
 def warp(
@@ -355,30 +363,28 @@ def warp(
     a 1x1 image scales to a uniform square, like any other image.  Returns
     float32 ``(S, S[, C])``.  ``displacement``: ``(2, S, S)`` offsets added to the output pixels' coordinates
     before they are mapped back (an elastic distortion, :func:`elastic_field`).
+
+    The sampling is SciPy's ``ndimage.affine_transform`` / ``map_coordinates`` of order 1 with ``mode="nearest"``
+    (the tests' reference), computed here in float64 on the coordinates the inside test needs anyway: one pass
+    for all channels.
     """
-    inv = np.linalg.inv(forward)
+    inv = _affine_inverse(np.asarray(forward, np.float64))
     image = np.asarray(image, dtype=np.float32)
     h, w = image.shape[:2]
-    rows, cols = np.mgrid[0:out_size, 0:out_size].astype(np.float64)
+    rows, cols = _output_grid(out_size)
     if displacement is not None:
         rows, cols = rows + displacement[0], cols + displacement[1]
     src_r = inv[0, 0] * rows + inv[0, 1] * cols + inv[0, 2]
     src_c = inv[1, 0] * rows + inv[1, 1] * cols + inv[1, 2]
     inside = (src_r >= -0.5) & (src_r <= h - 0.5) & (src_c >= -0.5) & (src_c <= w - 0.5)
-    channels = [image] if image.ndim == 2 else [image[..., i] for i in range(image.shape[-1])]
-    out = []
-    for ch in channels:
-        if displacement is None:
-            warped = scipy.ndimage.affine_transform(
-                ch,
-                inv[:2, :2],
-                offset=inv[:2, 2],
-                output_shape=(out_size, out_size),
-                order=1,
-                mode="nearest",
-                prefilter=False,
-            )
-        else:
-            warped = scipy.ndimage.map_coordinates(ch, [src_r, src_c], order=1, mode="nearest", prefilter=False)
-        out.append(np.where(inside, warped, fill).astype(np.float32))
-    return out[0] if image.ndim == 2 else np.stack(out, axis=-1)
+    r = np.clip(src_r, 0.0, h - 1.0)  # "nearest": beyond the outer pixel centres the edge value
+    c = np.clip(src_c, 0.0, w - 1.0)
+    r0, c0 = np.floor(r), np.floor(c)
+    fr, fc = r - r0, c - c0
+    r0i, c0i = r0.astype(np.intp), c0.astype(np.intp)
+    r1i, c1i = np.minimum(r0i + 1, h - 1), np.minimum(c0i + 1, w - 1)
+    if image.ndim == 3:
+        fr, fc, inside = fr[..., None], fc[..., None], inside[..., None]
+    top = image[r0i, c0i] * (1.0 - fc) + image[r0i, c1i] * fc
+    bottom = image[r1i, c0i] * (1.0 - fc) + image[r1i, c1i] * fc
+    return np.where(inside, top * (1.0 - fr) + bottom * fr, fill).astype(np.float32)
