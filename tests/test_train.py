@@ -207,8 +207,8 @@ def test_the_loop_reads_the_loss_only_at_its_checks_and_a_divergence_between_the
     )
     real_step = train_module._train_step
 
-    def one_nan_at_step_12(config, setup):
-        step = real_step(config, setup)
+    def one_nan_at_step_12(config, setup, pp):
+        step = real_step(config, setup, pp)
 
         def stepped(state, batch, rng):
             state, m = step(state, batch, rng)
