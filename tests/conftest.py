@@ -65,7 +65,6 @@ def cli(capsys, monkeypatch, tmp_path_factory):
     return run
 
 
-
 @pytest.fixture(scope="session")
 def train_small(tmp_path_factory):
     """``train_small(name, overrides) -> run folder``: a small run of ``experiments/synthetic.py`` with
