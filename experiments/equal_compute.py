@@ -15,9 +15,9 @@ does not change its steps), then the page:
     deepsea sweep experiments/equal_c4.py --data $D --seeds 2 --steps 4700 --set train.eval_every=940 --out $E/c4
     deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 2350 --set train.eval_every=470 --out $E/plain_5
     deepsea sweep experiments/equal_c4.py --data $D --seeds 1 --steps 2350 --set train.eval_every=470 --out $E/c4_5
-    deepsea sweep experiments/equal_c4.py --data $D --seeds 1 --steps 2400 --set train.eval_every=480 \\
+    deepsea sweep experiments/equal_c4.py --data $D --seeds 2 --steps 2400 --set train.eval_every=480 \\
         --set model.width=0.396 --out $E/c4_flops
-    deepsea sweep experiments/equal_d4.py --data $D --seeds 1 --steps 1650 --set train.eval_every=330 --out $E/d4_flops
+    deepsea sweep experiments/equal_d4.py --data $D --seeds 2 --steps 1650 --set train.eval_every=330 --out $E/d4_flops
     deepsea sweep experiments/equal_c4.py --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \
         --out $E/c4_30
     deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \
