@@ -68,18 +68,23 @@ def cli(capsys, monkeypatch, tmp_path_factory):
 @pytest.fixture(scope="session")
 def train_small(tmp_path_factory):
     """``train_small(name, overrides) -> run folder``: a small run of ``experiments/synthetic.py`` with
-    ``overrides``, trained under a fresh folder ``name``, for module-scoped fixtures (the generated data shared
-    with every test)."""
+    ``overrides``, trained under a fresh folder ``name`` once per session and worker, for module-scoped fixtures
+    that only read it (the generated data shared with every test)."""
     from deepsea.configs import apply_overrides, load_experiment
     from deepsea.train import train
 
+    made: dict[tuple[str, ...], str] = {}
+
     def make(name: str, overrides: list[str]) -> str:
+        if tuple(overrides) in made:  # the same run serves every module that asks for it
+            return made[tuple(overrides)]
         run = str(tmp_path_factory.mktemp(name) / "run")
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("DEEPSEA_DATA", str(tmp_path_factory.getbasetemp() / "deepsea-data"))
             config = load_experiment(os.path.join(ROOT, "experiments", "synthetic.py"), small=True)
             apply_overrides(config, overrides)
             train(config, run, progress=False)
+        made[tuple(overrides)] = run
         return run
 
     return make

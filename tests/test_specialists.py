@@ -55,7 +55,7 @@ def test_collapse_and_merge_against_numpy_in_float64(rng):
 
 @pytest.fixture(scope="module")
 def general(train_small):
-    return train_small("specialists", ["train.steps=8"])
+    return train_small("specialists", ["train.steps=15", "model.dropout_rate=0.0"])
 
 
 def test_a_specialist_is_prepared_trained_on_the_general_split_and_merged(general, cli, tmp_path):

@@ -565,7 +565,7 @@ def test_a_time_budget_chooses_the_steps_and_resume_keeps_them(small_config, tmp
         small_config,
         [
             "train.budget_minutes=0.05",
-            "train.budget_probe_steps=3",
+            "train.budget_probe_steps=2",
             "train.steps=100000",
             "train.eval_every=1000",
             "train.checkpoint_every=1",
