@@ -1,5 +1,6 @@
 """oneDNN convolutions and max pooling (deepsea.onednn) against float64 numpy and XLA: values, gradients, dispatch."""
 
+import functools
 import os
 import pathlib
 import warnings
@@ -171,6 +172,9 @@ POOL_CASES = [
     ((1, 8, 9, 2), 2, 2, ((0, 0), (0, 1))),
     ((2, 6, 6, 4), 3, 1, ((1, 1), (1, 1))),
     ((1, 5, 7, 5), 3, 2, ((1, 0), (2, 1))),
+    ((8, 11, 11, 4), 3, 2, ((0, 0), (0, 0))),  # pooled as 2 images of 16 channels
+    ((6, 9, 9, 3), 3, 2, ((1, 1), (1, 1))),  # as 1 of 18
+    ((5, 7, 7, 2), 3, 2, ((0, 0), (0, 0))),  # 5 images do not make 16 channels: unfolded
 ]
 
 
@@ -183,6 +187,32 @@ def test_max_pool_and_its_gradient_match_numpy(shape, window, stride, pads, rng)
     np.testing.assert_array_equal(np.asarray(y), y_ref.astype(np.float32))
     g = rng.standard_normal(y_ref.shape).astype(np.float32)
     np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(g))[0]), grad(g), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape, pooled",
+    [
+        ((8, 11, 11, 4), (2, 11, 11, 16)),
+        ((6, 9, 9, 3), (1, 9, 9, 18)),
+        ((5, 7, 7, 2), (5, 7, 7, 2)),
+        ((4, 7, 7, 8), (4, 7, 7, 8)),
+    ],
+)
+def test_max_pool_puts_images_of_few_channels_side_by_side(shape, pooled, rng):
+    """oneDNN pools maps of few channels with images side by side in the channels: its gradient is slow on few.
+    The primitives see the folded maps, and values and gradients are bitwise those of pooling unfolded."""
+    pads = ((0, 0), (0, 0))
+    pool = functools.partial(onednn.max_pool, window=(3, 3), strides=(2, 2), padding=pads)
+    hlo = jax.jit(jax.grad(lambda x: jnp.sum(pool(x) ** 2))).lower(jnp.zeros(shape, jnp.bfloat16)).as_text()
+    calls = [line for line in hlo.splitlines() if "@deepsea_max_pool" in line]
+    assert len(calls) == 2  # forward and gradient
+    assert all("x".join(map(str, pooled)) + "xbf16" in line for line in calls), calls
+    x = jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
+    y, vjp = jax.vjp(pool, x)
+    y1, vjp1 = jax.vjp(lambda x: onednn._max_pool(x, (3, 3), (2, 2), pads), x)
+    g = jnp.asarray(rng.standard_normal(y.shape), jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y1, np.float32))
+    np.testing.assert_array_equal(np.asarray(vjp(g)[0], np.float32), np.asarray(vjp1(g)[0], np.float32))
 
 
 @pytest.mark.parametrize("shape", [(1, 5, 5, 1), (2, 9, 7, 3)])

@@ -293,8 +293,10 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], pa
     explicit ``padding ((top, bottom), (left, right))`` whose cells never win, through oneDNN on the CPU.
 
     The same value as :func:`deepsea.backends.xla.reduce_window_max` and the same gradient, which goes to the
-    first maximum of each window (row-major), as XLA's select-and-scatter does.  Raises RuntimeError where oneDNN is not
-    :func:`available`, ValueError for other NHWC input or a window that does not fit.
+    first maximum of each window (row-major), as XLA's select-and-scatter does.  Maps of few channels are pooled
+    with several images side by side in the channels (:func:`_pool_batch_fold`), where oneDNN's gradient runs at
+    the speed of many channels.  Raises RuntimeError where oneDNN is not :func:`available`, ValueError for other
+    NHWC input or a window that does not fit.
     """
     window = (int(window[0]), int(window[1]))
     strides = (int(strides[0]), int(strides[1]))
@@ -307,7 +309,28 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], pa
             f"{x.dtype}{tuple(x.shape)}, window {window}, strides {strides}, padding {padding}"
         )
     _require("max pooling")
-    return _max_pool(x, window, strides, padding)
+    k = _pool_batch_fold(x.shape[0], x.shape[3])
+    if k == 1:
+        return _max_pool(x, window, strides, padding)
+    # k images side by side in the channels: every channel pools alone, so the values and gradients are the same
+    n, h, w, c = x.shape
+    folded = x.reshape(n // k, k, h, w, c).transpose(0, 2, 3, 1, 4).reshape(n // k, h, w, k * c)
+    y = _max_pool(folded, window, strides, padding)
+    ho, wo = y.shape[1:3]
+    return y.reshape(n // k, ho, wo, k, c).transpose(0, 3, 1, 2, 4).reshape(n, ho, wo, c)
+
+
+_THIN_POOL_CHANNELS = 8  # below this, oneDNN's NHWC max pooling gradient is slow (docs/results.md, issue 27)
+_POOL_FOLD_CHANNELS = 16  # what a fold aims for: one AVX-512 vector of bfloat16 or float32 lanes
+
+
+def _pool_batch_fold(n: int, c: int) -> int:
+    """How many images :func:`max_pool` puts side by side in the channels: 1 for ``c`` of at least
+    ``_THIN_POOL_CHANNELS``, else the smallest divisor ``k`` of the batch ``n`` with ``k * c`` at least
+    ``_POOL_FOLD_CHANNELS`` (1 if none)."""
+    if c >= _THIN_POOL_CHANNELS:
+        return 1
+    return next((k for k in range(2, n + 1) if n % k == 0 and k * c >= _POOL_FOLD_CHANNELS), 1)
 
 
 def _pool_attrs(window, strides, padding) -> dict[str, np.ndarray]:
