@@ -17,6 +17,7 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deepsea import backends, ops
 from deepsea.backends.xla import DEFAULT_NEGATIVE_SLOPE, leaky_relu
@@ -324,15 +325,18 @@ class FoldedConv(nn.Module):
     """The convolutions of a network's first stage with its views folded into channels: instead of every view
     (:class:`Slice`'s transformed copies) convolved with one kernel, the input itself convolved with every view's
     transformed kernel (:func:`deepsea.ops.view_kernels`), ``V`` times the channels on ``1 / V`` of the batch: the
-    same function, fewer and wider convolutions.  ``first``: the stage's first layer, ``(B,H,W,C) ->
-    (B,H,W,V*F)``; else ``(B,H,W,V*C) -> (B,H,W,V*F)`` with each view's block of channels convolved with its own
-    kernel (a block-diagonal kernel).  Parameters as :class:`Conv` (``kernel (kh, kw, C, F)``, ``bias (F,)``, the
-    same initialisation), so checkpoints are interchangeable; :func:`deepsea.ops.unfold_views` turns the stage's
-    output back into stacked views."""
+    same function, fewer and wider convolutions.  ``first``: the network's first layer, ``(B,H,W,C) ->
+    (B,H,W,V*F)``; else ``(B,H,W,V*C) -> (B,H,W,V*F)``, block ``v`` of the channels being view ``v``'s maps in the
+    input's frame: with ``rolled``, the layer after a :class:`ConvRoll` (its kernel ``(kh, kw, V*C, F)`` reads
+    the roll's blocks, so every output block reads every input block: a group convolution), else each view's
+    block convolved with its own kernel (a block-diagonal kernel).  Parameters as :class:`Conv` (``kernel (kh, kw,
+    C, F)``, ``bias (F,)``, the same initialisation), so checkpoints are interchangeable;
+    :func:`deepsea.ops.unfold_views` turns the last folded stage's output back into stacked views."""
 
     features: int
     group: str | Group = "c4"
     first: bool = True
+    rolled: bool = False
     kernel_size: Sequence[int] = (3, 3)
     kernel_init: Initializer = orthogonal()
     bias_init: Initializer = nn.initializers.zeros
@@ -342,15 +346,21 @@ class FoldedConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        v = get_group(self.group).order
+        g = get_group(self.group)
+        v = g.order
         if not self.first and x.shape[-1] % v:
             raise ValueError(f"{x.shape[-1]} channels do not split into {v} views")
-        c = x.shape[-1] if self.first else x.shape[-1] // v
+        c = x.shape[-1] if self.first or self.rolled else x.shape[-1] // v
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, c, self.features), jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
         kernels = jnp.stack(ops.view_kernels(kernel, self.group))  # (V, kh, kw, C, F)
         if self.first:
             folded = jnp.moveaxis(kernels, 0, -2).reshape((*self.kernel_size, c, v * self.features))
+        elif self.rolled:  # view u's roll block h holds view h . u's maps: input block w feeds u through h = w . u**-1
+            blocks = kernels.reshape((v, *self.kernel_size, v, c // v, self.features))
+            order = np.array([[g.compose(w, int(g.inverse[u])) for w in range(v)] for u in range(v)])
+            folded = blocks[np.arange(v)[:, None], :, :, order]  # (V out, V in, kh, kw, C / V, F)
+            folded = jnp.transpose(folded, (2, 3, 1, 4, 0, 5)).reshape((*self.kernel_size, c, v * self.features))
         else:  # block (u, u) of a (V*C, V*F) kernel is view u's
             folded = jnp.einsum("vhwio,vu->hwviuo", kernels, jnp.eye(v, dtype=kernels.dtype))
             folded = folded.reshape((*self.kernel_size, v * c, v * self.features))

@@ -80,7 +80,7 @@ class RollNet(nn.Module):
     batch_norm: bool = False  # not in the seed; per-channel statistics over all views keep the invariance
     size_features: bool = False
     conv_roll: bool = True  # False: slice and view pool only, no conv rolls (an ablation)
-    fold_views: bool = False  # the first stage on the input with every view's kernel (folded_conv): the same function
+    fold_views: int = 0  # the first N stages in the input's frame, views folded into channels (folded_conv): the same function
     untied_biases: bool = False  # the seed's untied convolution biases (one per position); passed to conv when set
     activation: str = "leaky_relu"  # after every convolution: a key of layers.ACTIVATIONS (the seed tried them all)
     dropout_kind: str = "bernoulli"  # a key of layers.DROPOUTS: bernoulli, or gaussian (multiplicative noise)
@@ -124,13 +124,15 @@ class RollNet(nn.Module):
         compute = jnp.dtype(self.precision)
         x = x.astype(compute)
         fused = self.activation == "leaky_relu" and not self.batch_norm
-        fold = sym and self.fold_views
-        if fold and (self.untied_biases or not fused):
+        folded = int(self.fold_views) if sym else 0  # stages 0 .. folded - 1 run with the views folded
+        if folded and (self.untied_biases or not fused):
             raise UserError(
-                "model.fold_views computes the first stage with every view's kernel: it needs tied biases and the "
+                "model.fold_views computes the first stages with every view's kernel: it needs tied biases and the "
                 "leaky ReLU after each convolution (no batch norm, no other activation)"
             )
-        if sym and not fold:
+        if not 0 <= folded <= len(self.stages):
+            raise UserError(f"model.fold_views={self.fold_views}: expected 0 to {len(self.stages)} (the stages)")
+        if sym and not folded:
             x = self.slice_layer(group=self.symmetry, name="slice")(x)
         for key, choices in (("activation", layers.ACTIVATIONS), ("dropout_kind", layers.DROPOUTS),
                              ("dense_units", ("maxout", "channel_out"))):  # fmt: skip
@@ -143,11 +145,12 @@ class RollNet(nn.Module):
         for i, stage in enumerate(self.stages):
             for j, features in enumerate(stage):
                 extra = {"untied_bias": True} if self.untied_biases else {}
-                if fold and i == 0:  # the views folded into channels until the stage's pool
+                if i < folded:  # the views folded into channels until the last folded stage's pool
                     conv = self.folded_conv(
                         features,
                         group=self.symmetry,
-                        first=j == 0,
+                        first=i == 0 and j == 0,
+                        rolled=i > 0 and j == 0 and self.conv_roll,  # the previous stage's conv roll, folded in
                         negative_slope=slope,
                         implementation=self.conv_impl,
                         kernel_init=init,
@@ -168,11 +171,11 @@ class RollNet(nn.Module):
                 if not fused:
                     x = layers.ACTIVATIONS[self.activation](self.negative_slope, name=f"act{i}_{j}")(x)
             x = self.downsample(check_symmetry=sym, implementation=self.max_pool_impl, name=f"pool{i}")(x)
-            if fold and i == 0:  # a symmetric pooling grid commutes with the views' transforms: unfold after it
+            if i + 1 == folded:  # a symmetric pooling grid commutes with the views' transforms: unfold after it
                 x = ops.unfold_views(x, self.symmetry)
             if self.conv_dropout_rate:
                 x = dropout(self.conv_dropout_rate, deterministic=not train)(x)
-            if sym and self.conv_roll:
+            if sym and self.conv_roll and i + 1 >= folded:  # a folded next stage's first convolution rolls itself
                 x = self.conv_roll_layer(group=self.symmetry, implementation=self.roll_impl, name=f"conv_roll{i}")(x)
         x = x.reshape((x.shape[0], -1))
         x = dropout(self.dropout_rate, deterministic=not train)(x)

@@ -32,7 +32,7 @@ def test_small_rolled_network_is_invariant(group, size, dense_roll, rng):
 @pytest.mark.parametrize("group", ["c4", "d4"])
 @pytest.mark.parametrize(
     "variant",
-    [{"conv_roll": False}, {"untied_biases": True}, {"untied_biases": True, "dense_roll": True}, {"fold_views": True}],
+    [{"conv_roll": False}, {"untied_biases": True}, {"untied_biases": True, "dense_roll": True}, {"fold_views": 2}],
 )
 def test_the_ablation_variants_stay_invariant(group, variant, rng):
     """Slice and view pool without conv rolls, and the seed's untied biases (each view sees the same bias map in
@@ -210,15 +210,18 @@ def test_folded_views_are_the_sliced_views_convolved(group, size, rng):
     np.testing.assert_allclose(np.asarray(ops.unfold_views(jnp.asarray(folded), group)), expected, atol=1e-10)
 
 
-def test_a_network_with_folded_views_is_the_sliced_one_with_the_same_parameters(rng):
+@pytest.mark.parametrize("fold, variant", [(1, {}), (3, {}), (3, {"conv_roll": False})])
+def test_a_network_with_folded_views_is_the_sliced_one_with_the_same_parameters(fold, variant, rng):
     """model.fold_views: the same parameters (names, shapes, initial values), the same logits and gradients to
-    float rounding (D4: eight blocks; C4's folded network is checked for invariance above); refused where the
-    first stage is not a plain convolution with a fused leaky ReLU."""
+    float rounding (D4: eight blocks; C4's folded network is checked for invariance above), with the first stage
+    folded or all three (the conv rolls folded into group convolutions, or block-diagonal kernels without rolls);
+    refused where the first stages are not plain convolutions with a fused leaky ReLU."""
     group = "d4"
     from deepsea.errors import UserError
 
-    sliced = models.tiny_rollnet(symmetry=group)
-    folded = models.tiny_rollnet(symmetry=group, fold_views=True)
+    stages = ((4, 3), (5,), (6, 4))
+    sliced = models.tiny_rollnet(symmetry=group, stages=stages, **variant)
+    folded = models.tiny_rollnet(symmetry=group, stages=stages, fold_views=fold, **variant)
     x = jnp.asarray(rng.standard_normal((3, 23, 23, 1)), jnp.float32)
     params = sliced.init(jax.random.key(2), x[:1])["params"]
     assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, folded.init(jax.random.key(2), x[:1])["params"])
@@ -229,4 +232,6 @@ def test_a_network_with_folded_views_is_the_sliced_one_with_the_same_parameters(
     for u, w in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
         np.testing.assert_allclose(w, u, rtol=1e-4, atol=1e-6 * float(np.abs(u).max()))  # float32 sums' rounding
     with pytest.raises(UserError, match=r"fold_views .* tied biases"):
-        models.tiny_rollnet(symmetry=group, fold_views=True, untied_biases=True).init(jax.random.key(0), x[:1])
+        models.tiny_rollnet(symmetry=group, fold_views=fold, untied_biases=True).init(jax.random.key(0), x[:1])
+    with pytest.raises(UserError, match=r"fold_views=4: expected 0 to 3"):
+        models.tiny_rollnet(symmetry=group, stages=stages, fold_views=4).init(jax.random.key(0), x[:1])
