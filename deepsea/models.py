@@ -80,7 +80,7 @@ class RollNet(nn.Module):
     batch_norm: bool = False  # not in the seed; per-channel statistics over all views keep the invariance
     size_features: bool = False
     conv_roll: bool = True  # False: slice and view pool only, no conv rolls (an ablation)
-    fold_views: int = 0  # the first N stages in the input's frame, views folded into channels (folded_conv): the same function
+    fold_views: int = 0  # the first N stages in the input frame, views folded in channels (folded_conv): same function
     untied_biases: bool = False  # the seed's untied convolution biases (one per position); passed to conv when set
     activation: str = "leaky_relu"  # after every convolution: a key of layers.ACTIVATIONS (the seed tried them all)
     dropout_kind: str = "bernoulli"  # a key of layers.DROPOUTS: bernoulli, or gaussian (multiplicative noise)
