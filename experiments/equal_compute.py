@@ -22,6 +22,12 @@ does not change its steps), then the page:
         --out $E/c4_30
     deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \
         --out $E/plain_30
+    # session 39: max pooling of thin maps folded and model.fold_views=3 make the C4 step faster; re-matched width:
+    deepsea bench experiments/equal_c4.py --set model.fold_views=3 --match-time experiments/ndsb_cpu.py  # -> 0.256
+    F="--data $D --set model.width=0.256 --set model.fold_views=3"
+    deepsea sweep experiments/equal_c4.py $F --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \
+        --out $E/c4_fast_30
+    deepsea sweep experiments/equal_c4.py $F --seeds 2 --steps 4700 --set train.eval_every=940 --out $E/c4_fast
     deepsea frontier experiments/equal_compute.py --root $E --out docs/equal_compute.md --title "Equal compute"
 The tuning check (10 minutes, seed 0; the same two departures for each network; docs/results.md):
     for X in "optim.lr=0.005 lr" "model.dropout_rate=0.0 drop"; do set -- $X
@@ -50,6 +56,7 @@ def get_config(small: bool = False):
 def frontier() -> list[Arm]:
     """The networks and budgets compared (the sweep folders of the launch commands above)."""
     plain, c4 = "plain + D4 orbit average (ndsb_cpu)", "C4 rolled, equal step time (width 0.22)"
+    c4_fast = "C4 rolled, folded, equal step time with the faster code (width 0.256)"
     return [
         Arm(plain, "plain_5", 5),
         Arm(plain, "plain", 10),
@@ -59,4 +66,6 @@ def frontier() -> list[Arm]:
         Arm(c4, "c4_30", 30),
         Arm("C4 rolled, equal FLOPs (width 0.396)", "c4_flops", 10),
         Arm("D4 rolled, equal FLOPs (width 0.225)", "d4_flops", 10),
+        Arm(c4_fast, "c4_fast", 10),
+        Arm(c4_fast, "c4_fast_30", 30),
     ]
