@@ -2,7 +2,8 @@
 
 ``deepsea sweep EXPERIMENT --grid key=v1,v2 [--grid ...] [--seeds K] (--epochs E | --budget-minutes M) --out DIR``
 trains the runs one after the other into ``DIR/runs/<variant>_s<seed>``, each resumable (a killed sweep started
-again skips the finished runs and resumes the one it was in; started again with more ``--seeds`` it adds theirs),
+again skips the finished runs and resumes the one it was in; started again with more ``--seeds`` it adds theirs,
+with more ``--tta`` settings it scores the finished runs with them too),
 evaluates each best checkpoint (plain and with the
 asked TTA settings), appends one JSON line per run to ``DIR/results.jsonl`` (the variant's overrides, seed,
 steps, images seen, wall time, scores) and rewrites ``DIR/summary.md`` (mean and spread over seeds per variant)
@@ -126,6 +127,29 @@ def _read_results(out: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _score_added_tta(out: str, tta: Sequence[int | str], progress: bool) -> None:
+    """Scores the finished runs with the TTA settings added since they ran (rewriting ``results.jsonl`` after each
+    run, so a killed sweep keeps what it scored)."""
+    from tqdm.auto import tqdm
+
+    from deepsea.evaluation import evaluate_run
+    from deepsea.runs import restore_run
+
+    records = _read_results(out)
+    todo = [(r, [t for t in tta if f"tta_{t}" not in r]) for r in records]
+    todo = [(r, missing) for r, missing in todo if missing]
+    for record, missing in tqdm(todo, desc="added TTA", unit="run", disable=not progress or not todo):
+        restored = restore_run(os.path.join(out, "runs", record["name"]))
+        for t in missing:
+            record[f"tta_{t}"] = evaluate_run(restored, t, progress=False).rows[-1].to_dict()
+        path = os.path.join(out, "results.jsonl")
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        os.replace(path + ".tmp", path)
+    if todo:
+        summarize(out)
+
+
 def run_sweep(
     experiment: str,
     grids: Sequence[str],
@@ -169,16 +193,19 @@ def run_sweep(
         same_file = os.path.basename(before["experiment"]) == os.path.basename(spec["experiment"])
         if same_file:  # the same experiment from another checkout (a moved or second clone) continues it
             before = {**before, "experiment": spec["experiment"]}
-        if {**before, "seeds": seeds} != spec:
+        if {**before, "seeds": seeds, "tta": spec["tta"]} != spec:
             raise UserError(
-                f"{out} holds another sweep ({before}); continue it with the same arguments (more --seeds may be "
-                "added) or use --out"
+                f"{out} holds another sweep ({before}); continue it with the same arguments (more --seeds or --tta "
+                "settings may be added) or use --out"
             )
         seeds = max(seeds, before["seeds"])
         spec["seeds"] = seeds
+        spec["tta"] = list(dict.fromkeys([*before["tta"], *spec["tta"]]))  # every run scored with every setting
         runs = plan_sweep(grids, seeds)
+    tta = [int(t) if str(t).isdigit() else str(t) for t in spec["tta"]]
     with open(sweep_file, "w") as f:
         json.dump(spec, f, indent=1)
+    _score_added_tta(out, tta, progress)
     done = {r["name"] for r in _read_results(out)}
     todo = [r for r in runs if r.name not in done]
     durations: list[float] = []

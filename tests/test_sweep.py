@@ -75,6 +75,17 @@ def test_a_killed_sweep_resumes_and_budgets_are_equal_in_images(tmp_path, monkey
     assert os.path.getmtime(tmp_path / "sw" / "runs" / "batch_size=8_s0" / "config.json") == trained
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["seeds"] == 2
     assert "| batch_size=8 | 2 |" in (tmp_path / "sw" / "summary.md").read_text()
+    # a TTA setting added later: the finished runs are scored with it (not retrained), the new run with both
+    added = run_sweep(experiment, grid, str(tmp_path / "sw"), **{**args, "tta": [2]})
+    assert [r["name"] for r in added][-1] == "batch_size=16_s1" and all("tta_2" in r for r in added)
+    assert os.path.getmtime(tmp_path / "sw" / "runs" / "batch_size=8_s0" / "config.json") == trained
+    from deepsea.evaluation import evaluate_run
+    from deepsea.runs import restore_run
+
+    direct = evaluate_run(restore_run(str(tmp_path / "sw" / "runs" / "batch_size=8_s0")), 2, progress=False)
+    assert added[0]["tta_2"] == json.loads(json.dumps(direct.rows[-1].to_dict()))
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["tta"] == ["2"]
+    assert "TTA 2 log loss" in (tmp_path / "sw" / "summary.md").read_text()
 
 
 def test_equal_epochs_count_the_images_training_keeps(tmp_path):
