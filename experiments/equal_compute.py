@@ -28,6 +28,7 @@ does not change its steps), then the page:
     deepsea sweep experiments/equal_c4.py $F --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \
         --out $E/c4_fast_30
     deepsea sweep experiments/equal_c4.py $F --seeds 2 --steps 4700 --set train.eval_every=940 --out $E/c4_fast
+    # TTA 70 for the 5- and 10-minute arms: their commands above again with --tta 70 (the finished runs are scored)
     deepsea frontier experiments/equal_compute.py --root $E --out docs/equal_compute.md --title "Equal compute"
 The tuning check (10 minutes, seed 0; the same two departures for each network; docs/results.md):
     for X in "optim.lr=0.005 lr" "model.dropout_rate=0.0 drop"; do set -- $X
