@@ -377,14 +377,16 @@ def warp(
     src_r = inv[0, 0] * rows + inv[0, 1] * cols + inv[0, 2]
     src_c = inv[1, 0] * rows + inv[1, 1] * cols + inv[1, 2]
     inside = (src_r >= -0.5) & (src_r <= h - 0.5) & (src_c >= -0.5) & (src_c <= w - 0.5)
-    r = np.clip(src_r, 0.0, h - 1.0)  # "nearest": beyond the outer pixel centres the edge value
-    c = np.clip(src_c, 0.0, w - 1.0)
+    r = np.minimum(np.maximum(src_r, 0.0), h - 1.0)  # "nearest": beyond the outer pixel centres the edge value
+    c = np.minimum(np.maximum(src_c, 0.0), w - 1.0)
     r0, c0 = np.floor(r), np.floor(c)
     fr, fc = r - r0, c - c0
     r0i, c0i = r0.astype(np.intp), c0.astype(np.intp)
-    r1i, c1i = np.minimum(r0i + 1, h - 1), np.minimum(c0i + 1, w - 1)
+    top_left = r0i * w + c0i  # the four neighbours as flat indices (the next row or column clamped at the edge)
+    right, down = (c0i < w - 1).astype(np.intp), (r0i < h - 1) * w
+    flat = image.reshape(h * w, *image.shape[2:])
     if image.ndim == 3:
         fr, fc, inside = fr[..., None], fc[..., None], inside[..., None]
-    top = image[r0i, c0i] * (1.0 - fc) + image[r0i, c1i] * fc
-    bottom = image[r1i, c0i] * (1.0 - fc) + image[r1i, c1i] * fc
+    top = flat[top_left] * (1.0 - fc) + flat[top_left + right] * fc
+    bottom = flat[top_left + down] * (1.0 - fc) + flat[top_left + down + right] * fc
     return np.where(inside, top * (1.0 - fr) + bottom * fr, fill).astype(np.float32)
