@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Arm", "crossings", "frontier_rows", "write_frontier_page"]
+__all__ = ["Arm", "crossings", "extrapolated_crossing", "frontier_rows", "write_frontier_page"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +93,20 @@ def crossings(rows: Sequence[dict], a: str, b: str, setting: str = "plain") -> l
     return sorted(out)
 
 
+def extrapolated_crossing(rows: Sequence[dict], a: str, b: str, setting: str = "plain") -> float | None:
+    """Where ``a``'s and ``b``'s frontiers would cross past the last budget both ran, if the gap between them kept
+    changing as it did between their last two shared budgets (linear in log minutes); None where they cross within
+    the budgets, have fewer than two in common, or the gap is not narrowing.  A guess, not a measurement."""
+    means = _means(rows, setting)
+    shared = sorted(set(means.get(a, {})) & set(means.get(b, {})))
+    if len(shared) < 2 or crossings(rows, a, b, setting):
+        return None
+    (m0, m1), (d0, d1) = shared[-2:], [means[a][m] - means[b][m] for m in shared[-2:]]
+    if not 0 < abs(d1) < abs(d0):
+        return None
+    return math.exp(math.log(m1) + d1 / (d0 - d1) * (math.log(m1) - math.log(m0)))
+
+
 def _cell(row: dict, setting: str) -> str:
     return f"{row[setting]['log_loss']:.4f} / {row[setting]['accuracy']:.1%}" if setting in row else "—"
 
@@ -141,11 +155,20 @@ def write_frontier_page(root: str, arms: Sequence[Arm], out: str, title: str, in
         lines.append(f"| {network} | " + " | ".join(cells) + " |")
     networks = list(dict.fromkeys(r["network"] for r in rows))
     lines += [""]
-    for i, a in enumerate(networks):
-        for b in networks[i + 1 :]:
-            found = crossings(rows, a, b)
-            where = ", ".join(f"{m:.1f} min" for m in found) if found else "none between the budgets measured"
-            lines.append(f"- {a} and {b} cross: {where}.")
+    for setting in settings:
+        label = "" if setting == "plain" else f" ({setting.replace('tta_', 'TTA ')})"
+        for i, a in enumerate(networks):
+            for b in networks[i + 1 :]:
+                if len(set(means[setting].get(a, {})) & set(means[setting].get(b, {}))) < 2:
+                    continue  # fewer than two budgets in common: no frontier to compare
+                found = crossings(rows, a, b, setting)
+                where = ", ".join(f"{m:.1f} min" for m in found) if found else "none between the budgets measured"
+                guess = extrapolated_crossing(rows, a, b, setting)
+                if guess is not None:
+                    where += (
+                        f" (the gap narrowing as between the last two budgets, they would cross near {guess:.0f} min)"
+                    )
+                lines.append(f"- {a} and {b}{label} cross: {where}.")
     text = "\n".join(lines) + "\n"
     with open(out, "w") as f:
         f.write(text)

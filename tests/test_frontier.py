@@ -10,7 +10,7 @@ import pytest
 
 from deepsea.configs import load_experiment_with
 from deepsea.cost import flops_per_image
-from deepsea.frontier import Arm, crossings, frontier_rows, write_frontier_page
+from deepsea.frontier import Arm, crossings, extrapolated_crossing, frontier_rows, write_frontier_page
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(ROOT, "experiments", "synthetic.py")
@@ -64,3 +64,18 @@ def test_a_tie_at_a_budget_is_a_crossing():
     rows = [{"network": n, "minutes": m, "plain": {"log_loss": v}}
             for n, m, v in [("a", 2, 1.0), ("b", 2, 1.0), ("a", 8, 0.5), ("b", 8, 0.6)]]  # fmt: skip
     assert crossings(rows, "a", "b") == [2]
+
+
+def test_a_narrowing_gap_is_extrapolated_to_where_it_would_close():
+    """a - b: +0.2 at 5 minutes, +0.1 at 10: halving per doubling, so zero one more doubling on (20 minutes); not
+    for a widening gap, a crossing already measured, or a single shared budget."""
+
+    def rows(points):
+        return [{"network": n, "minutes": m, "plain": {"log_loss": v}} for n, m, v in points]
+
+    narrowing = rows([("a", 5, 1.2), ("b", 5, 1.0), ("a", 10, 1.0), ("b", 10, 0.9), ("a", 2, 1.5), ("b", 2, 1.2)])
+    assert extrapolated_crossing(narrowing, "a", "b") == pytest.approx(20.0)
+    assert extrapolated_crossing(narrowing, "b", "a") == pytest.approx(20.0)
+    assert extrapolated_crossing(rows([("a", 5, 1.1), ("b", 5, 1.0), ("a", 10, 1.0), ("b", 10, 0.8)]), "a", "b") is None
+    assert extrapolated_crossing(rows([("a", 5, 1.1), ("b", 5, 1.0), ("a", 10, 0.8), ("b", 10, 0.9)]), "a", "b") is None
+    assert extrapolated_crossing(rows([("a", 5, 1.1), ("b", 5, 1.0)]), "a", "b") is None
