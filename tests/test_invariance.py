@@ -214,7 +214,8 @@ def test_folded_views_are_the_sliced_views_convolved(group, size, rng):
 def test_a_network_with_folded_views_is_the_sliced_one_with_the_same_parameters(fold, variant, rng):
     """model.fold_views: the same parameters (names, shapes, initial values), the same logits and gradients to
     float rounding (D4: eight blocks; C4's folded network is checked for invariance above), with all three stages
-    folded (the conv rolls folded into group convolutions, or block-diagonal kernels without rolls); refused where the first stages are not plain convolutions with a fused leaky ReLU."""
+    folded (the conv rolls folded into group convolutions, or block-diagonal kernels without rolls); refused where
+    the first stages are not plain convolutions with a fused leaky ReLU."""
     group = "d4"
     from deepsea.errors import UserError
 
