@@ -215,6 +215,18 @@ def test_max_pool_puts_images_of_few_channels_side_by_side(shape, pooled, rng):
     np.testing.assert_array_equal(np.asarray(vjp(g)[0], np.float32), np.asarray(vjp1(g)[0], np.float32))
 
 
+def test_max_pool_of_a_symbolic_batch_is_not_folded():
+    """An exported model's batch is symbolic: its images cannot be counted into the channels, so they are not."""
+    pool = functools.partial(onednn.max_pool, window=(3, 3), strides=(2, 2), padding=((0, 0), (0, 0)))
+    shape = jax.export.symbolic_shape("b, 11, 11, 4")
+    allowed = [jax.export.DisabledSafetyCheck.custom_call(t) for t in onednn.FFI_TARGETS]
+    exported = jax.export.export(jax.jit(pool), platforms=("cpu",), disabled_checks=allowed)(
+        jax.ShapeDtypeStruct(shape, jnp.float32)
+    )
+    x = jnp.arange(6 * 11 * 11 * 4, dtype=jnp.float32).reshape(6, 11, 11, 4) % 7
+    np.testing.assert_array_equal(np.asarray(exported.call(x)), np.asarray(pool(x)))
+
+
 @pytest.mark.parametrize("shape", [(1, 5, 5, 1), (2, 9, 7, 3)])
 def test_max_pool_gradient_at_ties_is_select_and_scatters(shape, rng):
     """Tied windows (zeros, and integers in 0..2) send their cotangent to the first maximum, as XLA does."""

@@ -30,6 +30,7 @@ import subprocess
 import tempfile
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -324,11 +325,11 @@ _THIN_POOL_CHANNELS = 8  # below this, oneDNN's NHWC max pooling gradient is slo
 _POOL_FOLD_CHANNELS = 16  # what a fold aims for: one AVX-512 vector of bfloat16 or float32 lanes
 
 
-def _pool_batch_fold(n: int, c: int) -> int:
+def _pool_batch_fold(n: Any, c: int) -> int:
     """How many images :func:`max_pool` puts side by side in the channels: 1 for ``c`` of at least
-    ``_THIN_POOL_CHANNELS``, else the smallest divisor ``k`` of the batch ``n`` with ``k * c`` at least
-    ``_POOL_FOLD_CHANNELS`` (1 if none)."""
-    if c >= _THIN_POOL_CHANNELS:
+    ``_THIN_POOL_CHANNELS`` or a symbolic batch ``n`` (an exported model's), else the smallest divisor ``k`` of the
+    batch with ``k * c`` at least ``_POOL_FOLD_CHANNELS`` (1 if none)."""
+    if c >= _THIN_POOL_CHANNELS or not isinstance(n, int):
         return 1
     return next((k for k in range(2, n + 1) if n % k == 0 and k * c >= _POOL_FOLD_CHANNELS), 1)
 
