@@ -210,7 +210,7 @@ def test_folded_views_are_the_sliced_views_convolved(group, size, rng):
     np.testing.assert_allclose(np.asarray(ops.unfold_views(jnp.asarray(folded), group)), expected, atol=1e-10)
 
 
-@pytest.mark.parametrize("fold, variant", [(3, {}), (3, {"conv_roll": False})])
+@pytest.mark.parametrize("fold, variant", [(3, {})])
 def test_a_network_with_folded_views_is_the_sliced_one_with_the_same_parameters(fold, variant, rng):
     """model.fold_views: the same parameters (names, shapes, initial values), the same logits and gradients to
     float rounding (D4: eight blocks; C4's folded network is checked for invariance above), with all three stages
