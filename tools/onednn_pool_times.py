@@ -8,14 +8,13 @@ marked ``max_pool`` is what :func:`deepsea.backends.onednn.max_pool` chooses. Ru
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from deepsea.allocator import keep_freed_memory
 from deepsea.backends import onednn
+from deepsea.tools.timing import time_call
 
 SHAPES = [(512, 47, 47, 4), (512, 47, 47, 6), (512, 47, 47, 7), (512, 23, 23, 13), (128, 47, 47, 16)]
 FOLDS = (1, 4, 8, 16)
@@ -27,16 +26,6 @@ def _folded(x: jax.Array, k: int) -> jax.Array:
     y = onednn._max_pool(x.reshape(n // k, k, h, w, c).transpose(0, 2, 3, 1, 4).reshape(n // k, h, w, k * c), *POOL)
     ho, wo = y.shape[1:3]
     return y.reshape(n // k, ho, wo, k, c).transpose(0, 3, 1, 2, 4).reshape(n, ho, wo, c)
-
-
-def _ms(f, *args, reps: int) -> float:
-    jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
 
 
 def main() -> None:
@@ -56,9 +45,11 @@ def main() -> None:
             g = jnp.ones(jax.eval_shape(pool, x).shape, x.dtype)
             both = jax.jit(lambda x, g, pool=pool: jax.vjp(pool, x)[1](g)[0])
             mark = "  <- max_pool" if k == chosen else ""
+            forward = 1e3 * time_call(jax.jit(pool), x, repeats=args.reps)
+            forward_gradient = 1e3 * time_call(both, x, g, repeats=args.reps)
             print(
-                f"{'x'.join(map(str, shape)):>16} k={k:<2} forward {_ms(jax.jit(pool), x, reps=args.reps):6.2f} ms"
-                f"  forward+gradient {_ms(both, x, g, reps=args.reps):6.2f} ms{mark}",
+                f"{'x'.join(map(str, shape)):>16} k={k:<2} forward {forward:6.2f} ms  "
+                f"forward+gradient {forward_gradient:6.2f} ms{mark}",
                 flush=True,
             )
 
