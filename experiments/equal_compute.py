@@ -2,8 +2,9 @@
 (``ndsb_cpu``), a C4 rolled network of the same recipe whose width gives the same measured step time (``equal_c4``,
 width 0.22), the C4 network at the plain one's FLOPs per image (width 0.396, slower per step) and the D4 network at
 its FLOPs (``equal_d4``, width 0.225; no width gives D4 the plain step time), each trained for the same minutes of
-2-core training time (5, 10 and 30 minutes for the first two) on the NDSB images (the steps that fill the budget,
-measured once on quiet cores with ``deepsea bench``) and scored on the tenth of every class held out for validation.
+2-core training time (5, 10 and 30 minutes for the first two, and 60 for the plain one; 10, 30 and 60 for the C4
+network with the faster code) on the NDSB images (the steps that fill the budget, measured once on quiet cores with
+``deepsea bench``) and scored on the tenth of every class held out for validation.
 
 Launch (the steps: 10 minutes at each network's measured rate; every run alone on the cores, or beside work that
 does not change its steps), then the page:
@@ -28,6 +29,11 @@ does not change its steps), then the page:
     deepsea sweep experiments/equal_c4.py $F --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \
         --out $E/c4_fast_30
     deepsea sweep experiments/equal_c4.py $F --seeds 2 --steps 4700 --set train.eval_every=940 --out $E/c4_fast
+    # session 40: the crossover the 5-30 minute curves point to (60 minutes: twice the 30-minute steps)
+    deepsea sweep experiments/equal_c4.py $F --seeds 1 --steps 28200 --set train.eval_every=5640 --tta 70 \
+        --out $E/c4_fast_60
+    deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 28200 --set train.eval_every=5640 --tta 70 \
+        --out $E/plain_60
     # TTA 70 for the 5- and 10-minute arms: their commands above again with --tta 70 (the finished runs are scored)
     deepsea frontier experiments/equal_compute.py --root $E --out docs/equal_compute.md --title "Equal compute"
 The tuning check (10 minutes, seed 0; the same two departures for each network; docs/results.md):
@@ -69,4 +75,6 @@ def frontier() -> list[Arm]:
         Arm("D4 rolled, equal FLOPs (width 0.225)", "d4_flops", 10),
         Arm(c4_fast, "c4_fast", 10),
         Arm(c4_fast, "c4_fast_30", 30),
+        Arm(plain, "plain_60", 60),
+        Arm(c4_fast, "c4_fast_60", 60),
     ]
