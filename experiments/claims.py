@@ -20,10 +20,11 @@ Launch (each sweep may run beside other work: its steps are fixed), then the pag
     deepsea sweep $X $S --grid model.conv_roll=false --out $C/noroll
     deepsea sweep $X $S --grid model.dense_roll=true --out $C/denseroll
     deepsea sweep $X $S --grid model.symmetry=d4 --out $C/d4
-    deepsea sweep $X $S --grid model.view_pool_mode=mean,max --out $C/pool
-    deepsea sweep $X $S --grid model.negative_slope=0.01,0.0 --out $C/slope
-    deepsea sweep $X $S --grid model.maxout_pieces=1 --out $C/maxout
-    deepsea sweep $X $S --grid model.untied_biases=true --out $C/biases
+    # one seed each so far (session 40: the lanes went to the 60-minute equal-compute runs first); $S adds the second
+    deepsea sweep $X $S1 --grid model.view_pool_mode=mean,max --out $C/pool
+    deepsea sweep $X $S1 --grid model.negative_slope=0.01,0.0 --out $C/slope
+    deepsea sweep $X $S1 --grid model.maxout_pieces=1 --out $C/maxout
+    deepsea sweep $X $S1 --grid model.untied_biases=true --out $C/biases
     deepsea sweep $X $S1 --set optim.name=sgd --set optim.schedule=step --set "optim.decay_steps=(0.8,0.95)" \\
         --grid optim.lr=0.003,0.01 --out $C/nesterov
     # the seed's other experiments (issue 31), one seed each (their margins from the seed spread pooled over the
@@ -70,7 +71,19 @@ def claims() -> list[Claim]:
     eq_c4 = Measure("equal/c4", label="C4 rolled, equal step time (w 0.22)")
     eq_c4_flops = Measure("equal/c4_flops", label="C4 rolled, equal FLOPs (w 0.396)")
     eq_d4 = Measure("equal/d4_flops", label="D4 rolled, equal FLOPs (w 0.225)")
+    eq_fast = "C4 rolled, folded, equal step time, faster code (w 0.256)"
+
+    def with_tta(setting: str) -> str:
+        return "" if setting == "plain" else ", TTA " + setting.removeprefix("tta_")
+
+    def fast(budget: str, tta: str = "plain") -> Measure:
+        return Measure(f"equal/c4_fast{budget}", setting=tta, label=eq_fast + with_tta(tta))
+
+    def orbit_avg(minutes: int, tta: str) -> Measure:
+        return Measure(f"equal/plain_{minutes}", setting=tta, label="plain + D4 orbit average" + with_tta(tta))
+
     equal = "equal compute (10 minutes, dropout 0.1)"
+    longer = "equal compute, longer budgets (1 seed each)"
     nesterov = lambda lr: Measure("nesterov", f"lr={lr}", label=f"Nesterov SGD, two drops, lr {lr}")  # noqa: E731
     return [
         Claim("cyclic pooling helps", noroll, plain),
@@ -92,6 +105,17 @@ def claims() -> list[Claim]:
         Claim("an exactly invariant network beats an orbit-averaged one", eq_c4, eq_plain, equal),
         Claim("at equal FLOPs too", eq_c4_flops, eq_plain, equal),
         Claim("dihedral beats an orbit average at equal FLOPs", eq_d4, eq_plain, equal),
+        Claim("an exactly invariant network beats an orbit-averaged one (faster code)", fast(""), eq_plain, equal),
+        *(
+            Claim(
+                f"the same at {minutes} minutes{with_tta(tta)}",
+                fast(f"_{minutes}", tta),
+                orbit_avg(minutes, tta),
+                longer,
+            )
+            for minutes in (30, 60)
+            for tta in ("plain", "tta_70")
+        ),
         *_other_experiments(base),
     ]
 
