@@ -227,7 +227,7 @@ def test_a_network_with_folded_views_is_the_sliced_one_with_the_same_parameters(
     assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, folded.init(jax.random.key(2), x[:1])["params"])
     params = jax.tree.map(lambda a: a + 0.1 * jnp.asarray(rng.standard_normal(a.shape), a.dtype), params)
     loss = lambda net: lambda p: jnp.sum(net.apply({"params": p}, x) ** 2)  # noqa: E731
-    (a, ga), (b, gb) = (jax.value_and_grad(loss(net))(params) for net in (sliced, folded))
+    (a, ga), (b, gb) = (jax.jit(jax.value_and_grad(loss(net)))(params) for net in (sliced, folded))
     np.testing.assert_allclose(b, a, rtol=1e-5)
     for u, w in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
         np.testing.assert_allclose(w, u, rtol=1e-4, atol=1e-6 * float(np.abs(u).max()))  # float32 sums' rounding
