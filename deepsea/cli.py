@@ -382,6 +382,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--restarts", type=int, default=5, help="fusion networks trained and averaged")
     p.add_argument("--hidden", type=int, default=80, help="units of each of the two dense layers")
     p.add_argument("--steps", type=int, default=500, help="full-batch Adam steps per network")
+    p.add_argument("--features", default="", metavar="GROUPS",
+                   help="comma-separated feature groups to fuse (default: all; shape, hu, zernike, haralick, pftas, "
+                        "lbp)")  # fmt: skip
+    p.add_argument("--scores", default="", metavar="FILE.json",
+                   help="also save the cross-validated scores (under 'validation') and the convnets' on the same "
+                        "images")  # fmt: skip
     p.set_defaults(func=_fuse)
 
     p = sub.add_parser("params", help="print a model's parameter count per layer")
@@ -961,6 +967,7 @@ def _features(args: argparse.Namespace) -> None:
 
 
 def _fuse(args: argparse.Namespace) -> None:
+    from deepsea import rundir
     from deepsea.fitting import fuse_runs
     from deepsea.fusion import FusionSettings
 
@@ -969,10 +976,16 @@ def _fuse(args: argparse.Namespace) -> None:
             raise CommandError(f"{flag} must be at least 1, got {value}")
     output_folder(args.out, "--out")
     settings = FusionSettings(hidden=args.hidden, restarts=args.restarts, steps=args.steps)
+    groups = [g.strip() for g in args.features.split(",") if g.strip()] if args.features else None
+    scores = output_file(args.scores, "--scores") if args.scores else ""
     res = fuse_runs(
-        args.runs, args.out, args.tta, args.combine, args.weights, args.checkpoint, args.precision, settings
-    )
+        args.runs, args.out, args.tta, args.combine, args.weights, args.checkpoint, args.precision, settings,
+        features=groups,
+    )  # fmt: skip
     _print_scores([res.convnets, res.cv])
+    if scores:
+        rundir.save_json(scores, {"validation": res.cv.to_dict(), "convnets": res.convnets.to_dict(),
+                                  "features": groups or "all", "fused": os.path.abspath(args.out)})  # fmt: skip
     print(f"wrote {args.out} (fused.json, params.npz): deepsea evaluate --workdir {args.out} --data LABELLED_DIR")
 
 

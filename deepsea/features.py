@@ -25,7 +25,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["FEATURE_NAMES", "FEATURE_VERSION", "FeatureTable", "folder_features", "image_features"]
+from deepsea.errors import UserError
+
+__all__ = [
+    "FEATURE_GROUPS",
+    "FEATURE_NAMES",
+    "FEATURE_VERSION",
+    "FeatureTable",
+    "folder_features",
+    "group_names",
+    "image_features",
+]
 
 FEATURE_VERSION = 2  # 2: local binary patterns added
 LBP_POINTS, LBP_RADIUS = 8, 1  # 10 rotation-invariant uniform codes
@@ -48,14 +58,15 @@ _SHAPE = (
     "object_std",
     "image_mean",
 )
-FEATURE_NAMES: tuple[str, ...] = (
-    *_SHAPE,
-    *(f"hu{i}" for i in range(1, 8)),
-    *(f"zernike{i}" for i in range(25)),
-    *(f"haralick{i}" for i in range(1, 14)),
-    *(f"pftas{i}" for i in range(54)),
-    *(f"lbp{i}" for i in range(LBP_POINTS + 2)),
-)
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "shape": _SHAPE,
+    "hu": tuple(f"hu{i}" for i in range(1, 8)),
+    "zernike": tuple(f"zernike{i}" for i in range(25)),
+    "haralick": tuple(f"haralick{i}" for i in range(1, 14)),
+    "pftas": tuple(f"pftas{i}" for i in range(54)),  # threshold adjacency statistics
+    "lbp": tuple(f"lbp{i}" for i in range(LBP_POINTS + 2)),
+}
+FEATURE_NAMES: tuple[str, ...] = tuple(name for names in FEATURE_GROUPS.values() for name in names)
 _POOL_MIN = 256  # fewer images are computed in this process: starting worker processes would take longer
 _LENGTHS = {"size_short", "size_long", "perimeter", "major_axis", "minor_axis", "equivalent_diameter"}
 _AREAS = {"area"}
@@ -127,6 +138,21 @@ class FeatureTable:
     names: tuple[str, ...]
     values: np.ndarray  # (N, F) float32
     cache: str
+
+    def select(self, groups: Sequence[str]) -> FeatureTable:
+        """The columns of the named :data:`FEATURE_GROUPS`, in the table's order."""
+        wanted = set(group_names(groups))
+        cols = [i for i, n in enumerate(self.names) if n in wanted]
+        return dataclasses.replace(self, names=tuple(self.names[i] for i in cols), values=self.values[:, cols])
+
+
+def group_names(groups: Sequence[str]) -> tuple[str, ...]:
+    """The feature names of the named :data:`FEATURE_GROUPS`, in :data:`FEATURE_NAMES`' order; no group or an
+    unknown one is an error naming the known ones."""
+    unknown = [g for g in groups if g not in FEATURE_GROUPS]
+    if unknown or not groups:
+        raise UserError(f"feature groups {list(groups)}: expected some of {sorted(FEATURE_GROUPS)}")
+    return tuple(n for g, names in FEATURE_GROUPS.items() if g in groups for n in names)
 
 
 def _cache_path(root: str, pixel_size: float) -> str:

@@ -142,16 +142,20 @@ def fuse_runs(
     precision: str | None = None,
     settings: FusionSettings = FusionSettings(),
     progress: bool = True,
+    features: Sequence[str] | None = None,
 ) -> FusionResult:
     """Fits the fusion of ``workdirs``' blend (see :func:`deepsea.teachers.teacher_predictions` for ``weights``)
-    with the image features on their shared validation split, cross-validated, and writes the fused run ``out``."""
+    with the image features on their shared validation split, cross-validated, and writes the fused run ``out``.
+    ``features``: the :data:`~deepsea.features.FEATURE_GROUPS` fused (default: all)."""
     from deepsea.ensemble import blend_runs
-    from deepsea.features import folder_features
+    from deepsea.features import folder_features, group_names
     from deepsea.predictor import blend_probs
     from deepsea.runs import validation_set
 
     if os.path.exists(os.path.join(out, "config.json")):
         raise UserError(f"{out!r} is a training run; write the fused run elsewhere")
+    if features is not None:
+        group_names(features)  # an unknown group is an error before anything is predicted
     val = validation_set(workdirs[0])
     for w in workdirs[1:]:
         if validation_set(w).paths != val.paths:
@@ -161,6 +165,8 @@ def fuse_runs(
     pixel_size = members[0].preprocess.pixel_size
     root = os.path.commonpath([os.path.abspath(p) for p in val.paths])
     table = folder_features(root, val.paths, pixel_size, progress=progress)
+    if features is not None:
+        table = table.select(features)
     mean, std = table.values.mean(0), table.values.std(0) + 1e-6
     feats, logp, labels = standardise(table.values, mean, std), log_probabilities(probs), val.labels
     folds = np.random.default_rng(settings.seed).permutation(len(labels)) % settings.folds

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from deepsea.features import FEATURE_GROUPS
 from deepsea.groups import D4
 from deepsea.submission import read_submission, write_submission
 from deepsea.tools import bench_ops, demo
@@ -218,8 +219,16 @@ def test_scoring_on_a_held_aside_folder_and_late_fusion(cli, trained_run, tmp_pa
     out = cli("evaluate", "--workdir", run, "--data", str(held))
     assert f"images of {held}" in out and out.splitlines()[2] == plain
     fused = str(tmp_path / "fused")
-    out = cli("fuse", run, "--out", fused, "--restarts", "2", "--steps", "30")
+    assert "expected some of" in cli("fuse", run, "--out", fused, "--features", "shape,texture", rc=2)
+    scores = tmp_path / "fused_scores.json"
+    out = cli("fuse", run, "--out", fused, "--restarts", "2", "--steps", "30", "--features", "lbp,hu", "--scores",
+              str(scores))  # fmt: skip
     assert "convnets" in out and "fused (cross-validated)" in out
+    fused_on = json.loads(Path(fused, "fused.json").read_text())["features"]
+    assert fused_on == [*FEATURE_GROUPS["hu"], *FEATURE_GROUPS["lbp"]]  # FEATURE_NAMES' order
+    saved = json.loads(scores.read_text())  # what deepsea claims reads as a measure
+    cv_row = next(line.split() for line in out.splitlines() if line.startswith("fused (cross-validated)"))
+    assert f"{saved['validation']['log_loss']:.4f}" in cv_row and saved["features"] == ["lbp", "hu"]
     assert "cross_validated" in cli("evaluate", "--workdir", fused)
     out = cli("evaluate", "--workdir", fused, "--data", str(held))
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(("fused ", "convnets"))}

@@ -11,7 +11,8 @@ import pytest
 import scipy.ndimage
 
 from deepsea.data.images import read_image
-from deepsea.features import FEATURE_NAMES, folder_features, image_features
+from deepsea.errors import UserError
+from deepsea.features import FEATURE_GROUPS, FEATURE_NAMES, FeatureTable, folder_features, group_names, image_features
 
 
 def _organism(rng, h, w):
@@ -176,3 +177,17 @@ def test_local_binary_patterns_are_the_histogram_of_uniform_codes(rng):
     uniform = np.where(transitions <= 2, bits.sum(-1), 9)  # rotation-invariant uniform: the count of ones, else 9
     np.testing.assert_allclose(lbp, np.bincount(uniform.ravel(), minlength=10) / uniform.size, atol=1e-12)
     assert lbp.sum() == pytest.approx(1.0) and np.count_nonzero(lbp) >= 3
+
+
+def test_feature_groups_select_their_columns_and_an_unknown_group_is_named():
+    """``deepsea fuse --features``: a group's columns by name, in the table's order; no group, or an unknown
+    one, is an error that names it and the known groups."""
+    table = FeatureTable(("a", "b"), FEATURE_NAMES, np.arange(2.0 * len(FEATURE_NAMES)).reshape(2, -1), "")
+    sub = table.select(["lbp", "shape"])
+    assert sub.names == FEATURE_GROUPS["shape"] + FEATURE_GROUPS["lbp"] and len(sub.names) == len(set(sub.names))
+    np.testing.assert_array_equal(sub.values, table.values[:, [FEATURE_NAMES.index(n) for n in sub.names]])
+    assert sum(map(len, FEATURE_GROUPS.values())) == len(FEATURE_NAMES) == len(set(FEATURE_NAMES))
+    with pytest.raises(UserError, match=r"\['texture'\]: expected some of \['haralick', 'hu', 'lbp'"):
+        group_names(["texture"])
+    with pytest.raises(UserError, match="expected some of"):
+        group_names([])
