@@ -37,11 +37,15 @@ Launch (each sweep may run beside other work: its steps are fixed), then the pag
     deepsea sweep $X $S1 --set train.bootstrap_beta=0.8 --grid train.bootstrap=hard --out $C/boot_hard
     deepsea sweep $X $S1 --grid data.label_noise=0.2 --out $C/noisy
     deepsea sweep $X $S1 --set data.label_noise=0.2 --grid train.bootstrap=soft --out $C/noisy_soft
-    deepsea sweep $X $S1 --set data.label_noise=0.2 --set train.bootstrap_beta=0.8 --grid train.bootstrap=hard \
+    deepsea sweep $X $S1 --set data.label_noise=0.2 --set train.bootstrap_beta=0.8 --grid train.bootstrap=hard \\
         --out $C/noisy_hard
     deepsea sweep $X $S1 --grid aug.elastic=2.0 --out $C/elastic
     deepsea sweep $X $S1 --grid aug.draws=gaussian --out $C/draws
     deepsea sweep $X $S1 --grid data.rescale=moments:12 --out $C/moments
+    # late fusion on the base's seed 0 (its validation split, 5-fold cross-validated), with and without LBP:
+    deepsea fuse $C/base/runs/base_s0 --out $C/fused_all --scores $C/fused_all.json
+    deepsea fuse $C/base/runs/base_s0 --out $C/fused_nolbp --features shape,hu,zernike,haralick,pftas \\
+        --scores $C/fused_nolbp.json
     deepsea ensemble $C/base/runs/base_s0 $C/base/runs/base_s1 --uniform --scores $C/ensemble_2.json
     ln -s ../equal $C/equal   # the equal-compute study's sweeps (experiments/equal_compute.py)
     deepsea claims $X --root $C --out docs/claims.md --title "The seed's claims at 10 minutes"
@@ -125,6 +129,7 @@ def _other_experiments(base: Measure) -> list[Claim]:
     tried = "equal epochs: the seed's other experiments"
     bernoulli = Measure("dropout", "dropout_kind=bernoulli", label="dropout 0.1")
     noisy = Measure("noisy", label="20% of labels wrong")
+    fused = Measure("fused_all.json", label="base + every feature group, fused (seed 0, cross-validated)")
     return [
         Claim("Gaussian dropout beats dropout", Measure("dropout", "dropout_kind=gaussian", label="Gaussian 0.1"),
               bernoulli, tried),
@@ -144,4 +149,7 @@ def _other_experiments(base: Measure) -> list[Claim]:
         Claim("Gaussian augmentation draws help", Measure("draws", label="Gaussian draws"), base, tried),
         Claim("centring and scaling by image moments helps", Measure("moments", label="moments rescale (R 12)"), base,
               tried),
+        Claim("late-fused image features help (the seed: about 0.01)", fused, base, tried),
+        Claim("local binary patterns add to the late-fused features", fused,
+              Measure("fused_nolbp.json", label="fused without LBP (seed 0, cross-validated)"), tried),
     ]  # fmt: skip

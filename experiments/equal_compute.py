@@ -19,30 +19,30 @@ does not change its steps), then the page:
     deepsea sweep experiments/equal_c4.py --data $D --seeds 2 --steps 2400 --set train.eval_every=480 \\
         --set model.width=0.396 --out $E/c4_flops
     deepsea sweep experiments/equal_d4.py --data $D --seeds 2 --steps 1650 --set train.eval_every=330 --out $E/d4_flops
-    deepsea sweep experiments/equal_c4.py --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \
+    deepsea sweep experiments/equal_c4.py --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \\
         --out $E/c4_30
-    deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \
+    deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \\
         --out $E/plain_30
     # session 39: max pooling of thin maps folded and model.fold_views=3 make the C4 step faster; re-matched width:
     deepsea bench experiments/equal_c4.py --set model.fold_views=3 --match-time experiments/ndsb_cpu.py  # -> 0.256
     F="--data $D --set model.width=0.256 --set model.fold_views=3"
-    deepsea sweep experiments/equal_c4.py $F --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \
+    deepsea sweep experiments/equal_c4.py $F --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \\
         --out $E/c4_fast_30
     deepsea sweep experiments/equal_c4.py $F --seeds 2 --steps 4700 --set train.eval_every=940 --out $E/c4_fast
     # session 40: the crossover the 5-30 minute curves point to (60 minutes: twice the 30-minute steps)
-    deepsea sweep experiments/equal_c4.py $F --seeds 1 --steps 28200 --set train.eval_every=5640 --tta 70 \
+    deepsea sweep experiments/equal_c4.py $F --seeds 1 --steps 28200 --set train.eval_every=5640 --tta 70 \\
         --out $E/c4_fast_60
-    deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 28200 --set train.eval_every=5640 --tta 70 \
+    deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 28200 --set train.eval_every=5640 --tta 70 \\
         --out $E/plain_60
     # TTA 70 for the 5- and 10-minute arms: their commands above again with --tta 70 (the finished runs are scored)
     deepsea frontier experiments/equal_compute.py --root $E --out docs/equal_compute.md --title "Equal compute"
 The tuning check (10 minutes, seed 0; the same two departures for each network; docs/results.md):
     for X in "optim.lr=0.005 lr" "model.dropout_rate=0.0 drop"; do set -- $X
-      deepsea sweep experiments/equal_c4.py --data $D --seeds 1 --steps 4700 --set train.eval_every=940 --grid $1 \
+      deepsea sweep experiments/equal_c4.py --data $D --seeds 1 --steps 4700 --set train.eval_every=940 --grid $1 \\
           --out $E/tune_c4_$2
-      deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 4700 --set train.eval_every=940 --grid $1 \
+      deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 4700 --set train.eval_every=940 --grid $1 \\
           --out $E/tune_plain_$2
-      deepsea sweep experiments/equal_d4.py --data $D --seeds 1 --steps 1650 --set train.eval_every=330 --grid $1 \
+      deepsea sweep experiments/equal_d4.py --data $D --seeds 1 --steps 1650 --set train.eval_every=330 --grid $1 \\
           --out $E/tune_d4_$2
     done
 
