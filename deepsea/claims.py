@@ -36,7 +36,8 @@ __all__ = ["Claim", "ClaimResult", "Measure", "evaluate_claims", "pooled_seed_sp
 class Measure:
     """One measured setting: ``source`` is a sweep folder under the page's root (then ``variant`` names one of its
     variants, empty for a sweep of one, and ``setting`` its score: ``plain`` or ``tta_N``), or a ``.json`` scores
-    file under the root (``deepsea ensemble --scores``).  ``label`` names it in the table."""
+    file under the root (``deepsea ensemble --scores``, ``deepsea fuse --scores``: then ``setting`` names its key,
+    ``plain`` the ``validation`` scores).  ``label`` names it in the table."""
 
     source: str
     variant: str = ""
@@ -112,7 +113,10 @@ def _measured(root: str, sweeps: dict[str, list[dict]], m: Measure) -> dict[Any,
             return {}
         with open(path) as f:
             scores = json.load(f)
-        return {None: float(scores["validation"]["log_loss"])}
+        key = "validation" if m.setting == "plain" else m.setting
+        if key not in scores:
+            raise UserError(f"{path} has no {key!r} scores (it has {sorted(scores)})")
+        return {None: float(scores[key]["log_loss"])}
     records = sweeps.get(os.path.normpath(m.source), [])
     variants = {r["variant"] for r in records}
     if not m.variant and len(variants) > 1:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from deepsea.claims import Claim, Measure, evaluate_claims, pooled_seed_spread, write_claims_page
+from deepsea.errors import UserError
 
 T975 = {3: 3.182446305284263, 4: 2.7764451051977987}  # Student's t, 97.5% quantile (published tables)
 
@@ -31,7 +32,8 @@ def root(tmp_path):
     _sweep(tmp_path, "base", {"base": [1.00, 1.04, 0.98]}, tta=0.05)
     _sweep(tmp_path, "grid", {"a=1": [0.80, 0.82], "a=2": [1.01, 1.03], "a=3": [1.30]})
     _sweep(tmp_path, "one", {"base": [1.20]})
-    (tmp_path / "ens.json").write_text(json.dumps({"validation": {"log_loss": 0.95}}))
+    scores = {"validation": {"log_loss": 0.95}, "convnets": {"log_loss": 0.97}}  # a fused run's: the convnets' too
+    (tmp_path / "ens.json").write_text(json.dumps(scores))
     return tmp_path
 
 
@@ -52,6 +54,7 @@ def test_gains_errors_and_verdicts(root):
         Claim("a=2 beats base", Measure("grid", "a=2"), base),  # within the noise
         Claim("TTA helps", Measure("base", setting="tta_8"), base),  # paired over 3 seeds
         Claim("ensembles help", Measure("ens.json"), base),
+        Claim("fusion helps", Measure("ens.json"), Measure("ens.json", setting="convnets")),
         Claim("never ran", Measure("missing"), base),
     ]
     results, sigma, dof = evaluate_claims(str(root), claims)
@@ -75,6 +78,9 @@ def test_gains_errors_and_verdicts(root):
     assert tta.error_from == "paired over 3 seeds" and tta.verdict == "confirmed"
     ens = by["ensembles help"]
     assert ens.better_log_loss == 0.95 and ens.stderr == pytest.approx(sigma * math.sqrt(1 + 1 / 3))
+    assert by["fusion helps"].than_log_loss == 0.97 and by["fusion helps"].gain == pytest.approx(0.02)
+    with pytest.raises(UserError, match=r"ens.json has no 'tta_8' scores \(it has \['convnets', 'validation'\]\)"):
+        evaluate_claims(str(root), [Claim("x", Measure("ens.json", setting="tta_8"), base)])
     assert by["never ran"].verdict == "not run" and by["never ran"].gain is None and by["never ran"].margin is None
 
 
