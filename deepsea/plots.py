@@ -308,6 +308,14 @@ def plot_frontier(path: str, rows: list[dict]) -> None:
         means = [np.mean([r["plain"]["log_loss"] for r in rows if r["network"] == n and r["minutes"] == m])
                  for m in budgets]  # fmt: skip
         ax.plot(budgets, means, "-s", color=colours[n], lw=2, ms=6, label=n)
+    for setting in sorted({k for r in rows for k in r if k.startswith("tta_")}):
+        for n in networks:  # the same frontier scored with TTA, dashed, where the network's runs have it
+            scored = [r for r in rows if r["network"] == n and setting in r]
+            budgets = sorted({r["minutes"] for r in scored})
+            means = [np.mean([r[setting]["log_loss"] for r in scored if r["minutes"] == m]) for m in budgets]
+            if budgets:
+                label = f"{n}, {setting.replace('tta_', 'TTA ')}"
+                ax.plot(budgets, means, "--D", color=colours[n], lw=1.5, ms=5, label=label)
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter
 
@@ -315,7 +323,8 @@ def plot_frontier(path: str, rows: list[dict]) -> None:
     ax.xaxis.set_major_formatter(plain_numbers)
     ax.xaxis.set_minor_formatter(plain_numbers)
     ax.set(xlabel="training minutes on 2 CPU cores (log scale)", ylabel="validation log loss")
-    ax.set_title("thin lines: each run's validation passes; squares: the mean over seeds at each budget", fontsize=9)
+    ax.set_title("thin lines: each run's validation passes; squares: the mean over seeds at each budget "
+                 "(dashed, diamonds: with TTA)", fontsize=9)  # fmt: skip
     if networks:
         ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)

@@ -16,9 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(ROOT, "experiments", "synthetic.py")
 
 
-def _fake_sweep(root, name, symmetry, steps, losses):
+def _fake_sweep(root, name, symmetry, steps, losses, tta=None):
     """A sweep folder as ``deepsea sweep`` leaves it: one run per seed with its config, classes and validation
-    curve, and a results line with its plain score."""
+    curve, and a results line with its plain score (and ``tta``: the TTA 70 score, 0.1 below)."""
     config = load_experiment_with(SYNTHETIC, [f"model.symmetry={symmetry}", f"train.steps={steps}"], small=True)
     (root / name).mkdir(parents=True)
     with open(root / name / "results.jsonl", "w") as f:
@@ -31,6 +31,8 @@ def _fake_sweep(root, name, symmetry, steps, losses):
             (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in curve))
             score = {"log_loss": loss, "accuracy": 0.5, "top5": 0.9}
             rec = {"name": f"base_s{seed}", "seed": seed, "steps": steps, "images_seen": steps * 8, "plain": score}
+            if tta:
+                rec["tta_70"] = {**score, "log_loss": loss - 0.1}
             f.write(json.dumps(rec) + "\n")
     return config
 
@@ -39,7 +41,7 @@ def test_the_page_lists_every_run_with_its_cost_and_finds_the_crossing(tmp_path)
     plain = _fake_sweep(tmp_path, "plain_1", "none", 60, [1.0, 1.2])  # mean 1.1
     _fake_sweep(tmp_path, "plain_4", "none", 240, [0.9])
     _fake_sweep(tmp_path, "c4_1", "c4", 60, [1.3])
-    _fake_sweep(tmp_path, "c4_4", "c4", 240, [0.7, 0.8])  # mean 0.75
+    _fake_sweep(tmp_path, "c4_4", "c4", 240, [0.7, 0.8], tta=True)  # mean 0.75, with TTA 0.65
     arms = [Arm("plain", "plain_1", 1), Arm("plain", "plain_4", 4), Arm("C4", "c4_1", 1), Arm("C4", "c4_4", 4),
             Arm("D4", "not_run", 1)]  # fmt: skip
     rows = frontier_rows(str(tmp_path), arms)
@@ -56,7 +58,7 @@ def test_the_page_lists_every_run_with_its_cost_and_finds_the_crossing(tmp_path)
     page = str(tmp_path / "docs" / "page.md")  # a folder made for it
     text = write_frontier_page(str(tmp_path), arms, page, "Equal compute", "The protocol.")
     assert "The protocol." in text and f"cross: {expected:.1f} min" in text
-    assert "| plain | 1.1000 | 0.9000 |" in text and "| C4 | 1.3000 | 0.7500 |" in text
+    assert "| plain | 1.1000 | — | 0.9000 | — |" in text and "| C4 | 1.3000 | — | 0.7500 | 0.6500 |" in text
     assert text.count("| plain | 1 |") == 2 and os.path.getsize(tmp_path / "docs" / "page.png") > 10_000
 
 
