@@ -20,7 +20,7 @@ Launch (each sweep may run beside other work: its steps are fixed), then the pag
     deepsea sweep $X $S --grid model.conv_roll=false --out $C/noroll
     deepsea sweep $X $S --grid model.dense_roll=true --out $C/denseroll
     deepsea sweep $X $S --grid model.symmetry=d4 --out $C/d4
-    # one seed each so far (session 40: the lanes went to the 60-minute equal-compute runs first); $S adds the second
+    # one seed each so far ($S adds the second)
     deepsea sweep $X $S1 --grid model.view_pool_mode=mean,max --out $C/pool
     deepsea sweep $X $S1 --grid model.negative_slope=0.01,0.0 --out $C/slope
     deepsea sweep $X $S1 --grid model.maxout_pieces=1 --out $C/maxout

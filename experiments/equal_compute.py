@@ -23,13 +23,13 @@ does not change its steps), then the page:
         --out $E/c4_30
     deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \\
         --out $E/plain_30
-    # session 39: max pooling of thin maps folded and model.fold_views=3 make the C4 step faster; re-matched width:
+    # with thin max pooling folded and model.fold_views=3 the C4 step is faster: the width re-matched
     deepsea bench experiments/equal_c4.py --set model.fold_views=3 --match-time experiments/ndsb_cpu.py  # -> 0.256
     F="--data $D --set model.width=0.256 --set model.fold_views=3"
     deepsea sweep experiments/equal_c4.py $F --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \\
         --out $E/c4_fast_30
     deepsea sweep experiments/equal_c4.py $F --seeds 2 --steps 4700 --set train.eval_every=940 --out $E/c4_fast
-    # session 40: the crossover the 5-30 minute curves point to (60 minutes: twice the 30-minute steps)
+    # the crossover the shorter budgets point to (60 minutes: twice the 30-minute steps)
     deepsea sweep experiments/equal_c4.py $F --seeds 1 --steps 28200 --set train.eval_every=5640 --tta 70 \\
         --out $E/c4_fast_60
     deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 28200 --set train.eval_every=5640 --tta 70 \\
