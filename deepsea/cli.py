@@ -160,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     _experiment_args(p)
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="values to sweep (repeatable)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per combination (0 .. K-1)")
+    p.add_argument(
+        "--first-seed", type=int, default=0, help="first seed (S .. S+K-1): more seeds in a folder of their own"
+    )
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--epochs", type=float, help="equal passes over the training images (what a net learns)")
     budget.add_argument("--budget-minutes", type=float, help="equal wall minutes on this machine (what a user gets)")
@@ -530,6 +533,7 @@ def _sweep(args: argparse.Namespace) -> None:
         args.small,
         args.data,
         steps=args.steps,
+        first_seed=args.first_seed,
     )
     with open(os.path.join(args.out, "summary.md")) as f:
         print(f.read())

@@ -91,15 +91,19 @@ class SweepRun:
         return f"{self.variant}_s{self.seed}"
 
 
-def plan_sweep(grids: Sequence[str], seeds: int = 1) -> list[SweepRun]:
-    """Every combination of ``grids`` times seeds ``0 .. seeds - 1`` (seed-major within a variant)."""
+def plan_sweep(grids: Sequence[str], seeds: int = 1, first_seed: int = 0) -> list[SweepRun]:
+    """Every combination of ``grids`` times seeds ``first_seed .. first_seed + seeds - 1`` (seed-major within a
+    variant)."""
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
+    if first_seed < 0:
+        raise UserError(f"--first-seed must be at least 0, got {first_seed}")
     combos = expand_grid(grids)
     names = [_slug(c) for c in combos]
     if len(set(names)) != len(names):
         raise UserError(f"two grid combinations give the same run name: {names}")
-    return [SweepRun(n, c, s) for n, c in zip(names, combos, strict=True) for s in range(seeds)]
+    seed_range = range(first_seed, first_seed + seeds)
+    return [SweepRun(n, c, s) for n, c in zip(names, combos, strict=True) for s in seed_range]
 
 
 def _config(experiment: str, base: Sequence[str], run: SweepRun, small: bool, data: str | None) -> Any:
@@ -164,9 +168,11 @@ def run_sweep(
     progress: bool = True,
     stop_after_runs: int | None = None,
     steps: int | None = None,
+    first_seed: int = 0,
 ) -> list[dict]:
-    """Runs the sweep (see the module's docstring); returns every finished run's record.  ``stop_after_runs``:
-    stop after that many runs of this call, as if killed (for tests)."""
+    """Runs the sweep (see the module's docstring); returns every finished run's record.  ``first_seed``: the
+    seeds are ``first_seed ..`` (more seeds of a study trained elsewhere, in a folder of their own).
+    ``stop_after_runs``: stop after that many runs of this call, as if killed (for tests)."""
     from tqdm.auto import tqdm
 
     from deepsea.configs import apply_overrides
@@ -181,15 +187,16 @@ def run_sweep(
         raise UserError("give the budget as exactly one of epochs, budget_minutes or steps")
     if any(v <= 0 for v in given.values()):
         raise UserError(f"the budget must be positive, got {given}")
-    runs = plan_sweep(grids, seeds)
+    runs = plan_sweep(grids, seeds, first_seed)
     os.makedirs(out, exist_ok=True)
     sweep_file = os.path.join(out, "sweep.json")
     spec = {"experiment": os.path.abspath(experiment) if experiment.endswith(".py") else experiment,
-            "grids": list(grids), "seeds": seeds, "epochs": epochs, "budget_minutes": budget_minutes, "steps": steps,
+            "grids": list(grids), "seeds": seeds, "first_seed": first_seed, "epochs": epochs,
+            "budget_minutes": budget_minutes, "steps": steps,
             "tta": [str(t) for t in tta], "base": list(base), "small": small, "data": data}  # fmt: skip
     if os.path.exists(sweep_file):
         with open(sweep_file) as f:
-            before = {"steps": None, **json.load(f)}  # sweeps from before the steps budget
+            before = {"steps": None, "first_seed": 0, **json.load(f)}  # sweeps from before these fields
         same_file = os.path.basename(before["experiment"]) == os.path.basename(spec["experiment"])
         if same_file:  # the same experiment from another checkout (a moved or second clone) continues it
             before = {**before, "experiment": spec["experiment"]}
@@ -201,7 +208,7 @@ def run_sweep(
         seeds = max(seeds, before["seeds"])
         spec["seeds"] = seeds
         spec["tta"] = list(dict.fromkeys([*before["tta"], *spec["tta"]]))  # every run scored with every setting
-        runs = plan_sweep(grids, seeds)
+        runs = plan_sweep(grids, seeds, first_seed)
     tta = [int(t) if str(t).isdigit() else str(t) for t in spec["tta"]]
     with open(sweep_file, "w") as f:
         json.dump(spec, f, indent=1)

@@ -24,6 +24,10 @@ def test_the_grid_expands_every_combination_and_keeps_tuples_whole():
     assert expand_grid([]) == [{}]
     runs = plan_sweep(["optim.name=sgd,adam"], seeds=2)
     assert [r.name for r in runs] == ["name=sgd_s0", "name=sgd_s1", "name=adam_s0", "name=adam_s1"]
+    later = plan_sweep(["optim.name=sgd,adam"], seeds=1, first_seed=1)  # more seeds, in a folder of their own
+    assert [(r.name, r.seed) for r in later] == [("name=sgd_s1", 1), ("name=adam_s1", 1)]
+    with pytest.raises(ValueError, match="first-seed"):
+        plan_sweep([], first_seed=-1)
     for bad, match in (("a", "key=v1"), ("a=1,,2", "empty value"), ("a=(1,2", "unbalanced")):
         with pytest.raises(ValueError, match=match):
             expand_grid([bad])
