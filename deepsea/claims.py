@@ -22,12 +22,13 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from deepsea.errors import UserError
+from deepsea.ledger import Ledger, Sweep, ledger_path, merge_ledgers, read_ledger, sweeps_on_disk, write_ledger
 
 __all__ = ["Claim", "ClaimResult", "Measure", "evaluate_claims", "pooled_seed_spread", "write_claims_page"]
 
@@ -90,33 +91,33 @@ class ClaimResult:
         return float(self.stderr * t.ppf(0.975, self.dof))
 
 
-def _read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _sweep_records(root: str) -> dict[str, list[dict]]:
-    """Every sweep folder under ``root`` (a folder holding ``results.jsonl``), by its path relative to the root;
-    a link under the root to a folder kept elsewhere (another study's sweeps) is followed."""
+    """Every sweep folder's records under ``root`` (``deepsea.ledger.sweeps_on_disk``)."""
+    return {name: sweep.records for name, sweep in sweeps_on_disk(root).items()}
+
+
+def _scores_files(root: str, claims: Sequence[Claim], ledger: Mapping[str, dict]) -> dict[str, dict]:
+    """The scores files the claims name, read under ``root``, else from the ledger where it kept them."""
     out = {}
-    for folder, _, files in os.walk(root, followlinks=True):
-        if "results.jsonl" in files:
-            out[os.path.relpath(folder, root)] = _read_jsonl(os.path.join(folder, "results.jsonl"))
+    for m in {m for c in claims for m in (c.better, c.than) if m.source.endswith(".json")}:
+        path = os.path.join(root, m.source)
+        if os.path.exists(path):
+            with open(path) as f:
+                out[m.source] = json.load(f)
+        elif m.source in ledger:
+            out[m.source] = ledger[m.source]
     return out
 
 
-def _measured(root: str, sweeps: dict[str, list[dict]], m: Measure) -> dict[Any, float]:
+def _measured(root: str, sweeps: dict[str, list[dict]], m: Measure, scores: Mapping[str, dict]) -> dict[Any, float]:
     """The measure's log loss per seed (a scores file: one value, under the key ``None``); empty when not run."""
     if m.source.endswith(".json"):
-        path = os.path.join(root, m.source)
-        if not os.path.exists(path):
+        if m.source not in scores:
             return {}
-        with open(path) as f:
-            scores = json.load(f)
         key = "validation" if m.setting == "plain" else m.setting
-        if key not in scores:
-            raise UserError(f"{path} has no {key!r} scores (it has {sorted(scores)})")
-        return {None: float(scores[key]["log_loss"])}
+        if key not in scores[m.source]:
+            raise UserError(f"{os.path.join(root, m.source)} has no {key!r} scores (it has {sorted(scores[m.source])})")
+        return {None: float(scores[m.source][key]["log_loss"])}
     records = sweeps.get(os.path.normpath(m.source), [])
     variants = {r["variant"] for r in records}
     if not m.variant and len(variants) > 1:
@@ -148,15 +149,20 @@ def pooled_seed_spread(
 
 
 def evaluate_claims(
-    root: str, claims: Sequence[Claim], sweeps: dict[str, list[dict]] | None = None
+    root: str,
+    claims: Sequence[Claim],
+    sweeps: dict[str, list[dict]] | None = None,
+    scores: Mapping[str, dict] | None = None,
 ) -> tuple[list[ClaimResult], float | None, int]:
-    """Each claim measured from the sweeps and scores files under ``root`` (see the module's docstring); also
-    returns the pooled seed spread and its degrees of freedom."""
+    """Each claim measured from the sweeps and scores files under ``root`` (see the module's docstring), or from
+    ``sweeps`` (records by sweep folder) and ``scores`` (scores files by name) where given; also returns the pooled
+    seed spread and its degrees of freedom."""
     sweeps = _sweep_records(root) if sweeps is None else sweeps
+    scores = _scores_files(root, claims, {}) if scores is None else scores
     sigma, dof = pooled_seed_spread(root, sweeps=sweeps)
     out = []
     for c in claims:
-        a, b = _measured(root, sweeps, c.better), _measured(root, sweeps, c.than)
+        a, b = _measured(root, sweeps, c.better, scores), _measured(root, sweeps, c.than, scores)
         if not a or not b:
             out.append(ClaimResult(c, _mean(a), _mean(b), len(a), len(b), None, None, 0, "", "not run"))
             continue
@@ -197,12 +203,24 @@ def _cell(x: float | None, fmt: str = "{:.4f}") -> str:
 
 
 def write_claims_page(
-    root: str, claims: Sequence[Claim], out: str, title: str = "Claims measured", intro: str = ""
+    root: str,
+    claims: Sequence[Claim],
+    out: str,
+    title: str = "Claims measured",
+    intro: str = "",
+    ledger: str | None = None,
 ) -> str:
     """Writes the Markdown page ``out`` (``intro``, e.g. the protocol, under its title) and its forest plot
-    (``out`` with ``.png``); returns the Markdown."""
-    sweeps = _sweep_records(root)  # read once for the claims, the spread and the sweeps' table
-    results, sigma, dof = evaluate_claims(root, claims, sweeps)
+    (``out`` with ``.png``); returns the Markdown.  ``ledger``: the page's ledger (default ``out`` with
+    ``.jsonl``), read for the runs and scores files not under ``root`` and rewritten with everything the page
+    used."""
+    ledger = ledger_path(out) if ledger is None else ledger
+    kept = read_ledger(ledger)
+    on_disk = sweeps_on_disk(root)
+    merged = merge_ledgers(on_disk, kept.sweeps)
+    sweeps = {name: sweep.records for name, sweep in merged.items()}  # read once for the claims, spread and table
+    scores = _scores_files(root, claims, kept.scores)
+    results, sigma, dof = evaluate_claims(root, claims, sweeps, scores)
     spread = (
         "no variant ran two seeds"
         if sigma is None
@@ -217,7 +235,8 @@ def write_claims_page(
         "loss minus the claimed-better one's (positive: the claim holds), ± its 95% margin (standard error times "
         "Student's t; the error from paired seeds, else the two settings' seeds, else the spread pooled over the "
         "sweeps: column *error from*); *confirmed* when the gain exceeds the margin, *reversed* below minus the "
-        f"margin, *not at this scale* between. Seed-to-seed spread pooled over the sweeps: {spread}.",
+        f"margin, *not at this scale* between. Seed-to-seed spread pooled over the sweeps: {spread}."
+        + _ledger_sentence(on_disk, merged, ledger),
         "",
         f"![gains]({os.path.basename(plot)})",
     ]
@@ -235,7 +254,7 @@ def write_claims_page(
                 f"{r.than_seeds} | {_cell(r.better_log_loss)} | {_cell(r.than_log_loss)} | {gain} | {rel} | "
                 f"{r.error_from or '—'} | **{r.verdict}** |"
             )
-    lines += _sweeps_table(root, sweeps)
+    lines += _sweeps_table(merged)
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
@@ -243,29 +262,39 @@ def write_claims_page(
     from deepsea.plots import plot_claims
 
     plot_claims(plot, results)
+    write_ledger(ledger, Ledger(merged, scores))
     return text
 
 
-def _sweeps_table(root: str, sweeps: dict[str, list[dict]]) -> list[str]:
-    """The page's last section: every sweep under ``root`` with its experiment, grid, budget and seeds (from its
-    ``sweep.json``), the runs finished and their training minutes, and the total."""
+def _ledger_sentence(on_disk: Mapping[str, Sweep], merged: Mapping[str, Sweep], ledger: str) -> str:
+    """How many runs came from the page's ledger (their folders not under the root)."""
+    runs = sum(len(s.records) for s in merged.values())
+    kept = runs - sum(len(s.records) for s in on_disk.values())
+    name = os.path.basename(ledger)
+    if not kept:
+        return f" Every run's record is kept in the page's ledger, `{name}`."
+    return f" {kept} of the {runs} runs come from the page's ledger, `{name}` (their folders were not here)."
+
+
+def _sweeps_table(sweeps: Mapping[str, Sweep]) -> list[str]:
+    """The page's last section: every sweep with its experiment, grid, budget and seeds (from its ``sweep.json``),
+    the runs finished and their training minutes, and the total."""
     lines = ["", "## Sweeps", "", "| sweep | experiment | grid | budget | runs | training minutes |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     total = 0.0
-    for name, records in sorted(sweeps.items()):
-        spec: dict[str, Any] = {}
-        if os.path.exists(os.path.join(root, name, "sweep.json")):
-            with open(os.path.join(root, name, "sweep.json")) as f:
-                spec = json.load(f)
+    for name, sweep in sorted(sweeps.items()):
+        spec = sweep.spec
         budget = (
             f"{spec['epochs']:g} epoch{'' if spec['epochs'] == 1 else 's'}" if spec.get("epochs") else
             f"{spec['budget_minutes']:g} minutes" if spec.get("budget_minutes") else
             f"{spec['steps']:,} steps" if spec.get("steps") else "—"
         )  # fmt: skip
         grid = " ".join(spec.get("grids", [])) + "".join(f" --set {b}" for b in spec.get("base", []))
-        minutes = sum(float(r.get("wall_s", 0.0)) for r in records) / 60
+        minutes = sum(float(r.get("wall_s", 0.0)) for r in sweep.records) / 60
         total += minutes
         experiment = os.path.basename(spec.get("experiment", "")) or "—"
-        lines.append(f"| {name} | {experiment} | {grid.strip() or '—'} | {budget} | {len(records)} | {minutes:.0f} |")
+        lines.append(
+            f"| {name} | {experiment} | {grid.strip() or '—'} | {budget} | {len(sweep.records)} | {minutes:.0f} |"
+        )
     lines.append(f"| **all** | | | | | **{total:.0f}** |")
     return lines

@@ -179,14 +179,18 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("frontier", help="networks at equal compute: log loss against training minutes, crossings")
     p.add_argument("experiment", help="an experiment module with frontier() listing the arms (network, sweep, minutes)")
     p.add_argument("--root", required=True, help="folder holding the sweeps the arms name")
-    p.add_argument("--out", required=True, help="Markdown page to write (its plot beside it, .png)")
+    p.add_argument(
+        "--out", required=True, help="Markdown page to write (its plot beside it, .png; its ledger of runs, .jsonl)"
+    )
     p.add_argument("--title", default="Equal compute", help="the page's title")
     p.set_defaults(func=_frontier)
 
     p = sub.add_parser("claims", help="a results page: an experiment's claims against its sweeps, with verdicts")
     p.add_argument("experiment", help="experiment module whose claims() lists the claims")
     p.add_argument("--root", required=True, help="folder holding the sweeps (and ensemble scores) the claims name")
-    p.add_argument("--out", required=True, help="Markdown page to write (its forest plot beside it, .png)")
+    p.add_argument(
+        "--out", required=True, help="Markdown page to write (its forest plot beside it, .png; its ledger, .jsonl)"
+    )
     p.add_argument("--title", default="Claims measured")
     p.set_defaults(func=_claims)
 

@@ -16,10 +16,13 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from deepsea.errors import UserError
+from deepsea.ledger import Ledger, Sweep, ledger_path, merge_ledgers, read_ledger, sweeps_on_disk, write_ledger
 
 __all__ = ["Arm", "crossings", "extrapolated_crossing", "frontier_rows", "write_frontier_page"]
 
@@ -33,39 +36,61 @@ class Arm:
     minutes: float
 
 
-def _records(root: str, arm: Arm) -> list[dict]:
-    path = os.path.join(root, arm.sweep, "results.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def frontier_rows(root: str, arms: Sequence[Arm]) -> list[dict[str, Any]]:
-    """One row per finished run: network, budget, seed, width, params, MFLOP per image (training step and
-    prediction), images/s at the budget (steps x batch over the budget's seconds), steps, and every score."""
+def _cost(root: str, arm: Arm, record: dict, costs: dict[str, dict]) -> dict[str, Any]:
+    """The run's width, parameters and MFLOP per image, from its folder's config where the folder is here, else
+    from its ledger record (kept there when the folder was)."""
     from deepsea.cost import flops_per_image
     from deepsea.rundir import load_config
 
+    run = os.path.join(root, arm.sweep, "runs", record["name"])
+    if not os.path.exists(os.path.join(run, "config.json")):
+        if "cost" not in record:
+            raise UserError(f"{run}: no run folder (config.json) to size the run from, and no cost in its record")
+        return record["cost"]
+    config = load_config(run)
+    with open(os.path.join(run, "classes.json")) as f:
+        classes = len(json.load(f))
+    key = json.dumps([config.model.to_dict(), classes], sort_keys=True, default=str)
+    if key not in costs:
+        cost = flops_per_image(config, classes)
+        costs[key] = {
+            "width": float(config.model.width),
+            "params": cost.params,
+            "train_mflop": cost.train_step_flops / 1e6,
+            "predict_mflop": cost.predict_flops / 1e6,
+        }
+    return costs[key]
+
+
+def _curve(root: str, arm: Arm, record: dict) -> list[list[float]]:
+    """The run's validation passes as ``[step, log loss]`` pairs (kept in the ledger for the plot's thin curves)."""
+    from deepsea.rundir import read_metrics
+
+    metrics = read_metrics(os.path.join(root, arm.sweep, "runs", record["name"]))
+    return [[m["step"], m["log_loss"]] for m in metrics if m.get("split") == "validation"]
+
+
+def frontier_rows(root: str, arms: Sequence[Arm], ledger: Mapping[str, Sweep] | None = None) -> list[dict[str, Any]]:
+    """One row per finished run: network, budget, seed, width, params, MFLOP per image (training step and
+    prediction), images/s at the budget (steps x batch over the budget's seconds), steps, and every score.  Runs
+    come from the sweeps under ``root`` and, where their folders are not there, from ``ledger`` (a page's ledger:
+    ``deepsea.ledger``); each row's ``record`` is the run's record with its cost, as the ledger keeps it."""
+    disk = {s: found for s, found in sweeps_on_disk(root).items() if s in {arm.sweep for arm in arms}}
+    sweeps = merge_ledgers(disk, dict(ledger or {}))
     rows = []
+    costs: dict[str, dict] = {}
     for arm in arms:
-        costs: dict[str, Any] = {}
-        for rec in _records(root, arm):
-            run = os.path.join(root, arm.sweep, "runs", rec["name"])
-            config = load_config(run)
-            with open(os.path.join(run, "classes.json")) as f:
-                classes = len(json.load(f))
-            key = json.dumps(config.model.to_dict(), sort_keys=True, default=str)
-            if key not in costs:
-                costs[key] = flops_per_image(config, classes)
-            cost = costs[key]
+        on_disk = {r["name"] for r in disk.get(arm.sweep, Sweep()).records}
+        for rec in sweeps.get(arm.sweep, Sweep()).records:
+            if rec["name"] in on_disk:
+                rec = {**rec, "cost": _cost(root, arm, rec, costs), "curve": _curve(root, arm, rec)}
+            if rec.get("cost") is None:
+                raise UserError(f"the ledger's run {arm.sweep}/{rec['name']} has no cost: rerun it")
             scores = {k: v for k, v in rec.items() if k == "plain" or k.startswith("tta_")}
             rows.append({
                 "network": arm.network, "minutes": arm.minutes, "sweep": arm.sweep, "seed": rec["seed"],
-                "width": float(config.model.width), "params": cost.params,
-                "train_mflop": cost.train_step_flops / 1e6, "predict_mflop": cost.predict_flops / 1e6,
-                "images_per_s": rec["images_seen"] / (arm.minutes * 60), "steps": rec["steps"],
-                "run": run, **scores,
+                **rec["cost"], "images_per_s": rec["images_seen"] / (arm.minutes * 60), "steps": rec["steps"],
+                "curve": rec.get("curve", []), "from_ledger": rec["name"] not in on_disk, "record": rec, **scores,
             })  # fmt: skip
     return rows
 
@@ -111,12 +136,17 @@ def _cell(row: dict, setting: str) -> str:
     return f"{row[setting]['log_loss']:.4f} / {row[setting]['accuracy']:.1%}" if setting in row else "—"
 
 
-def write_frontier_page(root: str, arms: Sequence[Arm], out: str, title: str, intro: str = "") -> str:
+def write_frontier_page(
+    root: str, arms: Sequence[Arm], out: str, title: str, intro: str = "", ledger: str | None = None
+) -> str:
     """Writes the Markdown page ``out`` (the table of every run, each network's mean at each budget, the crossing
-    budgets) and its plot (``out`` with ``.png``); returns the Markdown."""
+    budgets) and its plot (``out`` with ``.png``); returns the Markdown.  ``ledger``: the page's ledger (default
+    ``out`` with ``.jsonl``), read for the runs whose folders are not under ``root`` and rewritten with every run
+    the page shows."""
     from deepsea.plots import plot_frontier
 
-    rows = frontier_rows(root, arms)
+    ledger = ledger_path(out) if ledger is None else ledger
+    rows = frontier_rows(root, arms, read_ledger(ledger).sweeps)
     settings = sorted({k for r in rows for k in r if k == "plain" or k.startswith("tta_")}, key=lambda s: s != "plain")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     plot = os.path.splitext(out)[0] + ".png"
@@ -126,7 +156,7 @@ def write_frontier_page(root: str, arms: Sequence[Arm], out: str, title: str, in
         f"Generated by `deepsea frontier` from the sweeps under `{root}`. Minutes: the training budget, measured on "
         "quiet cores (evaluation and setup not counted); images/s: the training images a run saw over those "
         "minutes. MFLOP per image: a training step's convolutions and matrix products (3 x the forward pass) and "
-        "a prediction's (all copies of an orbit average).",
+        "a prediction's (all copies of an orbit average)." + _ledger_sentence(rows, ledger),
         "",
         f"![frontier]({os.path.basename(plot)})",
         "",
@@ -172,4 +202,23 @@ def write_frontier_page(root: str, arms: Sequence[Arm], out: str, title: str, in
     text = "\n".join(lines) + "\n"
     with open(out, "w") as f:
         f.write(text)
+    kept: dict[str, Sweep] = {}
+    for r in rows:
+        kept.setdefault(r["sweep"], Sweep()).records.append(r["record"])
+    write_ledger(ledger, Ledger(kept))
     return text
+
+
+def _ledger_sentence(rows: Sequence[dict], ledger: str) -> str:
+    """Where the runs came from: the run folders, or (for the runs whose folders were not there) the ledger."""
+    kept = sum(r["from_ledger"] for r in rows)
+    name = os.path.basename(ledger)
+    if not kept:
+        return f" Every run's record is kept in the page's ledger, `{name}`."
+    sources = sorted({r["record"]["transcribed"] for r in rows if "transcribed" in r["record"]})
+    transcribed = sum("transcribed" in r["record"] for r in rows)
+    return (
+        f" {kept} of the {len(rows)} runs come from the page's ledger, `{name}` (their folders were not on the "
+        "machine that wrote the page; their validation curves are drawn only where the ledger kept them)"
+        + (f"; {transcribed} of them transcribed from {'; '.join(sources)}." if transcribed else ".")
+    )

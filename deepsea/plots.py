@@ -298,10 +298,9 @@ def plot_frontier(path: str, rows: list[dict]) -> None:
     colours = {n: plt.cm.tab10(i % 10) for i, n in enumerate(networks)}
     fig, ax = plt.subplots(figsize=(8, 5))
     for r in rows:
-        val = [m for m in read_metrics(r["run"]) if m.get("split") == "validation"]
-        if val:
-            x = [m["step"] / r["steps"] * r["minutes"] for m in val]
-            ax.plot(x, [m["log_loss"] for m in val], color=colours[r["network"]], lw=0.7, alpha=0.45)
+        if r["curve"]:
+            x = [step / r["steps"] * r["minutes"] for step, _ in r["curve"]]
+            ax.plot(x, [loss for _, loss in r["curve"]], color=colours[r["network"]], lw=0.7, alpha=0.45)
         ax.plot(r["minutes"], r["plain"]["log_loss"], "o", color=colours[r["network"]], ms=4, alpha=0.7)
     for n in networks:
         budgets = sorted({r["minutes"] for r in rows if r["network"] == n})

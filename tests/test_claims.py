@@ -149,3 +149,31 @@ def test_the_claims_at_10_minutes_read_a_linked_study_and_name_step_budgets(cli,
     assert "| 0.9900 | 0.8600 | -0.1300" in row and "**reversed**" in row
     assert "| base | claims.py | — | 4,700 steps | 2 | 14 |" in text  # 2 runs of 7 minutes
     assert "| equal/plain |" in text
+
+
+def test_the_ledger_keeps_the_claims_when_the_sweeps_are_gone(root, tmp_path_factory):
+    """The page's ledger holds every sweep's records, its spec and the scores files: with the run folders deleted
+    the page comes back the same, and a sweep trained later joins it."""
+    import shutil
+
+    spec = {"experiment": "/x/claims.py", "grids": ["a=1,2,3"], "seeds": 2, "steps": 4700, "base": []}
+    (root / "grid" / "sweep.json").write_text(json.dumps(spec))
+    claims = [
+        Claim("a=1 beats base", Measure("grid", "a=1"), Measure("base")),
+        Claim("ensembles help", Measure("ens.json"), Measure("base")),
+        Claim("later", Measure("later"), Measure("base")),
+    ]
+    out = tmp_path_factory.mktemp("docs") / "page.md"  # not under the root, which goes
+    first = write_claims_page(str(root), claims, str(out))
+    assert "Every run's record is kept in the page's ledger, `page.jsonl`." in first
+    shutil.rmtree(root)
+    root.mkdir()
+    again = write_claims_page(str(root), claims, str(out))
+    assert "9 of the 9 runs come from the page's ledger" in again
+    table = lambda text: [line for line in text.splitlines() if line.startswith("|")]  # noqa: E731
+    assert table(again) == table(first) and "| grid | claims.py | a=1,2,3 | 4,700 steps | 5 | 0 |" in again
+    assert "| ensembles help | ens.json | base | 1 / 3 | 0.9500 |" in again  # the scores file, from the ledger
+    _sweep(root, "later", {"base": [0.9, 0.92]})
+    text = write_claims_page(str(root), claims, str(out))
+    assert "9 of the 11 runs come from the page's ledger" in text
+    assert "| later | later | base | 2 / 3 | 0.9100 | 1.0067 |" in text

@@ -10,7 +10,9 @@ import pytest
 
 from deepsea.configs import load_experiment_with
 from deepsea.cost import flops_per_image
+from deepsea.errors import UserError
 from deepsea.frontier import Arm, crossings, extrapolated_crossing, frontier_rows, write_frontier_page
+from deepsea.ledger import Ledger, Sweep, read_ledger, write_ledger
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(ROOT, "experiments", "synthetic.py")
@@ -81,3 +83,45 @@ def test_a_narrowing_gap_is_extrapolated_to_where_it_would_close():
     assert extrapolated_crossing(rows([("a", 5, 1.1), ("b", 5, 1.0), ("a", 10, 1.0), ("b", 10, 0.8)]), "a", "b") is None
     assert extrapolated_crossing(rows([("a", 5, 1.1), ("b", 5, 1.0), ("a", 10, 0.8), ("b", 10, 0.9)]), "a", "b") is None
     assert extrapolated_crossing(rows([("a", 5, 1.1), ("b", 5, 1.0)]), "a", "b") is None
+
+
+def test_the_ledger_keeps_the_page_when_the_run_folders_are_gone(tmp_path):
+    """The page's ledger (``page.jsonl``) holds every run with its cost and curve: with the sweeps deleted the page
+    comes back the same, and a new seed trained into a fresh folder joins the ledger's runs."""
+    import shutil
+
+    root, docs = tmp_path / "runs", tmp_path / "docs"
+    _fake_sweep(root, "plain_1", "none", 60, [1.0, 1.2])
+    _fake_sweep(root, "c4_1", "c4", 60, [1.3], tta=True)
+    arms = [Arm("plain", "plain_1", 1), Arm("C4", "c4_1", 1)]
+    page = str(docs / "page.md")
+    first = write_frontier_page(str(root), arms, page, "Equal compute")
+    assert "Every run's record is kept in the page's ledger, `page.jsonl`." in first
+    shutil.rmtree(root)
+    root.mkdir()
+    again = write_frontier_page(str(root), arms, page, "Equal compute")
+    assert "3 of the 3 runs come from the page's ledger" in again
+    body = lambda text: [line for line in text.splitlines() if line.startswith("|")]  # noqa: E731
+    assert body(again) == body(first)
+    rows = frontier_rows(str(root), arms, read_ledger(str(docs / "page.jsonl")).sweeps)
+    assert [len(r["curve"]) for r in rows] == [2, 2, 2]  # the thin curves kept too
+    # seed 1 of the C4 arm, trained later into a folder of its own (deepsea sweep --first-seed 1)
+    _fake_sweep(root, "c4_1", "c4", 60, [9.9, 1.1], tta=True)
+    shutil.rmtree(root / "c4_1" / "runs" / "base_s0")
+    lines = (root / "c4_1" / "results.jsonl").read_text().splitlines()
+    (root / "c4_1" / "results.jsonl").write_text(lines[1] + "\n")
+    text = write_frontier_page(str(root), arms, page, "Equal compute")
+    assert "3 of the 4 runs come from the page's ledger" in text
+    assert "| C4 | 1.2000 | 1.1000 |" in text  # mean of seed 0 (ledger, 1.3) and seed 1 (folder, 1.1)
+    assert sorted(r["seed"] for r in read_ledger(str(docs / "page.jsonl")).sweeps["c4_1"].records) == [0, 1]
+
+
+def test_a_ledger_run_without_its_cost_is_named(tmp_path):
+    (tmp_path / "runs").mkdir()
+    record = {"name": "base_s0", "seed": 0, "steps": 10, "images_seen": 80, "plain": {"log_loss": 1.0}}
+    write_ledger(str(tmp_path / "page.jsonl"), Ledger({"c4_1": Sweep([record])}))
+    with pytest.raises(UserError, match="c4_1/base_s0 has no cost"):
+        write_frontier_page(str(tmp_path / "runs"), [Arm("C4", "c4_1", 1)], str(tmp_path / "page.md"), "t")
+    (tmp_path / "page.jsonl").write_text('{"sweep": "c4_1", "record": {}}\nnot json\n')
+    with pytest.raises(UserError, match=r"page.jsonl, line 2: not JSON"):
+        read_ledger(str(tmp_path / "page.jsonl"))
