@@ -47,6 +47,14 @@ Launch (each sweep may run beside other work: its steps are fixed), then the pag
     deepsea fuse $C/base/runs/base_s0 --out $C/fused_nolbp --features shape,hu,zernike,haralick,pftas \\
         --scores $C/fused_nolbp.json
     deepsea ensemble $C/base/runs/base_s0 $C/base/runs/base_s1 --uniform --scores $C/ensemble_2.json
+    # pseudo-labels (issue 31): a tenth of every class set aside unlabelled, a teacher (the base) trained on the
+    # rest, then students on the rest with and without its soft or hard pseudo-labels for the aside images:
+    H=../ndsb_holdout
+    deepsea holdout $D --out $H --fraction 0.1
+    deepsea sweep $X ${S1/$D/$H/train} --out $C/teacher
+    deepsea pseudolabel $C/teacher/runs/base_s0 --images $H/aside_images --tta 8 --out $C/pseudo_labels.npz
+    deepsea sweep $X ${S1/$D/$H/train} --set data.pseudo_labels=$C/pseudo_labels.npz \\
+        --grid data.pseudo_hard=false,true --out $C/pseudo
     ln -s ../equal $C/equal   # the equal-compute study's sweeps (experiments/equal_compute.py)
     deepsea claims $X --root $C --out docs/claims.md --title "The seed's claims at 10 minutes"
 
@@ -133,6 +141,8 @@ def _other_experiments(base: Measure) -> list[Claim]:
     bernoulli = Measure("dropout", "dropout_kind=bernoulli", label="dropout 0.1")
     noisy = Measure("noisy", label="20% of labels wrong")
     fused = Measure("fused_all.json", label="base + every feature group, fused (seed 0, cross-validated)")
+    soft = Measure("pseudo", "pseudo_hard=false", label="a third of every batch soft pseudo-labels")
+    teacher = Measure("teacher", label="base on 90% of the images, no pseudo-labels (the teacher)")
     return [
         Claim("Gaussian dropout beats dropout", Measure("dropout", "dropout_kind=gaussian", label="Gaussian 0.1"),
               bernoulli, tried),
@@ -156,4 +166,7 @@ def _other_experiments(base: Measure) -> list[Claim]:
               Measure("fused_all.json", setting="convnets", label="base seed 0 alone (the same images)"), tried),
         Claim("local binary patterns add to the late-fused features", fused,
               Measure("fused_nolbp.json", label="fused without LBP (seed 0, cross-validated)"), tried),
+        Claim("soft pseudo-labels help (the seed's choice)", soft, teacher, tried),
+        Claim("hard pseudo-labels beat soft ones", Measure("pseudo", "pseudo_hard=true", label="hard pseudo-labels"),
+              soft, tried),
     ]  # fmt: skip
