@@ -35,6 +35,9 @@ does not change its steps), then the page:
     deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 28200 --set train.eval_every=5640 --tta 70 \\
         --out $E/plain_60
     # TTA 70 for the 5- and 10-minute arms: their commands above again with --tta 70 (the finished runs are scored)
+    # second seeds of the 30- and 60-minute pairs: their four commands again with --first-seed 1, into folders of
+    # the same names (seed 0's records come from the page's ledger, docs/equal_compute.jsonl; where seed 0's folder
+    # is still there, --seeds 2 adds seed 1 to it)
     deepsea frontier experiments/equal_compute.py --root $E --out docs/equal_compute.md --title "Equal compute"
 The tuning check (10 minutes, seed 0; the same two departures for each network; docs/results.md):
     for X in "optim.lr=0.005 lr" "model.dropout_rate=0.0 drop"; do set -- $X
