@@ -79,6 +79,12 @@ def test_a_killed_sweep_resumes_and_budgets_are_equal_in_images(tmp_path, monkey
     assert os.path.getmtime(tmp_path / "sw" / "runs" / "batch_size=8_s0" / "config.json") == trained
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["seeds"] == 2
     assert "| batch_size=8 | 2 |" in (tmp_path / "sw" / "summary.md").read_text()
+    # seed 1 alone, in a folder of its own (--first-seed 1): the same run as the grown sweep's seed 1
+    alone = run_sweep(experiment, grid, str(tmp_path / "s1"), stop_after_runs=1, first_seed=1, **args)
+    assert [(r["name"], r["seed"]) for r in alone] == [("batch_size=8_s1", 1)]
+    assert alone[0]["plain"] == grown[-1]["plain"]
+    with pytest.raises(ValueError, match="holds another sweep"):  # seed 0 belongs to another folder
+        run_sweep(experiment, grid, str(tmp_path / "s1"), **args)
     # a TTA setting added later: the finished runs are scored with it (not retrained), the new run with both
     added = run_sweep(experiment, grid, str(tmp_path / "sw"), **{**args, "tta": [2]})
     assert [r["name"] for r in added][-1] == "batch_size=16_s1" and all("tta_2" in r for r in added)
