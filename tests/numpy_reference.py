@@ -25,6 +25,19 @@ def index_of(name: str, m: np.ndarray) -> int:
     return hits[0]
 
 
+def selection_matrix(ref, in_shape: tuple[int, ...]) -> np.ndarray:
+    """The matrix of a reference op that copies input elements (slices and rolls): one call on the elements'
+    indices names each output's source, after a call on ones shows every output is a single copy (no sums, no
+    zero fill).  The same matrix as column j = ref(e_j), in two calls instead of one per element."""
+    n = int(np.prod(in_shape))
+    ones = np.ravel(ref(np.ones(in_shape)))
+    np.testing.assert_array_equal(ones, np.ones_like(ones))
+    source = np.ravel(ref(np.arange(n, dtype=np.float64).reshape(in_shape))).astype(int)
+    m = np.zeros((source.size, n))
+    m[np.arange(source.size), source] = 1.0
+    return m
+
+
 def apply(m: np.ndarray, img: np.ndarray) -> np.ndarray:
     """``out[p] = img[m^-1 p]`` in coordinates centred on the middle of the (square) grid."""
     n = img.shape[0]

@@ -553,8 +553,12 @@ def test_make_synthetic_preview_and_bench_data(cli, tmp_path):
     png = tmp_path / "grid.png"
     cli("preview", "--data", str(tmp_path / "syn"), "--out", str(png), "--images", "3", "--augmented", "2")
     assert png.read_bytes()[:4] == b"\x89PNG"
-    out = cli("bench-data", "--data", str(tmp_path / "syn"), "--batches", "2", "--steps", "0")
-    assert "95x95 (largest side 85)" in out and '"size_47"' in out
+    data = ["--data", str(tmp_path / "syn"), "--batches", "2", "--steps", "0"]
+    out = cli("bench-data", *data, "--loader-workers", "1")
+    assert "95x95 (largest side 85)" in out and '"size_47"' in out and "1 worker " in out
+    assert json.loads(out.strip().splitlines()[-1])["size_47"].keys() == {"in_process", "workers_1"}
+    refused = cli("bench-data", *data, "--loader-workers", "0", rc=2)
+    assert "--loader-workers: expected positive worker counts" in refused
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from random_params import random_params
 from wrong_rolls import wrong_dihedral_conv_roll
 
 from deepsea import models, ops
@@ -13,8 +14,7 @@ from deepsea.groups import D4
 
 
 def _net_fn(net, size, channels=1, seed=0):
-    x0 = jnp.zeros((1, size, size, channels), jnp.float32)
-    params = net.init(jax.random.key(seed), x0)
+    params = random_params(net, jnp.zeros((1, size, size, channels), jnp.float32), seed=seed)
     return jax.jit(lambda x: net.apply(params, x))
 
 

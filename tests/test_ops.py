@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from numpy_reference import pool_grad_ref, pool_ref, roll_ref, slice_ref
+from numpy_reference import pool_grad_ref, pool_ref, roll_ref, selection_matrix, slice_ref
 from wrong_rolls import wrong_dihedral_conv_roll
 
 from deepsea import ops
@@ -249,13 +249,6 @@ def test_pooling_symmetry(size, window, stride, padding, symmetric):
 # --- gradients ---------------------------------------------------------------------------
 
 
-def _linear_op_matrix(ref, in_shape):
-    """The matrix of a linear reference op, column j = ref(e_j)."""
-    n = int(np.prod(in_shape))
-    cols = [ref(np.eye(n)[j].reshape(in_shape)).ravel() for j in range(n)]
-    return np.stack(cols, axis=1)
-
-
 @pytest.mark.parametrize("group", GROUPS, ids=gid)
 @pytest.mark.parametrize(
     ("op", "ref", "in_shape"),
@@ -273,7 +266,7 @@ def test_linear_op_jvp_and_vjp_are_the_reference_matrix(group, op, ref, in_shape
     y, vjp = jax.vjp(lambda z: fn(z, group), x)
     ct = _random(rng, y.shape)
     (got,) = vjp(ct)
-    m = _linear_op_matrix(functools.partial(ref, g=group.name), shape)
+    m = selection_matrix(functools.partial(ref, g=group.name), shape)
     want = (m.T @ np.asarray(ct, np.float64).ravel()).reshape(shape)
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-6, atol=1e-6)
     # forward-mode agrees with the same matrix
@@ -325,7 +318,7 @@ def test_16_bit_gradients_sum_in_float32_and_round_once(group, op, ref, in_shape
     ct = rng.integers(-exact + 1, exact, y.shape).astype(np.float64)
     (got,) = vjp(jnp.asarray(ct, dtype))
     assert got.dtype == dtype
-    want = (_linear_op_matrix(functools.partial(ref, g=group.name), shape).T @ ct.ravel()).reshape(shape)
+    want = (selection_matrix(functools.partial(ref, g=group.name), shape).T @ ct.ravel()).reshape(shape)
     assert np.abs(want).max() > exact  # sums beyond the dtype's exact integers
     np.testing.assert_array_equal(np.asarray(got, np.float64), np.asarray(jnp.asarray(want, dtype), np.float64))
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from random_params import random_params
 
 from deepsea.configs import ConfigError, apply_overrides, base_config, load_experiment
 from deepsea.errors import UserError
@@ -251,7 +252,7 @@ def test_models_invariance_where_they_should_be(name, rng):
     from deepsea.equivariance import check_invariance
 
     model = build_model({"name": name, "width": 0.25}, 10)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 47, 47, 1)))
+    params = random_params(model, jnp.zeros((1, 47, 47, 1)))
     fn = jax.jit(lambda x: model.apply(params, x))
     x = jnp.asarray(rng.standard_normal((2, 47, 47, 1)), jnp.float32)
     if name == "convroll4":

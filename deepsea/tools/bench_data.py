@@ -2,7 +2,7 @@
 
 ``deepsea bench-data [--data DIR]`` prints, for 95x95 (largest side to 85)
 and 47x47 (fixed factor 1/5) patches, augmented images/s in this process and
-with 1 and 2 grain workers, then runs convroll4 training steps (forward,
+with 1 and 2 grain workers (``--loader-workers``), then runs convroll4 training steps (forward,
 backward and an SGD update, batch 32 x 4 views) fed by the loader and reports
 the share of the loop's time spent waiting in ``next()``.  Without ``--data``
 it uses the generated synthetic dataset.
@@ -25,6 +25,7 @@ from deepsea.data import (
     scan_labelled_folder,
     train_batches,
 )
+from deepsea.errors import UserError
 
 __all__ = ["loader_rates", "waiting_share"]
 
@@ -38,7 +39,13 @@ def _rate(it, batches: int, batch_size: int) -> float:
 
 
 def loader_rates(
-    paths: Sequence[str], labels: np.ndarray, size: int, rescale: Rescale, batches: int, batch_size: int = 32
+    paths: Sequence[str],
+    labels: np.ndarray,
+    size: int,
+    rescale: Rescale,
+    batches: int,
+    batch_size: int = 32,
+    worker_counts: Sequence[int] = (1, 2),
 ) -> dict[str, float]:
     pp = Preprocess(size=size, rescale=rescale)
     src = AugmentedSource(paths, labels, pp, TRAIN_RANGES, seed=0)
@@ -47,7 +54,7 @@ def loader_rates(
     for i in range(n):
         src[i]
     out = {"in_process": n / (time.perf_counter() - t0)}
-    for workers in (1, 2):
+    for workers in worker_counts:
         out[f"workers_{workers}"] = _rate(train_batches(src, batch_size, workers=workers), batches, batch_size)
     return out
 
@@ -105,6 +112,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", type=int, default=20, help="batches of 32 timed per loader setting")
     p.add_argument("--steps", type=int, default=5, help="convroll4 training steps for the waiting share (0: skip)")
     p.add_argument("--workers", type=int, default=1, help="loader workers while training")
+    p.add_argument(
+        "--loader-workers",
+        type=lambda s: [int(w) for w in s.split(",")],
+        default=[1, 2],
+        help="comma-separated worker counts whose loader rates are timed (default 1,2)",
+    )
 
 
 def main_with_args(args: argparse.Namespace) -> None:
@@ -116,15 +129,19 @@ def main_with_args(args: argparse.Namespace) -> None:
     paths, labels = list(folder.paths), folder.labels
     assert labels is not None
     print(f"# deepsea bench-data: {args.data} ({len(folder)} images, {len(folder.classes)} classes)")
-    print(f"{'patch':<26} {'in-process':>11} {'1 worker':>10} {'2 workers':>10}   (augmented images/s)")
+    counts = [w for w in args.loader_workers if w > 0]
+    if not counts or len(counts) != len(args.loader_workers):
+        raise UserError(f"--loader-workers: expected positive worker counts, got {args.loader_workers}")
+    columns = "".join(f" {f'{w} worker' + ('s' if w > 1 else ''):>10}" for w in counts)
+    print(f"{'patch':<26} {'in-process':>11}{columns}   (augmented images/s)")
     results = {}
     for size, rescale, label in (
         (95, Rescale("max_side", 85.0), "95x95 (largest side 85)"),
         (47, Rescale("factor", 0.2), "47x47 (factor 1/5)"),
     ):
-        r = loader_rates(paths, labels, size, rescale, args.batches)
+        r = loader_rates(paths, labels, size, rescale, args.batches, worker_counts=counts)
         results[f"size_{size}"] = r
-        print(f"{label:<26} {r['in_process']:11.0f} {r['workers_1']:10.0f} {r['workers_2']:10.0f}")
+        print(f"{label:<26} {r['in_process']:11.0f}" + "".join(f" {r[f'workers_{w}']:10.0f}" for w in counts))
     if args.steps:
         w = waiting_share(paths, labels, len(folder.classes), args.steps, args.workers)
         results["training"] = w
