@@ -213,7 +213,7 @@ def write_claims_page(
     """Writes the Markdown page ``out`` (``intro``, e.g. the protocol, under its title) and its forest plot
     (``out`` with ``.png``); returns the Markdown.  ``ledger``: the page's ledger (default ``out`` with
     ``.jsonl``), read for the runs and scores files not under ``root`` and rewritten with everything the page
-    used."""
+    used, keeping what it held besides."""
     ledger = ledger_path(out) if ledger is None else ledger
     kept = read_ledger(ledger)
     on_disk = sweeps_on_disk(root)
@@ -262,7 +262,7 @@ def write_claims_page(
     from deepsea.plots import plot_claims
 
     plot_claims(plot, results)
-    write_ledger(ledger, Ledger(merged, scores))
+    write_ledger(ledger, Ledger(merged, {**kept.scores, **scores}))  # scores files no claim names stay too
     return text
 
 

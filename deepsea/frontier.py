@@ -142,11 +142,12 @@ def write_frontier_page(
     """Writes the Markdown page ``out`` (the table of every run, each network's mean at each budget, the crossing
     budgets) and its plot (``out`` with ``.png``); returns the Markdown.  ``ledger``: the page's ledger (default
     ``out`` with ``.jsonl``), read for the runs whose folders are not under ``root`` and rewritten with every run
-    the page shows."""
+    the page shows; its sweeps of arms the page does not show are kept as they were."""
     from deepsea.plots import plot_frontier
 
     ledger = ledger_path(out) if ledger is None else ledger
-    rows = frontier_rows(root, arms, read_ledger(ledger).sweeps)
+    kept_before = read_ledger(ledger)
+    rows = frontier_rows(root, arms, kept_before.sweeps)
     settings = sorted({k for r in rows for k in r if k == "plain" or k.startswith("tta_")}, key=lambda s: s != "plain")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     plot = os.path.splitext(out)[0] + ".png"
@@ -205,7 +206,9 @@ def write_frontier_page(
     kept: dict[str, Sweep] = {}
     for r in rows:
         kept.setdefault(r["sweep"], Sweep()).records.append(r["record"])
-    write_ledger(ledger, Ledger(kept))
+    shown = {arm.sweep for arm in arms}  # the ledger's sweeps of arms the page no longer shows stay in it
+    kept.update({name: sweep for name, sweep in kept_before.sweeps.items() if name not in shown})
+    write_ledger(ledger, Ledger(kept, kept_before.scores))
     return text
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from deepsea.claims import Claim, Measure, evaluate_claims, pooled_seed_spread, write_claims_page
 from deepsea.errors import UserError
+from deepsea.ledger import read_ledger
 
 T975 = {3: 3.182446305284263, 4: 2.7764451051977987}  # Student's t, 97.5% quantile (published tables)
 
@@ -177,3 +178,7 @@ def test_the_ledger_keeps_the_claims_when_the_sweeps_are_gone(root, tmp_path_fac
     text = write_claims_page(str(root), claims, str(out))
     assert "9 of the 11 runs come from the page's ledger" in text
     assert "| later | later | base | 2 / 3 | 0.9100 | 1.0067 |" in text
+    # a claim taken off the page: its scores file and sweeps stay in the ledger for a page that names it again
+    write_claims_page(str(root), claims[2:], str(out))
+    assert "ens.json" in read_ledger(str(out.with_suffix(".jsonl"))).scores
+    assert table(write_claims_page(str(root), claims, str(out))) == table(text)

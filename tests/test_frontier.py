@@ -114,6 +114,11 @@ def test_the_ledger_keeps_the_page_when_the_run_folders_are_gone(tmp_path):
     assert "3 of the 4 runs come from the page's ledger" in text
     assert "| C4 | 1.2000 | 1.1000 |" in text  # mean of seed 0 (ledger, 1.3) and seed 1 (folder, 1.1)
     assert sorted(r["seed"] for r in read_ledger(str(docs / "page.jsonl")).sweeps["c4_1"].records) == [0, 1]
+    # an arm taken off the page: its runs leave the page but stay in the ledger for a later page that shows it
+    without = write_frontier_page(str(root), arms[1:], page, "Equal compute")
+    assert "| plain |" not in without
+    assert [r["seed"] for r in read_ledger(str(docs / "page.jsonl")).sweeps["plain_1"].records] == [0, 1]
+    assert body(write_frontier_page(str(root), arms, page, "Equal compute")) == body(text)
 
 
 def test_a_ledger_run_without_its_cost_is_named(tmp_path):
