@@ -281,7 +281,7 @@ def _sweeps_table(sweeps: Mapping[str, Sweep]) -> list[str]:
     the runs finished and their training minutes, and the total."""
     lines = ["", "## Sweeps", "", "| sweep | experiment | grid | budget | runs | training minutes |",
              "|---|---|---|---|---|---|"]  # fmt: skip
-    total = 0.0
+    total, untimed = 0.0, False
     for name, sweep in sorted(sweeps.items()):
         spec = sweep.spec
         budget = (
@@ -290,11 +290,16 @@ def _sweeps_table(sweeps: Mapping[str, Sweep]) -> list[str]:
             f"{spec['steps']:,} steps" if spec.get("steps") else "—"
         )  # fmt: skip
         grid = " ".join(spec.get("grids", [])) + "".join(f" --set {b}" for b in spec.get("base", []))
-        minutes = sum(float(r.get("wall_s", 0.0)) for r in sweep.records) / 60
-        total += minutes
+        timed = [float(r["wall_s"]) for r in sweep.records if "wall_s" in r]
+        total += sum(timed) / 60
+        minutes = f"{sum(timed) / 60:.0f}" if timed else "—"
+        if timed and len(timed) < len(sweep.records):
+            minutes += f" ({len(timed)} of {len(sweep.records)} runs)"
+        untimed = untimed or len(timed) < len(sweep.records)
         experiment = os.path.basename(spec.get("experiment", "")) or "—"
-        lines.append(
-            f"| {name} | {experiment} | {grid.strip() or '—'} | {budget} | {len(sweep.records)} | {minutes:.0f} |"
-        )
+        lines.append(f"| {name} | {experiment} | {grid.strip() or '—'} | {budget} | {len(sweep.records)} | {minutes} |")
     lines.append(f"| **all** | | | | | **{total:.0f}** |")
+    if untimed:
+        lines += ["", "Training minutes: the runs' wall time; — where a run's record does not keep it (a run "
+                  "transcribed from an earlier page)."]  # fmt: skip
     return lines

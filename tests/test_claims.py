@@ -9,7 +9,7 @@ import pytest
 
 from deepsea.claims import Claim, Measure, evaluate_claims, pooled_seed_spread, write_claims_page
 from deepsea.errors import UserError
-from deepsea.ledger import read_ledger
+from deepsea.ledger import read_ledger, write_ledger
 
 T975 = {3: 3.182446305284263, 4: 2.7764451051977987}  # Student's t, 97.5% quantile (published tables)
 
@@ -182,3 +182,14 @@ def test_the_ledger_keeps_the_claims_when_the_sweeps_are_gone(root, tmp_path_fac
     write_claims_page(str(root), claims[2:], str(out))
     assert "ens.json" in read_ledger(str(out.with_suffix(".jsonl"))).scores
     assert table(write_claims_page(str(root), claims, str(out))) == table(text)
+    # runs transcribed without their wall time: their minutes are unknown, not zero
+    kept = read_ledger(str(out.with_suffix(".jsonl")))
+    for r in kept.sweeps["grid"].records[1:]:
+        r.pop("wall_s")
+    write_ledger(str(out.with_suffix(".jsonl")), kept)
+    text = write_claims_page(str(root), claims, str(out))
+    assert "| grid | claims.py | a=1,2,3 | 4,700 steps | 5 | 0 (1 of 5 runs) |" in text
+    assert "— where a run's record does not keep it" in text
+    kept.sweeps["grid"].records[0].pop("wall_s")
+    write_ledger(str(out.with_suffix(".jsonl")), kept)
+    assert "| grid | claims.py | a=1,2,3 | 4,700 steps | 5 | — |" in write_claims_page(str(root), claims, str(out))
