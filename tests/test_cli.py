@@ -557,8 +557,9 @@ def test_make_synthetic_preview_and_bench_data(cli, tmp_path):
     out = cli("bench-data", *data, "--loader-workers", "1")
     assert "95x95 (largest side 85)" in out and '"size_47"' in out and "1 worker " in out
     assert json.loads(out.strip().splitlines()[-1])["size_47"].keys() == {"in_process", "workers_1"}
-    refused = cli("bench-data", *data, "--loader-workers", "0", rc=2)
-    assert "--loader-workers: expected positive worker counts" in refused
+    for bad in ("0", "1,x"):
+        refused = cli("bench-data", *data, "--loader-workers", bad, rc=2)
+        assert f"--loader-workers: expected positive worker counts, e.g. 1,2; got {bad!r}" in refused
 
 
 @pytest.mark.slow

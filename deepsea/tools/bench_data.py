@@ -25,7 +25,6 @@ from deepsea.data import (
     scan_labelled_folder,
     train_batches,
 )
-from deepsea.errors import UserError
 
 __all__ = ["loader_rates", "waiting_share"]
 
@@ -107,6 +106,13 @@ def waiting_share(
     }
 
 
+def _worker_counts(value: str) -> list[int]:
+    counts = [int(w) if w.strip().isdigit() else 0 for w in value.split(",")]
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive worker counts, e.g. 1,2; got {value!r}")
+    return counts
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="labelled image folder (default: the synthetic dataset)")
     p.add_argument("--batches", type=int, default=20, help="batches of 32 timed per loader setting")
@@ -114,7 +120,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="loader workers while training")
     p.add_argument(
         "--loader-workers",
-        type=lambda s: [int(w) for w in s.split(",")],
+        type=_worker_counts,
         default=[1, 2],
         help="comma-separated worker counts whose loader rates are timed (default 1,2)",
     )
@@ -129,9 +135,7 @@ def main_with_args(args: argparse.Namespace) -> None:
     paths, labels = list(folder.paths), folder.labels
     assert labels is not None
     print(f"# deepsea bench-data: {args.data} ({len(folder)} images, {len(folder.classes)} classes)")
-    counts = [w for w in args.loader_workers if w > 0]
-    if not counts or len(counts) != len(args.loader_workers):
-        raise UserError(f"--loader-workers: expected positive worker counts, got {args.loader_workers}")
+    counts = args.loader_workers
     columns = "".join(f" {f'{w} worker' + ('s' if w > 1 else ''):>10}" for w in counts)
     print(f"{'patch':<26} {'in-process':>11}{columns}   (augmented images/s)")
     results = {}
