@@ -953,7 +953,9 @@ def _export(args: argparse.Namespace) -> None:
 def _holdout(args: argparse.Namespace) -> None:
     from deepsea.data.folders import hold_out
 
-    output_folder(args.out, "--out")
+    if os.path.lexists(args.out):  # checked before its parent is made: hold_out writes a new folder
+        raise CommandError(f"--out {args.out!r} exists: holdout writes a new folder")
+    output_file(args.out, "--out")  # its parent made and written to, as for a file
     res = hold_out(args.data, args.out, args.fraction, args.seed)
     print(
         f"wrote {args.out}: train/ ({res.train} images), aside/ ({res.aside} images, labelled, for scoring: "

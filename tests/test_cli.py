@@ -744,6 +744,10 @@ def test_outputs_are_checked_before_the_work_and_damaged_files_are_named(cli, tr
     (tmp_path / "dir.npz").mkdir()
     assert "is a folder" in cli("pseudolabel", run, "--images", str(flat), "--out", str(tmp_path / "dir.npz"), rc=2)
     assert "cannot be made" in cli("holdout", str(flat), "--out", str(tmp_path / "a_file" / "h"), rc=2)
+    labelled, held = json.loads(Path(run, "split.json").read_text())["root"], tmp_path / "new" / "held"
+    out = cli("holdout", labelled, "--out", str(held), "--fraction", "0.34")  # its --out checked, not made first
+    assert "wrote" in out and sorted(os.listdir(held)) == ["aside", "aside_images", "train"]
+    assert "exists" in cli("holdout", labelled, "--out", str(held), rc=2)
     model = str(tmp_path / "model")
     cli("export", "--workdir", run, "--out", model)
     assert "--overwrite" in cli("export", "--workdir", run, "--out", model, rc=2)
