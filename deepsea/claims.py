@@ -5,7 +5,7 @@ better and the one it is compared with, as :class:`Measure` s: a variant of a sw
 ``results.jsonl``) with one of its score settings (``plain``, ``tta_8``, ...), or a scores file written by
 ``deepsea ensemble --scores``.  ``deepsea claims EXPERIMENT --root DIR --out PAGE.md`` writes the page: per claim
 the two log losses, the gain (the compared setting's log loss minus the better one's: positive when the claim
-holds) with its 95% margin, and a verdict, plus a forest plot of the gains beside the page.
+holds) with its 95% margin, a verdict and the two accuracies, plus a forest plot of the gains beside the page.
 
 The standard error and its degrees of freedom: with three or more seeds measured under both settings, from the
 per-seed differences (the same seed trains both: paired); else, when both settings ran two or more seeds, from
@@ -67,7 +67,8 @@ class Claim:
 @dataclasses.dataclass(frozen=True)
 class ClaimResult:
     """A claim measured: each side's mean log loss and seeds, the gain (``than`` minus ``better``: positive when
-    the claim holds), its standard error and how it was estimated, and the verdict."""
+    the claim holds), its standard error and how it was estimated, the verdict, and each side's mean accuracy
+    (``None`` where its records do not keep one)."""
 
     claim: Claim
     better_log_loss: float | None
@@ -79,6 +80,8 @@ class ClaimResult:
     dof: int
     error_from: str
     verdict: str
+    better_accuracy: float | None = None
+    than_accuracy: float | None = None
 
     @property
     def margin(self) -> float | None:
@@ -109,23 +112,27 @@ def _scores_files(root: str, claims: Sequence[Claim], ledger: Mapping[str, dict]
     return out
 
 
-def _measured(root: str, sweeps: dict[str, list[dict]], m: Measure, scores: Mapping[str, dict]) -> dict[Any, float]:
-    """The measure's log loss per seed (a scores file: one value, under the key ``None``); empty when not run."""
+def _measured(
+    root: str, sweeps: dict[str, list[dict]], m: Measure, scores: Mapping[str, dict], metric: str = "log_loss"
+) -> dict[Any, float]:
+    """The measure's ``metric`` per seed (a scores file: one value, under the key ``None``); empty when not run,
+    and without the seeds whose records lack the metric."""
     if m.source.endswith(".json"):
         if m.source not in scores:
             return {}
         key = "validation" if m.setting == "plain" else m.setting
         if key not in scores[m.source]:
             raise UserError(f"{os.path.join(root, m.source)} has no {key!r} scores (it has {sorted(scores[m.source])})")
-        return {None: float(scores[m.source][key]["log_loss"])}
+        value = scores[m.source][key].get(metric)
+        return {} if value is None else {None: float(value)}
     records = sweeps.get(os.path.normpath(m.source), [])
     variants = {r["variant"] for r in records}
     if not m.variant and len(variants) > 1:
         raise UserError(f"{m.source} holds the variants {sorted(variants)}: name one in the claim's measure")
     out = {}
     for r in records:
-        if (not m.variant or r["variant"] == m.variant) and m.setting in r:
-            out[r["seed"]] = float(r[m.setting]["log_loss"])
+        if (not m.variant or r["variant"] == m.variant) and metric in r.get(m.setting, {}):
+            out[r["seed"]] = float(r[m.setting][metric])
     return out
 
 
@@ -163,8 +170,12 @@ def evaluate_claims(
     out = []
     for c in claims:
         a, b = _measured(root, sweeps, c.better, scores), _measured(root, sweeps, c.than, scores)
+        accuracy = {
+            "better_accuracy": _mean(_measured(root, sweeps, c.better, scores, "accuracy")),
+            "than_accuracy": _mean(_measured(root, sweeps, c.than, scores, "accuracy")),
+        }
         if not a or not b:
-            out.append(ClaimResult(c, _mean(a), _mean(b), len(a), len(b), None, None, 0, "", "not run"))
+            out.append(ClaimResult(c, _mean(a), _mean(b), len(a), len(b), None, None, 0, "", "not run", **accuracy))
             continue
         gain = float(np.mean(list(b.values())) - np.mean(list(a.values())))
         paired = sorted(k for k in a.keys() & b.keys() if k is not None)
@@ -181,7 +192,7 @@ def evaluate_claims(
             se, df, how = sigma * math.sqrt(1 / len(a) + 1 / len(b)), dof, "spread pooled over the sweeps"
         else:
             se, df, how = None, 0, "no seed spread measured"
-        r = ClaimResult(c, _mean(a), _mean(b), len(a), len(b), gain, se, df, how, "")
+        r = ClaimResult(c, _mean(a), _mean(b), len(a), len(b), gain, se, df, how, "", **accuracy)
         if r.margin is None:
             verdict = "no verdict (one seed, no spread)"
         elif gain > r.margin:
@@ -235,15 +246,16 @@ def write_claims_page(
         "loss minus the claimed-better one's (positive: the claim holds), ± its 95% margin (standard error times "
         "Student's t; the error from paired seeds, else the two settings' seeds, else the spread pooled over the "
         "sweeps: column *error from*); *confirmed* when the gain exceeds the margin, *reversed* below minus the "
-        f"margin, *not at this scale* between. Seed-to-seed spread pooled over the sweeps: {spread}."
-        + _ledger_sentence(on_disk, merged, ledger),
+        f"margin, *not at this scale* between; the last column, validation accuracy, is beside the verdict, not in "
+        f"it. Seed-to-seed spread pooled over the sweeps: {spread}." + _ledger_sentence(on_disk, merged, ledger),
         "",
         f"![gains]({os.path.basename(plot)})",
     ]
     for budget in dict.fromkeys(c.budget for c in claims):
         lines += ["", f"## {budget[0].upper()}{budget[1:]}", ""]
         lines += ["| claim | better | than | seeds | log loss (better) | log loss (than) | gain ± 95% | relative | "
-                  "error from | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "error from | verdict | accuracy (better / than) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in results:
             if r.claim.budget != budget:
                 continue
@@ -252,7 +264,8 @@ def write_claims_page(
             lines.append(
                 f"| {r.claim.text} | {r.claim.better.name} | {r.claim.than.name} | {r.better_seeds} / "
                 f"{r.than_seeds} | {_cell(r.better_log_loss)} | {_cell(r.than_log_loss)} | {gain} | {rel} | "
-                f"{r.error_from or '—'} | **{r.verdict}** |"
+                f"{r.error_from or '—'} | **{r.verdict}** | {_cell(r.better_accuracy, '{:.1%}')} / "
+                f"{_cell(r.than_accuracy, '{:.1%}')} |"
             )
     lines += _sweeps_table(merged)
     text = "\n".join(lines) + "\n"

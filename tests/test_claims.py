@@ -15,13 +15,14 @@ T975 = {3: 3.182446305284263, 4: 2.7764451051977987}  # Student's t, 97.5% quant
 
 
 def _sweep(root, name: str, runs: dict[str, list[float]], tta: float | None = None, wall_s: float = 0.0) -> None:
-    """A sweep folder whose variant ``v`` ran one seed per log loss in ``runs[v]``."""
+    """A sweep folder whose variant ``v`` ran one seed per log loss in ``runs[v]`` (accuracy ``1 - log loss / 2``
+    where the log loss is under 1.2, else none kept, as in a transcribed record)."""
     os.makedirs(root / name, exist_ok=True)
     lines = []
     for variant, losses in runs.items():
         for seed, ll in enumerate(losses):
-            rec = {"name": f"{variant}_s{seed}", "variant": variant, "seed": seed, "plain": {"log_loss": ll},
-                   "wall_s": wall_s}  # fmt: skip
+            plain = {"log_loss": ll, **({"accuracy": 1 - ll / 2} if ll < 1.2 else {})}
+            rec = {"name": f"{variant}_s{seed}", "variant": variant, "seed": seed, "plain": plain, "wall_s": wall_s}
             if tta is not None:
                 rec["tta_8"] = {"log_loss": ll - tta}
             lines.append(json.dumps(rec) + "\n")
@@ -80,6 +81,9 @@ def test_gains_errors_and_verdicts(root):
     ens = by["ensembles help"]
     assert ens.better_log_loss == 0.95 and ens.stderr == pytest.approx(sigma * math.sqrt(1 + 1 / 3))
     assert by["fusion helps"].than_log_loss == 0.97 and by["fusion helps"].gain == pytest.approx(0.02)
+    assert by["fusion helps"].better_accuracy is None  # a scores file without accuracy
+    assert by["a=3 beats base"].better_accuracy is None and by["a=3 beats base"].better_log_loss == 1.30
+    assert by["a=1 beats base"].better_accuracy == pytest.approx(1 - 0.81 / 2)
     with pytest.raises(UserError, match=r"ens.json has no 'tta_8' scores \(it has \['convnets', 'validation'\]\)"):
         evaluate_claims(str(root), [Claim("x", Measure("ens.json", setting="tta_8"), base)])
     assert by["never ran"].verdict == "not run" and by["never ran"].gain is None and by["never ran"].margin is None
@@ -103,8 +107,8 @@ def test_the_page_and_its_plot(root, tmp_path):
     assert "## Equal epochs" in text and "## Equal CPU time" in text
     row = next(line for line in text.splitlines() if line.startswith("| a=1 beats base"))
     assert "| variant one | base | 2 / 3 | 0.8100 | 1.0067 | +0.1967 ± 0.0763 | +19.5% | the two settings' seeds" in row
-    assert "**confirmed**" in row
-    assert "| never ran | missing | base | 0 / 3 | — | 1.0067 | — | — | — | **not run** |" in text
+    assert row.endswith("| **confirmed** | 59.5% / 49.7% |")  # accuracy: 1 - 0.81 / 2 and 1 - 1.0067 / 2
+    assert "| never ran | missing | base | 0 / 3 | — | 1.0067 | — | — | — | **not run** | — / 49.7% |" in text
     assert (tmp_path / "docs" / "page.png").read_bytes()[:4] == b"\x89PNG"
     assert "| grid | — | — | — | 5 | 0 |" in text  # no sweep.json, no wall times: the runs still counted
 
