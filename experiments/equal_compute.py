@@ -34,6 +34,9 @@ does not change its steps), then the page:
         --out $E/c4_fast_60
     deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 28200 --set train.eval_every=5640 --tta 70 \\
         --out $E/plain_60
+    # the claims page's moment rescaling (centre and radius of gyration, issue 31) on the plain arm at 10 minutes
+    deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 4700 --set train.eval_every=940 \\
+        --grid data.rescale=moments:12 --out $E/moments
     # TTA 70 for the 5- and 10-minute arms: their commands above again with --tta 70 (the finished runs are scored)
     # second seeds of the 30- and 60-minute pairs: their four commands again with --first-seed 1, into folders of
     # the same names (seed 0's records come from the page's ledger, docs/equal_compute.jsonl; where seed 0's folder
