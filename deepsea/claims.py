@@ -246,7 +246,7 @@ def write_claims_page(
         "loss minus the claimed-better one's (positive: the claim holds), ± its 95% margin (standard error times "
         "Student's t; the error from paired seeds, else the two settings' seeds, else the spread pooled over the "
         "sweeps: column *error from*); *confirmed* when the gain exceeds the margin, *reversed* below minus the "
-        f"margin, *not at this scale* between; the last column, validation accuracy, is beside the verdict, not in "
+        "margin, *not at this scale* between; the last column, validation accuracy, is beside the verdict, not in "
         f"it. Seed-to-seed spread pooled over the sweeps: {spread}." + _ledger_sentence(on_disk, merged, ledger),
         "",
         f"![gains]({os.path.basename(plot)})",
