@@ -10,18 +10,19 @@ Launch (the steps: 10 minutes at each network's measured rate; every run alone o
 does not change its steps), then the page:
 
     D=../shared/data/ndsb/train E=runs/equal
+    N="experiments/ndsb_cpu.py --set data.rescale=max_side:42"  # the plain arm: before ndsb_cpu rescaled by moments
     deepsea bench experiments/equal_c4.py --match-time experiments/ndsb_cpu.py   # -> equal_c4.WIDTH
     deepsea bench experiments/equal_d4.py --match-flops experiments/ndsb_cpu.py  # -> equal_d4.WIDTH
-    deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 2 --steps 4700 --set train.eval_every=940 --out $E/plain
+    deepsea sweep $N --data $D --seeds 2 --steps 4700 --set train.eval_every=940 --out $E/plain
     deepsea sweep experiments/equal_c4.py --data $D --seeds 2 --steps 4700 --set train.eval_every=940 --out $E/c4
-    deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 2350 --set train.eval_every=470 --out $E/plain_5
+    deepsea sweep $N --data $D --seeds 1 --steps 2350 --set train.eval_every=470 --out $E/plain_5
     deepsea sweep experiments/equal_c4.py --data $D --seeds 1 --steps 2350 --set train.eval_every=470 --out $E/c4_5
     deepsea sweep experiments/equal_c4.py --data $D --seeds 2 --steps 2400 --set train.eval_every=480 \\
         --set model.width=0.396 --out $E/c4_flops
     deepsea sweep experiments/equal_d4.py --data $D --seeds 2 --steps 1650 --set train.eval_every=330 --out $E/d4_flops
     deepsea sweep experiments/equal_c4.py --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \\
         --out $E/c4_30
-    deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \\
+    deepsea sweep $N --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \\
         --out $E/plain_30
     # with thin max pooling folded and model.fold_views=3 the C4 step is faster: the width re-matched
     deepsea bench experiments/equal_c4.py --set model.fold_views=3 --match-time experiments/ndsb_cpu.py  # -> 0.256
@@ -32,11 +33,14 @@ does not change its steps), then the page:
     # the crossover the shorter budgets point to (60 minutes: twice the 30-minute steps)
     deepsea sweep experiments/equal_c4.py $F --seeds 1 --steps 28200 --set train.eval_every=5640 --tta 70 \\
         --out $E/c4_fast_60
-    deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 28200 --set train.eval_every=5640 --tta 70 \\
+    deepsea sweep $N --data $D --seeds 1 --steps 28200 --set train.eval_every=5640 --tta 70 \\
         --out $E/plain_60
     # the claims page's moment rescaling (centre and radius of gyration, issue 31) on the plain arm at 10 minutes
-    deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 4700 --set train.eval_every=940 \\
+    deepsea sweep $N --data $D --seeds 1 --steps 4700 --set train.eval_every=940 \\
         --grid data.rescale=moments:12 --out $E/moments
+    # ... and at 30 minutes, with TTA 70 (since then ndsb_cpu's recipe)
+    deepsea sweep $N --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 \\
+        --grid data.rescale=moments:12 --tta 70 --out $E/moments_30
     # TTA 70 for the 5- and 10-minute arms: their commands above again with --tta 70 (the finished runs are scored)
     # second seeds of the 30- and 60-minute pairs: their four commands again with --first-seed 1, into folders of
     # the same names (seed 0's records come from the page's ledger, docs/equal_compute.jsonl; where seed 0's folder
@@ -46,7 +50,7 @@ The tuning check (10 minutes, seed 0; the same two departures for each network; 
     for X in "optim.lr=0.005 lr" "model.dropout_rate=0.0 drop"; do set -- $X
       deepsea sweep experiments/equal_c4.py --data $D --seeds 1 --steps 4700 --set train.eval_every=940 --grid $1 \\
           --out $E/tune_c4_$2
-      deepsea sweep experiments/ndsb_cpu.py --data $D --seeds 1 --steps 4700 --set train.eval_every=940 --grid $1 \\
+      deepsea sweep $N --data $D --seeds 1 --steps 4700 --set train.eval_every=940 --grid $1 \\
           --out $E/tune_plain_$2
       deepsea sweep experiments/equal_d4.py --data $D --seeds 1 --steps 1650 --set train.eval_every=330 --grid $1 \\
           --out $E/tune_d4_$2

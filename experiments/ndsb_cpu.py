@@ -1,20 +1,17 @@
 """The NDSB recipe for 2 CPU cores and about 30 minutes: a plain network made exactly D4-invariant by
 averaging its predictions over the input's orbit.
 
-On 2 cores a rolled network pays for its four views with four times the compute per image, and in a
-fixed budget the epochs it loses cost more than the symmetry gains (compare
-``ndsb_cpu_c4``).  So this recipe trains the plain backbone (convroll4's stages
-without the channel halving that anticipates a roll) on single images, with
-rotations and mirrors from the augmentation, and gets the invariance at
-evaluation only: :class:`deepsea.models.OrbitAverage` averages the
-log-probabilities of the eight D4 copies of each input.  47x47 patches (largest
-side 42), bfloat16 computation, no batch norm (on this CPU it costs more steps than it saves), the raw
-image size late-fused (sorted, so rotation-invariant), mild augmentation,
-decoded images kept in memory, and Adam (batch 128) with a short warm-up and a
-cosine decay over as many steps as fill 30 minutes on the machine that trains it
-(``train.budget_minutes``: the step time is measured before the run starts, and
-the steps chosen are in the run's ``config.json`` and ``budget.json``).  Results:
-``docs/results.md``.
+On 2 cores a rolled network pays for its four views with four times the compute per image, and in a fixed
+budget the epochs it loses cost more than the symmetry gains (compare ``ndsb_cpu_c4``).  So this recipe trains
+the plain backbone (convroll4's stages without the channel halving that anticipates a roll) on single images, with
+rotations and mirrors from the augmentation, and gets the invariance at evaluation only:
+:class:`deepsea.models.OrbitAverage` averages the log-probabilities of the eight D4 copies of each input.  47x47
+patches, each image centred on its intensity centroid and scaled to a radius of gyration of 12 pixels (its image
+moments; the seed tried this and kept the largest side), bfloat16 computation, no batch norm (on this CPU it costs
+more steps than it saves), the raw image size late-fused (sorted, so rotation-invariant), mild augmentation,
+decoded images kept in memory, and Adam (batch 128) with a short warm-up and a cosine decay over as many steps as
+fill 30 minutes on the machine that trains it (``train.budget_minutes``: the step time is measured before the run
+starts, and the steps chosen are in the run's ``config.json`` and ``budget.json``).  Results: ``docs/results.md``.
 
 Launch: deepsea train experiments/ndsb_cpu.py --data ../shared/data/ndsb/train --workdir runs/ndsb_cpu
 Small run: deepsea train experiments/ndsb_cpu.py --data ../shared/data/ndsb/train --small
@@ -28,7 +25,7 @@ def get_config(small: bool = False):
     c.name = "ndsb_cpu"
     c.data.path = "../shared/data/ndsb/train"
     c.data.size = 47
-    c.data.rescale = "max_side:42"
+    c.data.rescale = "moments:12"  # better than the largest side at 42 pixels (docs/results.md, equal compute)
     c.data.workers = 0  # the loader in threads of this process: on 2 cores faster than a worker process (results.md)
     c.data.cache_images = True  # later epochs skip the JPEG decode
     c.model.name = "rollnet"
