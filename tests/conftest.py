@@ -1,15 +1,10 @@
 import os
 
 # The tests' programs are small and run a few times each, so compiling them is most of the suite's time: XLA's
-# backend optimisations off and its older elemental emitters instead of the fusion emitters (both cheaper to
-# compile; the results are the same functions, rounded the same way the tests check), and YNNPACK off, as the
-# command line sets it.  A developer's own XLA_FLAGS win.
+# backend optimisations off (the results are the same functions, rounded the same way the tests check) and
+# YNNPACK off, as the command line sets it.  A developer's own XLA_FLAGS win.
 if not os.environ.get("DEEPSEA_DEFAULT_XLA_FLAGS"):  # set by the tests that check the compiler's defaults too
-    os.environ.setdefault(
-        "XLA_FLAGS",
-        "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
-        "--xla_cpu_experimental_ynn_fusion_type=",
-    )
+    os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_experimental_ynn_fusion_type=")
 
 import jax
 import numpy as np
