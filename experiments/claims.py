@@ -79,7 +79,7 @@ def claims() -> list[Claim]:
     noroll = Measure("noroll", label="C4 slice + pool, no roll")
     plain = Measure("plain", label="plain, same per-view width")
     orbit = Measure("orbit", label="plain + C4 orbit average")
-    eq_plain = Measure("equal/plain", label="plain + D4 orbit average (ndsb_cpu)")
+    eq_plain = Measure("equal/plain", label="plain + D4 orbit average (ndsb_cpu, largest side 42)")
     eq_c4 = Measure("equal/c4", label="C4 rolled, equal step time (w 0.22)")
     eq_c4_flops = Measure("equal/c4_flops", label="C4 rolled, equal FLOPs (w 0.396)")
     eq_d4 = Measure("equal/d4_flops", label="D4 rolled, equal FLOPs (w 0.225)")

@@ -72,8 +72,9 @@ def get_config(small: bool = False):
 
 def frontier() -> list[Arm]:
     """The networks and budgets compared (the sweep folders of the launch commands above)."""
-    plain, c4 = "plain + D4 orbit average (ndsb_cpu)", "C4 rolled, equal step time (width 0.22)"
+    plain, c4 = "plain + D4 orbit average (ndsb_cpu before, largest side 42)", "C4 rolled, equal step time (width 0.22)"
     c4_fast = "C4 rolled, folded, equal step time with the faster code (width 0.256)"
+    moments = "plain + D4 orbit average, rescaled by image moments (ndsb_cpu now)"
     return [
         Arm(plain, "plain_5", 5),
         Arm(plain, "plain", 10),
@@ -87,4 +88,6 @@ def frontier() -> list[Arm]:
         Arm(c4_fast, "c4_fast_30", 30),
         Arm(plain, "plain_60", 60),
         Arm(c4_fast, "c4_fast_60", 60),
+        Arm(moments, "moments", 10),
+        Arm(moments, "moments_30", 30),
     ]
