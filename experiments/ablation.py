@@ -38,6 +38,7 @@ from experiments import ndsb_cpu_c4
 def get_config(small: bool = False):
     c = ndsb_cpu_c4.get_config(small)
     c.name = "ablation"
+    c.data.rescale = "max_side:42"  # the page's inputs: ndsb_cpu's before it rescaled by image moments
     if not small:
         c.train.budget_minutes = 12.0  # a sweep sets its own budget: --epochs or --budget-minutes
         c.train.eval_every = 500
