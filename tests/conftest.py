@@ -15,12 +15,13 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 # Many tests compile the same programs (the small experiments' training and prediction steps) in different
 # worker processes, and every run of train() traces its step anew: XLA's persistent cache, shared by the
-# workers and the subprocesses the tests start, compiles each program once per test session.
+# workers and the subprocesses the tests start, compiles each program once per test session (every program,
+# however quick to compile: the many small ones add up on a machine whose cache is cold).
 XLA_CACHE = os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), f"deepsea-tests-xla-{os.getuid()}")
 )
 jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
