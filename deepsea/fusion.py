@@ -256,8 +256,11 @@ def load_fused(workdir: str) -> FusedRun:
     if any(mr.classes != tuple(meta["classes"]) for mr in members):
         raise UserError(f"{workdir}: a member run's classes changed since the fusion was fitted")
     s = meta["settings"]
-    template = _net(s["hidden"], len(meta["classes"]), s["dropout"]).init(
-        jax.random.key(0), jnp.zeros((1, len(meta["features"]))), jnp.zeros((1, len(meta["classes"])))
+    template = jax.eval_shape(  # the parameters' structure
+        _net(s["hidden"], len(meta["classes"]), s["dropout"]).init,
+        jax.random.key(0),
+        jnp.zeros((1, len(meta["features"]))),
+        jnp.zeros((1, len(meta["classes"]))),
     )
     treedef = jax.tree.structure(template)
     n = len(jax.tree.leaves(template))

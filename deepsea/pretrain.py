@@ -111,7 +111,7 @@ def _init_params(net: Any, ops: list[tuple[str, ...]], pp: Any, seed: int) -> di
     from deepsea.models import network_layers
 
     x = jnp.zeros((1, pp.size, pp.size, pp.channels), jnp.float32)
-    variables = net.init(jax.random.key(seed), x, raw_size=jnp.ones((1, 2), jnp.float32))
+    variables = jax.jit(net.init)(jax.random.key(seed), x, raw_size=jnp.ones((1, 2), jnp.float32))
     layers = network_layers(variables["params"])
     convs = [op[1] for op in ops if op[0] == "conv"]
     params = {name: dict(layers[name]) for name in convs}
@@ -266,13 +266,12 @@ def load_pretrained(path: str, params: Any) -> Any:
         if name not in layers:
             raise UserError(f"{file}: layer {name!r} is not in this model (its layers: {sorted(layers)[:8]}...)")
         new = dict(layers[name])
-        for k in new:
-            value = saved.get(f"{name}/{k}")
-            if value is None or value.shape != np.shape(new[k]):
-                got = None if value is None else value.shape
-                raise UserError(f"{file}: {name}/{k} has shape {got}, the model's is {np.shape(new[k])}")
-            new[k] = jnp.asarray(value)
-        layers[name] = new
+        shapes = {k: None if saved.get(f"{name}/{k}") is None else saved[f"{name}/{k}"].shape for k in sorted(new)}
+        wrong = [f"{name}/{k} has shape {got}, the model's is {np.shape(new[k])}"
+                 for k, got in shapes.items() if got != np.shape(new[k])]  # fmt: skip
+        if wrong:
+            raise UserError(f"{file}: " + "; ".join(wrong))
+        layers[name] = {k: jnp.asarray(saved[f"{name}/{k}"]) for k in new}
     out = layers
     inner = params
     while set(inner) == {"inner"}:  # rebuild the orbit average's nesting

@@ -13,9 +13,12 @@ Every JSON file is written atomically (a temporary file renamed over it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -233,12 +236,35 @@ def _as_tree(state: Any) -> dict[str, Any]:
     return tree
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _plain_sigint() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt, as by default, from a Python handler.  Orbax runs its work with
+    ``asyncio.run``, which replaces Python's default SIGINT handler by one that holds its task and, taking it back
+    (``signal.signal`` names the handler it replaces), formats that task and with it every array the task
+    returned; a handler of our own is left alone, and a checkpoint costs no string formatting."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def save_state(manager: Any, step: int, state: Any) -> None:
     """Saves a :class:`~deepsea.step.TrainState` as checkpoint ``step`` and waits for it."""
     import orbax.checkpoint as ocp
 
-    manager.save(step, args=ocp.args.StandardSave(_as_tree(state)), force=True)
-    manager.wait_until_finished()
+    with _plain_sigint():
+        manager.save(step, args=ocp.args.StandardSave(_as_tree(state)), force=True)
+        manager.wait_until_finished()
 
 
 def restore_state(manager: Any, step: int, template: Any) -> Any:
@@ -250,7 +276,8 @@ def restore_state(manager: Any, step: int, template: Any) -> Any:
 
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _as_tree(template))
     try:
-        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        with _plain_sigint():
+            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # an emptied, truncated or foreign checkpoint: orbax's message names none of it
         where = os.path.join(str(manager.directory), str(step))
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

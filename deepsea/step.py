@@ -173,7 +173,7 @@ def create_train_state(
         params = variables.pop("params")
         return TrainState(jnp.asarray(0, jnp.int32), params, tx.init(params), variables)
 
-    return TrainSetup(model, tx, schedule, jax.eval_shape(init) if abstract else init())
+    return TrainSetup(model, tx, schedule, jax.eval_shape(init) if abstract else jax.jit(init)())
 
 
 def example_losses(

@@ -244,7 +244,7 @@ def train_transform_net(
     net = net or TransformNet()
     predict = _transform_net_fns(run, net)
     pp = run.preprocess
-    params = net.init(jax.random.key(seed), jnp.zeros((1, pp.size, pp.size, 1), jnp.float32))
+    params = jax.jit(net.init)(jax.random.key(seed), jnp.zeros((1, pp.size, pp.size, 1), jnp.float32))
     tx = optax.adam(lr)
     opt_state = tx.init(params)
 

@@ -209,7 +209,7 @@ def test_whole_convroll4_network_is_the_same_with_either_implementation(symmetry
     models = {impl: build_model({**cfg, "roll_impl": impl}, 121) for impl in IMPLEMENTATIONS}
     x = _random(rng, (1, 23, 23, 1))
     labels = jnp.asarray([3])
-    params = models["xla"].init(jax.random.key(0), x)["params"]
+    params = jax.jit(models["xla"].init)(jax.random.key(0), x)["params"]
 
     def loss(params, model):
         logits = model.apply({"params": params}, x)
@@ -243,7 +243,7 @@ def test_compiled_dense_roll_inside_a_network_gives_the_reference_gradient(rng):
     cfg["stages"] = CONVROLL4_STAGES[:3]
     model = build_model(cfg, 121)
     x, labels = _random(rng, (2, 23, 23, 1)), jnp.asarray([3, 7])
-    params = model.init(jax.random.key(0), x)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
 
     def loss(params, roll):
         with nn.intercept_methods(roll):

@@ -50,7 +50,7 @@ def test_orthogonal_init_has_the_gain(shape):
 def test_maxout_is_max_over_adjacent_pieces(rng):
     x = jnp.asarray(rng.standard_normal((5, 7)), jnp.float32)
     mod = layers.Maxout(4, pieces=3)
-    params = mod.init(jax.random.key(0), x)
+    params = jax.jit(mod.init)(jax.random.key(0), x)
     k = np.asarray(params["params"]["dense"]["kernel"], np.float64)
     b = np.asarray(params["params"]["dense"]["bias"], np.float64)
     assert k.shape == (7, 12)
@@ -61,7 +61,7 @@ def test_maxout_is_max_over_adjacent_pieces(rng):
 def test_untied_conv_has_a_bias_per_position(rng):
     x = jnp.asarray(rng.standard_normal((2, 6, 6, 3)), jnp.float32)
     mod = layers.UntiedConv(5, strides=(2, 2))
-    params = mod.init(jax.random.key(0), x)
+    params = jax.jit(mod.init)(jax.random.key(0), x)
     assert params["params"]["bias"].shape == (3, 3, 5)
     bias = jnp.asarray(rng.standard_normal((3, 3, 5)), jnp.float32)
     params = {"params": {**params["params"], "bias": bias}}
@@ -154,6 +154,6 @@ def test_model_max_pool_implementation_switch(rng):
     x = jnp.asarray(rng.standard_normal((2, 23, 23, 1)), jnp.float32)
     cfg = {"name": "rollnet", "stages": ((4,), (8,)), "dense_features": 8, "dropout_rate": 0.0}
     fast, slow = (build_model({**cfg, "max_pool_impl": impl}, 5) for impl in ("slices", "reduce_window"))
-    variables = fast.init(jax.random.key(0), x)
+    variables = jax.jit(fast.init)(jax.random.key(0), x)
     np.testing.assert_array_equal(np.asarray(fast.apply(variables, x)), np.asarray(slow.apply(variables, x)))
     assert slow.max_pool_impl == "reduce_window"

@@ -301,7 +301,7 @@ def test_models_fuse_their_leaky_relu_into_their_convolutions():
     cases = (({"batch_norm": True}, False), ({"conv_impl": "xla"}, False), ({"negative_slope": 0.0}, True), ({}, True))
     for extra, fused in cases:
         model = build_model({**cfg, **extra}, 5)
-        variables = model.init(jax.random.key(0), x)
+        variables = jax.jit(model.init)(jax.random.key(0), x)
         hlo = jax.jit(lambda v, x, model=model: model.apply(v, x)).lower(variables, x).compile().as_text()
         assert hlo.count('custom_call_target="deepsea_conv_fwd_bias_leaky_relu"') == (3 if fused else 0)
     # the parameters' gradient: the kernel and bias gradients from one primitive, and no input gradient for the

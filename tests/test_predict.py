@@ -114,7 +114,7 @@ def test_submission_round_trips(tmp_path, rng):
 def tiny_run(tmp_path_factory):
     folder = scan_labelled_folder(make_synthetic(tmp_path_factory.mktemp("syn"), per_class=2, progress=False))
     model = tiny_rollnet(num_classes=len(folder.classes), size_features=True)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 23, 23, 1)), raw_size=jnp.ones((1, 2)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 23, 23, 1)), raw_size=jnp.ones((1, 2)))
     pp = Preprocess(size=23, rescale=Rescale("max_side", 20))
     return folder, model, variables, pp
 

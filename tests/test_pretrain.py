@@ -150,7 +150,7 @@ def test_pretraining_resumes_exactly_and_a_classifier_starts_from_it(tmp_path, m
     assert "best validation" in out
     other = ["--set", "model.stages=((8,), (8,))", "--set", f"train.pretrained={tmp_path / 'whole'}"]
     out = cli("train", *small, *other, "--workdir", str(tmp_path / "bad"), rc=2)
-    assert "conv0_0/kernel has shape" in out
+    assert "conv0_0/bias has shape (4,), the model's is (8,); conv0_0/kernel has shape" in out  # every mismatch
     out = cli("pretrain", "resnet50_cpu", "--small", "--workdir", str(tmp_path / "r"), rc=2)
     assert "needs a RollNet" in out
     # the synthetic recipe's RollNet settings would be ignored by a ResNet: refused before anything runs

@@ -19,7 +19,7 @@ from deepsea.step import example_losses
 def test_prelu_learns_one_slope_per_channel_from_the_leaky_one(rng):
     x = jnp.asarray(rng.standard_normal((4, 5, 5, 3)), jnp.float32)
     m = layers.PReLU(0.25)
-    v = m.init(jax.random.key(0), x)
+    v = jax.jit(m.init)(jax.random.key(0), x)
     np.testing.assert_array_equal(np.asarray(v["params"]["slope"]), [0.25, 0.25, 0.25])
     slope = np.array([0.1, 0.5, -0.2])
     got = m.apply({"params": {"slope": jnp.asarray(slope, jnp.float32)}}, x)
@@ -52,7 +52,7 @@ def test_gaussian_dropout_keeps_the_mean_and_has_dropouts_variance():
 def test_channel_out_passes_each_groups_winner_in_its_place(rng):
     x = jnp.asarray(rng.standard_normal((3, 6)), jnp.float32)
     m = layers.ChannelOut(features=4, pieces=2)
-    v = m.init(jax.random.key(0), x)
+    v = jax.jit(m.init)(jax.random.key(0), x)
     kernel, bias = (np.asarray(v["params"]["dense"][k], np.float64) for k in ("kernel", "bias"))
     z = np.asarray(x, np.float64) @ kernel + bias
     groups = z.reshape(3, 4, 2)
@@ -71,9 +71,9 @@ def test_channel_out_passes_each_groups_winner_in_its_place(rng):
 def test_every_switch_keeps_the_rolled_network_exactly_invariant_and_changes_it(switch, rng):
     x = jnp.asarray(rng.standard_normal((2, 23, 23, 1)), jnp.float32)
     base, model = tiny_rollnet(dropout_rate=0.2), tiny_rollnet(dropout_rate=0.2, **switch)
-    v = model.init(jax.random.key(0), x)
+    v = jax.jit(model.init)(jax.random.key(0), x)
     check_invariance(lambda z: model.apply(v, z), "c4", x, atol=1e-5)
-    vb = base.init(jax.random.key(0), x)
+    vb = jax.jit(base.init)(jax.random.key(0), x)
     shapes = lambda t: jax.tree_util.tree_flatten_with_path(jax.tree.map(np.shape, t))[0]  # noqa: E731
     changed = shapes(v) != shapes(vb) or not np.allclose(np.asarray(model.apply(vb, x)), np.asarray(base.apply(vb, x)))
     if "conv_dropout_rate" in switch:  # training noise: two keys give two outputs

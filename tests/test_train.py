@@ -76,6 +76,37 @@ def test_schedule_has_two_tenfold_drops(small_config):
 
 
 @pytest.mark.slow
+def test_checkpoints_format_no_arrays_and_leave_ctrl_c_as_it_was(tmp_path, monkeypatch):
+    """Orbax's asyncio.run, under Python's default SIGINT handler, formatted every array of a checkpoint as text."""
+    import signal
+
+    from deepsea import rundir
+    from deepsea.step import TrainState
+
+    params = {"dense": {"kernel": jnp.arange(6.0).reshape(2, 3), "bias": jnp.ones(3)}}
+    state = TrainState(jnp.asarray(4, jnp.int32), params, {"mu": params}, {})
+    latest, _ = rundir.checkpoint_managers(str(tmp_path), 2)
+
+    def formatted(self):
+        raise AssertionError("an array was formatted as text")
+
+    monkeypatch.setattr(type(params["dense"]["bias"]), "__repr__", formatted)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    rundir.save_state(latest, 4, state)
+    back = rundir.restore_state(latest, 4, state)
+    np.testing.assert_array_equal(back.params["dense"]["kernel"], params["dense"]["kernel"])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C as before
+    with rundir._plain_sigint(), pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+    mine = lambda signum, frame: None  # noqa: E731
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        rundir.save_state(latest, 5, state)
+        assert signal.getsignal(signal.SIGINT) is mine  # a program's own handler is left alone
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_resume_equals_uninterrupted_and_checkpoints_round_trip(small_config, tmp_path):
     full = train(small_config, str(tmp_path / "full"), progress=False)
     stopped = train(small_config, str(tmp_path / "resumed"), stop_after=3, progress=False)  # "killed" after 3
@@ -296,7 +327,8 @@ def test_four_devices_give_the_same_parameters_as_one(tmp_path):
         assert max(diffs) < 1e-6
         """
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    # Four host devices, with the suite's other compiler flags (conftest.py).
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"}
     out = subprocess.run(
         [sys.executable, "-c", script, os.path.join(ROOT, "experiments", "synthetic.py")],
         capture_output=True,
@@ -320,7 +352,7 @@ def test_cp8_and_multiscale_are_exactly_invariant_to_quarter_turns(name, rng):
     channels = 2 if name == "cp8" else 1
     x = jnp.asarray(rng.standard_normal((2, 23, 23, channels)), jnp.float32)
     x2 = jnp.asarray(rng.standard_normal((2, 11, 11, 1)), jnp.float32) if name == "multiscale" else None
-    params = model.init(jax.random.key(0), x, x2=x2)
+    params = jax.jit(model.init)(jax.random.key(0), x, x2=x2)
     fn = jax.jit(lambda a, b: model.apply(params, a, x2=b))
     y = fn(x, x2)
     for k in range(1, 4):
@@ -389,7 +421,7 @@ def test_batch_norm_rollnet_stays_exactly_invariant(rng):
 
     cfg = {"name": "rollnet", "stages": ((4, 4), (8,)), "dense_features": 8, "batch_norm": True, "dropout_rate": 0.0}
     model = build_model(cfg, 10)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 23, 23, 1)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 23, 23, 1)))
     x = jnp.asarray(rng.standard_normal((2, 23, 23, 1)), jnp.float32)
     # give the running statistics non-trivial values first
     _, upd = model.apply(variables, x, train=True, mutable=["batch_stats"])
@@ -465,7 +497,7 @@ def test_the_view_pool_comes_after_the_first_dense_layer():
 def test_cp8_depends_on_its_45_degree_input(rng):
     model = build_model({"name": "cp8", "stages": ((4,), (8,)), "dense_features": 8, "dropout_rate": 0.0}, 5)
     x = jnp.asarray(rng.standard_normal((2, 23, 23, 2)), jnp.float32)
-    params = model.init(jax.random.key(0), x)
+    params = jax.jit(model.init)(jax.random.key(0), x)
     y = model.apply(params, x)
     zeroed = x.at[..., 1].set(0.0)
     swapped = x[..., ::-1]
@@ -482,7 +514,7 @@ def test_multiscale_merges_its_branches_before_the_softmax_layer(rng):
     )
     x = jnp.asarray(rng.standard_normal((2, 23, 23, 1)), jnp.float32)
     x2 = jnp.asarray(rng.standard_normal((2, 11, 11, 1)), jnp.float32)
-    params = model.init(jax.random.key(0), x, x2=x2)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), x, x2=x2)["params"]
     assert set(params) == {"large", "small", "logits"}
     assert "logits" not in params["large"] and "logits" not in params["small"]  # no softmax layer per branch
     assert params["logits"]["kernel"].shape == (8 + 8, 5)  # the two branches' last hidden layers, concatenated

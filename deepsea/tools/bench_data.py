@@ -69,7 +69,7 @@ def waiting_share(
     from deepsea.models import RollNet
 
     net = RollNet(num_classes=num_classes, symmetry="c4", dropout_rate=0.0)
-    params = net.init(jax.random.key(0), jnp.zeros((1, 95, 95, 1)))
+    params = jax.jit(net.init)(jax.random.key(0), jnp.zeros((1, 95, 95, 1)))
     opt = optax.sgd(0.003, momentum=0.9, nesterov=True)
     opt_state = opt.init(params)
 

@@ -50,7 +50,7 @@ def run(size: int = 95, seed: int = 0, width: float = 1.0) -> dict[str, dict[str
     results = {}
     for group in ("c4", "d4"):
         net = rollnet(121, width, symmetry=group)
-        params = net.init(jax.random.key(seed), img)
+        params = jax.jit(net.init)(jax.random.key(seed), img)
         logits = np.asarray(jax.jit(net.apply)(params, variants), np.float64)
         results[group] = {D4.label(a): float(np.abs(logits[a] - logits[0]).max()) for a in range(8)}
     return results
