@@ -17,7 +17,7 @@ def get_config(small: bool = False):
     c.model.symmetry = "c4"
     c.model.orbit_average = ""  # invariant by construction: predicts on one copy
     c.model.width = WIDTH
-    c.data.rescale = "max_side:42"  # the study's inputs: ndsb_cpu's before it rescaled by image moments
+    c.data.rescale = ndsb_cpu.LARGEST_SIDE  # the study's inputs: ndsb_cpu's before it rescaled by image moments
     if small:
         small_run(c)
     return c

@@ -19,6 +19,8 @@ Small run: deepsea train experiments/ndsb_cpu.py --data ../shared/data/ndsb/trai
 
 from deepsea.configs import base_config, small_run
 
+LARGEST_SIDE = "max_side:42"  # the inputs before moments; the studies that compare with that recipe keep them
+
 
 def get_config(small: bool = False):
     c = base_config()

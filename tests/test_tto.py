@@ -43,14 +43,15 @@ def test_a_transform_net_starts_at_the_identity_and_learns_to_lower_the_frozen_r
     paths, labels = list(val.paths)[:16], val.labels[:16]
     n = len(paths)
     plain = predictor_probs(run, paths, 0, calibrated=False, cache=False, progress=False)
-    net, params, losses = train_transform_net(run, paths, labels, steps=1, lr=0.0, progress=False)
+    small = TransformNet((4, 8), 8)  # one net for both parts: one program to compile
+    net, params, losses = train_transform_net(run, paths, labels, steps=1, batch_size=n, lr=0.0, net=small,
+                                              progress=False)  # fmt: skip
     np.testing.assert_allclose(transform_net_probs(run, net, params, paths, 8, progress=False), plain, atol=1e-4)
     identity_loss = -np.log(plain[np.arange(n), labels]).mean()
     np.testing.assert_allclose(losses[0], identity_loss, rtol=1e-4)
     # every step sees the same images (the whole set): the objective is one function, and it must go down
-    net, params, losses = train_transform_net(
-        run, paths, labels, steps=12, batch_size=n, lr=3e-3, net=TransformNet((4, 8), 8), progress=False
-    )
+    net, params, losses = train_transform_net(run, paths, labels, steps=12, batch_size=n, lr=3e-3, net=small,
+                                              progress=False)  # fmt: skip
     assert losses[-1] < losses[0] - 1e-3, losses
     moved = transform_net_probs(run, net, params, paths, 8, progress=False)
     assert -np.log(moved[np.arange(n), labels]).mean() < identity_loss - 1e-3  # it predicts through what it learnt
