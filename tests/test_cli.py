@@ -80,6 +80,22 @@ def test_train_evaluate_predict_and_ensemble(cli, tmp_path):
         assert name.endswith(".jpg") and abs(sum(map(float, probs)) - 1) < 1e-4
     cli("predict", "--workdir", run, "--images", str(flat), "--out", str(tmp_path / "tta.csv"), "--tta", "3")
     assert len((tmp_path / "tta.csv").read_text().splitlines()) == 13
+    # --orbit-average in prediction and export: over C4 the C4 network's own predictions, over D4 others, the
+    # same from the run and from a model exported with that average
+    probs = {}
+    for orbit in ("c4", "d4"):
+        csv = tmp_path / f"orbit_{orbit}.csv"
+        cli("predict", "--workdir", run, "--images", str(flat), "--out", str(csv), "--orbit-average", orbit)
+        probs[orbit] = read_submission(str(csv))[2]
+    np.testing.assert_allclose(probs["c4"], read_submission(str(tmp_path / "sub.csv"))[2], atol=1e-5)
+    assert np.abs(probs["d4"] - probs["c4"]).max() > 1e-3
+    exported = tmp_path / "exported_d4"
+    cli("export", "--workdir", run, "--out", str(exported), "--orbit-average", "d4", "--platforms", "cpu")
+    cli("predict", "--model", str(exported), "--images", str(flat), "--out", str(tmp_path / "m_d4.csv"))
+    np.testing.assert_allclose(read_submission(str(tmp_path / "m_d4.csv"))[2], probs["d4"], atol=1e-5)
+    assert "its orbit average was fixed" in cli(
+        "predict", "--model", str(exported), "--images", str(flat), "--out", "z.csv", "--orbit-average", "c4", rc=2
+    )
     out = cli("ensemble", run, run, "--images", str(flat), "--out", str(tmp_path / "ens.csv"), "--folds", "2")
     assert "blend of" in out and (tmp_path / "ens.csv").exists()
     # --uniform keeps every run (no selection), on one split as on several
