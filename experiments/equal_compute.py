@@ -41,6 +41,13 @@ does not change its steps), then the page:
     # ... and at 30 minutes, with TTA 70 (since then ndsb_cpu's recipe)
     deepsea sweep $N --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 \\
         --grid data.rescale=moments:12 --tta 70 --out $E/moments_30
+    # the C4 network with the faster code rescaled by moments too: 30 minutes, one seed a folder (one core each)
+    M="--grid data.rescale=moments:12"
+    deepsea sweep experiments/equal_c4.py $F $M --seeds 1 --steps 14100 --set train.eval_every=2820 --tta 70 \
+        --out $E/c4_moments_30
+    deepsea sweep experiments/equal_c4.py $F $M --seeds 1 --first-seed 1 --steps 14100 --set train.eval_every=2820 \
+        --tta 70 --out $E/c4_moments_30_s1
+    deepsea sweep experiments/equal_c4.py $F $M --seeds 2 --steps 4700 --set train.eval_every=940 --out $E/c4_moments
     # TTA 70 for the 5- and 10-minute arms: their commands above again with --tta 70 (the finished runs are scored)
     # second seeds of the 30- and 60-minute pairs: their four commands again with --first-seed 1, into folders of
     # the same names (seed 0's records come from the page's ledger, docs/equal_compute.jsonl; where seed 0's folder
@@ -75,6 +82,7 @@ def frontier() -> list[Arm]:
     plain, c4 = "plain + D4 orbit average (ndsb_cpu before, largest side 42)", "C4 rolled, equal step time (width 0.22)"
     c4_fast = "C4 rolled, folded, equal step time with the faster code (width 0.256)"
     moments = "plain + D4 orbit average, rescaled by image moments (ndsb_cpu now)"
+    c4_moments = "C4 rolled, folded, equal step time with the faster code, rescaled by image moments (width 0.256)"
     return [
         Arm(plain, "plain_5", 5),
         Arm(plain, "plain", 10),
@@ -90,4 +98,7 @@ def frontier() -> list[Arm]:
         Arm(c4_fast, "c4_fast_60", 60),
         Arm(moments, "moments", 10),
         Arm(moments, "moments_30", 30),
+        Arm(c4_moments, "c4_moments", 10),
+        Arm(c4_moments, "c4_moments_30", 30),
+        Arm(c4_moments, "c4_moments_30_s1", 30),
     ]
