@@ -75,7 +75,6 @@ def test_schedule_has_two_tenfold_drops(small_config):
     assert [float(sched(s)) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 
-@pytest.mark.slow
 def test_checkpoints_format_no_arrays_and_leave_ctrl_c_as_it_was(tmp_path, monkeypatch):
     """Orbax's asyncio.run, under Python's default SIGINT handler, formatted every array of a checkpoint as text."""
     import signal
@@ -107,6 +106,7 @@ def test_checkpoints_format_no_arrays_and_leave_ctrl_c_as_it_was(tmp_path, monke
         signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_and_checkpoints_round_trip(small_config, tmp_path):
     full = train(small_config, str(tmp_path / "full"), progress=False)
     stopped = train(small_config, str(tmp_path / "resumed"), stop_after=3, progress=False)  # "killed" after 3
