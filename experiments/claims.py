@@ -22,10 +22,10 @@ Launch (each sweep may run beside other work: its steps are fixed), then the pag
     deepsea sweep $X $S --grid model.symmetry=d4 --out $C/d4
     # one seed each so far ($S adds the second)
     deepsea sweep $X $S --grid model.view_pool_mode=mean,max --out $C/pool
-    deepsea sweep $X $S1 --grid model.negative_slope=0.01,0.0 --out $C/slope
+    deepsea sweep $X $S --grid model.negative_slope=0.01,0.0 --out $C/slope
     deepsea sweep $X $S --grid model.maxout_pieces=1 --out $C/maxout
     deepsea sweep $X $S1 --grid model.untied_biases=true --out $C/biases
-    deepsea sweep $X $S1 --set optim.name=sgd --set optim.schedule=step --set "optim.decay_steps=(0.8,0.95)" \\
+    deepsea sweep $X $S --set optim.name=sgd --set optim.schedule=step --set "optim.decay_steps=(0.8,0.95)" \\
         --grid optim.lr=0.003,0.01 --out $C/nesterov
     # the seed's other experiments (issue 31), one seed each (their margins from the seed spread pooled over the
     # sweeps), against the base or their own control:
