@@ -235,7 +235,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ecotaxa", default="", metavar="TSV", help="also write the predictions as an EcoTaxa import TSV")
     p.add_argument("--chunk", type=_at_least(1), default=4096, help="images decoded and predicted at a time (memory)")
     _orbit_average_arg(p, "a run predicts with another exact orbit average than its model.orbit_average (c4: half "
-                       "the copies of d4, twice the images/s)")  # fmt: skip
+                       "the copies of d4)")  # fmt: skip
     p.add_argument("--parquet", default="", metavar="FILE", help="also write the output as Parquet (needs pyarrow)")
     p.add_argument(
         "--ifcb-scores",
