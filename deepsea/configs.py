@@ -89,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dropout_rate = 0.5
     c.model.dense_roll = False
     c.model.conv_roll = True  # False: slice and view pool without conv rolls (an ablation)
+    c.model.roll_every_conv = False  # a conv roll before every convolution, not only each stage's first
     c.model.fold_views = 0  # the first N stages run in the input's frame with every view's kernel (same function)
     c.model.untied_biases = False  # the seed's untied convolution biases (one per output position and channel)
     c.model.view_pool_mode = "rms"

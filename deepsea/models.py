@@ -59,6 +59,11 @@ class RollNet(nn.Module):
     (odd map sizes for 3x3 stride-2 pooling; :class:`deepsea.layers.MaxPool`
     raises otherwise).
 
+    ``roll_every_conv`` puts a conv roll before every convolution (the seed rolls once a stage): every layer then
+    reads all views' maps, a group convolution as in escnn's regular networks, so at a quarter of the plain
+    network's per-view width (C4; an eighth for D4) the network does the plain network's FLOPs, and with the views
+    folded (``fold_views``) its convolutions have the plain network's shapes.
+
     Every convolution is followed by a leaky ReLU of slope ``negative_slope`` (0: a ReLU), passed to the
     ``conv`` factory (which may fuse it) unless ``batch_norm`` puts a batch norm in between.  The factories are
     called as ``conv(features, negative_slope=, implementation=conv_impl, kernel_init=, name=)``,
@@ -80,6 +85,7 @@ class RollNet(nn.Module):
     batch_norm: bool = False  # not in the seed; per-channel statistics over all views keep the invariance
     size_features: bool = False
     conv_roll: bool = True  # False: slice and view pool only, no conv rolls (an ablation)
+    roll_every_conv: bool = False  # a conv roll before every convolution but the first, not only each stage's first
     fold_views: int = 0  # the first N stages in the input frame, views folded in channels (folded_conv): same function
     untied_biases: bool = False  # the seed's untied convolution biases (one per position); passed to conv when set
     activation: str = "leaky_relu"  # after every convolution: a key of layers.ACTIVATIONS (the seed tried them all)
@@ -130,6 +136,8 @@ class RollNet(nn.Module):
                 "model.fold_views computes the first stages with every view's kernel: it needs tied biases and the "
                 "leaky ReLU after each convolution (no batch norm, no other activation)"
             )
+        if self.roll_every_conv and not (sym and self.conv_roll):
+            raise UserError("model.roll_every_conv needs a symmetry and conv rolls (model.conv_roll)")
         if not 0 <= folded <= len(self.stages):
             raise UserError(f"model.fold_views={self.fold_views}: expected 0 to {len(self.stages)} (the stages)")
         if sym and not folded:
@@ -145,18 +153,23 @@ class RollNet(nn.Module):
         for i, stage in enumerate(self.stages):
             for j, features in enumerate(stage):
                 extra = {"untied_bias": True} if self.untied_biases else {}
+                rolled = j > 0 and self.roll_every_conv  # the conv roll within a stage (a group convolution)
                 if i < folded:  # the views folded into channels until the last folded stage's pool
                     conv = self.folded_conv(
                         features,
                         group=self.symmetry,
                         first=i == 0 and j == 0,
-                        rolled=i > 0 and j == 0 and self.conv_roll,  # the previous stage's conv roll, folded in
+                        rolled=rolled or (i > 0 and j == 0 and self.conv_roll),  # a conv roll before it, folded in
                         negative_slope=slope,
                         implementation=self.conv_impl,
                         kernel_init=init,
                         name=f"conv{i}_{j}",
                     )
                 else:
+                    if rolled:
+                        x = self.conv_roll_layer(
+                            group=self.symmetry, implementation=self.roll_impl, name=f"conv_roll{i}_{j}"
+                        )(x)
                     conv = self.conv(
                         features,
                         negative_slope=slope,

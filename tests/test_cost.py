@@ -16,17 +16,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(ROOT, "experiments", "synthetic.py")
 
 
-def _hand_count(stages: tuple[tuple[int, ...], ...], dense: int, size: int, views: int, classes: int) -> int:
-    """Multiply-adds of a RollNet forward pass per image, counted layer by layer: each view convolves its maps,
-    3x3 stride-2 pooling halves the map, a conv roll multiplies the channels by the views, the first maxout
-    layer runs per view, the view pool leaves one vector."""
+def _conv_macs(stages: tuple[tuple[int, ...], ...], size: int, views: int, every: bool = False) -> tuple[int, int, int]:
+    """Multiply-adds of a RollNet's convolutions per image, layer by layer: each view convolves its maps, 3x3
+    stride-2 pooling shrinks them, a conv roll (after each stage; with ``every`` also between a stage's
+    convolutions) multiplies the channels by the views.  Returns the MACs, the last map side and channels."""
     macs, channels, hw = 0, 1, size
     for stage in stages:
-        for out in stage:
+        for j, out in enumerate(stage):
             macs += views * hw * hw * channels * out * 9
-            channels = out
+            channels = out * (views if every and j + 1 < len(stage) else 1)
         hw = (hw - 3) // 2 + 1
         channels *= views  # conv roll (none for a plain network: views = 1)
+    return macs, hw, channels
+
+
+def _hand_count(
+    stages: tuple[tuple[int, ...], ...], dense: int, size: int, views: int, classes: int, every: bool = False
+) -> int:
+    """Multiply-adds of a RollNet forward pass per image: the convolutions, then the first maxout layer per view,
+    the view pool (one vector), the second maxout layer and the classifier."""
+    macs, hw, channels = _conv_macs(stages, size, views, every)
     pieces = 2
     macs += views * hw * hw * channels * dense * pieces  # dense0 (maxout), per view
     macs += dense * dense * pieces  # dense1 after the view pool
@@ -45,6 +54,22 @@ def test_flops_per_image_equal_a_hand_count(symmetry, views):
     assert cost.train_forward_flops == expected
     assert cost.predict_flops == expected
     assert cost.train_step_flops == 3 * expected
+
+
+@pytest.mark.parametrize("fold", [0, 2])
+@pytest.mark.parametrize("symmetry,views", [("c4", 4), ("d4", 8)])
+def test_a_roll_before_every_convolution_costs_the_plain_convolutions_at_a_viewth_of_the_width(symmetry, views, fold):
+    """model.roll_every_conv: every convolution but the first reads all views' maps, so per-view widths of the
+    plain network's divided by the views do the plain network's convolution FLOPs, folded or not (a folded group
+    convolution wastes no products)."""
+    stages = ((2, 3), (4, 2))
+    plain = tuple(tuple(views * c for c in stage) for stage in stages)
+    overrides = [f"model.symmetry={symmetry}", f"model.stages={stages}", "model.roll_every_conv=true",
+                 f"model.fold_views={fold}", "model.dense_features=16", "model.size_features=false",
+                 "data.size=23"]  # fmt: skip
+    cost = flops_per_image(load_experiment_with(SYNTHETIC, overrides, small=True), num_classes=5)
+    assert cost.train_forward_flops == 2 * _hand_count(stages, 16, 23, views, 5, every=True)
+    assert _conv_macs(stages, 23, views, every=True)[0] == _conv_macs(plain, 23, 1)[0]
 
 
 def test_an_orbit_average_pays_its_copies_only_when_predicting():

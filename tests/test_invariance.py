@@ -32,20 +32,32 @@ def test_small_rolled_network_is_invariant(group, size, dense_roll, rng):
 @pytest.mark.parametrize("group", ["c4", "d4"])
 @pytest.mark.parametrize(
     "variant",
-    [{"conv_roll": False}, {"untied_biases": True}, {"untied_biases": True, "dense_roll": True}, {"fold_views": 2}],
+    [
+        {"conv_roll": False},
+        {"untied_biases": True},
+        {"untied_biases": True, "dense_roll": True},
+        {"fold_views": 2},
+        {"roll_every_conv": True},
+        {"roll_every_conv": True, "fold_views": 2},
+    ],
 )
 def test_the_ablation_variants_stay_invariant(group, variant, rng):
-    """Slice and view pool without conv rolls, and the seed's untied biases (each view sees the same bias map in
-    its own frame): still exactly invariant; untied biases have one bias per position and channel."""
-    net = models.tiny_rollnet(symmetry=group, **variant)
+    """Slice and view pool without conv rolls, the seed's untied biases (each view sees the same bias map in its
+    own frame), folded views, a conv roll before every convolution: still exactly invariant; untied biases have
+    one bias per position and channel, and a roll within a stage stacks the views' channels there too."""
+    net = models.tiny_rollnet(symmetry=group, stages=((4, 3), (8,)), **variant)
     x = jnp.asarray(rng.standard_normal((2, 23, 23, 1)), jnp.float32)
     params = jax.jit(net.init)(jax.random.key(1), x[:1])["params"]
     params = jax.tree.map(lambda a: a + 0.1 * jnp.asarray(rng.standard_normal(a.shape), a.dtype), params)  # biases != 0
     if variant.get("untied_biases"):
         assert params["conv0_0"]["bias"].shape == (23, 23, 4) and params["conv1_0"]["bias"].shape == (11, 11, 8)
+        assert params["conv0_1"]["bias"].shape == (23, 23, 3)
     views = 1 if variant.get("conv_roll") is False else (4 if group == "c4" else 8)
-    assert params["conv1_0"]["kernel"].shape == (3, 3, 4 * views, 8)  # a conv roll stacks the views' channels
-    check_invariance(jax.jit(lambda x: net.apply({"params": params}, x)), group, x, atol=1e-5)
+    assert params["conv1_0"]["kernel"].shape == (3, 3, 3 * views, 8)  # a conv roll stacks the views' channels
+    assert params["conv0_1"]["kernel"].shape == (3, 3, 4 * (views if variant.get("roll_every_conv") else 1), 3)
+    # folded views sum in another order than the views they stand for: rounding relative to the logits (20-40)
+    rtol = 1e-6 if variant.get("fold_views") else 0.0
+    check_invariance(jax.jit(lambda x: net.apply({"params": params}, x)), group, x, atol=1e-5, rtol=rtol)
 
 
 @pytest.mark.slow
@@ -210,7 +222,7 @@ def test_folded_views_are_the_sliced_views_convolved(group, size, rng):
     np.testing.assert_allclose(np.asarray(ops.unfold_views(jnp.asarray(folded), group)), expected, atol=1e-10)
 
 
-@pytest.mark.parametrize("fold, variant", [(3, {})])
+@pytest.mark.parametrize("fold, variant", [(3, {}), (2, {"roll_every_conv": True})])
 def test_a_network_with_folded_views_is_the_sliced_one_with_the_same_parameters(fold, variant, rng):
     """model.fold_views: the same parameters (names, shapes, initial values), the same logits and gradients to
     float rounding (D4: eight blocks; C4's folded network is checked for invariance above), with all three stages
@@ -234,5 +246,7 @@ def test_a_network_with_folded_views_is_the_sliced_one_with_the_same_parameters(
         np.testing.assert_allclose(w, u, rtol=1e-4, atol=1e-6 * float(np.abs(u).max()))  # float32 sums' rounding
     with pytest.raises(UserError, match=r"fold_views .* tied biases"):
         models.tiny_rollnet(symmetry=group, fold_views=fold, untied_biases=True).init(jax.random.key(0), x[:1])
+    with pytest.raises(UserError, match=r"roll_every_conv needs a symmetry and conv rolls"):
+        models.tiny_rollnet(symmetry=group, conv_roll=False, roll_every_conv=True).init(jax.random.key(0), x[:1])
     with pytest.raises(UserError, match=r"fold_views=4: expected 0 to 3"):
         models.tiny_rollnet(symmetry=group, stages=stages, fold_views=4).init(jax.random.key(0), x[:1])
