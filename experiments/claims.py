@@ -94,6 +94,17 @@ def claims() -> list[Claim]:
     def orbit_avg(minutes: int, tta: str) -> Measure:
         return Measure(f"equal/plain_{minutes}", setting=tta, label="plain + D4 orbit average" + with_tta(tta))
 
+    eq_moments = "plain + D4 orbit average, moments (ndsb_cpu)"
+    regular = "rolled before every convolution, folded, equal FLOPs and step time, moments"
+
+    def moments_arm(minutes: str, tta: str = "plain") -> Measure:
+        return Measure(f"equal/moments{minutes}", setting=tta, label=eq_moments + with_tta(tta))
+
+    def regular_arm(group: str, minutes: str, tta: str = "plain") -> Measure:
+        width = {"c4": "1/4", "d4": "1/8"}[group]
+        label = f"{group.upper()} regular: {regular} (w {width})" + with_tta(tta)
+        return Measure(f"equal/{group}_regular{minutes}", setting=tta, label=label)
+
     equal = "equal compute (10 minutes, dropout 0.1)"
     longer = "equal compute, longer budgets (1 seed each)"
     tta70 = Measure("base", setting="tta_70", label="base, TTA 70")
@@ -129,6 +140,26 @@ def claims() -> list[Claim]:
                 longer,
             )
             for minutes in (30, 60)
+            for tta in ("plain", "tta_70")
+        ),
+        *(
+            Claim(
+                f"a regular {group.upper()} network beats an orbit-averaged one at its FLOPs and step time"
+                + with_tta(tta),
+                regular_arm(group, "", tta),
+                moments_arm("", tta),
+                equal,
+            )
+            for group in ("c4", "d4")
+            for tta in ("plain", "tta_70")
+        ),
+        *(
+            Claim(
+                f"the regular C4 network at 30 minutes{with_tta(tta)}",
+                regular_arm("c4", "_30", tta),
+                moments_arm("_30", tta),
+                longer,
+            )
             for tta in ("plain", "tta_70")
         ),
         *_other_experiments(base),

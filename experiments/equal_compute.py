@@ -1,7 +1,9 @@
 """The equal-compute study (issue 27): a plain network made D4-invariant by an orbit average at prediction
 (``ndsb_cpu``), a C4 rolled network of the same recipe whose width gives the same measured step time (``equal_c4``,
 width 0.22), the C4 network at the plain one's FLOPs per image (width 0.396, slower per step) and the D4 network at
-its FLOPs (``equal_d4``, width 0.225; no width gives D4 the plain step time), each trained for the same minutes of
+its FLOPs (``equal_d4``, width 0.225; no width gives D4 the plain step time), and the regular C4 and D4 networks
+(``equal_c4_regular``, ``equal_d4_regular``: a conv roll before every convolution, every stage folded, at the plain
+network's FLOPs and step time), each trained for the same minutes of
 2-core training time (5, 10 and 30 minutes for the first two, and 60 for the plain one; 10, 30 and 60 for the C4
 network with the faster code) on the NDSB images (the steps that fill the budget, measured once on quiet cores with
 ``deepsea bench``) and scored on the tenth of every class held out for validation.
@@ -48,6 +50,21 @@ does not change its steps), then the page:
     deepsea sweep experiments/equal_c4.py $F $M --seeds 1 --first-seed 1 --steps 14100 --set train.eval_every=2820 \
         --tta 70 --out $E/c4_moments_30_s1
     deepsea sweep experiments/equal_c4.py $F $M --seeds 2 --steps 4700 --set train.eval_every=940 --out $E/c4_moments
+    # the hour budget with moments for both (one seed a folder, one core each; runs/equal/moments_60.sh)
+    deepsea sweep experiments/equal_c4.py $F $M --seeds 1 --steps 28200 --set train.eval_every=5640 --tta 70 \
+        --out $E/c4_moments_60
+    deepsea sweep experiments/ndsb_cpu.py --data $D $M --seeds 1 --steps 28200 --set train.eval_every=5640 \
+        --tta 70 --out $E/moments_60
+    # regular networks: a conv roll before every convolution, every stage folded, at ndsb_cpu's FLOPs and shapes
+    # (C4 at width 1/4, D4 at 1/8; moments as ndsb_cpu), timed against it, then at its 10-minute steps
+    deepsea bench experiments/equal_c4_regular.py --rounds 3 --no-ops \
+        --compare model.symmetry=none,model.roll_every_conv=false,model.fold_views=0,model.width=1.0 \
+        --compare model.symmetry=d4,model.width=0.125 \
+        --compare model.roll_every_conv=false,model.fold_views=0,model.width=0.396
+    for G in c4 d4; do
+      deepsea sweep experiments/equal_${G}_regular.py --data $D --seeds 1 --steps 4700 --set train.eval_every=940 \
+          --tta 70 --out $E/${G}_regular
+    done
     # TTA 70 for the 5- and 10-minute arms: their commands above again with --tta 70 (the finished runs are scored)
     # second seeds of the 30- and 60-minute pairs: their four commands again with --first-seed 1, into folders of
     # the same names (seed 0's records come from the page's ledger, docs/equal_compute.jsonl; where seed 0's folder
@@ -83,6 +100,8 @@ def frontier() -> list[Arm]:
     c4_fast = "C4 rolled, folded, equal step time with the faster code (width 0.256)"
     moments = "plain + D4 orbit average, rescaled by image moments (ndsb_cpu now)"
     c4_moments = "C4 rolled, folded, equal step time with the faster code, rescaled by image moments (width 0.256)"
+    regular = "rolled before every convolution, all stages folded, equal FLOPs and step time, moments"
+    c4_regular, d4_regular = f"C4 regular: {regular} (width 1/4)", f"D4 regular: {regular} (width 1/8)"
     return [
         Arm(plain, "plain_5", 5),
         Arm(plain, "plain", 10),
@@ -101,4 +120,8 @@ def frontier() -> list[Arm]:
         Arm(c4_moments, "c4_moments", 10),
         Arm(c4_moments, "c4_moments_30", 30),
         Arm(c4_moments, "c4_moments_30_s1", 30),
+        Arm(moments, "moments_60", 60),
+        Arm(c4_moments, "c4_moments_60", 60),
+        Arm(c4_regular, "c4_regular", 10),
+        Arm(d4_regular, "d4_regular", 10),
     ]
