@@ -90,20 +90,21 @@ def test_checkpoints_format_no_arrays_and_leave_ctrl_c_as_it_was(tmp_path, monke
         raise AssertionError("an array was formatted as text")
 
     monkeypatch.setattr(type(params["dense"]["bias"]), "__repr__", formatted)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    rundir.save_state(latest, 4, state)
-    back = rundir.restore_state(latest, 4, state)
-    np.testing.assert_array_equal(back.params["dense"]["kernel"], params["dense"]["kernel"])
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C as before
-    with rundir._plain_sigint(), pytest.raises(KeyboardInterrupt):
-        signal.raise_signal(signal.SIGINT)
-    mine = lambda signum, frame: None  # noqa: E731
-    previous = signal.signal(signal.SIGINT, mine)
+    # Python's default, as in a terminal (a shell starts background jobs with SIGINT ignored)
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        rundir.save_state(latest, 4, state)
+        back = rundir.restore_state(latest, 4, state)
+        np.testing.assert_array_equal(back.params["dense"]["kernel"], params["dense"]["kernel"])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C as before
+        with rundir._plain_sigint(), pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        mine = lambda signum, frame: None  # noqa: E731
+        signal.signal(signal.SIGINT, mine)
         rundir.save_state(latest, 5, state)
         assert signal.getsignal(signal.SIGINT) is mine  # a program's own handler is left alone
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, original)
 
 
 @pytest.mark.slow
