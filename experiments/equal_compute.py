@@ -65,6 +65,8 @@ does not change its steps), then the page:
       deepsea sweep experiments/equal_${G}_regular.py --data $D --seeds 1 --steps 4700 --set train.eval_every=940 \
           --tta 70 --out $E/${G}_regular
     done
+    deepsea sweep experiments/equal_c4_regular.py --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 \
+        --tta 70 --out $E/c4_regular_30
     # TTA 70 for the 5- and 10-minute arms: their commands above again with --tta 70 (the finished runs are scored)
     # second seeds of the 30- and 60-minute pairs: their four commands again with --first-seed 1, into folders of
     # the same names (seed 0's records come from the page's ledger, docs/equal_compute.jsonl; where seed 0's folder
@@ -124,4 +126,5 @@ def frontier() -> list[Arm]:
         Arm(c4_moments, "c4_moments_60", 60),
         Arm(c4_regular, "c4_regular", 10),
         Arm(d4_regular, "d4_regular", 10),
+        Arm(c4_regular, "c4_regular_30", 30),
     ]
