@@ -55,7 +55,7 @@ def test_the_ablation_variants_stay_invariant(group, variant, rng):
     views = 1 if variant.get("conv_roll") is False else (4 if group == "c4" else 8)
     assert params["conv1_0"]["kernel"].shape == (3, 3, 3 * views, 8)  # a conv roll stacks the views' channels
     assert params["conv0_1"]["kernel"].shape == (3, 3, 4 * (views if variant.get("roll_every_conv") else 1), 3)
-    # folded views sum in another order than the views they stand for: rounding relative to the logits (20-40)
+    # folded views sum in another order than the views they stand for: rounding relative to the logits' size
     rtol = 1e-6 if variant.get("fold_views") else 0.0
     check_invariance(jax.jit(lambda x: net.apply({"params": params}, x)), group, x, atol=1e-5, rtol=rtol)
 
@@ -226,8 +226,9 @@ def test_folded_views_are_the_sliced_views_convolved(group, size, rng):
 def test_a_network_with_folded_views_is_the_sliced_one_with_the_same_parameters(fold, variant, rng):
     """model.fold_views: the same parameters (names, shapes, initial values), the same logits and gradients to
     float rounding (D4: eight blocks; C4's folded network is checked for invariance above), with all three stages
-    folded (the conv rolls folded into group convolutions, or block-diagonal kernels without rolls); refused where
-    the first stages are not plain convolutions with a fused leaky ReLU."""
+    folded, or two with a conv roll before every convolution (the conv rolls folded into group convolutions, or
+    block-diagonal kernels without rolls); refused where the first stages are not plain convolutions with a fused
+    leaky ReLU."""
     group = "d4"
     from deepsea.errors import UserError
 
