@@ -38,12 +38,14 @@ class Measure:
     """One measured setting: ``source`` is a sweep folder under the page's root (then ``variant`` names one of its
     variants, empty for a sweep of one, and ``setting`` its score: ``plain`` or ``tta_N``), or a ``.json`` scores
     file under the root (``deepsea ensemble --scores``, ``deepsea fuse --scores``: then ``setting`` names its key,
-    ``plain`` the ``validation`` scores).  ``label`` names it in the table."""
+    ``plain`` the ``validation`` scores).  ``label`` names it in the table; ``also``: further sweep folders of the
+    same setting whose seeds join the source's (seeds run with ``--first-seed`` into folders of their own)."""
 
     source: str
     variant: str = ""
     setting: str = "plain"
     label: str = ""
+    also: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -125,14 +127,17 @@ def _measured(
             raise UserError(f"{os.path.join(root, m.source)} has no {key!r} scores (it has {sorted(scores[m.source])})")
         value = scores[m.source][key].get(metric)
         return {} if value is None else {None: float(value)}
-    records = sweeps.get(os.path.normpath(m.source), [])
-    variants = {r["variant"] for r in records}
-    if not m.variant and len(variants) > 1:
-        raise UserError(f"{m.source} holds the variants {sorted(variants)}: name one in the claim's measure")
-    out = {}
-    for r in records:
-        if (not m.variant or r["variant"] == m.variant) and metric in r.get(m.setting, {}):
-            out[r["seed"]] = float(r[m.setting][metric])
+    out: dict[Any, float] = {}
+    for source in (m.source, *m.also):
+        records = sweeps.get(os.path.normpath(source), [])
+        variants = {r["variant"] for r in records}
+        if not m.variant and len(variants) > 1:
+            raise UserError(f"{source} holds the variants {sorted(variants)}: name one in the claim's measure")
+        for r in records:
+            if (not m.variant or r["variant"] == m.variant) and metric in r.get(m.setting, {}):
+                if r["seed"] in out:
+                    raise UserError(f"{source}: seed {r['seed']} of {m.name} is in another of its folders too")
+                out[r["seed"]] = float(r[m.setting][metric])
     return out
 
 

@@ -96,6 +96,30 @@ def test_no_spread_no_verdict_and_an_ambiguous_measure(root):
         evaluate_claims(str(root), [Claim("x", Measure("grid"), Measure("base"))])
 
 
+def test_seeds_in_folders_of_their_own_join_their_measure(root):
+    """``--first-seed 1`` puts a seed in a folder of its own; ``Measure.also`` joins it to seed 0's, so the claim
+    has the two settings' own spread; a seed in two of a measure's folders is refused."""
+    _sweep(root, "more", {"base": [1.06]})  # written as seed 0: renumbered to seed 1 below
+    more = root / "more" / "results.jsonl"
+    more.write_text(more.read_text().replace('"seed": 0', '"seed": 1'))
+    _sweep(root, "a1_s0", {"base": [0.80]})
+    _sweep(root, "a1_s1", {"base": [0.82]})
+    (root / "a1_s1" / "results.jsonl").write_text(
+        (root / "a1_s1" / "results.jsonl").read_text().replace('"seed": 0', '"seed": 1')
+    )
+    joined = Claim("a1 beats one", Measure("a1_s0", also=("a1_s1",)), Measure("one", also=("more",)))
+    alone = Claim("a1 beats one", Measure("a1_s0"), Measure("one"))
+    (r,), _, _ = evaluate_claims(str(root), [joined])
+    (r1,), _, _ = evaluate_claims(str(root), [alone])
+    a, b = np.array([0.80, 0.82]), np.array([1.20, 1.06])
+    own = math.sqrt((((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum()) / 2)
+    assert r.better_seeds == r.than_seeds == 2 and r.error_from == "the two settings' seeds" and r.dof == 2
+    assert r.gain == pytest.approx(b.mean() - a.mean()) and r.stderr == pytest.approx(own)
+    assert r1.better_seeds == r1.than_seeds == 1 and r1.gain == pytest.approx(1.20 - 0.80)
+    with pytest.raises(UserError, match=r"^one: seed 0 of a1_s0 is in another of its folders too"):
+        evaluate_claims(str(root), [Claim("x", Measure("a1_s0", also=("one",)), Measure("one"))])
+
+
 def test_the_page_and_its_plot(root, tmp_path):
     claims = [
         Claim("a=1 beats base", Measure("grid", "a=1", label="variant one"), Measure("base")),
