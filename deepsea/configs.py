@@ -101,6 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.precision = "float32"  # or bfloat16: activations and products (float32 accumulation); params float32
     c.model.max_pool_impl = "auto"  # auto | onednn | slices | reduce_window: deepsea.backends.max_pool
     c.model.conv_impl = "auto"  # auto | onednn | xla: deepsea.backends.conv; the same function
+    c.model.dense_impl = "auto"  # auto | onednn | xla: deepsea.backends.dense_dot_general; the same function
     c.model.roll_impl = "xla"  # xla | pallas (kernels/, interpret mode off-GPU): bitwise the same function
     c.model.orbit_average = ""  # "c4" | "d4": average the predictions over the input's orbit (exact invariance)
     c.model.size_features = False

@@ -212,6 +212,7 @@ class _GroupedDense(nn.Module):
     kernel_init: Initializer = orthogonal("linear")
     bias_init: Initializer = nn.initializers.zeros
     dtype: Any = None
+    implementation: backends.DenseImplementation = "auto"  # the product's backend: deepsea.backends.dense_dot_general
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -220,6 +221,7 @@ class _GroupedDense(nn.Module):
             kernel_init=self.kernel_init,
             bias_init=self.bias_init,
             dtype=self.dtype,
+            dot_general=backends.dense_dot_general(self.implementation),
             name="dense",
         )(x)
         return self.combine(y.reshape((*y.shape[:-1], self.features, self.pieces)))

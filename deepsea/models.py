@@ -67,7 +67,8 @@ class RollNet(nn.Module):
     Every convolution is followed by a leaky ReLU of slope ``negative_slope`` (0: a ReLU), passed to the
     ``conv`` factory (which may fuse it) unless ``batch_norm`` puts a batch norm in between.  The factories are
     called as ``conv(features, negative_slope=, implementation=conv_impl, kernel_init=, name=)``,
-    ``downsample(check_symmetry=, implementation=max_pool_impl, name=)``, ``dense(features, pieces, dtype=, name=)``,
+    ``downsample(check_symmetry=, implementation=max_pool_impl, name=)``,
+    ``dense(features, pieces, dtype=, implementation=dense_impl, name=)``,
     ``classifier(num_classes, name=)``, the symmetry layers with ``group=`` (the rolls also with
     ``implementation=roll_impl``) and ``norm(use_running_average=, name=)``.
     """
@@ -96,6 +97,7 @@ class RollNet(nn.Module):
     features_only: bool = False
     conv_impl: str = "auto"  # see deepsea.backends.conv
     max_pool_impl: str = "auto"  # see deepsea.backends.max_pool
+    dense_impl: str = "auto"  # the dense layers' products: see deepsea.backends.dense_dot_general
     roll_impl: str = "xla"  # xla | pallas: see deepsea.layers.ConvRoll
     conv: ModuleDef = functools.partial(layers.Conv, kernel_size=(3, 3), padding="SAME")
     folded_conv: ModuleDef = functools.partial(layers.FoldedConv, kernel_size=(3, 3))
@@ -192,7 +194,9 @@ class RollNet(nn.Module):
                 x = self.conv_roll_layer(group=self.symmetry, implementation=self.roll_impl, name=f"conv_roll{i}")(x)
         x = x.reshape((x.shape[0], -1))
         x = dropout(self.dropout_rate, deterministic=not train)(x)
-        x = dense(self.dense_features, self.maxout_pieces, dtype=compute, name="dense0")(x)
+        x = dense(
+            self.dense_features, self.maxout_pieces, dtype=compute, implementation=self.dense_impl, name="dense0"
+        )(x)
         rolled = sym and self.dense_roll  # the roll feeds dense1, which runs per view; the view pool comes after it
         if rolled:
             x = self.roll_layer(group=self.symmetry, implementation=self.roll_impl, name="roll")(x)
@@ -206,7 +210,9 @@ class RollNet(nn.Module):
                 sizes = ops.stack_views([sizes] * (x.shape[0] // sizes.shape[0]))
             x = jnp.concatenate([x, sizes], axis=-1)
         x = dropout(self.dropout_rate, deterministic=not train)(x)
-        x = dense(self.dense_features, self.maxout_pieces, dtype=compute, name="dense1")(x)
+        x = dense(
+            self.dense_features, self.maxout_pieces, dtype=compute, implementation=self.dense_impl, name="dense1"
+        )(x)
         if rolled:
             x = self._pool_views(x, k)
         x = dropout(self.dropout_rate, deterministic=not train)(x)
@@ -456,7 +462,9 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
     return OrbitAverage(model, orbit) if orbit else model
 
 
-_BACKEND_CHOICES = frozenset({"conv_impl", "max_pool_impl", "roll_impl"})  # where layers run: moot without them
+_BACKEND_CHOICES = frozenset(
+    {"conv_impl", "max_pool_impl", "dense_impl", "roll_impl"}
+)  # where layers run: moot without them
 
 
 def _defaults() -> dict[str, Any]:

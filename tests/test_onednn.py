@@ -373,3 +373,71 @@ def test_bfloat16_conv_bias_leaky_relu_and_pooling(rng):
         jnp.asarray(p, jnp.bfloat16)
     )
     assert "deepsea_max_pool_bwd_bf16" in hlo.as_text()
+
+
+MATMUL_CASES = [(1, 1, 1), (5, 7, 3), (37, 50, 23), (128, 300, 64)]
+
+
+@pytest.mark.parametrize("m, k, n", MATMUL_CASES)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_matmul_and_its_gradients_match_numpy(m, k, n, dtype, rng):
+    """The product and both gradients (each one oneDNN matmul reading a transpose in place) against float64 numpy
+    on the operands as given: float32 to float32 rounding, bfloat16 to one rounding of each result."""
+    a, b, g = (_bf16(rng.standard_normal(s)) for s in ((m, k), (k, n), (m, n)))
+    y, vjp = jax.vjp(jax.jit(onednn.matmul), jnp.asarray(a, dtype), jnp.asarray(b, dtype))
+    da, db = vjp(jnp.asarray(g, dtype))
+    assert y.dtype == da.dtype == db.dtype == dtype and (y.shape, da.shape, db.shape) == ((m, n), (m, k), (k, n))
+    rtol = 1e-5 if dtype == jnp.float32 else HALF_BF16_ULP
+    for got, want in ((y, a @ b), (da, g @ b.T), (db, a.T @ g)):
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=rtol, atol=1e-5 * np.abs(want).max())
+
+
+def test_matmul_refuses_what_it_does_not_compute():
+    with pytest.raises(ValueError, match=r"got float32\(3, 4\) and float32\(5, 2\)"):
+        onednn.matmul(jnp.zeros((3, 4)), jnp.zeros((5, 2)))
+    with pytest.raises(ValueError, match=r"got float32\(3, 4\) and bfloat16\(4, 2\)"):
+        onednn.matmul(jnp.zeros((3, 4)), jnp.zeros((4, 2), jnp.bfloat16))
+    with pytest.raises(ValueError, match="unknown dense implementation 'mkl'"):
+        backends.dense_dot_general("mkl")
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_dense_layers_take_onednns_product_and_compute_the_same_function(precision, rng):
+    """A maxout layer on (..., K) inputs: ``implementation="auto"`` is oneDNN's matmul on the CPU (forward and both
+    gradients), with ``"xla"``'s value and gradients to rounding; the parameters are the same either way."""
+    x = jnp.asarray(rng.standard_normal((2, 3, 40)), jnp.float32)
+    dtype = jnp.dtype(precision)
+
+    def run(implementation):
+        layer = layers.Maxout(6, 2, dtype=dtype, implementation=implementation)
+        params = layer.init(jax.random.key(0), x)
+        loss = lambda p, x: jnp.sum(jnp.tanh(layer.apply(p, x.astype(dtype)).astype(jnp.float32)))  # noqa: E731
+        step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+        return params, step(params, x), step.lower(params, x).compile().as_text()
+
+    p_auto, (v_auto, g_auto), hlo = run("auto")
+    p_xla, (v_xla, g_xla), hlo_xla = run("xla")
+    target = "deepsea_matmul" + ("_bf16" if precision == "bfloat16" else "")
+    assert hlo.count(f'custom_call_target="{target}"') == 3 and "deepsea_matmul" not in hlo_xla
+    assert jax.tree.structure(p_auto) == jax.tree.structure(p_xla)
+    tol = 1e-5 if precision == "float32" else 4 * HALF_BF16_ULP
+    np.testing.assert_allclose(v_auto, v_xla, rtol=tol)
+    for a, b in zip(jax.tree.leaves(g_auto), jax.tree.leaves(g_xla), strict=True):
+        np.testing.assert_allclose(
+            np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol * np.abs(b).max()
+        )
+
+
+def test_dense_dot_general_leaves_other_products_to_xla(rng):
+    """Batched, differently contracted, mixed-dtype or precision-pinned products are XLA's, unchanged."""
+    a = jnp.asarray(rng.standard_normal((4, 5, 6)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal((4, 6, 3)), jnp.float32)
+    batched = (((2,), (1,)), ((0,), (0,)))
+    np.testing.assert_array_equal(onednn.dot_general(a, b, batched), jax.lax.dot_general(a, b, batched))
+    c = jnp.asarray(rng.standard_normal((6, 3)), jnp.bfloat16)
+    dense = (((2,), (0,)), ((), ()))
+    np.testing.assert_array_equal(onednn.dot_general(a, c, dense), jax.lax.dot_general(a, c, dense))
+    hlo = jax.jit(lambda a, c: onednn.dot_general(a, c, dense)).lower(a, c.astype(jnp.float32)).compile().as_text()
+    assert "deepsea_matmul" in hlo
+    pinned = jax.jit(lambda a, c: onednn.dot_general(a, c, dense, precision=jax.lax.Precision.HIGHEST))
+    assert "deepsea_matmul" not in pinned.lower(a, c.astype(jnp.float32)).compile().as_text()

@@ -8,21 +8,35 @@ elsewhere, all computing the same functions.
   where it does not apply); ``"xla"`` is the reference.
 - :func:`max_pool`: ``"auto"`` takes oneDNN's pooling for float32 and bfloat16 maps on the CPU, else the slices
   formulation; ``"slices"``, ``"reduce_window"`` and ``"onednn"`` choose.
+- :func:`dense_dot_general`: the product of a dense layer (``flax.linen.Dense(dot_general=...)``): ``"auto"``
+  takes oneDNN's matrix product on the CPU (:func:`deepsea.backends.onednn.dot_general`), else XLA's dot;
+  ``"xla"`` and ``"onednn"`` choose.
 - :func:`status`: which backend is active and, if not oneDNN, why.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import jax
 
 from deepsea.backends import onednn, xla
 
-__all__ = ["ConvImplementation", "MaxPoolImplementation", "conv", "max_pool", "onednn", "status", "xla"]
+__all__ = [
+    "ConvImplementation",
+    "DenseImplementation",
+    "MaxPoolImplementation",
+    "conv",
+    "dense_dot_general",
+    "max_pool",
+    "onednn",
+    "status",
+    "xla",
+]
 
 ConvImplementation = Literal["auto", "xla", "onednn"]
+DenseImplementation = Literal["auto", "xla", "onednn"]
 MaxPoolImplementation = Literal["auto", "slices", "reduce_window", "onednn"]
 
 
@@ -93,9 +107,27 @@ def max_pool(
     )
 
 
+def dense_dot_general(implementation: DenseImplementation = "auto") -> Callable[..., jax.Array]:
+    """The ``dot_general`` a dense layer computes its product with: ``"auto"`` oneDNN's matrix product (forward and
+    both gradients; :func:`deepsea.backends.onednn.dot_general`, which leaves any other product to XLA) where oneDNN
+    is available, else ``jax.lax.dot_general``; ``"xla"`` XLA's always; ``"onednn"`` insists (RuntimeError where it
+    is not available).  The same function either way, up to the summation order."""
+    if implementation == "xla":
+        return jax.lax.dot_general
+    if implementation == "onednn":
+        reason = onednn.unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(f"oneDNN matmul is not available: {reason}")
+        return onednn.dot_general
+    if implementation == "auto":
+        return onednn.dot_general if onednn.available() else jax.lax.dot_general
+    raise ValueError(f"unknown dense implementation {implementation!r}; expected 'auto', 'xla' or 'onednn'")
+
+
 def status() -> dict[str, str]:
-    """``{"convolution": ..., "max_pool": ...}``: the backend ``"auto"`` takes for float32 on the CPU, and why."""
+    """``{"convolution": ..., "max_pool": ..., "dense": ...}``: the backend ``"auto"`` takes for float32 on the CPU,
+    and why."""
     reason = onednn.unavailable_reason()
     if reason is None:
-        return {"convolution": "oneDNN", "max_pool": "oneDNN"}
-    return {"convolution": f"XLA ({reason})", "max_pool": f"XLA slices ({reason})"}
+        return {"convolution": "oneDNN", "max_pool": "oneDNN", "dense": "oneDNN"}
+    return {"convolution": f"XLA ({reason})", "max_pool": f"XLA slices ({reason})", "dense": f"XLA ({reason})"}

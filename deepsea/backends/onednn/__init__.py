@@ -4,8 +4,9 @@
 oneDNN primitives (``onednn_ffi.cc`` beside this file), with the value and gradients of
 :func:`deepsea.backends.xla.conv_reference` up to the summation order; :func:`conv_bias_leaky_relu` fuses the bias
 and a leaky ReLU into the forward convolution; :func:`max_pool` is max pooling whose value and gradient are oneDNN
-primitives.  Each is a ``jax.custom_vjp`` whose CPU branch is the FFI call and whose other platforms get XLA's op in
-the same jitted function (``lax.platform_dependent``).
+primitives; :func:`matmul` is a matrix product whose value and both gradients are oneDNN's (:func:`dot_general`
+puts it under ``flax.linen.Dense``).  Each is a ``jax.custom_vjp`` whose CPU branch is the FFI call and whose other
+platforms get XLA's op in the same jitted function (``lax.platform_dependent``).
 
 The library comes from the ``onednn-cpu-gomp`` wheel and its headers from ``onednn-devel-cpu-gomp`` (both
 dependencies on Linux x86-64).  The handlers are compiled with the system's C++ compiler (``$CXX`` or ``c++``) on
@@ -44,6 +45,8 @@ __all__ = [
     "cache_dir",
     "conv",
     "conv_bias_leaky_relu",
+    "dot_general",
+    "matmul",
     "max_pool",
     "primitive_times",
     "supports",
@@ -58,7 +61,7 @@ FFI_TARGETS = tuple(
     name + suffix
     for name in (
         "deepsea_conv_fwd", "deepsea_conv_bwd_data", "deepsea_conv_bwd_weights", "deepsea_conv_fwd_bias_leaky_relu",
-        "deepsea_conv_bwd_weights_bias", "deepsea_max_pool", "deepsea_max_pool_bwd",
+        "deepsea_conv_bwd_weights_bias", "deepsea_max_pool", "deepsea_max_pool_bwd", "deepsea_matmul",
     )
     for suffix in ("", "_bf16")
 )  # fmt: skip
@@ -441,3 +444,72 @@ def _kernel_and_bias_grad(padding: Padding, x: jax.Array, kernel: jax.Array, dz:
 
 
 _conv_act.defvjp(_conv_act_fwd, _conv_act_bwd)
+
+
+def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` for float32 or bfloat16 matrices of one dtype through oneDNN on the CPU (the product and both
+    gradients, each one oneDNN matmul reading the transposes in place; products accumulate in float32 and the
+    result is rounded once to the dtype), XLA's dot elsewhere.  Raises RuntimeError where oneDNN is not
+    :func:`available`, ValueError for other arguments."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or a.dtype != b.dtype or a.dtype not in ACTIVATION_DTYPES:
+        raise ValueError(
+            f"deepsea.onednn.matmul takes two float32 or bfloat16 matrices of one dtype whose inner sizes agree; "
+            f"got {a.dtype}{tuple(a.shape)} and {b.dtype}{tuple(b.shape)}"
+        )
+    _require("matmul")
+    return _matmul(a, b)
+
+
+def _product(a: jax.Array, b: jax.Array, transpose_a: bool, transpose_b: bool) -> jax.Array:
+    """``op(a) @ op(b)`` (op: the transpose where asked) in ``a``'s dtype: oneDNN on the CPU, XLA's dot elsewhere."""
+    m = a.shape[1] if transpose_a else a.shape[0]
+    n = b.shape[0] if transpose_b else b.shape[1]
+
+    def ffi(a, b):
+        call = jax.ffi.ffi_call(
+            _target("deepsea_matmul", a.dtype), jax.ShapeDtypeStruct((m, n), a.dtype), vmap_method="sequential"
+        )
+        return call(a, b, transpose_a=transpose_a, transpose_b=transpose_b)
+
+    def default(a, b):
+        lhs, rhs = (a.T if transpose_a else a), (b.T if transpose_b else b)
+        return jnp.dot(lhs, rhs, preferred_element_type=jnp.float32).astype(a.dtype)
+
+    return jax.lax.platform_dependent(a, b, cpu=ffi, default=default)
+
+
+@jax.custom_vjp
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    return _product(a, b, False, False)
+
+
+def _matmul_fwd(a, b):
+    return _matmul(a, b), (a, b)
+
+
+def _matmul_bwd(res, g):
+    a, b = res
+    g = g.astype(a.dtype)
+    return _product(g, b, False, True), _product(a, g, True, False)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def dot_general(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    dimension_numbers: Any,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """``jax.lax.dot_general`` with a dense layer's product, ``lhs (..., K)`` contracted with ``rhs (K, N)`` in one
+    float32 or bfloat16 dtype, through :func:`matmul` (``flax.linen.Dense(dot_general=...)``); any other product,
+    or a ``precision`` or result type it does not take, goes to XLA's."""
+    (lc, rc), (lb, rb) = dimension_numbers
+    dense = tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) and not tuple(lb) and not tuple(rb) and rhs.ndim == 2
+    same = lhs.dtype == rhs.dtype and lhs.dtype in ACTIVATION_DTYPES and preferred_element_type in (None, lhs.dtype)
+    if not (dense and same and precision is None) or _load() is not None:
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type)
+    y = _matmul(lhs.reshape(-1, lhs.shape[-1]), rhs)
+    return y.reshape(*lhs.shape[:-1], rhs.shape[1])

@@ -9,6 +9,9 @@
 // deepsea_max_pool(x) -> y and deepsea_max_pool_bwd(x, g) -> dx (attributes `window`, `strides`, `padding`; padded
 // cells never win; the gradient goes to the first maximum of each window, as XLA's select-and-scatter). The backward
 // call recomputes the forward with oneDNN's workspace (the argmax), so only the pooled map crosses into XLA.
+// deepsea_matmul(a, b) -> op(a) op(b) for row-major matrices (attributes `transpose_a`, `transpose_b`: op(m) is m's
+// transpose, read in place through strides), all three in one dtype (products accumulate in float32): a dense
+// layer's forward pass, input gradient and kernel gradient.
 // Built and loaded by deepsea/backends/onednn/__init__.py, beside the pure-JAX references they are tested against.
 //
 // oneDNN picks its own blocked kernel layout ("any"); the HWIO kernel is reordered into it on each call. Primitives
@@ -352,6 +355,53 @@ void RunPool(const PoolDims& d, const void* x, const void* g, void* out) {
   Record(p->stats, 0, NowNs() - t0);
 }
 
+// ---- matrix products ---------------------------------------------------------------------------------------------
+
+struct MatmulDims {
+  int64_t m, k, n;
+  bool ta, tb;  // a is stored (k, m), b is stored (n, k)
+  bool bf16;
+  auto tie() const { return std::tie(m, k, n, ta, tb, bf16); }
+  bool operator<(const MatmulDims& o) const { return tie() < o.tie(); }
+};
+
+struct MatmulPlan {
+  dnnl::primitive mm;
+  memory::desc a, b, c, scratch;
+  StatRow* stats = nullptr;
+};
+
+MatmulPlan MakeMatmulPlan(const MatmulDims& d) {
+  MatmulPlan p;
+  const dt t = d.bf16 ? dt::bf16 : dt::f32;
+  p.a = memory::desc({d.m, d.k}, t, d.ta ? tag::ba : tag::ab);
+  p.b = memory::desc({d.k, d.n}, t, d.tb ? tag::ba : tag::ab);
+  p.c = memory::desc({d.m, d.n}, t, tag::ab);
+  dnnl::matmul::primitive_desc pd(Engine(), p.a, p.b, p.c, UserScratchpad());
+  p.scratch = pd.scratchpad_desc();
+  p.mm = dnnl::matmul(pd);
+  std::ostringstream key;
+  key << "matmul" << (d.bf16 ? " bf16 " : " f32 ") << d.m << "x" << d.k << (d.ta ? "T" : "") << " * " << d.k << "x"
+      << d.n << (d.tb ? "T" : "");
+  p.stats = StatRowFor(key.str(), pd.impl_info_str());
+  return p;
+}
+
+PlanCache<MatmulDims, MatmulPlan>& MatmulPlans() {
+  static PlanCache<MatmulDims, MatmulPlan> cache;
+  return cache;
+}
+
+void RunMatmul(const MatmulDims& d, const void* a, const void* b, void* c) {
+  std::shared_ptr<const MatmulPlan> p = MatmulPlans().Get(d, [&] { return MakeMatmulPlan(d); });
+  std::lock_guard<std::mutex> run_lock(RunMutex());
+  const int64_t t0 = NowNs();
+  Args args = {{DNNL_ARG_SRC, Wrap(p->a, a)}, {DNNL_ARG_WEIGHTS, Wrap(p->b, b)}, {DNNL_ARG_DST, Wrap(p->c, c)}};
+  AddOwned(&args, DNNL_ARG_SCRATCHPAD, p->scratch);
+  Execute(p->mm, std::move(args));
+  Record(p->stats, 0, NowNs() - t0);
+}
+
 // ---- the handlers ------------------------------------------------------------------------------------------------
 
 // Runs `body`, turning every exception into an FFI error that names the operation.
@@ -473,6 +523,19 @@ ffi::Error MaxPoolBwd(ffi::Buffer<T> x, ffi::Buffer<T> g, ffi::ResultBuffer<T> d
   return Guard("max pooling gradient", [&] { RunPool(d, x.untyped_data(), g.untyped_data(), dx->untyped_data()); });
 }
 
+template <ffi::DataType T>
+ffi::Error Matmul(ffi::Buffer<T> a, ffi::Buffer<T> b, ffi::ResultBuffer<T> c, bool transpose_a, bool transpose_b) {
+  auto as = a.dimensions(), bs = b.dimensions(), cs = c->dimensions();
+  if (as.size() != 2 || bs.size() != 2 || cs.size() != 2)
+    return ffi::Error::InvalidArgument("deepsea oneDNN matmul: expects matrices");
+  const int64_t m = transpose_a ? as[1] : as[0], k = transpose_a ? as[0] : as[1];
+  const int64_t kb = transpose_b ? bs[1] : bs[0], n = transpose_b ? bs[0] : bs[1];
+  if (k != kb || cs[0] != m || cs[1] != n)
+    return ffi::Error::InvalidArgument("deepsea oneDNN matmul: inconsistent shapes");
+  MatmulDims d{m, k, n, transpose_a, transpose_b, T == ffi::BF16};
+  return Guard("matmul", [&] { RunMatmul(d, a.untyped_data(), b.untyped_data(), c->untyped_data()); });
+}
+
 }  // namespace
 
 // Each handler twice: float32 activations (the plain names) and bfloat16 activations (`_bf16`); kernels, kernel
@@ -517,6 +580,12 @@ DEEPSEA_POOL(deepsea_max_pool, MaxPool<ffi::F32>, F32Buf);
 DEEPSEA_POOL(deepsea_max_pool_bf16, MaxPool<ffi::BF16>, BF16Buf);
 DEEPSEA_POOL_BWD(deepsea_max_pool_bwd, MaxPoolBwd<ffi::F32>, F32Buf);
 DEEPSEA_POOL_BWD(deepsea_max_pool_bwd_bf16, MaxPoolBwd<ffi::BF16>, BF16Buf);
+
+#define DEEPSEA_MATMUL(NAME, FN, A)                                                                          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN, ffi::Ffi::Bind().Arg<A>().Arg<A>().Ret<A>().Attr<bool>("transpose_a") \
+                                              .Attr<bool>("transpose_b"))
+DEEPSEA_MATMUL(deepsea_matmul, Matmul<ffi::F32>, F32Buf);
+DEEPSEA_MATMUL(deepsea_matmul_bf16, Matmul<ffi::BF16>, BF16Buf);
 
 // The time rows that have calls, as text, one per line: "key\timpl\tcalls\treorder_ns\texec_ns". Copies at most
 // `size` - 1 bytes into `buf` (NUL-terminated) and returns the full length, so a caller can retry with a larger
