@@ -75,11 +75,12 @@ class Cost:
 
 def flops_per_image(config: Any, num_classes: int = 121) -> Cost:
     """:class:`Cost` of ``config``'s model (its ``config.model`` and input size), counted with XLA's
-    convolutions on one image; nothing is computed (shapes only)."""
+    convolutions and products (XLA counts no FLOPs in a custom call) on one image; nothing is computed (shapes
+    only)."""
     from deepsea.models import build_model
     from deepsea.step import example_inputs, forward
 
-    model = build_model({**dict(config.model.items()), "conv_impl": "xla"}, num_classes)
+    model = build_model({**dict(config.model.items()), "conv_impl": "xla", "dense_impl": "xla"}, num_classes)
     batch = example_inputs(config, 1)
     rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
     variables = jax.eval_shape(lambda: model.init(rngs, batch["image"], False, batch["raw_size"], batch.get("image2")))

@@ -58,6 +58,7 @@ def _xla_network(run: Any) -> tuple[Any, Any]:
     mc = run.config.model.copy_and_resolve_references()
     mc.conv_impl = "xla"
     mc.max_pool_impl = "slices"
+    mc.dense_impl = "xla"
     return build_model(mc, len(run.classes)), mc
 
 

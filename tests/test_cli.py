@@ -459,7 +459,7 @@ def test_exported_model_predicts_like_its_run(cli, trained_run, tmp_path):
     assert read_submission(str(tmp_path / "e.csv"))[0] == names_r
     restored = restore_run(run)
     mc = restored.config.model
-    mc.conv_impl, mc.max_pool_impl = "xla", "slices"
+    mc.conv_impl, mc.max_pool_impl, mc.dense_impl = "xla", "slices", "xla"
     reference = dataclasses.replace(restored, model=build_model(mc, len(restored.classes)))
     from deepsea.backends import onednn
     from deepsea.errors import UserError
