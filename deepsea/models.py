@@ -266,10 +266,25 @@ class OrbitAverage(nn.Module):
     In training (``train=True``) it is the network itself, on the one (augmented) input, so a plain network
     trains at its own cost and pays for the ``V`` copies only when it predicts.  The output is log-probabilities
     (a normalised geometric mean of the ``V`` predictions), which a softmax leaves unchanged.
+
+    ``inner_symmetry``: a group the network is already invariant to (a rolled network's symmetry).  Copies that
+    differ by one of its elements give the same prediction, so only one copy per coset is computed: a C4-invariant
+    network averaged over D4 runs on the image and its mirror image (2 passes, not 8), and a network invariant to
+    the whole group runs once.  The same function, up to rounding.
     """
 
     inner: nn.Module
     group: str | Group = "d4"
+    inner_symmetry: str | Group | None = None
+
+    def copies(self) -> tuple[int, ...]:
+        """The group elements whose copies are computed (indices into ``get_group(group).elements``)."""
+        g = get_group(self.group)
+        if self.inner_symmetry is None:
+            return tuple(range(g.order))
+        if get_group(self.inner_symmetry).order >= g.order:  # C4 < D4: it contains the whole group
+            return (g.identity,)
+        return tuple(i for i, (k, _) in enumerate(g.elements) if k == 0)  # one per coset of the rotations
 
     @nn.compact
     def __call__(
@@ -277,11 +292,11 @@ class OrbitAverage(nn.Module):
     ) -> jax.Array:
         if train:
             return self.inner(x, train, raw_size, x2)
-        g = get_group(self.group)
-        v, b = g.order, x.shape[0]
+        g, copies = get_group(self.group), self.copies()
+        v, b = len(copies), x.shape[0]
         tile = lambda a: None if a is None else ops.stack_views([a] * v)  # noqa: E731
-        x2v = None if x2 is None else ops.group_slice(x2, g)
-        logits = self.inner(ops.group_slice(x, g), False, tile(raw_size), x2v)
+        orbit = lambda a: None if a is None else ops.stack_views([g.act(i, a, axes=(1, 2)) for i in copies])  # noqa: E731
+        logits = self.inner(orbit(x), False, tile(raw_size), orbit(x2))
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         return jnp.mean(logp.reshape(v, b, *logp.shape[1:]), axis=0)
 
@@ -459,7 +474,9 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
             "it would be silently ignored"
         )
     model = builder(num_classes, **{k: v for k, v in items.items() if k in accepted})
-    return OrbitAverage(model, orbit) if orbit else model
+    if not orbit:
+        return model
+    return OrbitAverage(model, orbit, model.symmetry if isinstance(model, RollNet) else None)
 
 
 _BACKEND_CHOICES = frozenset(

@@ -145,6 +145,36 @@ def test_orbit_average_makes_a_plain_network_exactly_invariant(group, size, rng)
     np.testing.assert_allclose(np.asarray(fn(x)), np.mean(logp, axis=0), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("inner_group", "group", "copies"), [("c4", "d4", (0, 4)), ("d4", "d4", (0,)), ("c4", "c4", (0,))]
+)
+def test_an_invariant_networks_orbit_average_computes_one_copy_per_coset(inner_group, group, copies, rng):
+    """A C4-invariant network averaged over D4 runs on the image and its mirror image only (the four rotations of
+    each give its prediction again), a network invariant to the whole group once: the same predictions as the
+    average over every copy, to rounding, exactly D4-invariant, and a build_model wrapper knows the symmetry."""
+    inner = models.tiny_rollnet(symmetry=inner_group, size_features=True)
+    net = models.OrbitAverage(inner, group, inner_group)
+    every = models.OrbitAverage(inner, group)
+    assert net.copies() == copies and every.copies() == tuple(range(4 if group == "c4" else 8))
+    x = jnp.asarray(rng.standard_normal((3, 23, 23, 1)), jnp.float32)
+    raw = jnp.asarray(rng.uniform(20, 300, (3, 2)), jnp.float32)
+    variables = jax.jit(net.init)(jax.random.key(0), x, raw_size=raw)
+    variables = jax.tree.map(lambda a: a + 0.1 * jnp.asarray(rng.standard_normal(a.shape), a.dtype), variables)
+    fn = jax.jit(lambda z: net.apply(variables, z, raw_size=raw))
+    np.testing.assert_allclose(fn(x), every.apply(variables, x, raw_size=raw), rtol=1e-5, atol=1e-5)
+    check_invariance(fn, group, x, atol=1e-5)
+    mirror_only = models.OrbitAverage(inner, "d4", "c4")
+    if inner_group == "c4" and group == "c4":  # the C4 network itself is not mirror-invariant; its D4 average is
+        with pytest.raises(AssertionError, match="not equivariant"):
+            check_invariance(lambda z: inner.apply({"params": variables["params"]["inner"]}, z, raw_size=raw), "d4", x)
+        check_invariance(lambda z: mirror_only.apply(variables, z, raw_size=raw), "d4", x, atol=1e-5)
+    built = models.build_model({"name": "rollnet", "symmetry": inner_group, "orbit_average": group}, 5)
+    assert built.copies() == copies
+    assert models.build_model({"name": "rollnet", "symmetry": None, "orbit_average": group}, 5).copies() == (
+        every.copies()
+    )
+
+
 def test_orbit_average_trains_the_network_alone(rng):
     """In training the wrapper is the network on the one input (no copies)."""
     inner = models.tiny_rollnet(symmetry=None)
