@@ -32,13 +32,13 @@ Small run: deepsea train experiments/ablation.py --small
 """
 
 from deepsea.claims import Claim, Measure
-from experiments import ndsb_cpu, ndsb_cpu_c4
+from experiments import ndsb_cpu_c4, ndsb_cpu_plain
 
 
 def get_config(small: bool = False):
     c = ndsb_cpu_c4.get_config(small)
     c.name = "ablation"
-    c.data.rescale = ndsb_cpu.LARGEST_SIDE  # the page's inputs: ndsb_cpu's before it rescaled by image moments
+    c.data.rescale = ndsb_cpu_plain.LARGEST_SIDE  # the page's inputs: before the plain recipe rescaled by moments
     if not small:
         c.train.budget_minutes = 12.0  # a sweep sets its own budget: --epochs or --budget-minutes
         c.train.eval_every = 500

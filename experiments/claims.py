@@ -4,11 +4,11 @@ variant, about 25 epochs; 2 seeds, the seed's other experiments 1), and the equa
 study.
 
 The base is the seed's cyclic network as close as 2 cores allow: C4 slice, conv rolls and RMS view pool, maxout
-dense layers, leaky ReLU 1/3, no batch norm, ``ndsb_cpu``'s inputs and augmentation (47x47, largest side 42), at the
-per-view width whose training step costs what ``ndsb_cpu``'s does (``equal_c4``), with the tuning check's best
-setting (dropout 0; docs/results.md).  It keeps ``ndsb_cpu``'s Adam with a cosine decay: Nesterov momentum with the
-seed's two drops is a claim of its own below.  The page before this one (2 epochs, every network far from
-converged) stays as history in docs/ablation.md.
+dense layers, leaky ReLU 1/3, no batch norm, the plain recipe's (``ndsb_cpu_plain``) inputs and augmentation (47x47,
+largest side 42), at the per-view width whose training step costs what the plain recipe's does (``equal_c4``), with
+the tuning check's best setting (dropout 0; docs/results.md). It keeps that recipe's Adam with a cosine decay:
+Nesterov momentum with the seed's two drops is a claim of its own below. The page before this one (2 epochs, every
+network far from converged) stays as history in docs/ablation.md.
 
 Launch (each sweep may run beside other work: its steps are fixed), then the page:
 
@@ -79,7 +79,7 @@ def claims() -> list[Claim]:
     noroll = Measure("noroll", label="C4 slice + pool, no roll")
     plain = Measure("plain", label="plain, same per-view width")
     orbit = Measure("orbit", label="plain + C4 orbit average")
-    eq_plain = Measure("equal/plain", label="plain + D4 orbit average (ndsb_cpu, largest side 42)")
+    eq_plain = Measure("equal/plain", label="plain + D4 orbit average (largest side 42)")
     eq_c4 = Measure("equal/c4", label="C4 rolled, equal step time (w 0.22)")
     eq_c4_flops = Measure("equal/c4_flops", label="C4 rolled, equal FLOPs (w 0.396)")
     eq_d4 = Measure("equal/d4_flops", label="D4 rolled, equal FLOPs (w 0.225)")
@@ -94,7 +94,7 @@ def claims() -> list[Claim]:
     def orbit_avg(minutes: int, tta: str) -> Measure:
         return Measure(f"equal/plain_{minutes}", setting=tta, label="plain + D4 orbit average" + with_tta(tta))
 
-    eq_moments = "plain + D4 orbit average, moments (ndsb_cpu)"
+    eq_moments = "plain + D4 orbit average, moments (ndsb_cpu_plain)"
     regular = "rolled before every convolution, folded, equal FLOPs and step time, moments"
 
     def moments_arm(minutes: str, tta: str = "plain") -> Measure:
@@ -103,7 +103,8 @@ def claims() -> list[Claim]:
     def regular_arm(group: str, minutes: str, tta: str = "plain") -> Measure:
         width = {"c4": "1/4", "d4": "1/8"}[group]
         label = f"{group.upper()} regular: {regular} (w {width})" + with_tta(tta)
-        return Measure(f"equal/{group}_regular{minutes}", setting=tta, label=label)
+        folder = f"equal/{group}_regular{minutes}"  # seed 1 in a folder of its own (--first-seed 1)
+        return Measure(folder, setting=tta, label=label, also=(folder + "_s1",))
 
     equal = "equal compute (10 minutes, dropout 0.1)"
     longer = "equal compute, longer budgets (1 seed each)"

@@ -8,7 +8,7 @@ Small run: deepsea train experiments/equal_d4.py --data ../shared/data/ndsb/trai
 
 from experiments import equal_c4
 
-WIDTH = 0.225  # deepsea bench experiments/equal_d4.py --match-flops experiments/ndsb_cpu.py
+WIDTH = 0.225  # deepsea bench experiments/equal_d4.py --match-flops experiments/ndsb_cpu_plain.py
 
 
 def get_config(small: bool = False):

@@ -1,5 +1,5 @@
 """The equal-compute study's regular dihedral network (issue 27): ``equal_c4_regular`` over D4, at an eighth of
-``ndsb_cpu``'s per-view widths (eight views), so a training step does the FLOPs ``ndsb_cpu``'s does with
+the plain recipe's per-view widths (eight views), so a training step does the FLOPs the plain step does with
 convolutions of its shapes.
 
 Launch: deepsea train experiments/equal_d4_regular.py --data ../shared/data/ndsb/train --workdir runs/d4_regular

@@ -1,60 +1,35 @@
-"""The NDSB recipe for 2 CPU cores and about 30 minutes: a plain network made exactly D4-invariant by
-averaging its predictions over the input's orbit.
+"""The NDSB recipe for 2 CPU cores and about 30 minutes: a regular C4 network, invariant to 90-degree rotations
+by construction, at the plain network's cost.
 
-On 2 cores a rolled network pays for its four views with four times the compute per image, and in a fixed
-budget the epochs it loses cost more than the symmetry gains (compare ``ndsb_cpu_c4``).  So this recipe trains
-the plain backbone (convroll4's stages without the channel halving that anticipates a roll) on single images, with
-rotations and mirrors from the augmentation, and gets the invariance at evaluation only:
-:class:`deepsea.models.OrbitAverage` averages the log-probabilities of the eight D4 copies of each input.  47x47
-patches, each image centred on its intensity centroid and scaled to a radius of gyration of 12 pixels (its image
-moments; the seed tried this and kept the largest side), bfloat16 computation, no batch norm (on this CPU it costs
-more steps than it saves), the raw image size late-fused (sorted, so rotation-invariant), mild augmentation,
-decoded images kept in memory, and Adam (batch 128) with a short warm-up and a cosine decay over as many steps as
-fill 30 minutes on the machine that trains it (``train.budget_minutes``: the step time is measured before the run
-starts, and the steps chosen are in the run's ``config.json`` and ``budget.json``).  Results: ``docs/results.md``.
+``ndsb_cpu_plain``'s recipe (47x47 patches rescaled by image moments, the raw size late-fused, bfloat16, no batch
+norm, mild augmentation, Adam with a cosine decay over the steps that fill 30 minutes on the machine that trains
+it: ``train.budget_minutes``) with C4 slice, RMS view pool and a conv roll before every convolution
+(``model.roll_every_conv``: each layer a group convolution over the four views, escnn's regular networks).  Each
+view has a quarter of the plain network's channels, so a training step does the plain step's FLOPs, and every
+stage is folded (``model.fold_views``: the views' kernels in one convolution), so its convolutions have the plain
+network's shapes and the step runs at the plain one's speed.  At evaluation it averages its predictions for the
+image and its mirror image (``model.orbit_average = "d4"``: the network is already invariant to the rotations, so
+the D4 average needs only these 2 copies, where the plain recipe's needs 8), exactly D4-invariant.  Results and
+why it replaced the plain recipe: ``docs/results.md`` (equal compute).
 
 Launch: deepsea train experiments/ndsb_cpu.py --data ../shared/data/ndsb/train --workdir runs/ndsb_cpu
+Then:   deepsea evaluate --workdir runs/ndsb_cpu --tta 70
 Small run: deepsea train experiments/ndsb_cpu.py --data ../shared/data/ndsb/train --small
 """
 
-from deepsea.configs import base_config, small_run
+from deepsea.configs import small_run
+from deepsea.groups import get_group
+from experiments import ndsb_cpu_plain
 
-LARGEST_SIDE = "max_side:42"  # the inputs before moments; the studies that compare with that recipe keep them
 
-
-def get_config(small: bool = False):
-    c = base_config()
+def get_config(small: bool = False, symmetry: str = "c4"):
+    c = ndsb_cpu_plain.get_config()
     c.name = "ndsb_cpu"
-    c.data.path = "../shared/data/ndsb/train"
-    c.data.size = 47
-    c.data.rescale = "moments:12"  # better than the largest side at 42 pixels (docs/results.md, equal compute)
-    c.data.workers = 0  # the loader in threads of this process: on 2 cores faster than a worker process (results.md)
-    c.data.cache_images = True  # later epochs skip the JPEG decode
-    c.model.name = "rollnet"
-    c.model.symmetry = None
-    c.model.orbit_average = "d4"
-    c.model.stages = ((16, 16), (32, 32), (64, 64, 64), (128, 128, 128))
-    c.model.width = 1.0
-    c.model.dense_features = 256
-    c.model.size_features = True
-    c.model.batch_norm = False  # costs more steps than it saves on 2 cores (docs/results.md)
-    c.model.dropout_rate = 0.1
-    c.model.precision = "bfloat16"  # oneDNN's bf16 convolutions: more steps in the budget (docs/results.md)
-    c.aug.shift = 3.0  # pixels of the 47x47 patch (the seed's 10 was for 95x95)
-    c.aug.zoom = 1.2
-    c.aug.shear = 5.0
-    c.aug.stretch = 1.1
-    c.optim.name = "adam"
-    c.optim.lr = 0.0025
-    c.optim.schedule = "cosine"
-    c.optim.warmup_steps = 200
-    c.optim.weight_decay = 1e-5
-    c.train.batch_size = 128
-    c.train.steps = 10_400  # only without the budget below (train.budget_minutes = 0)
-    c.train.budget_minutes = 30.0  # the steps that fill 30 minutes on the machine that trains
-    c.train.eval_every = 5200
-    c.train.checkpoint_every = 500
-    c.train.log_every = 50
+    c.model.symmetry = symmetry
+    c.model.orbit_average = "d4"  # invariant to rotations by construction: the D4 average is of 2 copies (mirrors)
+    c.model.roll_every_conv = True
+    c.model.width = 1.0 / get_group(symmetry).order  # a view's channels times the views: the plain network's
+    c.model.fold_views = len(c.model.stages)  # every stage: every convolution has the plain network's shape
     if small:
         small_run(c)
     return c

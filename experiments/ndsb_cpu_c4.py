@@ -1,8 +1,8 @@
-"""The rolled variant of ndsb_cpu: half convroll4's widths, cyclic slice, rolls and RMS view pool (C4),
-at the same ~30 minutes on 2 CPU cores.
+"""The rolled variant of the plain recipe (``ndsb_cpu_plain``): half convroll4's widths, cyclic slice, rolls and
+RMS view pool (C4), at the same ~30 minutes on 2 CPU cores.
 
 The network is invariant by construction, at 4x the compute per image, so it
-sees a quarter of the images ``ndsb_cpu`` sees; the seed's stronger
+sees a quarter of the images ``ndsb_cpu_plain`` sees; the seed's stronger
 augmentation (shift +-10 px, zoom 1.3, shear 10 degrees), dropout 0.2, and
 batch norm with Adam at 3e-3.
 
@@ -11,11 +11,11 @@ Small run: deepsea train experiments/ndsb_cpu_c4.py --data ../shared/data/ndsb/t
 """
 
 from deepsea.configs import base_config, small_run
-from experiments import ndsb_cpu
+from experiments import ndsb_cpu_plain
 
 
 def get_config(small: bool = False):
-    c = ndsb_cpu.get_config()
+    c = ndsb_cpu_plain.get_config()
     c.name = "ndsb_cpu_c4"
     base = base_config()
     c.model.symmetry = "c4"

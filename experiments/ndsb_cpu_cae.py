@@ -1,4 +1,4 @@
-"""ndsb_cpu fine-tuned from a convolutional autoencoder pre-trained on images without labels (the seed's
+"""ndsb_cpu_plain fine-tuned from a convolutional autoencoder pre-trained on images without labels (the seed's
 experiment: tied weights, greedy then joint; fine-tuned with the pre-trained layers frozen at first, then at half
 the learning rate).
 
@@ -14,11 +14,11 @@ images: drop --images):
 Small run: the same commands with --small.
 """
 
-from experiments import ndsb_cpu
+from experiments import ndsb_cpu_plain
 
 
 def get_config(small: bool = False):
-    c = ndsb_cpu.get_config(small)
+    c = ndsb_cpu_plain.get_config(small)
     c.name = "ndsb_cpu_cae"
     c.pretrain.greedy_steps = 100  # per convolution (ten of them)
     c.pretrain.joint_steps = 1000

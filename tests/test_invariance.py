@@ -1,5 +1,7 @@
 """A rolled network is invariant to its group acting on the input, to float rounding."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -281,3 +283,35 @@ def test_a_network_with_folded_views_is_the_sliced_one_with_the_same_parameters(
         models.tiny_rollnet(symmetry=group, conv_roll=False, roll_every_conv=True).init(jax.random.key(0), x[:1])
     with pytest.raises(UserError, match=r"fold_views=4: expected 0 to 3"):
         models.tiny_rollnet(symmetry=group, stages=stages, fold_views=4).init(jax.random.key(0), x[:1])
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_recipes_network_is_invariant_as_its_experiment_builds_it(precision, rng):
+    """``ndsb_cpu``'s regular C4 network with its mirror average, from its experiment module (47x47, the raw size
+    late-fused, every stage folded), random parameters: D4-invariant, in float32 to float rounding.  In bfloat16
+    the folded convolutions sum a rotated input's taps in another order, so a rotation moves the output by
+    bfloat16 rounding (under a percent of its scale: a wrong roll moves it by its scale); the same network sliced
+    (``fold_views=0``, the same parameters) computes every view's convolution on the same numbers and is bitwise
+    invariant."""
+    from deepsea.configs import load_experiment
+
+    cfg = load_experiment(os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "ndsb_cpu.py"))
+    cfg.model.precision = precision
+    assert (cfg.model.symmetry, cfg.model.roll_every_conv, cfg.model.orbit_average) == ("c4", True, "d4")
+    assert cfg.model.fold_views == len(cfg.model.stages) and cfg.model.size_features
+    x = jnp.asarray(rng.standard_normal((2, 47, 47, 1)), jnp.float32)
+    raw = jnp.asarray([[60.0, 120.0], [33.0, 20.0]])  # sorted sides: the same for every rotation
+    net = models.build_model(cfg.model, 121)
+    assert net.copies() == (0, 4)  # the image and its mirror image
+    params = jax.jit(net.init)(jax.random.key(1), x[:1], raw_size=raw[:1])["params"]
+    params = {"params": jax.tree.map(lambda a: a + 0.02 * jnp.asarray(rng.standard_normal(a.shape), a.dtype), params)}
+    fn = jax.jit(lambda x: net.apply(params, x, raw_size=raw))
+    if precision == "float32":
+        check_invariance(fn, "d4", x, atol=1e-5, rtol=1e-6)
+        return
+    scale = float(jnp.abs(fn(x)).max())
+    errors = check_invariance(fn, "d4", x, atol=0.01 * scale)
+    assert max(errors.values()) > 0  # folded: not bitwise (else the sliced check below proves nothing new)
+    cfg.model.fold_views = 0
+    sliced = models.build_model(cfg.model, 121)
+    check_invariance(jax.jit(lambda x: sliced.apply(params, x, raw_size=raw)), "d4", x)  # bitwise

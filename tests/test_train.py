@@ -696,7 +696,7 @@ def test_a_key_unset_in_the_recipe_takes_a_bare_word():
     """``--set model.symmetry=c4`` on a plain experiment (symmetry None) failed with 'malformed node or string'."""
     from deepsea.configs import load_experiment_with
 
-    plain = os.path.join(ROOT, "experiments", "ndsb_cpu.py")
+    plain = os.path.join(ROOT, "experiments", "ndsb_cpu_plain.py")
     assert load_experiment_with(plain, ["model.symmetry=c4"]).model.symmetry == "c4"
     assert load_experiment_with(plain, ["model.symmetry='d4'"]).model.symmetry == "d4"
     assert load_experiment_with(plain, ["model.symmetry=none"]).model.symmetry is None
