@@ -479,9 +479,8 @@ def build_model(cfg: Any, num_classes: int) -> nn.Module:
     return OrbitAverage(model, orbit, model.symmetry if isinstance(model, RollNet) else None)
 
 
-_BACKEND_CHOICES = frozenset(
-    {"conv_impl", "max_pool_impl", "dense_impl", "roll_impl"}
-)  # where layers run: moot without them
+# where layers run: moot for a model without those layers
+_BACKEND_CHOICES = frozenset({"conv_impl", "max_pool_impl", "dense_impl", "roll_impl"})
 
 
 def _defaults() -> dict[str, Any]:
