@@ -9,8 +9,8 @@ view has a quarter of the plain network's channels, so a training step does the 
 stage is folded (``model.fold_views``: the views' kernels in one convolution), so its convolutions have the plain
 network's shapes and the step runs at the plain one's speed.  At evaluation it averages its predictions for the
 image and its mirror image (``model.orbit_average = "d4"``: the network is already invariant to the rotations, so
-the D4 average needs only these 2 copies, where the plain recipe's needs 8), exactly D4-invariant.  Results and
-why it replaced the plain recipe: ``docs/results.md`` (equal compute).
+the D4 average needs only these 2 copies, where the plain recipe's needs 8): D4-invariant to float rounding.
+Results and why it replaced the plain recipe: ``docs/results.md`` (equal compute).
 
 Launch: deepsea train experiments/ndsb_cpu.py --data ../shared/data/ndsb/train --workdir runs/ndsb_cpu
 Then:   deepsea evaluate --workdir runs/ndsb_cpu --tta 70
@@ -26,7 +26,7 @@ def get_config(small: bool = False, symmetry: str = "c4"):
     c = ndsb_cpu_plain.get_config()
     c.name = "ndsb_cpu"
     c.model.symmetry = symmetry
-    c.model.orbit_average = "d4"  # invariant to rotations by construction: the D4 average is of 2 copies (mirrors)
+    c.model.orbit_average = "d4"  # one copy per coset of the network's own group (C4: the image and its mirror)
     c.model.roll_every_conv = True
     c.model.width = 1.0 / get_group(symmetry).order  # a view's channels times the views: the plain network's
     c.model.fold_views = len(c.model.stages)  # every stage: every convolution has the plain network's shape
