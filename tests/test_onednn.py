@@ -419,6 +419,7 @@ def test_dense_layers_take_onednns_product_and_compute_the_same_function(precisi
     p_xla, (v_xla, g_xla), hlo_xla = run("xla")
     target = "deepsea_matmul" + ("_bf16" if precision == "bfloat16" else "")
     assert hlo.count(f'custom_call_target="{target}"') == 3 and "deepsea_matmul" not in hlo_xla
+    assert run("onednn")[2].count(f'custom_call_target="{target}"') == 3  # insisting: the same calls
     assert jax.tree.structure(p_auto) == jax.tree.structure(p_xla)
     tol = 1e-5 if precision == "float32" else 4 * HALF_BF16_ULP
     np.testing.assert_allclose(v_auto, v_xla, rtol=tol)
@@ -441,3 +442,9 @@ def test_dense_dot_general_leaves_other_products_to_xla(rng):
     assert "deepsea_matmul" in hlo
     pinned = jax.jit(lambda a, c: onednn.dot_general(a, c, dense, precision=jax.lax.Precision.HIGHEST))
     assert "deepsea_matmul" not in pinned.lower(a, c.astype(jnp.float32)).compile().as_text()
+    insisted = backends.dense_dot_general("onednn")  # model.dense_impl=onednn: refused, not left to XLA
+    with pytest.raises(ValueError, match=r"got float32\(4, 5, 6\) and bfloat16\(6, 3\)"):
+        insisted(a, c, dense)
+    with pytest.raises(ValueError, match="oneDNN dense product"):
+        insisted(a, b, batched)
+    assert "deepsea_matmul" in jax.jit(lambda a, c: insisted(a, c, dense)).lower(a, a[0].T).compile().as_text()

@@ -16,6 +16,7 @@ elsewhere, all computing the same functions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -111,14 +112,15 @@ def dense_dot_general(implementation: DenseImplementation = "auto") -> Callable[
     """The ``dot_general`` a dense layer computes its product with: ``"auto"`` oneDNN's matrix product (forward and
     both gradients; :func:`deepsea.backends.onednn.dot_general`, which leaves any other product to XLA) where oneDNN
     is available, else ``jax.lax.dot_general``; ``"xla"`` XLA's always; ``"onednn"`` insists (RuntimeError where it
-    is not available).  The same function either way, up to the summation order."""
+    is not available, ValueError for a product it does not compute).  The same function either way, up to the
+    summation order."""
     if implementation == "xla":
         return jax.lax.dot_general
     if implementation == "onednn":
         reason = onednn.unavailable_reason()
         if reason is not None:
             raise RuntimeError(f"oneDNN matmul is not available: {reason}")
-        return onednn.dot_general
+        return functools.partial(onednn.dot_general, strict=True)
     if implementation == "auto":
         return onednn.dot_general if onednn.available() else jax.lax.dot_general
     raise ValueError(f"unknown dense implementation {implementation!r}; expected 'auto', 'xla' or 'onednn'")

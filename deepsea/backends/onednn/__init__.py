@@ -502,14 +502,25 @@ def dot_general(
     dimension_numbers: Any,
     precision: Any = None,
     preferred_element_type: Any = None,
+    *,
+    strict: bool = False,
 ) -> jax.Array:
     """``jax.lax.dot_general`` with a dense layer's product, ``lhs (..., K)`` contracted with ``rhs (K, N)`` in one
     float32 or bfloat16 dtype, through :func:`matmul` (``flax.linen.Dense(dot_general=...)``); any other product,
-    or a ``precision`` or result type it does not take, goes to XLA's."""
+    or a ``precision`` or result type it does not take, goes to XLA's, or with ``strict`` is a ValueError naming
+    it (and a RuntimeError where oneDNN is not :func:`available`)."""
     (lc, rc), (lb, rb) = dimension_numbers
     dense = tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) and not tuple(lb) and not tuple(rb) and rhs.ndim == 2
     same = lhs.dtype == rhs.dtype and lhs.dtype in ACTIVATION_DTYPES and preferred_element_type in (None, lhs.dtype)
-    if not (dense and same and precision is None) or _load() is not None:
+    if strict:
+        _require("matmul")
+        if not (dense and same and precision is None):
+            raise ValueError(
+                f"the oneDNN dense product takes lhs (..., K) and rhs (K, N) of one float32 or bfloat16 dtype without "
+                f"a precision or result type; got {lhs.dtype}{tuple(lhs.shape)} and {rhs.dtype}{tuple(rhs.shape)}, "
+                f"dimension numbers {dimension_numbers}, precision {precision}, result type {preferred_element_type}"
+            )
+    elif not (dense and same and precision is None) or _load() is not None:
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type)
     y = _matmul(lhs.reshape(-1, lhs.shape[-1]), rhs)
     return y.reshape(*lhs.shape[:-1], rhs.shape[1])
