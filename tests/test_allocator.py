@@ -1,5 +1,6 @@
-"""deepsea.allocator: glibc serves large buffers from its heap and keeps them when freed (checked with glibc's own
-accounting, in a fresh interpreter so the test process's allocator is left alone)."""
+"""deepsea.allocator: glibc serves large buffers from its heap and keeps them when freed, on the main thread and on
+others (checked with glibc's own accounting, in a fresh interpreter so the test process's allocator is left
+alone)."""
 
 import platform
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 from deepsea.allocator import keep_freed_memory
 
 PROBE = r"""
-import ctypes, sys
+import ctypes, sys, threading
 from deepsea.allocator import keep_freed_memory
 
 class MallInfo2(ctypes.Structure):
@@ -24,18 +25,33 @@ libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-size = 64 << 20
-block = libc.malloc(size)
-mapped = libc.mallinfo2().hblkhd  # bytes in mmap'ed blocks while the buffer lives
-libc.free(block)
-print(mapped >= size, libc.mallinfo2().fordblks >= size)  # a mapping? kept in the heap once freed?
+size = int(sys.argv[2]) << 20
+seen = []
+
+def probe():
+    block = libc.malloc(size)
+    seen.append(libc.mallinfo2().hblkhd >= size)  # bytes in mmap'ed blocks while the buffer lives: a mapping?
+    libc.free(block)
+    seen.append(libc.mallinfo2().fordblks >= size)  # free bytes in the heaps: kept once freed?
+
+if sys.argv[3] == "main":
+    probe()
+else:  # a thread of its own, as XLA's (outside the main arena by default, whose heaps stop at 64 MiB)
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+print(*seen)
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@pytest.mark.parametrize("thread", ["main", "other"])
 @pytest.mark.parametrize("mode, want", [("keep", "False True"), ("default", "True False")])
-def test_large_buffers_come_from_the_heap_and_stay_there(mode, want):
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+@pytest.mark.parametrize("mib", [40, 96])
+def test_large_buffers_come_from_the_heap_and_stay_there(mode, want, mib, thread):
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode, str(mib), thread], capture_output=True, text=True, check=True
+    )
     assert out.stdout.split() == want.split()
 
 
