@@ -252,6 +252,44 @@ def test_max_pool_auto_is_onednn_on_the_cpu_and_refuses_bad_input():
         backends.max_pool(jnp.zeros((1, 2, 2, 1)), implementation="onednn")
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_tuned_convolution_keeps_the_fastest_candidate_and_computes_the_same(monkeypatch, fused, rng):
+    monkeypatch.setenv("DEEPSEA_ONEDNN_TUNE", "1")  # read when a shape's plan is made: a shape no other test uses
+    xs, ws, slope = (3, 13, 12, 16), (3, 3, 16, 8), 0.25
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in (xs, ws, ws[3:]))
+    z_ref, grads = conv_ref(x, w, "SAME")
+    if fused:
+        z_ref = z_ref + b
+        fn = jax.jit(lambda x, w, b: onednn.conv_bias_leaky_relu(x, w, b, slope, "SAME"))
+        y_ref = np.where(z_ref >= 0, z_ref, slope * z_ref)
+    else:
+        fn = jax.jit(lambda x, w, b: onednn.conv(x, w, "SAME"))
+        y_ref = z_ref
+    y, vjp = jax.vjp(fn, jnp.asarray(x), jnp.asarray(w), jnp.asarray(b))
+    np.testing.assert_allclose(np.asarray(y), y_ref, rtol=1e-5, atol=1e-5 * np.sqrt(np.prod(ws[:3])))
+    g = rng.standard_normal(y_ref.shape).astype(np.float32)
+    dx, dw, _ = vjp(jnp.asarray(g))
+    dx_ref, dw_ref = grads(np.where(z_ref >= 0, g, slope * g) if fused else g)
+    np.testing.assert_allclose(np.asarray(dx), dx_ref, rtol=1e-5, atol=1e-5 * np.sqrt(np.prod(ws[:2]) * ws[3]))
+    np.testing.assert_allclose(np.asarray(dw), dw_ref, rtol=1e-5, atol=1e-5 * np.sqrt(np.prod(xs[:3])))
+
+    rows = [r for r in onednn.primitive_times() if "f32 3x13x12x16->8 k3x3" in r["key"]]
+    kinds = ["conv_fwd_bias_act", "conv_bwd_data", "conv_bwd_weights_bias"] if fused else [
+        "conv_fwd", "conv_bwd_data", "conv_bwd_weights"]  # fmt: skip
+    assert {r["key"] for r in rows} >= {f"{kind} f32 3x13x12x16->8 k3x3 tuned" for kind in kinds}
+    for r in rows:
+        timed = r["candidates"]
+        if not r["key"].endswith(" tuned"):
+            assert timed == {}
+            continue
+        first, fastest = next(iter(timed)), min(timed, key=timed.get)
+        assert r["impl"] in timed and not any(name.startswith("ref") for name in timed), r
+        if r["impl"] == first:  # oneDNN's choice stays unless another is more than 5% faster
+            assert timed[fastest] >= 0.95 * timed[first], r
+        else:
+            assert r["impl"] == fastest and timed[fastest] < 0.95 * timed[first], r
+
+
 @pytest.mark.parametrize("xs, ws, padding", CASES[:4])
 @pytest.mark.parametrize("slope", [1 / 3, 0.0])
 def test_conv_bias_leaky_relu_and_its_gradients_match_numpy(xs, ws, padding, slope, rng):

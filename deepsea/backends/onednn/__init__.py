@@ -14,6 +14,11 @@ first use and cached under ``$DEEPSEA_CACHE_DIR`` (default ``~/.cache/deepsea``)
 removed then.  Where any of that is missing, or JAX's default backend is not the CPU, :func:`available` is False,
 :func:`unavailable_reason` says why, and a ``RuntimeWarning`` says so once (except for ``DEEPSEA_ONEDNN=0``, which
 switches it off on purpose); :mod:`deepsea.backends` then takes XLA's operations.
+
+oneDNN chooses each primitive's implementation by its own rules.  With ``DEEPSEA_ONEDNN_TUNE=1`` (read when a
+convolution's shape is first seen) each convolution pass instead times oneDNN's candidates once and keeps the
+fastest, unless it is within 5% of oneDNN's choice.  Off by default: implementations round differently, so a choice
+made by timing could make two runs of the same code differ in their last bits.
 """
 
 from __future__ import annotations
@@ -183,8 +188,10 @@ def primitive_times(reset: bool = False) -> list[dict]:
     """The wall time of every oneDNN call so far, one row per primitive and shape: ``key`` (what ran, e.g.
     ``conv_bwd_weights bf16 128x47x47x16->8 k3x3``), ``impl`` (oneDNN's implementation, e.g.
     ``jit_bf16:avx512_core_bf16``), ``calls``, ``reorder_ms`` (the kernel's conversions to and from oneDNN's
-    layout) and ``exec_ms`` (the primitive), both summed over the calls.  ``reset`` clears the rows afterwards.
-    Empty where oneDNN is not :func:`available`."""
+    layout) and ``exec_ms`` (the primitive), both summed over the calls, and ``candidates``: for a convolution
+    whose implementation was chosen by timing (``DEEPSEA_ONEDNN_TUNE=1``; its key ends in ``tuned``), each
+    implementation timed and its milliseconds per call, oneDNN's own choice first (empty otherwise).  ``reset``
+    clears the rows afterwards.  Empty where oneDNN is not :func:`available`."""
     if not available():
         return []
     get = _LIBRARY[0].deepsea_onednn_stats
@@ -197,9 +204,11 @@ def primitive_times(reset: bool = False) -> list[dict]:
         size = n + 1
     rows = []
     for line in buf.value.decode().splitlines():
-        key, impl, calls, reorder_ns, exec_ns = line.split("\t")
+        key, impl, calls, reorder_ns, exec_ns, candidates = line.split("\t")
+        timed = [c.rpartition("=") for c in candidates.split(",")] if candidates else []
         rows.append({"key": key, "impl": impl, "calls": int(calls), "reorder_ms": int(reorder_ns) / 1e6,
-                     "exec_ms": int(exec_ns) / 1e6})  # fmt: skip
+                     "exec_ms": int(exec_ns) / 1e6,
+                     "candidates": {name: float(ms) for name, _, ms in timed}})  # fmt: skip
     return rows
 
 

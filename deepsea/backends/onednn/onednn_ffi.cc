@@ -14,11 +14,14 @@
 // layer's forward pass, input gradient and kernel gradient.
 // Built and loaded by deepsea/backends/onednn/__init__.py, beside the pure-JAX references they are tested against.
 //
-// oneDNN picks its own blocked kernel layout ("any"); the HWIO kernel is reordered into it on each call. Primitives
-// are made once per shape and kept in a bounded least-recently-used cache. Scratchpads, workspaces and blocked
-// kernels are oneDNN memory objects allocated per call (an allocation failure is an error returned to XLA), so
-// concurrent calls share nothing mutable. Every handler turns any exception into an XLA FFI error.
+// oneDNN picks its own blocked kernel layout ("any"); the HWIO kernel is reordered into it on each call. With
+// DEEPSEA_ONEDNN_TUNE=1 a convolution's implementation is chosen by timing oneDNN's candidates once per shape
+// (below); by default it is oneDNN's own first choice. Primitives are made once per shape and kept in a bounded least-recently-used
+// cache. Scratchpads, workspaces and blocked kernels are oneDNN memory objects allocated per call (an allocation
+// failure is an error returned to XLA), so concurrent calls share nothing mutable. Every handler turns any exception
+// into an XLA FFI error.
 #include <chrono>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -122,6 +125,7 @@ void Execute(const dnnl::primitive& p, Args args) {
 
 struct StatRow {
   std::string impl;  // oneDNN's implementation name (e.g. brgconv:avx512_core_bf16, jit_bf16:avx512_core_bf16)
+  std::string candidates;  // a tuned plan's candidates as "impl=ms,impl=ms" (oneDNN's first choice first); else ""
   std::atomic<int64_t> calls{0}, reorder_ns{0}, exec_ns{0};
 };
 
@@ -135,10 +139,11 @@ std::map<std::string, StatRow>& Stats() {
   return rows;
 }
 
-StatRow* StatRowFor(const std::string& key, const std::string& impl) {
+StatRow* StatRowFor(const std::string& key, const std::string& impl, const std::string& candidates = "") {
   std::lock_guard<std::mutex> lock(StatsMutex());
   StatRow& row = Stats()[key];
   row.impl = impl;
+  row.candidates = candidates;
   return &row;
 }
 
@@ -153,6 +158,72 @@ void Record(StatRow* row, int64_t reorder_ns, int64_t exec_ns) {
   row->exec_ns.fetch_add(exec_ns, std::memory_order_relaxed);
 }
 
+// ---- choosing among oneDNN's implementations ---------------------------------------------------------------------
+// oneDNN lists the implementations that can compute a primitive, its own heuristic choice first (next_impl). Its
+// choice is not always the fastest on a given CPU and shape (measured per layer: docs/results.md), so a plan made
+// with DEEPSEA_ONEDNN_TUNE=1 (read when a plan is made) times every candidate but the reference ones (`ref:`) on
+// zeroed buffers of the plan's shapes, once, with no other primitive running, and takes the fastest unless it is
+// within kTuneMargin of oneDNN's choice. Off by default: implementations round differently, and a choice made by
+// timing can differ between runs of the same code, so runs would no longer repeat bit for bit.
+
+constexpr double kTuneMargin = 0.05;  // a candidate must be this fraction faster than oneDNN's choice to replace it
+constexpr int kTuneRuns = 3;          // timed runs per candidate after one untimed (the fastest counts)
+constexpr double kTuneDropRatio = 2;  // a candidate this much slower than the best after one timed run is dropped
+
+bool TuneEnabled() {
+  const char* v = std::getenv("DEEPSEA_ONEDNN_TUNE");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+// What a plan keeps of one implementation.
+template <class P>
+struct Chosen {
+  P prim;
+  std::string impl;
+  memory::desc weights, scratch;  // the kernel (or kernel gradient) as this implementation reads (writes) it
+};
+
+// Runs `pd`'s candidates (pd is left at its last candidate) and returns the chosen one; `weights(pd)` gives a
+// candidate's kernel (or kernel gradient) descriptor, `args()` the other buffers of one run, `candidates` the
+// report "impl=ms,...". Without tuning, oneDNN's first choice, untimed.
+template <class P, class PD, class WeightsOf, class Buffers>
+Chosen<P> ChooseImpl(PD& pd, bool tune, WeightsOf weights, int weights_arg, Buffers args, std::string* candidates) {
+  Chosen<P> first{P(pd), pd.impl_info_str(), weights(pd), pd.scratchpad_desc()};
+  if (!tune || first.impl.rfind("ref", 0) == 0) return first;
+  std::lock_guard<std::mutex> run_lock(RunMutex());
+  Chosen<P> best = first;
+  double first_ms = -1, best_ms = -1;
+  std::ostringstream report;
+  bool is_first = true;
+  do {
+    const std::string impl = pd.impl_info_str();
+    if (impl.rfind("ref", 0) == 0) continue;
+    Chosen<P> c = is_first ? first : Chosen<P>{P(pd), impl, weights(pd), pd.scratchpad_desc()};
+    Args run = args();
+    run.emplace(weights_arg, memory(c.weights, Engine()));
+    AddOwned(&run, DNNL_ARG_SCRATCHPAD, c.scratch);
+    for (auto& [arg, m] : run) std::memset(m.get_data_handle(), 0, m.get_desc().get_size());
+    double ms = -1;
+    for (int r = 0; r <= kTuneRuns; ++r) {
+      const int64_t t0 = NowNs();
+      Execute(c.prim, run);
+      const double t = (NowNs() - t0) / 1e6;
+      if (r > 0) ms = ms < 0 ? t : std::min(ms, t);
+      if (r == 1 && best_ms > 0 && t > kTuneDropRatio * best_ms) break;
+    }
+    report << (is_first ? "" : ",") << impl << "=" << ms;
+    if (is_first) {
+      first_ms = best_ms = ms;
+    } else if (ms < best_ms && ms < (1 - kTuneMargin) * first_ms) {
+      best = c;
+      best_ms = ms;
+    }
+    is_first = false;
+  } while (pd.next_impl());
+  *candidates = report.str();
+  return best;
+}
+
 // ---- convolutions ------------------------------------------------------------------------------------------------
 
 enum Kind { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
@@ -163,7 +234,8 @@ struct ConvDims {
   float slope = 0.f;      // bias gradient (the slope is unused there)
   bool bf16 = false;  // activations (and the primitive's kernel) in bfloat16; the HWIO kernel, its gradient and
                       // the bias stay float32 (the reorders convert)
-  auto tie() const { return std::tie(n, h, w, c, f, kh, kw, ho, wo, pt, pb, pl, pr, bias_act, slope, bf16); }
+  bool tune = false;  // the implementation timed among oneDNN's candidates (set from DEEPSEA_ONEDNN_TUNE)
+  auto tie() const { return std::tie(n, h, w, c, f, kh, kw, ho, wo, pt, pb, pl, pr, bias_act, slope, bf16, tune); }
 };
 
 struct ConvKey {
@@ -204,19 +276,28 @@ ConvPlan MakeConvPlan(Kind kind, const ConvDims& d) {
     fwd = dnnl::convolution_forward::primitive_desc(eng, prop_kind::forward_training, algorithm::convolution_direct,
                                                     p.src, fwd_w, p.dst, strides, pad_l, pad_r, attr);
   }
-  std::string impl;
+  // buffers for timing candidates (the kernel's comes from each candidate)
+  auto act_args = [&](int a, const memory::desc& ma, int b, const memory::desc& mb) {
+    Args args = {{a, memory(ma, eng)}, {b, memory(mb, eng)}};
+    if (d.bias_act) args.emplace(kind == kFwd ? DNNL_ARG_BIAS : DNNL_ARG_DIFF_BIAS, memory(p.bias, eng));
+    return args;
+  };
+  std::string impl, candidates;
   if (kind == kFwd) {
-    p.blocked_w = fwd.weights_desc();
-    p.scratch = fwd.scratchpad_desc();
-    impl = fwd.impl_info_str();
-    p.conv = dnnl::convolution_forward(fwd);
+    auto c = ChooseImpl<dnnl::convolution_forward>(
+        fwd, d.tune, [](const auto& pd) { return pd.weights_desc(); }, DNNL_ARG_WEIGHTS,
+        [&]() { return act_args(DNNL_ARG_SRC, p.src, DNNL_ARG_DST, p.dst); }, &candidates);
+    p.conv = c.prim, p.blocked_w = c.weights, p.scratch = c.scratch, impl = c.impl;
   } else if (kind == kBwdData) {
     dnnl::convolution_backward_data::primitive_desc pd(eng, algorithm::convolution_direct, p.src, any_w, p.dst,
                                                        strides, pad_l, pad_r, fwd, attr);
-    p.blocked_w = pd.weights_desc();
-    p.scratch = pd.scratchpad_desc();
-    impl = pd.impl_info_str();
-    p.conv = dnnl::convolution_backward_data(pd);
+    auto c = ChooseImpl<dnnl::convolution_backward_data>(
+        pd, d.tune, [](const auto& pd) { return pd.weights_desc(); }, DNNL_ARG_WEIGHTS,
+        [&]() {
+          return Args{{DNNL_ARG_DIFF_DST, memory(p.dst, eng)}, {DNNL_ARG_DIFF_SRC, memory(p.src, eng)}};
+        },
+        &candidates);
+    p.conv = c.prim, p.blocked_w = c.weights, p.scratch = c.scratch, impl = c.impl;
   } else {
     dnnl::convolution_backward_weights::primitive_desc pd =
         d.bias_act ? dnnl::convolution_backward_weights::primitive_desc(eng, algorithm::convolution_direct, p.src,
@@ -224,18 +305,18 @@ ConvPlan MakeConvPlan(Kind kind, const ConvDims& d) {
                                                                         fwd, attr)
                    : dnnl::convolution_backward_weights::primitive_desc(eng, algorithm::convolution_direct, p.src,
                                                                         any_w, p.dst, strides, pad_l, pad_r, fwd, attr);
-    p.blocked_w = pd.diff_weights_desc();
-    p.scratch = pd.scratchpad_desc();
-    impl = pd.impl_info_str();
-    p.conv = dnnl::convolution_backward_weights(pd);
+    auto c = ChooseImpl<dnnl::convolution_backward_weights>(
+        pd, d.tune, [](const auto& pd) { return pd.diff_weights_desc(); }, DNNL_ARG_DIFF_WEIGHTS,
+        [&]() { return act_args(DNNL_ARG_SRC, p.src, DNNL_ARG_DIFF_DST, p.dst); }, &candidates);
+    p.conv = c.prim, p.blocked_w = c.weights, p.scratch = c.scratch, impl = c.impl;
   }
   std::ostringstream key;
   key << (kind == kFwd       ? (d.bias_act ? "conv_fwd_bias_act" : "conv_fwd")
           : kind == kBwdData ? "conv_bwd_data"
                              : (d.bias_act ? "conv_bwd_weights_bias" : "conv_bwd_weights"))
       << (d.bf16 ? " bf16 " : " f32 ") << d.n << "x" << d.h << "x" << d.w << "x" << d.c << "->" << d.f << " k"
-      << d.kh << "x" << d.kw;
-  p.stats = StatRowFor(key.str(), impl);
+      << d.kh << "x" << d.kw << (d.tune ? " tuned" : "");
+  p.stats = StatRowFor(key.str(), impl, candidates);
   if (p.blocked_w != p.plain_w) {
     const memory::desc& from = kind == kBwdWeights ? p.blocked_w : p.plain_w;
     const memory::desc& to = kind == kBwdWeights ? p.plain_w : p.blocked_w;
@@ -253,7 +334,8 @@ PlanCache<ConvKey, ConvPlan>& ConvPlans() {
 
 // a, b: the inputs (fwd: x, w; bwd data: g, w; bwd weights: x, g); out: the result; bias: the fused forward's bias,
 // or the kernel gradient's bias gradient (written).
-void RunConv(Kind kind, const ConvDims& d, const void* a, const void* b, void* out, const void* bias = nullptr) {
+void RunConv(Kind kind, ConvDims d, const void* a, const void* b, void* out, const void* bias = nullptr) {
+  d.tune = TuneEnabled();
   std::shared_ptr<const ConvPlan> p = ConvPlans().Get(ConvKey{kind, d}, [&] { return MakeConvPlan(kind, d); });
   std::lock_guard<std::mutex> run_lock(RunMutex());
   const int64_t t0 = NowNs();
@@ -587,16 +669,16 @@ DEEPSEA_POOL_BWD(deepsea_max_pool_bwd_bf16, MaxPoolBwd<ffi::BF16>, BF16Buf);
 DEEPSEA_MATMUL(deepsea_matmul, Matmul<ffi::F32>, F32Buf);
 DEEPSEA_MATMUL(deepsea_matmul_bf16, Matmul<ffi::BF16>, BF16Buf);
 
-// The time rows that have calls, as text, one per line: "key\timpl\tcalls\treorder_ns\texec_ns". Copies at most
-// `size` - 1 bytes into `buf` (NUL-terminated) and returns the full length, so a caller can retry with a larger
-// buffer; `reset` zeroes the rows afterwards, only when they all fit.
+// The time rows that have calls, as text, one per line: "key\timpl\tcalls\treorder_ns\texec_ns\tcandidates".
+// Copies at most `size` - 1 bytes into `buf` (NUL-terminated) and returns the full length, so a caller can retry
+// with a larger buffer; `reset` zeroes the rows afterwards, only when they all fit.
 extern "C" int64_t deepsea_onednn_stats(char* buf, int64_t size, int reset) {
   std::lock_guard<std::mutex> lock(StatsMutex());
   std::ostringstream out;
   for (const auto& [key, row] : Stats()) {
     if (row.calls.load() == 0) continue;
     out << key << '\t' << row.impl << '\t' << row.calls.load() << '\t' << row.reorder_ns.load() << '\t'
-        << row.exec_ns.load() << '\n';
+        << row.exec_ns.load() << '\t' << row.candidates << '\n';
   }
   const std::string text = out.str();
   if (buf != nullptr && size > 0) {
