@@ -5,14 +5,8 @@ before anything else).
 step's temporary buffers on each execution; above glibc's mapping threshold (128 KiB, adapting up to 32 MiB) each
 one is a fresh mapping whose pages the kernel zero-fills on first touch, inside whichever operation writes it
 first, every step, and is unmapped again when freed.  Served from the heap and kept there, the same memory is
-reused step after step; the process holds on to its peak memory in return.
-
-Those thresholds govern glibc's main arena only.  XLA runs a step on its own threads, and a thread's allocations
-come from a per-thread arena whose heaps are at most 64 MiB: a larger buffer (XLA combines a step's temporaries into
-one allocation) is mapped afresh on every step whatever the
-thresholds say.  So :func:`keep_freed_memory` also limits glibc to its one main arena, which every thread then
-shares (small allocations still come from each thread's cache).  The training step's time with and without it:
-docs/results.md.
+reused step after step; the process holds on to its peak memory in return.  The training step's time with and
+without it: docs/results.md.
 """
 
 from __future__ import annotations
@@ -27,15 +21,13 @@ KEEP_FREED_BYTES = 1 << 30
 """Allocations up to this size come from the heap after :func:`keep_freed_memory`, and up to this much freed
 memory stays there (a training step's largest temporary buffers are tens of megabytes)."""
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt's parameters, from glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameters, from glibc's malloc.h
 
 
 def keep_freed_memory(max_bytes: int = KEEP_FREED_BYTES) -> bool:
     """Makes glibc serve allocations up to ``max_bytes`` (at most 2 GiB) from its heap and keep up to that much
-    freed memory there instead of returning it to the system, in one arena that all threads share.  Affects the
-    whole process from then on; threads that have allocated already keep their own arenas, so call it before JAX
-    starts its threads.  Returns whether glibc took all three settings; False, changing nothing, where the C library
-    is not glibc."""
+    freed memory there instead of returning it to the system.  Affects the whole process from then on.  Returns
+    whether glibc took both settings; False, changing nothing, where the C library is not glibc."""
     if not 0 < max_bytes < 2**31:
         raise ValueError(f"max_bytes must be between 1 and 2**31 - 1 (mallopt takes a C int); got {max_bytes}")
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
@@ -43,5 +35,4 @@ def keep_freed_memory(max_bytes: int = KEEP_FREED_BYTES) -> bool:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     mapped = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(max_bytes)) == 1
     trimmed = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(max_bytes)) == 1
-    one_arena = libc.mallopt(_M_ARENA_MAX, ctypes.c_int(1)) == 1
-    return mapped and trimmed and one_arena
+    return mapped and trimmed

@@ -18,10 +18,13 @@ from deepsea.paths import output_file, output_folder
 
 __all__ = ["CPU_XLA_FLAGS", "main"]
 
-CPU_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
+CPU_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type= --xla_multiheap_size_constraint_per_heap=16777216"
 """XLA flags the command line sets unless ``XLA_FLAGS`` is already set or ``DEEPSEA_DEFAULT_XLA=0``: YNNPACK
-fusions off, which made XLA:CPU's 3x3 convolutions faster (``docs/results.md``).  Library imports never change
-flags; only the command line does."""
+fusions off, which made XLA:CPU's 3x3 convolutions faster, and a step's temporary buffers in blocks of about
+16 MiB instead of one combined allocation.  XLA allocates that on its own threads, whose glibc arenas keep heaps of
+at most 64 MiB: a larger block is mapped afresh, and zero-filled page by page, on every step, whatever
+:func:`deepsea.allocator.keep_freed_memory` asks (``docs/results.md``).  Library imports never change flags; only
+the command line does."""
 
 TOOLS = {
     "demo": ("deepsea.tools.demo", "exact invariance of convroll4 on a drawn organism, under all 8 D4 elements"),
