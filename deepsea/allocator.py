@@ -5,8 +5,10 @@ before anything else).
 step's temporary buffers on each execution; above glibc's mapping threshold (128 KiB, adapting up to 32 MiB) each
 one is a fresh mapping whose pages the kernel zero-fills on first touch, inside whichever operation writes it
 first, every step, and is unmapped again when freed.  Served from the heap and kept there, the same memory is
-reused step after step; the process holds on to its peak memory in return.  The training step's time with and
-without it: docs/results.md.
+reused step after step; the process holds on to its peak memory in return.  Those thresholds govern the heaps, not
+their size: allocations made on other threads (XLA's) come from per-thread arenas whose heaps stop at 64 MiB, so a
+larger buffer is mapped afresh anyway; the command line's XLA flags keep a step's temporaries in smaller blocks
+(:data:`deepsea.cli.CPU_XLA_FLAGS`).  The training step's time with and without it: docs/results.md.
 """
 
 from __future__ import annotations

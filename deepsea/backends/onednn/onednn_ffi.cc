@@ -16,10 +16,10 @@
 //
 // oneDNN picks its own blocked kernel layout ("any"); the HWIO kernel is reordered into it on each call. With
 // DEEPSEA_ONEDNN_TUNE=1 a convolution's implementation is chosen by timing oneDNN's candidates once per shape
-// (below); by default it is oneDNN's own first choice. Primitives are made once per shape and kept in a bounded least-recently-used
-// cache. Scratchpads, workspaces and blocked kernels are oneDNN memory objects allocated per call (an allocation
-// failure is an error returned to XLA), so concurrent calls share nothing mutable. Every handler turns any exception
-// into an XLA FFI error.
+// (below); by default it is oneDNN's own first choice. Primitives are made once per shape and kept in a bounded
+// least-recently-used cache. Scratchpads, workspaces and blocked kernels are oneDNN memory objects allocated per
+// call (an allocation failure is an error returned to XLA), so concurrent calls share nothing mutable. Every handler
+// turns any exception into an XLA FFI error.
 #include <chrono>
 #include <cstdlib>
 #include <cstdint>
