@@ -252,6 +252,13 @@ def test_max_pool_auto_is_onednn_on_the_cpu_and_refuses_bad_input():
         backends.max_pool(jnp.zeros((1, 2, 2, 1)), implementation="onednn")
 
 
+def test_a_tuning_setting_other_than_0_or_1_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("DEEPSEA_ONEDNN_TUNE", "yes")
+    x, w = jnp.ones((1, 5, 7, 3)), jnp.ones((3, 3, 3, 2))
+    with pytest.raises(Exception, match="DEEPSEA_ONEDNN_TUNE must be 0 or 1, got 'yes'"):
+        jax.block_until_ready(jax.jit(onednn.conv)(x, w))
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_a_tuned_convolution_keeps_the_fastest_candidate_and_computes_the_same(monkeypatch, fused, rng):
     monkeypatch.setenv("DEEPSEA_ONEDNN_TUNE", "1")  # read when a shape's plan is made: a shape no other test uses

@@ -15,10 +15,10 @@ removed then.  Where any of that is missing, or JAX's default backend is not the
 :func:`unavailable_reason` says why, and a ``RuntimeWarning`` says so once (except for ``DEEPSEA_ONEDNN=0``, which
 switches it off on purpose); :mod:`deepsea.backends` then takes XLA's operations.
 
-oneDNN chooses each primitive's implementation by its own rules.  With ``DEEPSEA_ONEDNN_TUNE=1`` (read when a
-convolution's shape is first seen) each convolution pass instead times oneDNN's candidates once and keeps the
-fastest, unless it is within 5% of oneDNN's choice.  Off by default: implementations round differently, so a choice
-made by timing could make two runs of the same code differ in their last bits.
+oneDNN chooses each primitive's implementation by its own rules.  With ``DEEPSEA_ONEDNN_TUNE=1`` (read at each
+call; ``0`` or unset is off, anything else an error) each convolution pass instead times oneDNN's candidates once
+per shape and keeps the fastest, unless it is within 5% of oneDNN's choice.  Off by default: implementations round
+differently, so a choice made by timing could make two runs of the same code differ in their last bits.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@
 #include <mutex>
 #include <new>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -161,18 +162,21 @@ void Record(StatRow* row, int64_t reorder_ns, int64_t exec_ns) {
 // ---- choosing among oneDNN's implementations ---------------------------------------------------------------------
 // oneDNN lists the implementations that can compute a primitive, its own heuristic choice first (next_impl). Its
 // choice is not always the fastest on a given CPU and shape (measured per layer: docs/results.md), so a plan made
-// with DEEPSEA_ONEDNN_TUNE=1 (read when a plan is made) times every candidate but the reference ones (`ref:`) on
-// zeroed buffers of the plan's shapes, once, with no other primitive running, and takes the fastest unless it is
-// within kTuneMargin of oneDNN's choice. Off by default: implementations round differently, and a choice made by
-// timing can differ between runs of the same code, so runs would no longer repeat bit for bit.
+// with DEEPSEA_ONEDNN_TUNE=1 times every candidate but the reference ones (`ref:`) on zeroed buffers of the plan's
+// shapes, once, with no other primitive running, and takes the fastest unless it is within kTuneMargin of oneDNN's
+// choice. Off by default: implementations round differently, and a choice made by timing can differ between runs
+// of the same code, so runs would no longer repeat bit for bit.
 
 constexpr double kTuneMargin = 0.05;  // a candidate must be this fraction faster than oneDNN's choice to replace it
 constexpr int kTuneRuns = 3;          // timed runs per candidate after one untimed (the fastest counts)
 constexpr double kTuneDropRatio = 2;  // a candidate this much slower than the best after one timed run is dropped
 
+// Read at each call (plans are kept per setting); a value other than unset, empty, 0 or 1 is an error, not "off".
 bool TuneEnabled() {
   const char* v = std::getenv("DEEPSEA_ONEDNN_TUNE");
-  return v != nullptr && std::strcmp(v, "1") == 0;
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "0") == 0) return false;
+  if (std::strcmp(v, "1") == 0) return true;
+  throw std::invalid_argument(std::string("DEEPSEA_ONEDNN_TUNE must be 0 or 1, got '") + v + "'");
 }
 
 // What a plan keeps of one implementation.
