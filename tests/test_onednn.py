@@ -215,6 +215,29 @@ def test_max_pool_puts_images_of_few_channels_side_by_side(shape, pooled, rng):
     np.testing.assert_array_equal(np.asarray(vjp(g)[0], np.float32), np.asarray(vjp1(g)[0], np.float32))
 
 
+def test_a_training_step_pools_once_and_its_gradient_reads_the_argmax(rng):
+    """A step's forward pass keeps oneDNN's workspace (each window's argmax) and its backward pass reads it: one
+    pooling and one gradient primitive per step, no second pooling; prediction pools without a workspace; a workspace
+    of the wrong size is refused by name."""
+    x = jnp.asarray(rng.standard_normal((4, 13, 13, 16)), jnp.float32)
+    pads = ((0, 0), (0, 0))
+    pool = functools.partial(onednn.max_pool, window=(3, 3), strides=(2, 2), padding=pads)
+
+    def called():
+        rows = onednn.primitive_times(reset=True)
+        return {r["key"].split(" ")[0]: r["calls"] for r in rows if "13x13x16" in r["key"]}
+
+    onednn.primitive_times(reset=True)
+    jax.block_until_ready(jax.jit(jax.grad(lambda x: jnp.sum(pool(x) ** 2)))(x))
+    assert called() == {"max_pool_train": 1, "max_pool_bwd": 1}
+    jax.block_until_ready(jax.jit(pool)(x))
+    assert called() == {"max_pool": 1}
+    attrs = onednn._pool_attrs((3, 3), (2, 2), pads)
+    bwd = jax.ffi.ffi_call("deepsea_max_pool_bwd", jax.ShapeDtypeStruct(x.shape, x.dtype))
+    with pytest.raises(Exception, match=r"max pooling gradient: the workspace has 7 bytes where oneDNN needs \d+"):
+        jax.block_until_ready(bwd(jnp.zeros(7, jnp.uint8), jnp.zeros((4, 6, 6, 16)), **attrs))
+
+
 def test_max_pool_of_a_symbolic_batch_is_not_folded():
     """An exported model's batch is symbolic: its images cannot be counted into the channels, so they are not."""
     pool = functools.partial(onednn.max_pool, window=(3, 3), strides=(2, 2), padding=((0, 0), (0, 0)))

@@ -66,7 +66,8 @@ FFI_TARGETS = tuple(
     name + suffix
     for name in (
         "deepsea_conv_fwd", "deepsea_conv_bwd_data", "deepsea_conv_bwd_weights", "deepsea_conv_fwd_bias_leaky_relu",
-        "deepsea_conv_bwd_weights_bias", "deepsea_max_pool", "deepsea_max_pool_bwd", "deepsea_matmul",
+        "deepsea_conv_bwd_weights_bias", "deepsea_max_pool", "deepsea_max_pool_train", "deepsea_max_pool_bwd",
+        "deepsea_matmul",
     )
     for suffix in ("", "_bf16")
 )  # fmt: skip
@@ -155,6 +156,9 @@ def _load() -> str | None:
                 jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
             lib.deepsea_onednn_stats.restype = ctypes.c_int64
             lib.deepsea_onednn_stats.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int]
+            lib.deepsea_onednn_pool_workspace_bytes.restype = ctypes.c_int64
+            i64 = ctypes.c_int64
+            lib.deepsea_onednn_pool_workspace_bytes.argtypes = [ctypes.POINTER(i64), ctypes.c_int, ctypes.c_char_p, i64]
             _LIBRARY.append(lib)
             return None
     warnings.warn(
@@ -364,21 +368,52 @@ def _max_pool(x: jax.Array, window, strides, padding) -> jax.Array:
     return jax.lax.platform_dependent(x, cpu=on_cpu, default=lambda x: reduce_window_max(x, window, strides, padding))
 
 
+def _pool_workspace_bytes(x: jax.Array, y_hw: tuple[int, int], window, strides, padding) -> int:
+    """The bytes of oneDNN's workspace (each window's argmax) for pooling ``x``, as oneDNN sizes it."""
+    n, h, w, c = x.shape
+    dims = (n, h, w, c, *y_hw, *window, *strides, *padding[0], *padding[1])
+    err = ctypes.create_string_buffer(512)
+    size = _LIBRARY[0].deepsea_onednn_pool_workspace_bytes(
+        (ctypes.c_int64 * len(dims))(*dims), int(x.dtype == jnp.bfloat16), err, len(err)
+    )
+    if size < 0:
+        raise RuntimeError(f"deepsea oneDNN max pooling of {x.dtype}{tuple(x.shape)}: {err.value.decode()}")
+    return size
+
+
 def _max_pool_fwd(x, window, strides, padding):
-    return _max_pool(x, window, strides, padding), x
+    """The value and oneDNN's workspace: the backward pass reads the argmax instead of pooling again."""
+    shape = jax.eval_shape(lambda x: reduce_window_max(x, window, strides, padding), x)
+    if not isinstance(x.shape[0], int):  # an exported model's symbolic batch: no workspace size to give XLA
+        return _max_pool(x, window, strides, padding), (x, None)
+    ws = jax.ShapeDtypeStruct((_pool_workspace_bytes(x, shape.shape[1:3], window, strides, padding),), jnp.uint8)
+
+    def on_cpu(x):
+        call = jax.ffi.ffi_call(_target("deepsea_max_pool_train", x.dtype), (shape, ws), vmap_method="sequential")
+        return tuple(call(x, **_pool_attrs(window, strides, padding)))
+
+    def default(x):
+        return reduce_window_max(x, window, strides, padding), jnp.zeros(ws.shape, ws.dtype)
+
+    y, workspace = jax.lax.platform_dependent(x, cpu=on_cpu, default=default)
+    return y, (x, workspace)
 
 
-def _max_pool_bwd(window, strides, padding, x, g):
-    def on_cpu(x, g):
+def _max_pool_bwd(window, strides, padding, res, g):
+    x, workspace = res
+
+    def on_cpu(x, workspace, g):
         call = jax.ffi.ffi_call(
             _target("deepsea_max_pool_bwd", x.dtype), jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method="sequential"
         )
-        return call(x, g, **_pool_attrs(window, strides, padding))
+        return call(workspace, g, **_pool_attrs(window, strides, padding))
 
-    def default(x, g):
+    def default(x, workspace, g):
         return jax.vjp(lambda x: reduce_window_max(x, window, strides, padding), x)[1](g)[0]
 
-    return (jax.lax.platform_dependent(x, g.astype(x.dtype), cpu=on_cpu, default=default),)
+    if workspace is None:
+        return (default(x, None, g.astype(x.dtype)),)
+    return (jax.lax.platform_dependent(x, workspace, g.astype(x.dtype), cpu=on_cpu, default=default),)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

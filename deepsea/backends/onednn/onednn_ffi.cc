@@ -6,9 +6,10 @@
 // deepsea_conv_fwd_bias_leaky_relu(x, w, b) -> leaky_relu(conv(x, w) + b) (attribute `negative_slope`), the bias and
 // activation as oneDNN post-operations; deepsea_conv_bwd_weights_bias(x, g) -> (dw, db), the kernel gradient with
 // the bias gradient (g summed over all but the channels) from the same pass over g;
-// deepsea_max_pool(x) -> y and deepsea_max_pool_bwd(x, g) -> dx (attributes `window`, `strides`, `padding`; padded
-// cells never win; the gradient goes to the first maximum of each window, as XLA's select-and-scatter). The backward
-// call recomputes the forward with oneDNN's workspace (the argmax), so only the pooled map crosses into XLA.
+// deepsea_max_pool(x) -> y, deepsea_max_pool_train(x) -> (y, ws) and deepsea_max_pool_bwd(ws, g) -> dx (attributes
+// `window`, `strides`, `padding`; padded cells never win; the gradient goes to the first maximum of each window, as
+// XLA's select-and-scatter): a training step's forward pass keeps oneDNN's workspace (each window's argmax, bytes
+// whose count deepsea_onednn_pool_workspace_bytes gives) for its backward pass, which reads only that and g.
 // deepsea_matmul(a, b) -> op(a) op(b) for row-major matrices (attributes `transpose_a`, `transpose_b`: op(m) is m's
 // transpose, read in place through strides), all three in one dtype (products accumulate in float32): a dense
 // layer's forward pass, input gradient and kernel gradient.
@@ -375,17 +376,21 @@ void RunConv(Kind kind, ConvDims d, const void* a, const void* b, void* out, con
 
 // ---- max pooling -------------------------------------------------------------------------------------------------
 
+// What a pooling call computes: the forward pass alone (prediction); the forward pass and oneDNN's workspace (the
+// argmax of each window, a training step's forward); or the input's gradient from that workspace.
+enum PoolMode { kPoolInference, kPoolTraining, kPoolBackward };
+
 struct PoolDims {
   int64_t n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pb, pl, pr;
-  bool backward;
+  PoolMode mode;
   bool bf16 = false;
-  auto tie() const { return std::tie(n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pb, pl, pr, backward, bf16); }
+  auto tie() const { return std::tie(n, h, w, c, ho, wo, kh, kw, sh, sw, pt, pb, pl, pr, mode, bf16); }
   bool operator<(const PoolDims& o) const { return tie() < o.tie(); }
 };
 
 struct PoolPlan {
-  dnnl::primitive fwd, bwd;  // fwd: inference (the forward call) or training (the backward call, for the workspace)
-  memory::desc src, dst, workspace, fwd_scratch, bwd_scratch;
+  dnnl::primitive prim;  // the forward pass (inference or training) or the backward pass
+  memory::desc src, dst, workspace, scratch;
   StatRow* stats = nullptr;
 };
 
@@ -398,21 +403,25 @@ PoolPlan MakePoolPlan(const PoolDims& d) {
   memory::dims strides = {d.sh, d.sw}, kernel = {d.kh, d.kw}, dilation = {0, 0}, pad_l = {d.pt, d.pl},
                pad_r = {d.pb, d.pr};
   dnnl::primitive_attr attr = UserScratchpad();
-  dnnl::pooling_forward::primitive_desc fwd(eng, d.backward ? prop_kind::forward_training : prop_kind::forward_inference,
+  const bool inference = d.mode == kPoolInference;
+  dnnl::pooling_forward::primitive_desc fwd(eng, inference ? prop_kind::forward_inference : prop_kind::forward_training,
                                             algorithm::pooling_max, p.src, p.dst, strides, kernel, dilation, pad_l,
                                             pad_r, attr);
-  p.fwd_scratch = fwd.scratchpad_desc();
-  p.fwd = dnnl::pooling_forward(fwd);
+  p.workspace = fwd.workspace_desc();
+  static const char* const kNames[] = {"max_pool", "max_pool_train", "max_pool_bwd"};
   std::ostringstream key;
-  key << (d.backward ? "max_pool_bwd" : "max_pool") << (d.bf16 ? " bf16 " : " f32 ") << d.n << "x" << d.h << "x"
-      << d.w << "x" << d.c << " k" << d.kh << "x" << d.kw << " s" << d.sh;
-  p.stats = StatRowFor(key.str(), fwd.impl_info_str());
-  if (d.backward) {
-    p.workspace = fwd.workspace_desc();
+  key << kNames[d.mode] << (d.bf16 ? " bf16 " : " f32 ") << d.n << "x" << d.h << "x" << d.w << "x" << d.c << " k"
+      << d.kh << "x" << d.kw << " s" << d.sh;
+  if (d.mode == kPoolBackward) {
     dnnl::pooling_backward::primitive_desc bwd(eng, algorithm::pooling_max, p.src, p.dst, strides, kernel, dilation,
                                                pad_l, pad_r, fwd, attr);
-    p.bwd_scratch = bwd.scratchpad_desc();
-    p.bwd = dnnl::pooling_backward(bwd);
+    p.scratch = bwd.scratchpad_desc();
+    p.prim = dnnl::pooling_backward(bwd);
+    p.stats = StatRowFor(key.str(), bwd.impl_info_str());
+  } else {
+    p.scratch = fwd.scratchpad_desc();
+    p.prim = dnnl::pooling_forward(fwd);
+    p.stats = StatRowFor(key.str(), fwd.impl_info_str());
   }
   return p;
 }
@@ -422,22 +431,26 @@ PlanCache<PoolDims, PoolPlan>& PoolPlans() {
   return cache;
 }
 
-void RunPool(const PoolDims& d, const void* x, const void* g, void* out) {
+// The workspace's size in bytes for these dimensions: XLA holds it between a step's forward and backward passes.
+size_t PoolWorkspaceBytes(const PoolDims& d) {
+  return PoolPlans().Get(d, [&] { return MakePoolPlan(d); })->workspace.get_size();
+}
+
+// kPoolInference: x -> out; kPoolTraining: x -> out and the workspace `ws`; kPoolBackward: (ws, g = x) -> out.
+void RunPool(const PoolDims& d, const void* x, void* ws, void* out) {
   std::shared_ptr<const PoolPlan> p = PoolPlans().Get(d, [&] { return MakePoolPlan(d); });
   std::lock_guard<std::mutex> run_lock(RunMutex());
   const int64_t t0 = NowNs();
-  memory src = Wrap(p->src, x);
-  memory dst = d.backward ? memory(p->dst, Engine()) : Wrap(p->dst, out);
-  Args fwd = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}};
-  AddOwned(&fwd, DNNL_ARG_WORKSPACE, p->workspace);
-  AddOwned(&fwd, DNNL_ARG_SCRATCHPAD, p->fwd_scratch);
-  Execute(p->fwd, fwd);
-  if (d.backward) {
-    Args bwd = {{DNNL_ARG_DIFF_DST, Wrap(p->dst, g)}, {DNNL_ARG_DIFF_SRC, Wrap(p->src, out)},
-                {DNNL_ARG_WORKSPACE, fwd.at(DNNL_ARG_WORKSPACE)}};
-    AddOwned(&bwd, DNNL_ARG_SCRATCHPAD, p->bwd_scratch);
-    Execute(p->bwd, std::move(bwd));
+  Args args;
+  if (d.mode == kPoolBackward) {
+    args = {{DNNL_ARG_DIFF_DST, Wrap(p->dst, x)}, {DNNL_ARG_DIFF_SRC, Wrap(p->src, out)},
+            {DNNL_ARG_WORKSPACE, Wrap(p->workspace, ws)}};
+  } else {
+    args = {{DNNL_ARG_SRC, Wrap(p->src, x)}, {DNNL_ARG_DST, Wrap(p->dst, out)}};
+    if (d.mode == kPoolTraining) args.insert({DNNL_ARG_WORKSPACE, Wrap(p->workspace, ws)});
   }
+  AddOwned(&args, DNNL_ARG_SCRATCHPAD, p->scratch);
+  Execute(p->prim, std::move(args));
   Record(p->stats, 0, NowNs() - t0);
 }
 
@@ -576,37 +589,68 @@ ffi::Error ConvBwdWeightsBias(ffi::Buffer<T> x, ffi::Buffer<T> g, ffi::ResultBuf
 }
 
 ffi::Error PoolDimsFrom(ffi::Span<const int64_t> x, ffi::Span<const int64_t> y, ffi::Span<const int64_t> window,
-                        ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, bool backward,
+                        ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding, PoolMode mode, bool bf16,
                         PoolDims* d) {
   if (x.size() != 4 || y.size() != 4 || window.size() != 2 || strides.size() != 2 || padding.size() != 4)
     return ffi::Error::InvalidArgument(
         "deepsea oneDNN max pooling: expects rank-4 NHWC arrays, 2 window sizes, 2 strides and 4 paddings");
   *d = PoolDims{x[0],       x[1],       x[2],       x[3],       y[1],       y[2],       window[0], window[1],
-                strides[0], strides[1], padding[0], padding[1], padding[2], padding[3], backward};
+                strides[0], strides[1], padding[0], padding[1], padding[2], padding[3], mode,      bf16};
   if (y[0] != x[0] || y[3] != x[3] || d->sh < 1 || d->sw < 1 || d->kh < 1 || d->kw < 1 ||
       d->ho != (d->h + d->pt + d->pb - d->kh) / d->sh + 1 || d->wo != (d->w + d->pl + d->pr - d->kw) / d->sw + 1)
     return ffi::Error::InvalidArgument("deepsea oneDNN max pooling: inconsistent shapes");
   return ffi::Error::Success();
 }
 
+// The workspace buffer XLA allocated must be oneDNN's size for these dimensions (the caller sizes it by asking
+// deepsea_onednn_pool_workspace_bytes).
+void CheckWorkspace(const PoolDims& d, size_t bytes) {
+  const size_t want = PoolWorkspaceBytes(d);
+  if (bytes != want)
+    throw std::invalid_argument("the workspace has " + std::to_string(bytes) + " bytes where oneDNN needs " +
+                                std::to_string(want));
+}
+
 template <ffi::DataType T>
 ffi::Error MaxPool(ffi::Buffer<T> x, ffi::ResultBuffer<T> y, ffi::Span<const int64_t> window,
                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
   PoolDims d;
-  if (auto e = PoolDimsFrom(x.dimensions(), y->dimensions(), window, strides, padding, false, &d); e.failure())
+  if (auto e = PoolDimsFrom(x.dimensions(), y->dimensions(), window, strides, padding, kPoolInference,
+                            T == ffi::BF16, &d);
+      e.failure())
     return e;
-  d.bf16 = T == ffi::BF16;
   return Guard("max pooling", [&] { RunPool(d, x.untyped_data(), nullptr, y->untyped_data()); });
 }
 
 template <ffi::DataType T>
-ffi::Error MaxPoolBwd(ffi::Buffer<T> x, ffi::Buffer<T> g, ffi::ResultBuffer<T> dx, ffi::Span<const int64_t> window,
-                      ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
+ffi::Error MaxPoolTrain(ffi::Buffer<T> x, ffi::ResultBuffer<T> y, ffi::ResultBuffer<ffi::U8> ws,
+                        ffi::Span<const int64_t> window, ffi::Span<const int64_t> strides,
+                        ffi::Span<const int64_t> padding) {
   PoolDims d;
-  if (auto e = PoolDimsFrom(x.dimensions(), g.dimensions(), window, strides, padding, true, &d); e.failure())
+  if (auto e = PoolDimsFrom(x.dimensions(), y->dimensions(), window, strides, padding, kPoolTraining,
+                            T == ffi::BF16, &d);
+      e.failure())
     return e;
-  d.bf16 = T == ffi::BF16;
-  return Guard("max pooling gradient", [&] { RunPool(d, x.untyped_data(), g.untyped_data(), dx->untyped_data()); });
+  return Guard("max pooling", [&] {
+    CheckWorkspace(d, ws->size_bytes());
+    RunPool(d, x.untyped_data(), ws->untyped_data(), y->untyped_data());
+  });
+}
+
+template <ffi::DataType T>
+ffi::Error MaxPoolBwd(ffi::Buffer<ffi::U8> ws, ffi::Buffer<T> g, ffi::ResultBuffer<T> dx,
+                      ffi::Span<const int64_t> window, ffi::Span<const int64_t> strides,
+                      ffi::Span<const int64_t> padding) {
+  PoolDims d;
+  if (auto e = PoolDimsFrom(dx->dimensions(), g.dimensions(), window, strides, padding, kPoolTraining,
+                            T == ffi::BF16, &d);
+      e.failure())
+    return e;
+  return Guard("max pooling gradient", [&] {
+    CheckWorkspace(d, ws.size_bytes());
+    d.mode = kPoolBackward;
+    RunPool(d, g.untyped_data(), ws.untyped_data(), dx->untyped_data());
+  });
 }
 
 template <ffi::DataType T>
@@ -652,18 +696,20 @@ DEEPSEA_CONV_ACT(deepsea_conv_fwd_bias_leaky_relu_bf16, ConvFwdBiasAct<ffi::BF16
 DEEPSEA_CONV_WB(deepsea_conv_bwd_weights_bias, ConvBwdWeightsBias<ffi::F32>, F32Buf);
 DEEPSEA_CONV_WB(deepsea_conv_bwd_weights_bias_bf16, ConvBwdWeightsBias<ffi::BF16>, BF16Buf);
 
-#define DEEPSEA_POOL(NAME, FN, A)                                                                           \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN, ffi::Ffi::Bind().Arg<A>().Ret<A>()                              \
-                                              .Attr<ffi::Span<const int64_t>>("window")                    \
-                                              .Attr<ffi::Span<const int64_t>>("strides")                   \
-                                              .Attr<ffi::Span<const int64_t>>("padding"))
-#define DEEPSEA_POOL_BWD(NAME, FN, A)                                                                       \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN, ffi::Ffi::Bind().Arg<A>().Arg<A>().Ret<A>()                     \
-                                              .Attr<ffi::Span<const int64_t>>("window")                    \
-                                              .Attr<ffi::Span<const int64_t>>("strides")                   \
-                                              .Attr<ffi::Span<const int64_t>>("padding"))
+#define DEEPSEA_POOL_ATTRS                      \
+  .Attr<ffi::Span<const int64_t>>("window")     \
+      .Attr<ffi::Span<const int64_t>>("strides") \
+      .Attr<ffi::Span<const int64_t>>("padding")
+#define DEEPSEA_POOL(NAME, FN, A) XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN, ffi::Ffi::Bind().Arg<A>().Ret<A>() DEEPSEA_POOL_ATTRS)
+#define DEEPSEA_POOL_TRAIN(NAME, FN, A) \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN, ffi::Ffi::Bind().Arg<A>().Ret<A>().Ret<U8Buf>() DEEPSEA_POOL_ATTRS)
+#define DEEPSEA_POOL_BWD(NAME, FN, A) \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN, ffi::Ffi::Bind().Arg<U8Buf>().Arg<A>().Ret<A>() DEEPSEA_POOL_ATTRS)
+using U8Buf = ffi::Buffer<ffi::U8>;
 DEEPSEA_POOL(deepsea_max_pool, MaxPool<ffi::F32>, F32Buf);
 DEEPSEA_POOL(deepsea_max_pool_bf16, MaxPool<ffi::BF16>, BF16Buf);
+DEEPSEA_POOL_TRAIN(deepsea_max_pool_train, MaxPoolTrain<ffi::F32>, F32Buf);
+DEEPSEA_POOL_TRAIN(deepsea_max_pool_train_bf16, MaxPoolTrain<ffi::BF16>, BF16Buf);
 DEEPSEA_POOL_BWD(deepsea_max_pool_bwd, MaxPoolBwd<ffi::F32>, F32Buf);
 DEEPSEA_POOL_BWD(deepsea_max_pool_bwd_bf16, MaxPoolBwd<ffi::BF16>, BF16Buf);
 
@@ -672,6 +718,23 @@ DEEPSEA_POOL_BWD(deepsea_max_pool_bwd_bf16, MaxPoolBwd<ffi::BF16>, BF16Buf);
                                               .Attr<bool>("transpose_b"))
 DEEPSEA_MATMUL(deepsea_matmul, Matmul<ffi::F32>, F32Buf);
 DEEPSEA_MATMUL(deepsea_matmul_bf16, Matmul<ffi::BF16>, BF16Buf);
+
+// The bytes of oneDNN's max pooling workspace for an NHWC map (x: n, h, w, c; output ho x wo; window kh x kw; strides
+// sh, sw; paddings top, bottom, left, right; bf16 or f32), or -1 with the reason in `err` (at most `err_size` bytes).
+extern "C" int64_t deepsea_onednn_pool_workspace_bytes(const int64_t* dims, int bf16, char* err, int64_t err_size) {
+  try {
+    PoolDims d{dims[0], dims[1], dims[2],  dims[3],  dims[4],  dims[5],  dims[6],       dims[7],
+               dims[8], dims[9], dims[10], dims[11], dims[12], dims[13], kPoolTraining, bf16 != 0};
+    return static_cast<int64_t>(PoolWorkspaceBytes(d));
+  } catch (const std::exception& e) {
+    if (err != nullptr && err_size > 0) {
+      const size_t n = std::min(std::strlen(e.what()), static_cast<size_t>(err_size - 1));
+      std::memcpy(err, e.what(), n);
+      err[n] = '\0';
+    }
+    return -1;
+  }
+}
 
 // The time rows that have calls, as text, one per line: "key\timpl\tcalls\treorder_ns\texec_ns\tcandidates".
 // Copies at most `size` - 1 bytes into `buf` (NUL-terminated) and returns the full length, so a caller can retry
