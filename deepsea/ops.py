@@ -23,10 +23,11 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deepsea.groups import C4, D4, Group, get_group
 
@@ -148,11 +149,12 @@ def permute_views(x: jax.Array, group: str | Group, a: int) -> jax.Array:
     """The action of element ``a`` on stacked views: view ``g`` of the result is view ``g . a`` of ``x``.
 
     This is how every op here transforms when its input image is transformed
-    by ``a``.  It is a permutation of rows, so it is exact.
+    by ``a``.  It is a permutation of rows, so it is exact.  Works on numpy and JAX arrays.
     """
     g = get_group(group)
     y = _split_views(x, g, "permute_views")
-    y = jnp.stack([y[g.compose(v, a)] for v in range(g.order)])
+    xp: Any = np if isinstance(x, np.ndarray) else jnp
+    y = xp.stack([y[g.compose(v, a)] for v in range(g.order)])
     return y.reshape(x.shape)
 
 
