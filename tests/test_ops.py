@@ -186,6 +186,17 @@ def test_wrong_dihedral_roll_order_is_not_equivariant(rng):
         check_equivariance(wrong_dihedral_conv_roll, D4, x, "views", "views")
 
 
+@pytest.mark.parametrize("group", [C4, D4])
+def test_permute_views_moves_numpy_arrays_as_it_moves_jax_arrays(group, rng):
+    """The checks move views in numpy: the same rows as the JAX op, and a numpy array back."""
+    x = rng.standard_normal((group.order * 3, 5, 4, 2)).astype(np.float32)
+    for a in range(group.order):
+        got = ops.permute_views(x, group, a)
+        assert isinstance(got, np.ndarray)
+        np.testing.assert_array_equal(got, np.asarray(ops.permute_views(jnp.asarray(x), group, a)))
+        np.testing.assert_array_equal(got.reshape(group.order, 3, -1)[0], x.reshape(group.order, 3, -1)[a])
+
+
 # --- jit, vmap, errors -------------------------------------------------------------------
 
 
