@@ -4,9 +4,9 @@
 D4 network at its FLOPs (``equal_d4``, width 0.225; no width gives D4 the plain step time), and the regular C4 and
 D4 networks (``equal_c4_regular``, ``equal_d4_regular``: a conv roll before every convolution, every stage folded,
 at the plain network's FLOPs and step time), each trained for the same minutes of 2-core training time (5, 10 and 30
-minutes for the first two, and 60 for the plain one; 10, 30 and 60 for the C4 network with the faster code) on the
-NDSB images (the steps that fill the budget, measured once on quiet cores with ``deepsea bench``) and scored on the
-tenth of every class held out for validation.
+minutes for the first two, and 60 for the plain one; 10, 30 and 60 for the C4 network with the faster code and the
+regular C4 network) on the NDSB images (the steps that fill the budget, measured once on quiet cores with ``deepsea
+bench``) and scored on the tenth of every class held out for validation.
 
 Launch (the steps: 10 minutes at each network's measured rate; every run alone on the cores, or beside work that
 does not change its steps), then the page:
@@ -69,6 +69,8 @@ does not change its steps), then the page:
     done
     deepsea sweep experiments/equal_c4_regular.py --data $D --seeds 1 --steps 14100 --set train.eval_every=2820 \
         --tta 70 --out $E/c4_regular_30
+    deepsea sweep experiments/equal_c4_regular.py --data $D --seeds 1 --steps 28200 --set train.eval_every=5640 \
+        --tta 70 --out $E/c4_regular_60
     # their second seeds, a folder each (runs/equal/regular_10.sh, regular_30.sh): the commands above with
     # --first-seed 1 and --out $E/c4_regular_s1, $E/d4_regular_s1, $E/c4_regular_30_s1; and ndsb_cpu's mirror
     # average of the finished runs: deepsea evaluate --workdir RUN --orbit-average d4 [--tta 70]
@@ -139,4 +141,5 @@ def frontier() -> list[Arm]:
         Arm(c4_regular, "c4_regular_s1", 10),
         Arm(d4_regular, "d4_regular_s1", 10),
         Arm(c4_regular, "c4_regular_30_s1", 30),
+        Arm(c4_regular, "c4_regular_60", 60),
     ]
