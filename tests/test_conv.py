@@ -101,8 +101,8 @@ def test_model_conv_impl_switch_is_the_same_function(rng):
     x = jnp.asarray(rng.standard_normal((2, 23, 23, 1)), jnp.float32)
     cfg = {"name": "convroll4", "stages": ((4, 3), (6,)), "dense_features": 8, "dropout_rate": 0.0}
     fast, ref = (build_model({**cfg, "conv_impl": impl}, 5) for impl in ("auto", "xla"))
-    variables = fast.init(jax.random.key(0), x)
-    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(ref.init(jax.random.key(0), x)), strict=True):
+    variables = jax.jit(fast.init)(jax.random.key(0), x)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(jax.jit(ref.init)(jax.random.key(0), x)), strict=True):
         np.testing.assert_array_equal(a, b)
     loss = lambda model: lambda p: jnp.sum(model.apply(p, x) ** 2)  # noqa: E731
     out_fast, out_ref = jax.jit(fast.apply)(variables, x), jax.jit(ref.apply)(variables, x)

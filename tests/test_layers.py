@@ -162,5 +162,7 @@ def test_model_max_pool_implementation_switch(rng):
     cfg = {"name": "rollnet", "stages": ((4,), (8,)), "dense_features": 8, "dropout_rate": 0.0}
     fast, slow = (build_model({**cfg, "max_pool_impl": impl}, 5) for impl in ("slices", "reduce_window"))
     variables = jax.jit(fast.init)(jax.random.key(0), x)
-    np.testing.assert_array_equal(np.asarray(fast.apply(variables, x)), np.asarray(slow.apply(variables, x)))
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(fast.apply)(variables, x)), np.asarray(jax.jit(slow.apply)(variables, x))
+    )
     assert slow.max_pool_impl == "reduce_window"
