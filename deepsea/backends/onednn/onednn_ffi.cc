@@ -700,7 +700,8 @@ DEEPSEA_CONV_WB(deepsea_conv_bwd_weights_bias_bf16, ConvBwdWeightsBias<ffi::BF16
   .Attr<ffi::Span<const int64_t>>("window")     \
       .Attr<ffi::Span<const int64_t>>("strides") \
       .Attr<ffi::Span<const int64_t>>("padding")
-#define DEEPSEA_POOL(NAME, FN, A) XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN, ffi::Ffi::Bind().Arg<A>().Ret<A>() DEEPSEA_POOL_ATTRS)
+#define DEEPSEA_POOL(NAME, FN, A) \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN, ffi::Ffi::Bind().Arg<A>().Ret<A>() DEEPSEA_POOL_ATTRS)
 #define DEEPSEA_POOL_TRAIN(NAME, FN, A) \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN, ffi::Ffi::Bind().Arg<A>().Ret<A>().Ret<U8Buf>() DEEPSEA_POOL_ATTRS)
 #define DEEPSEA_POOL_BWD(NAME, FN, A) \
