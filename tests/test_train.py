@@ -185,15 +185,16 @@ def test_orbit_averaged_run_restores_with_and_without_the_average(small_config, 
     size = small_config.data.size
     x = jnp.asarray(rng.standard_normal((2, size, size, 1)), jnp.float32)
     raw = jnp.asarray([[40.0, 90.0], [120.0, 60.0]])
-    check_invariance(lambda z: model.apply(variables, z, raw_size=raw), "d4", x, atol=1e-5)
+    averaged_fn = jax.jit(lambda z: model.apply(variables, z, raw_size=raw))
+    check_invariance(averaged_fn, "d4", x, atol=1e-5)
     with pytest.raises(AssertionError, match="not equivariant"):
-        check_invariance(lambda z: plain.apply(plain_vars, z, raw_size=raw), "c4", x, atol=1e-5)
+        check_invariance(jax.jit(lambda z: plain.apply(plain_vars, z, raw_size=raw)), "c4", x, atol=1e-5)
     # predicted in bfloat16 (deepsea evaluate --precision): the same parameters, another cache entry, close logits
     bf16 = restore_run(str(tmp_path / "run"), "latest", precision="bfloat16")
     assert bf16.key == "latest:4:precision=bfloat16" and bf16.model.inner.precision == "bfloat16"
     assert restore_run(str(tmp_path / "run"), "latest", precision="float32").key == "latest:4"  # as trained
-    want = np.asarray(model.apply(variables, x, raw_size=raw))
-    got = bf16.model.apply(bf16.variables, x, raw_size=raw)
+    want = np.asarray(averaged_fn(x))
+    got = jax.jit(lambda z: bf16.model.apply(bf16.variables, z, raw_size=raw))(x)
     assert got.dtype == jnp.float32 and not np.array_equal(np.asarray(got), want)
     np.testing.assert_allclose(np.asarray(got), want, atol=0.05 * np.abs(want).max())
     check_invariance(lambda z: bf16.model.apply(bf16.variables, z, raw_size=raw), "d4", x, atol=1e-5)
