@@ -78,8 +78,8 @@ ctypes.CDLL("libc.so.6").malloc_stats()  # glibc's totals on stderr, among them 
 def test_the_command_lines_xla_flags_keep_a_training_steps_temporaries_out_of_fresh_mappings():
     """XLA combines a step's temporaries into one allocation made on its own threads, whose glibc arenas map anything
     over 64 MiB afresh each time (zero-filled page by page inside the step): the command line's flags split it into
-    blocks that the heap kept by keep_freed_memory serves again. convroll4 at 47x47, width 0.5, float32: about
-    75 MB of them. Both processes compile without LLVM's optimisations (the buffers are XLA's buffer assignment,
+    blocks that the heap kept by keep_freed_memory serves again. convroll4 at 47x47, width 0.5, float32: more than
+    64 MiB of them. Both processes compile without LLVM's optimisations (the buffers are XLA's buffer assignment,
     which does not depend on them) and run side by side."""
     from deepsea.cli import CPU_XLA_FLAGS
 

@@ -437,8 +437,13 @@ size_t PoolWorkspaceBytes(const PoolDims& d) {
 }
 
 // kPoolInference: x -> out; kPoolTraining: x -> out and the workspace `ws`; kPoolBackward: (ws, g = x) -> out.
-void RunPool(const PoolDims& d, const void* x, void* ws, void* out) {
+// `ws_bytes`, the size of the buffer XLA allocated for `ws`, must be oneDNN's (the caller sized it by asking
+// deepsea_onednn_pool_workspace_bytes).
+void RunPool(const PoolDims& d, const void* x, void* ws, size_t ws_bytes, void* out) {
   std::shared_ptr<const PoolPlan> p = PoolPlans().Get(d, [&] { return MakePoolPlan(d); });
+  if (d.mode != kPoolInference && ws_bytes != p->workspace.get_size())
+    throw std::invalid_argument("the workspace has " + std::to_string(ws_bytes) + " bytes where oneDNN needs " +
+                                std::to_string(p->workspace.get_size()));
   std::lock_guard<std::mutex> run_lock(RunMutex());
   const int64_t t0 = NowNs();
   Args args;
@@ -602,15 +607,6 @@ ffi::Error PoolDimsFrom(ffi::Span<const int64_t> x, ffi::Span<const int64_t> y, 
   return ffi::Error::Success();
 }
 
-// The workspace buffer XLA allocated must be oneDNN's size for these dimensions (the caller sizes it by asking
-// deepsea_onednn_pool_workspace_bytes).
-void CheckWorkspace(const PoolDims& d, size_t bytes) {
-  const size_t want = PoolWorkspaceBytes(d);
-  if (bytes != want)
-    throw std::invalid_argument("the workspace has " + std::to_string(bytes) + " bytes where oneDNN needs " +
-                                std::to_string(want));
-}
-
 template <ffi::DataType T>
 ffi::Error MaxPool(ffi::Buffer<T> x, ffi::ResultBuffer<T> y, ffi::Span<const int64_t> window,
                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
@@ -619,7 +615,7 @@ ffi::Error MaxPool(ffi::Buffer<T> x, ffi::ResultBuffer<T> y, ffi::Span<const int
                             T == ffi::BF16, &d);
       e.failure())
     return e;
-  return Guard("max pooling", [&] { RunPool(d, x.untyped_data(), nullptr, y->untyped_data()); });
+  return Guard("max pooling", [&] { RunPool(d, x.untyped_data(), nullptr, 0, y->untyped_data()); });
 }
 
 template <ffi::DataType T>
@@ -631,10 +627,8 @@ ffi::Error MaxPoolTrain(ffi::Buffer<T> x, ffi::ResultBuffer<T> y, ffi::ResultBuf
                             T == ffi::BF16, &d);
       e.failure())
     return e;
-  return Guard("max pooling", [&] {
-    CheckWorkspace(d, ws->size_bytes());
-    RunPool(d, x.untyped_data(), ws->untyped_data(), y->untyped_data());
-  });
+  return Guard("max pooling",
+               [&] { RunPool(d, x.untyped_data(), ws->untyped_data(), ws->size_bytes(), y->untyped_data()); });
 }
 
 template <ffi::DataType T>
@@ -642,15 +636,12 @@ ffi::Error MaxPoolBwd(ffi::Buffer<ffi::U8> ws, ffi::Buffer<T> g, ffi::ResultBuff
                       ffi::Span<const int64_t> window, ffi::Span<const int64_t> strides,
                       ffi::Span<const int64_t> padding) {
   PoolDims d;
-  if (auto e = PoolDimsFrom(dx->dimensions(), g.dimensions(), window, strides, padding, kPoolTraining,
+  if (auto e = PoolDimsFrom(dx->dimensions(), g.dimensions(), window, strides, padding, kPoolBackward,
                             T == ffi::BF16, &d);
       e.failure())
     return e;
-  return Guard("max pooling gradient", [&] {
-    CheckWorkspace(d, ws.size_bytes());
-    d.mode = kPoolBackward;
-    RunPool(d, g.untyped_data(), ws.untyped_data(), dx->untyped_data());
-  });
+  return Guard("max pooling gradient",
+               [&] { RunPool(d, g.untyped_data(), ws.untyped_data(), ws.size_bytes(), dx->untyped_data()); });
 }
 
 template <ffi::DataType T>
