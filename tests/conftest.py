@@ -1,10 +1,11 @@
 import os
 
-# The tests' programs are small and run a few times each, so compiling them is most of the suite's time: XLA's
-# backend optimisations off (the results are the same functions, rounded the same way the tests check) and
-# YNNPACK off, as the command line sets it.  A developer's own XLA_FLAGS win.
+# The tests' programs are small and run a few times each, so compiling them is most of the suite's time: the suite
+# compiles with the flags xla_flags.py explains.  A developer's own XLA_FLAGS win.
+from xla_flags import SUITE_XLA_FLAGS  # before jax is imported
+
 if not os.environ.get("DEEPSEA_DEFAULT_XLA_FLAGS"):  # set by the tests that check the compiler's defaults too
-    os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_experimental_ynn_fusion_type=")
+    os.environ.setdefault("XLA_FLAGS", SUITE_XLA_FLAGS)
 
 import jax
 import numpy as np

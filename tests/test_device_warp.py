@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from xla_flags import COMMAND_LINE_EMITTERS
 
 from deepsea.data import device_warp as dw
 from deepsea.data.transforms import TRAIN_RANGES, affine_matrix, params_from_unit, warp
@@ -83,9 +84,11 @@ def test_a_padded_batch_of_different_sizes_warps_like_each_image_alone(rng):
     wp = dw.WarpParams.from_params(params)
     sizes = jnp.asarray(shapes, jnp.int32)
     forwards = jax.vmap(lambda s, sc, p: dw.affine_matrix((s[0], s[1]), out_size, sc, p))(sizes, scales, wp)
-    batch = jax.jit(dw.warp_batch, static_argnums=3)(jnp.asarray(canvas), sizes, forwards, out_size)
+    batch = jax.jit(dw.warp_batch, static_argnums=3, compiler_options=COMMAND_LINE_EMITTERS)(
+        jnp.asarray(canvas), sizes, forwards, out_size
+    )
     for k, im in enumerate(images):
-        alone = dw.warp(im, forwards[k], out_size)
+        alone = jax.jit(dw.warp, static_argnums=2, compiler_options=COMMAND_LINE_EMITTERS)(im, forwards[k], out_size)
         np.testing.assert_array_equal(np.asarray(batch[k]), np.asarray(alone))
 
 
