@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from xla_flags import SUITE_XLA_FLAGS
 
 from deepsea.allocator import keep_freed_memory
 
@@ -79,19 +80,19 @@ def test_the_command_lines_xla_flags_keep_a_training_steps_temporaries_out_of_fr
     """XLA combines a step's temporaries into one allocation made on its own threads, whose glibc arenas map anything
     over 64 MiB afresh each time (zero-filled page by page inside the step): the command line's flags split it into
     blocks that the heap kept by keep_freed_memory serves again. convroll4 at 47x47, width 0.5, float32: more than
-    64 MiB of them. Both processes compile without LLVM's optimisations (the buffers are XLA's buffer assignment,
-    which does not depend on them) and run side by side."""
+    64 MiB of them. Both processes compile with the suite's flags (the buffers are XLA's buffer assignment, which
+    those flags leave as they are) and run side by side."""
     from deepsea.cli import CPU_XLA_FLAGS
 
     experiment = pathlib.Path(__file__).parents[1] / "experiments" / "convroll4.py"
     runs = {
         flags: subprocess.Popen(
-            [sys.executable, "-c", MAPPED, f"--xla_backend_optimization_level=0 {flags}", str(experiment)],
+            [sys.executable, "-c", MAPPED, f"{SUITE_XLA_FLAGS} {flags}", str(experiment)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for flags in ("--xla_cpu_experimental_ynn_fusion_type=", CPU_XLA_FLAGS)
+        for flags in ("", CPU_XLA_FLAGS)
     }
 
     def most_mapped(proc: subprocess.Popen) -> int:
