@@ -152,7 +152,7 @@ def test_pool_stays_bitwise_invariant_when_fused_with_a_multiply(group, mode, pr
 
 
 def test_pool_stays_bitwise_invariant_with_default_compiler_flags():
-    """The same test and its control with XLA's default flags (the suite compiles with optimisations off)."""
+    """The same test and its control with XLA's default flags (the suite compiles with the flags of xla_flags.py)."""
     import subprocess
     import sys
 
