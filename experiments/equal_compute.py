@@ -71,6 +71,8 @@ does not change its steps), then the page:
         --tta 70 --out $E/c4_regular_30
     deepsea sweep experiments/equal_c4_regular.py --data $D --seeds 1 --steps 28200 --set train.eval_every=5640 \
         --tta 70 --out $E/c4_regular_60
+    deepsea sweep experiments/equal_c4_regular.py --data $D --seeds 1 --first-seed 1 --steps 28200 \
+        --set train.eval_every=5640 --tta 70 --out $E/c4_regular_60_s1
     # their second seeds, a folder each (runs/equal/regular_10.sh, regular_30.sh): the commands above with
     # --first-seed 1 and --out $E/c4_regular_s1, $E/d4_regular_s1, $E/c4_regular_30_s1; and ndsb_cpu's mirror
     # average of the finished runs: deepsea evaluate --workdir RUN --orbit-average d4 [--tta 70]
@@ -142,4 +144,5 @@ def frontier() -> list[Arm]:
         Arm(d4_regular, "d4_regular_s1", 10),
         Arm(c4_regular, "c4_regular_30_s1", 30),
         Arm(c4_regular, "c4_regular_60", 60),
+        Arm(c4_regular, "c4_regular_60_s1", 60),
     ]
