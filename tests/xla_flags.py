@@ -8,7 +8,8 @@ SUITE_XLA_FLAGS = (
     "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false --xla_cpu_experimental_ynn_fusion_type="
 )
 
-# The loop emitters contract a multiply into an add in some positions of a fused loop and not in others, so a
-# value's last bit can depend on where it sits: claims that permuting or padding the inputs moves the outputs bit
-# for bit are tested with the fusion emitters the command line compiles with (``jax.jit(..., compiler_options=)``).
+# With the loop emitters a value computed in a fused loop can differ in its last bit with where it sits in the loop
+# (seen: the view pool fused with a multiply-add producer, a padded batch's warp): claims that permuting or padding
+# the inputs moves the outputs bit for bit are tested with the fusion emitters the command line compiles with
+# (``jax.jit(..., compiler_options=COMMAND_LINE_EMITTERS)``).
 COMMAND_LINE_EMITTERS = {"xla_cpu_use_fusion_emitters": True}
