@@ -80,8 +80,8 @@ def test_the_command_lines_xla_flags_keep_a_training_steps_temporaries_out_of_fr
     """XLA combines a step's temporaries into one allocation made on its own threads, whose glibc arenas map anything
     over 64 MiB afresh each time (zero-filled page by page inside the step): the command line's flags split it into
     blocks that the heap kept by keep_freed_memory serves again. convroll4 at 47x47, width 0.5, float32: more than
-    64 MiB of them. Both processes compile with the suite's flags (the buffers are XLA's buffer assignment, which
-    those flags leave as they are) and run side by side."""
+    64 MiB of them. Both processes compile with the suite's flags, quicker to compile (the buffers are XLA's buffer
+    assignment, made before code generation), and run side by side."""
     from deepsea.cli import CPU_XLA_FLAGS
 
     experiment = pathlib.Path(__file__).parents[1] / "experiments" / "convroll4.py"

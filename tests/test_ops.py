@@ -15,6 +15,7 @@ from deepsea.groups import C4, D4
 
 GROUPS = [C4, D4]
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
+_bitwise_jit = functools.partial(jax.jit, compiler_options=COMMAND_LINE_EMITTERS)  # bitwise claims: xla_flags.py
 MAP_SHAPES = [(1, 1, 1, 1), (2, 5, 5, 3), (3, 6, 6, 2), (1, 11, 11, 4)]
 gid = lambda g: g.name  # noqa: E731
 
@@ -130,8 +131,7 @@ def test_dense_roll_equivariance(group, shape, rng):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 def test_pool_is_bitwise_invariant(group, mode, dtype, rng):
     x = _random(rng, (group.order * 3, 7, 5), dtype)
-    jit = functools.partial(jax.jit, compiler_options=COMMAND_LINE_EMITTERS)
-    check_equivariance(jit(lambda y: ops.group_pool(y, group, mode)), group, x, "views", "trivial")
+    check_equivariance(_bitwise_jit(lambda y: ops.group_pool(y, group, mode)), group, x, "views", "trivial")
 
 
 @pytest.mark.parametrize("group", GROUPS, ids=gid)
@@ -143,10 +143,9 @@ def test_pool_stays_bitwise_invariant_when_fused_with_a_multiply(group, mode, pr
     x = _random(rng, (group.order * 30, 7, 5))
     w = _random(rng, (7, 5))
     pre = {"scale": lambda y: y * w, "square": lambda y: y * y, "affine": lambda y: jnp.exp(y) * w + y}[producer]
-    jit = functools.partial(jax.jit, compiler_options=COMMAND_LINE_EMITTERS)
-    check_equivariance(jit(lambda y: ops.group_pool(pre(y), group, mode)), group, x, "views", "trivial")
+    check_equivariance(_bitwise_jit(lambda y: ops.group_pool(pre(y), group, mode)), group, x, "views", "trivial")
     # the control: a plain mean over the views, fused the same way, is not bitwise invariant
-    naive = jit(lambda y: jnp.mean(pre(y).reshape(group.order, -1, *y.shape[1:]), 0))
+    naive = _bitwise_jit(lambda y: jnp.mean(pre(y).reshape(group.order, -1, *y.shape[1:]), 0))
     with pytest.raises(AssertionError, match="not equivariant"):
         check_equivariance(naive, group, x, "views", "trivial", atol=0.0)
 
