@@ -194,10 +194,11 @@ def test_orbit_averaged_run_restores_with_and_without_the_average(small_config, 
     assert bf16.key == "latest:4:precision=bfloat16" and bf16.model.inner.precision == "bfloat16"
     assert restore_run(str(tmp_path / "run"), "latest", precision="float32").key == "latest:4"  # as trained
     want = np.asarray(averaged_fn(x))
-    got = jax.jit(lambda z: bf16.model.apply(bf16.variables, z, raw_size=raw))(x)
+    bf16_fn = jax.jit(lambda z: bf16.model.apply(bf16.variables, z, raw_size=raw))
+    got = bf16_fn(x)
     assert got.dtype == jnp.float32 and not np.array_equal(np.asarray(got), want)
     np.testing.assert_allclose(np.asarray(got), want, atol=0.05 * np.abs(want).max())
-    check_invariance(lambda z: bf16.model.apply(bf16.variables, z, raw_size=raw), "d4", x, atol=1e-5)
+    check_invariance(bf16_fn, "d4", x, atol=1e-5)
     with pytest.raises(ValueError, match="precision must be one of"):
         restore_run(str(tmp_path / "run"), "latest", precision="float16")
 
